@@ -1,0 +1,105 @@
+# criusec: upstream CRIU 4.2.1 + our files + patches/, built under build/.
+# 'make help' lists the targets.
+
+CRIU_VERSION	:= 4.2.1
+BUILD		:= $(CURDIR)/build
+SRC		:= $(BUILD)/src
+TARBALL		:= $(BUILD)/criu_$(CRIU_VERSION).orig.tar.xz
+ENGINE_BUILD	:= $(SRC)/criu/criusec/_build
+JOBS		?= $(shell nproc)
+
+# Debian's python3 (with python3-protobuf and -cryptography) must win over
+# any other python3 on PATH: CRIT, ZDTM and the tests run on it.
+export PATH	:= /usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
+export PYTHON	:= /usr/bin/python3
+
+CRIU		:= $(SRC)/criu/criu
+
+.PHONY: all help deps fetch tree criu engine install demo test test-unit \
+	test-integration test-zdtm zdtm-full patch-tree patches-export reset-tree \
+	clean distclean fuzz bench
+
+all: criu
+
+help:
+	@echo "make [all]          fetch upstream, apply patches, build criu, compel, crit, libcriu"
+	@echo "make deps           install the Debian packages for the build and the tests"
+	@echo "make demo           dump and restore a demo process"
+	@echo "make test           unit, integration and ZDTM smoke tests"
+	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
+	@echo "make fuzz           bounded libFuzzer runs of the decoders"
+	@echo "make patch-tree     build/src as a git work tree (one commit per patch)"
+	@echo "make patches-export write build/src's commits back to patches/"
+	@echo "make install        install like Debian's criu packages (DESTDIR, PREFIX)"
+
+deps:
+	@scripts/criusec/deps.sh
+
+$(TARBALL):
+	@mkdir -p $(BUILD)
+	@scripts/criusec/fetch-upstream.sh $@
+
+fetch: $(TARBALL)
+
+# Always run: it is cheap, re-applies patches only when they changed and
+# overlays only files newer than their copies.
+tree: $(TARBALL)
+	@scripts/criusec/prepare-tree.sh $(TARBALL) $(SRC) $(CURDIR)
+
+patch-tree: tree
+	@echo "build/src is the work tree: commit on top of tag 'upstream', then 'make patches-export'"
+
+patches-export:
+	@scripts/criusec/export-patches.sh $(SRC) $(CURDIR)
+
+reset-tree:
+	rm -rf $(SRC)
+	@$(MAKE) --no-print-directory tree
+
+# As root, missing build packages are installed first (NO_DEPS=1 skips that).
+DEPS_STEP	:= $(if $(NO_DEPS),,$(if $(filter 0,$(shell id -u)),deps))
+
+criu: $(DEPS_STEP) tree
+	$(MAKE) -C $(SRC) -j$(JOBS) criu lib crit
+	@$(CRIU) --version
+
+engine: tree
+	cmake -S $(SRC)/criu/criusec -B $(ENGINE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(ENGINE_BUILD) -j$(JOBS)
+
+PREFIX		?= /usr/local
+install: criu
+	$(MAKE) -C $(SRC) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SKIP_PIP_INSTALL=0 \
+		PIPFLAGS="--ignore-installed --no-build-isolation --no-deps --no-index --progress-bar off --break-system-packages" \
+		install-criu install-lib install-crit install-compel install-man
+
+demo: criu
+	@scripts/criusec/demo.sh $(CRIU)
+
+test: criu engine
+	@scripts/criusec/run-tests.sh $(SRC) $(ENGINE_BUILD)
+
+test-unit: engine
+	ctest --test-dir $(ENGINE_BUILD) --output-on-failure
+
+test-integration: criu
+	cd $(CURDIR)/test/criusec && CRIU=$(CRIU) $(PYTHON) -m pytest -v
+
+test-zdtm: criu
+	@scripts/criusec/zdtm.sh $(SRC) smoke
+
+zdtm-full: criu
+	@scripts/criusec/zdtm.sh $(SRC) full
+
+fuzz: tree
+	@scripts/criusec/fuzz.sh $(SRC)/criu/criusec $(BUILD)/fuzz
+
+bench: criu
+	@scripts/criusec/bench.sh $(CRIU) $(ARGS)
+
+clean:
+	-[ -d $(SRC) ] && $(MAKE) -C $(SRC) clean
+	rm -rf $(ENGINE_BUILD) $(BUILD)/fuzz
+
+distclean:
+	rm -rf $(BUILD)

@@ -1,0 +1,131 @@
+/*
+ * criusec: the encryption engine's C interface.
+ *
+ * The engine is C++20 (criu/criusec/) on top of GnuTLS; this header is all
+ * that CRIU's C code sees.  No function here throws, logs or prints key
+ * material.  Functions that can fail return 0 (or a positive length) on
+ * success and a negative errno-style value on failure; the reason is then
+ * in criusec_last_error() (a thread-local string, valid until the next call).
+ *
+ * The formats behind these calls are described in
+ * Documentation/criusec-format.md.
+ */
+#ifndef __CR_CRIUSEC_H__
+#define __CR_CRIUSEC_H__
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CRIUSEC_FORMAT_VERSION 1
+#define CRIUSEC_ID_LEN	       16 /* checkpoint id */
+#define CRIUSEC_FPR_LEN	       32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
+#define CRIUSEC_MAC_LEN	       32 /* HMAC-SHA256 over the cipher.img header */
+#define CRIUSEC_STREAM_MAGIC   "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
+#define CRIUSEC_STREAM_MAGIC_LEN 8
+
+/* AEAD algorithms of the stream layer (values are part of the format). */
+enum criusec_aead {
+	CRIUSEC_AEAD_AUTO = 0, /* only as an argument: choose for this CPU */
+	CRIUSEC_AEAD_AES_256_GCM = 1,
+	CRIUSEC_AEAD_CHACHA20_POLY1305 = 2,
+};
+
+/* Key wrap algorithms of a recipient stanza (values are part of the format). */
+enum criusec_wrap {
+	CRIUSEC_WRAP_RSA_PKCS1V15 = 1,
+};
+
+/* Library */
+const char *criusec_version(void);
+const char *criusec_last_error(void);
+/* Known-answer tests of every primitive through the engine's wrappers. */
+int criusec_self_test(void);
+/* The AEAD this CPU should use: AES-GCM with AES-NI and PCLMUL, else ChaCha20. */
+enum criusec_aead criusec_default_aead(void);
+const char *criusec_aead_name(enum criusec_aead aead);
+/* Parse "aes-256-gcm" / "chacha20-poly1305" / "auto"; -EINVAL otherwise. */
+int criusec_aead_parse(const char *name, enum criusec_aead *out);
+
+/*
+ * A checkpoint's key context: the master key, the checkpoint id and what
+ * cipher.img records.  Freed (and wiped) by criusec_ctx_free().
+ */
+struct criusec_ctx;
+
+/* The cipher.img header as plain data, for the C side to (de)serialize. */
+struct criusec_recipient {
+	uint8_t fingerprint[CRIUSEC_FPR_LEN];
+	uint32_t wrap_alg; /* enum criusec_wrap */
+	const uint8_t *wrapped;
+	size_t wrapped_len;
+};
+
+struct criusec_header {
+	uint32_t version;
+	uint8_t ckpt_id[CRIUSEC_ID_LEN];
+	int has_parent;
+	uint8_t parent_id[CRIUSEC_ID_LEN];
+	uint32_t aead;	     /* enum criusec_aead */
+	uint32_t chunk_size; /* stream chunk size, bytes */
+	size_t n_recipients;
+	const struct criusec_recipient *recipients;
+	uint8_t mac[CRIUSEC_MAC_LEN];
+};
+
+/*
+ * Dump side: a fresh random master key and checkpoint id.  parent_id may be
+ * NULL (no pre-dump parent).
+ */
+struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead, const uint8_t *parent_id);
+/* Wrap the master key for the public key of the X.509 certificate (PEM file). */
+int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path);
+/*
+ * Fill *hdr (pointers stay owned by ctx, valid until it is freed) and
+ * compute the header MAC.  Fails with no recipient.
+ */
+int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr);
+
+/*
+ * Restore side: find the stanza matching the private key (PEM file), unwrap
+ * the master key, then check the header MAC before anything else is used.
+ */
+struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path);
+void criusec_ctx_free(struct criusec_ctx *ctx);
+const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx);
+enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);
+
+/*
+ * The stream layer.  An image is sealed as one AEAD stream: a header
+ * (magic, version, AEAD, chunk size, random salt) then fixed-size chunks,
+ * each nonce a chunk counter with a last-chunk flag.  The key is derived from
+ * the master key, the salt, kind and name; kind, name and the checkpoint id
+ * are also associated data.  kind is the image kind ("core", "pipes-data"),
+ * name the file name in the image directory.
+ *
+ * seal: read in_fd from its current offset to EOF, write the stream to out_fd.
+ * open: read the stream from in_fd, write the plaintext to out_fd; nothing
+ *	 unauthenticated is ever written, and a short, extended, reordered or
+ *	 foreign stream fails.  The caller must not trust out_fd on failure.
+ */
+int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd);
+int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd);
+
+/* The same on memory: *out is malloc()ed, the caller frees it. */
+int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
+			    uint8_t **out, size_t *out_len);
+int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
+			    uint8_t **out, size_t *out_len);
+
+/* 1 if the first bytes of an image file are an encrypted stream's magic. */
+int criusec_is_stream(const void *head, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* __CR_CRIUSEC_H__ */

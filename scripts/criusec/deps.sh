@@ -1,0 +1,24 @@
+#!/bin/sh
+# Install the Debian packages the build, the tests and the benchmarks need.
+# Idempotent: apt-get update runs only when a package is missing.
+set -eu
+
+PKGS="build-essential pkg-config git xz-utils ca-certificates
+libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
+libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev uuid-dev
+libgnutls28-dev libaio-dev libdrm-dev
+python3 python3-protobuf python3-cryptography python3-yaml python3-pytest python3-pip
+cmake g++ googletest libgtest-dev clang libclang-rt-dev
+iproute2 iptables nftables procps psmisc util-linux tar gnutls-bin asciidoctor xmlto
+age gnupg openssl"
+
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && { echo "deps: all packages present"; exit 0; }
+echo "deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,50 @@
+#!/bin/bash
+# make test: the three layers, each with its own count, then the total.
+# Exits non-zero if any layer fails or runs no test.
+# Usage: run-tests.sh SRC ENGINE_BUILD
+set -u -o pipefail
+src=$1
+engine=$2
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+log=$(mktemp -d /tmp/criusec-tests.XXXXXX)
+tp=0 tf=0 ts=0 bad=""
+
+count() { # FILE REGEX -> first number matched, or 0
+	n=$(grep -oE "$2" "$1" | tail -1 | grep -oE '[0-9]+' | head -1)
+	echo "${n:-0}"
+}
+
+layer() { # NAME PASSED FAILED SKIPPED RC
+	echo "== $1: $2 passed, $3 failed, $4 skipped"
+	tp=$((tp + $2)) tf=$((tf + $3)) ts=$((ts + $4))
+	if [ "$5" -ne 0 ] || [ "$3" -ne 0 ] || [ "$2" -eq 0 ]; then bad="$bad $1"; fi
+}
+
+echo "== unit tests (CTest/GoogleTest)"
+ctest --test-dir "$engine" --output-on-failure 2>&1 | tee "$log/unit"
+rc=$?
+total=$(count "$log/unit" 'out of [0-9]+')
+failed=$(count "$log/unit" '[0-9]+ tests failed')
+skipped=$(grep -c 'Skipped' "$log/unit" || true)
+layer unit $((total - failed - skipped)) "$failed" "$skipped" "$rc"
+
+echo "== integration tests (pytest)"
+(cd "$repo/test/criusec" && CRIU="$src/criu/criu" /usr/bin/python3 -m pytest -v -rs -p no:cacheprovider) 2>&1 | tee "$log/integration"
+rc=$?
+layer integration "$(count "$log/integration" '[0-9]+ passed')" \
+	"$(( $(count "$log/integration" '[0-9]+ failed') + $(count "$log/integration" '[0-9]+ errors?') ))" \
+	"$(count "$log/integration" '[0-9]+ skipped')" "$rc"
+
+echo "== ZDTM smoke (CRIU's own tests)"
+"$repo/scripts/criusec/zdtm.sh" "$src" smoke 2>&1 | tee "$log/zdtm"
+rc=$?
+layer zdtm "$(count "$log/zdtm" '[0-9]+ passed,')" "$(count "$log/zdtm" '[0-9]+ failed,')" \
+	"$(count "$log/zdtm" '[0-9]+ skipped$')" "$rc"
+
+rm -rf "$log"
+echo "criusec tests: $tp passed, $tf failed, $ts skipped"
+if [ -n "$bad" ]; then
+	echo "FAILED layers:$bad" >&2
+	exit 1
+fi
