@@ -1,19 +1,650 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * criusec: the thin layer between CRIU and the encryption engine
- * (criu/criusec/, interface in criusec.h).
+ * criusec: the thin layer between CRIU's image I/O and the encryption
+ * engine (criu/criusec/, interface in criusec.h).
+ *
+ * Every image but the page images, cipher.img and the stats goes through
+ * one AEAD stream.  On dump an image is written to a memfd and sealed into
+ * its file when closed; on restore the file is opened, authenticated as a
+ * whole into a memfd, and only then handed to CRIU.  So every way CRIU
+ * reads and writes image data (buffered, raw, splice, sendfile, lseek, or
+ * a child like tar writing to the descriptor) is covered by one mechanism,
+ * and nothing unauthenticated is ever parsed.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "criusec.h"
 #include "criusec-glue.h"
+#include "cr_options.h"
+#include "image.h"
+#include "image-desc.h"
 #include "log.h"
+#include "protobuf.h"
+#include "servicefd.h"
+#include "util.h"
+#include "common/xmalloc.h"
+
+#include "images/cipher.pb-c.h"
+
+#undef LOG_PREFIX
+#define LOG_PREFIX "criusec: "
+
+#define CRIUSEC_DEFAULT_CERT	 SYSCONFDIR "/pki/criu/cert.pem"
+#define CRIUSEC_DEFAULT_KEY	 SYSCONFDIR "/pki/criu/private/key.pem"
+#define CRIUSEC_REQUIRED_MARKER GLOBAL_CONFIG_DIR "encryption-required"
+
+/*
+ * Dump side.  The context is made before any image is written, so every
+ * process criu forks during the dump shares it.  The manifest (names of the
+ * images sealed) lives in shared memory for the same reason: forked
+ * children dump namespaces and seal their images themselves.
+ */
+#define MANIFEST_BYTES (4 << 20)
+struct manifest_shm {
+	unsigned int used; /* bytes of names[] in use */
+	int failed;	   /* a seal failed somewhere: the dump must fail */
+	char names[];	   /* NUL-terminated names, one after another */
+};
+
+static struct criusec_ctx *dump_ctx;
+static struct manifest_shm *manifest;
+
+/* An image being written: plaintext in memfd until it is closed. */
+struct pending_img {
+	int fd;	     /* the memfd CRIU writes to */
+	int memfd;   /* our own reference to it, read back at close */
+	int real_fd; /* the image file */
+	pid_t owner; /* only the opener seals; a forked child just drops */
+	int type;
+	bool in_imgdir;
+	char *name;
+	struct pending_img *next;
+};
+static struct pending_img *pending;
+
+/*
+ * Restore side: what one directory (the images dir, a parent, the work
+ * dir) holds, loaded the first time an image is read from it.
+ */
+struct dir_state {
+	dev_t dev;
+	ino_t ino;
+	bool encrypted;
+	bool loading; /* reading its own manifest */
+	struct criusec_ctx *ctx;
+	CipherManifestEntry *manifest;
+	struct dir_state *next;
+};
+static struct dir_state *dirs;
+
+/* Images that stay outside the stream layer, and why. */
+static bool stream_covered(int type)
+{
+	switch (type) {
+	case CR_FD_CIPHER: /* the header itself; MAC-protected */
+	case CR_FD_STATS:  /* timings and counters, no process state */
+	case CR_FD_PAGES:  /* memory pages: encrypted per page, see page-xfer */
+	case CR_FD_PAGES_OLD:
+	case CR_FD_SHM_PAGES_OLD:
+		return false;
+	}
+	return true;
+}
+
+static const char *kind_of(int type)
+{
+	return imgset_template[type].fmt;
+}
 
 int check_criusec(void)
 {
 	if (criusec_self_test()) {
-		pr_err("criusec engine %s: self-test failed: %s\n", criusec_version(), criusec_last_error());
+		pr_err("engine %s: self-test failed: %s\n", criusec_version(), criusec_last_error());
 		return -1;
 	}
 	pr_msg("criusec engine %s: self-test passed, AEAD %s\n", criusec_version(),
 	       criusec_aead_name(criusec_default_aead()));
 	return 0;
+}
+
+static int same_dir(int dfd, dev_t *dev, ino_t *ino)
+{
+	struct stat st;
+
+	if (fstatat(dfd, "", &st, AT_EMPTY_PATH) < 0) {
+		pr_perror("Can't stat an image directory");
+		return -1;
+	}
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return 0;
+}
+
+static bool is_imgdir(int dfd)
+{
+	dev_t d1, d2;
+	ino_t i1, i2;
+
+	if (dfd == get_service_fd(IMG_FD_OFF))
+		return true;
+	if (same_dir(dfd, &d1, &i1) || same_dir(get_service_fd(IMG_FD_OFF), &d2, &i2))
+		return false;
+	return d1 == d2 && i1 == i2;
+}
+
+/* The checkpoint id in dir's cipher.img, unverified (no key on dump). */
+static int read_ckpt_id(int dfd, uint8_t id[CRIUSEC_ID_LEN], bool *found)
+{
+	struct cr_img *img;
+	CipherEntry *ce;
+	int ret;
+
+	*found = false;
+	img = open_image_at(dfd, CR_FD_CIPHER, O_RSTR);
+	if (!img)
+		return -1;
+	if (empty_image(img)) {
+		close_image(img);
+		return 0;
+	}
+	ret = pb_read_one(img, &ce, PB_CIPHER);
+	close_image(img);
+	if (ret < 0)
+		return -1;
+	if (ce->ckpt_id.len != CRIUSEC_ID_LEN) {
+		pr_err("cipher.img: bad checkpoint id\n");
+		cipher_entry__free_unpacked(ce, NULL);
+		return -1;
+	}
+	memcpy(id, ce->ckpt_id.data, CRIUSEC_ID_LEN);
+	cipher_entry__free_unpacked(ce, NULL);
+	*found = true;
+	return 0;
+}
+
+static int write_cipher_img(struct criusec_ctx *ctx)
+{
+	CipherEntry ce = CIPHER_ENTRY__INIT;
+	CipherRecipientEntry *re, **rp;
+	struct criusec_header h;
+	struct cr_img *img;
+	size_t i;
+	int ret;
+
+	if (criusec_ctx_export(ctx, &h)) {
+		pr_err("cipher.img: %s\n", criusec_last_error());
+		return -1;
+	}
+	re = xmalloc(h.n_recipients * sizeof(*re));
+	rp = xmalloc(h.n_recipients * sizeof(*rp));
+	if (!re || !rp) {
+		xfree(re);
+		xfree(rp);
+		return -1;
+	}
+	for (i = 0; i < h.n_recipients; i++) {
+		cipher_recipient_entry__init(&re[i]);
+		re[i].fingerprint.data = (uint8_t *)h.recipients[i].fingerprint;
+		re[i].fingerprint.len = CRIUSEC_FPR_LEN;
+		re[i].wrap_alg = h.recipients[i].wrap_alg;
+		re[i].wrapped_key.data = (uint8_t *)h.recipients[i].wrapped;
+		re[i].wrapped_key.len = h.recipients[i].wrapped_len;
+		rp[i] = &re[i];
+	}
+	ce.version = h.version;
+	ce.ckpt_id.data = h.ckpt_id;
+	ce.ckpt_id.len = CRIUSEC_ID_LEN;
+	if (h.has_parent) {
+		ce.has_parent_id = true;
+		ce.parent_id.data = h.parent_id;
+		ce.parent_id.len = CRIUSEC_ID_LEN;
+	}
+	ce.aead = h.aead;
+	ce.chunk_size = h.chunk_size;
+	ce.n_recipients = h.n_recipients;
+	ce.recipients = rp;
+	ce.mac.data = h.mac;
+	ce.mac.len = CRIUSEC_MAC_LEN;
+
+	ret = -1;
+	img = open_image(CR_FD_CIPHER, O_DUMP);
+	if (img) {
+		ret = pb_write_one(img, &ce, PB_CIPHER);
+		close_image(img);
+	}
+	xfree(re);
+	xfree(rp);
+	return ret;
+}
+
+int criusec_dump_start(void)
+{
+	enum criusec_aead aead = CRIUSEC_AEAD_AUTO;
+	uint8_t parent_id[CRIUSEC_ID_LEN];
+	bool has_parent = false;
+	int i;
+
+	if (!opts.encrypt) {
+		if (access(CRIUSEC_REQUIRED_MARKER, F_OK) == 0) {
+			pr_err("Encryption is required on this host (%s exists), but --encrypt was not given\n",
+			       CRIUSEC_REQUIRED_MARKER);
+			return -1;
+		}
+		return 0;
+	}
+	if (opts.encrypt_aead && criusec_aead_parse(opts.encrypt_aead, &aead)) {
+		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
+		return -1;
+	}
+	if (opts.img_parent) {
+		int pfd = openat(get_service_fd(IMG_FD_OFF), CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
+
+		if (pfd >= 0) {
+			int ret = read_ckpt_id(pfd, parent_id, &has_parent);
+
+			close(pfd);
+			if (ret)
+				return -1;
+			if (!has_parent) {
+				pr_err("The parent images (%s) are not encrypted; pre-dump them with --encrypt too\n",
+				       opts.img_parent);
+				return -1;
+			}
+		}
+	}
+
+	dump_ctx = criusec_ctx_new(aead, has_parent ? parent_id : NULL);
+	if (!dump_ctx) {
+		pr_err("Can't make the checkpoint key: %s\n", criusec_last_error());
+		return -1;
+	}
+	if (opts.nr_encrypt_certs == 0 && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
+		goto err;
+	for (i = 0; i < opts.nr_encrypt_certs; i++) {
+		if (criusec_ctx_add_recipient(dump_ctx, opts.encrypt_certs[i])) {
+			pr_err("%s: %s\n", opts.encrypt_certs[i], criusec_last_error());
+			goto err;
+		}
+		pr_info("Encrypting for %s\n", opts.encrypt_certs[i]);
+	}
+
+	manifest = mmap(NULL, MANIFEST_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (manifest == MAP_FAILED) {
+		manifest = NULL;
+		pr_perror("Can't map the image manifest");
+		goto err;
+	}
+	if (write_cipher_img(dump_ctx))
+		goto err;
+	pr_info("Images are encrypted with %s\n", criusec_aead_name(criusec_ctx_aead(dump_ctx)));
+	return 0;
+err:
+	criusec_ctx_free(dump_ctx);
+	dump_ctx = NULL;
+	return -1;
+}
+
+static void manifest_add(const char *name)
+{
+	size_t len = strlen(name) + 1;
+	unsigned int off;
+
+	off = __atomic_fetch_add(&manifest->used, len, __ATOMIC_SEQ_CST);
+	if (off + len > MANIFEST_BYTES - sizeof(*manifest)) {
+		pr_err("Too many images for the manifest\n");
+		manifest->failed = 1;
+		return;
+	}
+	memcpy(manifest->names + off, name, len);
+}
+
+int criusec_dump_finish(int ret)
+{
+	CipherManifestEntry me = CIPHER_MANIFEST_ENTRY__INIT;
+	struct cr_img *img;
+	size_t n = 0, off;
+	char **names = NULL;
+
+	if (!dump_ctx)
+		return 0;
+	if (ret == 0 && !manifest->failed) {
+		for (off = 0; off < manifest->used; off += strlen(manifest->names + off) + 1)
+			n++;
+		names = xmalloc(sizeof(*names) * (n ?: 1));
+		if (!names)
+			return -1;
+		n = 0;
+		for (off = 0; off < manifest->used; off += strlen(manifest->names + off) + 1)
+			names[n++] = manifest->names + off;
+		me.n_images = n;
+		me.images = names;
+		img = open_image(CR_FD_CIPHER_MANIFEST, O_DUMP);
+		if (!img || pb_write_one(img, &me, PB_CIPHER_MANIFEST) < 0)
+			manifest->failed = 1;
+		if (img)
+			close_image(img);
+		xfree(names);
+	}
+	ret = manifest->failed ? -1 : 0;
+	criusec_ctx_free(dump_ctx);
+	dump_ctx = NULL;
+	munmap(manifest, MANIFEST_BYTES);
+	manifest = NULL;
+	return ret;
+}
+
+static int open_write(int dfd, int type, const char *path, int *fd)
+{
+	struct pending_img *p;
+	int memfd;
+
+	memfd = memfd_create(path, 0);
+	if (memfd < 0) {
+		pr_perror("%s: can't make a memfd", path);
+		return -1;
+	}
+	p = xzalloc(sizeof(*p));
+	if (p)
+		p->name = xstrdup(path);
+	if (!p || !p->name || (p->memfd = dup(memfd)) < 0) {
+		close(memfd);
+		if (p)
+			xfree(p->name);
+		xfree(p);
+		return -1;
+	}
+	p->fd = memfd;
+	p->real_fd = *fd;
+	p->owner = getpid();
+	p->type = type;
+	p->in_imgdir = is_imgdir(dfd);
+	p->next = pending;
+	pending = p;
+	*fd = memfd;
+	return 0;
+}
+
+void criusec_img_closed(int fd)
+{
+	struct pending_img **pp, *p;
+
+	for (pp = &pending; *pp; pp = &(*pp)->next)
+		if ((*pp)->fd == fd)
+			break;
+	p = *pp;
+	if (!p)
+		return;
+	*pp = p->next;
+
+	if (p->owner == getpid()) {
+		if (lseek(p->memfd, 0, SEEK_SET) < 0 ||
+		    criusec_stream_seal_fd(dump_ctx, kind_of(p->type), p->name, p->memfd, p->real_fd)) {
+			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
+			manifest->failed = 1;
+		} else if (p->in_imgdir && p->type != CR_FD_CIPHER_MANIFEST) {
+			manifest_add(p->name);
+		}
+	}
+	close(p->memfd);
+	close(p->real_fd);
+	xfree(p->name);
+	xfree(p);
+}
+
+static bool manifest_has(struct dir_state *d, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < d->manifest->n_images; i++)
+		if (!strcmp(d->manifest->images[i], name))
+			return true;
+	return false;
+}
+
+static int header_from_pb(CipherEntry *ce, struct criusec_header *h, struct criusec_recipient **rs)
+{
+	size_t i;
+
+	memset(h, 0, sizeof(*h));
+	if (ce->ckpt_id.len != CRIUSEC_ID_LEN || ce->mac.len != CRIUSEC_MAC_LEN ||
+	    (ce->has_parent_id && ce->parent_id.len != CRIUSEC_ID_LEN))
+		return -1;
+	*rs = xzalloc(sizeof(**rs) * (ce->n_recipients ?: 1));
+	if (!*rs)
+		return -1;
+	for (i = 0; i < ce->n_recipients; i++) {
+		CipherRecipientEntry *re = ce->recipients[i];
+
+		if (re->fingerprint.len != CRIUSEC_FPR_LEN)
+			return -1;
+		memcpy((*rs)[i].fingerprint, re->fingerprint.data, CRIUSEC_FPR_LEN);
+		(*rs)[i].wrap_alg = re->wrap_alg;
+		(*rs)[i].wrapped = re->wrapped_key.data;
+		(*rs)[i].wrapped_len = re->wrapped_key.len;
+	}
+	h->version = ce->version;
+	memcpy(h->ckpt_id, ce->ckpt_id.data, CRIUSEC_ID_LEN);
+	h->has_parent = ce->has_parent_id;
+	if (ce->has_parent_id)
+		memcpy(h->parent_id, ce->parent_id.data, CRIUSEC_ID_LEN);
+	h->aead = ce->aead;
+	h->chunk_size = ce->chunk_size;
+	h->n_recipients = ce->n_recipients;
+	h->recipients = *rs;
+	memcpy(h->mac, ce->mac.data, CRIUSEC_MAC_LEN);
+	return 0;
+}
+
+/* A pre-dump child must sit on the very parent it was dumped against. */
+static int check_parent(int dfd, const struct criusec_header *h)
+{
+	uint8_t id[CRIUSEC_ID_LEN];
+	bool found;
+	int pfd, ret;
+
+	if (!h->has_parent)
+		return 0;
+	pfd = openat(dfd, CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
+	if (pfd < 0)
+		return 0; /* no parent images needed here */
+	ret = read_ckpt_id(pfd, id, &found);
+	close(pfd);
+	if (ret)
+		return -1;
+	if (!found || memcmp(id, h->parent_id, CRIUSEC_ID_LEN)) {
+		pr_err("The parent images are not the checkpoint these images were dumped against\n");
+		return -1;
+	}
+	return 0;
+}
+
+static int load_dir(int dfd, struct dir_state *d)
+{
+	const char *key = opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
+	struct criusec_recipient *rs = NULL;
+	struct criusec_header h;
+	struct cr_img *img;
+	CipherEntry *ce;
+	int ret;
+
+	img = open_image_at(dfd, CR_FD_CIPHER, O_RSTR);
+	if (!img)
+		return -1;
+	if (empty_image(img)) {
+		close_image(img);
+		return 0;
+	}
+	d->encrypted = true;
+	ret = pb_read_one(img, &ce, PB_CIPHER);
+	close_image(img);
+	if (ret < 0)
+		return -1;
+	if (header_from_pb(ce, &h, &rs)) {
+		pr_err("cipher.img: malformed header\n");
+		goto err;
+	}
+	if (access(key, R_OK)) {
+		pr_err("The checkpoint is encrypted; pass the private key with --tls-key (%s: %s)\n", key,
+		       strerror(errno));
+		goto err;
+	}
+	d->ctx = criusec_ctx_import(&h, key);
+	if (!d->ctx) {
+		pr_err("cipher.img: %s (key %s)\n", criusec_last_error(), key);
+		goto err;
+	}
+	if (check_parent(dfd, &h))
+		goto err;
+	xfree(rs);
+	cipher_entry__free_unpacked(ce, NULL);
+
+	d->loading = true;
+	img = open_image_at(dfd, CR_FD_CIPHER_MANIFEST, O_RSTR);
+	d->loading = false;
+	if (!img)
+		return -1;
+	if (empty_image(img)) {
+		close_image(img);
+		pr_err("cipher-manifest.img is missing: the dump did not finish, or images were removed\n");
+		return -1;
+	}
+	ret = pb_read_one(img, &d->manifest, PB_CIPHER_MANIFEST);
+	close_image(img);
+	return ret < 0 ? -1 : 0;
+err:
+	xfree(rs);
+	cipher_entry__free_unpacked(ce, NULL);
+	return -1;
+}
+
+static struct dir_state *dir_lookup(int dfd)
+{
+	struct dir_state *d;
+	dev_t dev;
+	ino_t ino;
+
+	if (same_dir(dfd, &dev, &ino))
+		return NULL;
+	for (d = dirs; d; d = d->next)
+		if (d->dev == dev && d->ino == ino)
+			return d;
+	d = xzalloc(sizeof(*d));
+	if (!d)
+		return NULL;
+	d->dev = dev;
+	d->ino = ino;
+	d->next = dirs;
+	dirs = d;
+	if (load_dir(dfd, d)) {
+		/* Keep the failure: later opens of this directory fail too. */
+		d->encrypted = true;
+		criusec_ctx_free(d->ctx);
+		d->ctx = NULL;
+		return NULL;
+	}
+	return d;
+}
+
+static int open_read(int dfd, int type, const char *path, int *fd)
+{
+	char head[CRIUSEC_STREAM_MAGIC_LEN];
+	struct dir_state *d;
+	bool is_stream;
+	int memfd;
+	ssize_t n;
+
+	d = dir_lookup(dfd);
+	if (!d) {
+		if (type == CR_FD_IRMAP_CACHE) {
+			/* Only a cache: go on without it. */
+			pr_warn("Ignoring the encrypted %s\n", path);
+			goto as_missing;
+		}
+		pr_err("%s: can't read the encrypted checkpoint\n", path);
+		return -1;
+	}
+	if (d->encrypted && !d->ctx) {
+		pr_err("%s: can't read the encrypted checkpoint\n", path);
+		return -1;
+	}
+
+	if (*fd < 0) {
+		if (d->encrypted && !d->loading && manifest_has(d, path)) {
+			pr_err("%s: missing from the encrypted checkpoint (its manifest lists it)\n", path);
+			return -1;
+		}
+		return 0;
+	}
+
+	n = pread(*fd, head, sizeof(head), 0);
+	is_stream = n == sizeof(head) && criusec_is_stream(head, n);
+	if (!d->encrypted) {
+		if (is_stream) {
+			pr_err("%s is encrypted, but there is no cipher.img beside it\n", path);
+			return -1;
+		}
+		return 0;
+	}
+	if (!is_stream) {
+		pr_err("%s is not encrypted, but its checkpoint is: refusing it\n", path);
+		return -1;
+	}
+	if (!d->loading && !manifest_has(d, path)) {
+		pr_err("%s is not an image of this checkpoint (not in its manifest)\n", path);
+		return -1;
+	}
+
+	memfd = memfd_create(path, 0);
+	if (memfd < 0) {
+		pr_perror("%s: can't make a memfd", path);
+		return -1;
+	}
+	if (criusec_stream_open_fd(d->ctx, kind_of(type), path, *fd, memfd)) {
+		pr_err("%s: %s\n", path, criusec_last_error());
+		close(memfd);
+		return -1;
+	}
+	if (lseek(memfd, 0, SEEK_SET) < 0) {
+		pr_perror("%s: lseek", path);
+		close(memfd);
+		return -1;
+	}
+	close(*fd);
+	*fd = memfd;
+	return 0;
+
+as_missing:
+	close(*fd);
+	*fd = -1;
+	errno = ENOENT;
+	return 0;
+}
+
+int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, int *fd)
+{
+	int saved_errno = errno, was_missing = *fd < 0, ret;
+
+	if (!stream_covered(type))
+		return 0;
+	if (flags & (O_WRONLY | O_RDWR)) {
+		if (!dump_ctx || *fd < 0)
+			return 0;
+		ret = open_write(dfd, type, path, fd);
+	} else {
+		ret = open_read(dfd, type, path, fd);
+	}
+	if (ret && *fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+	/* The caller tells a missing image by errno: keep the open's one. */
+	if (!ret && was_missing)
+		errno = saved_errno;
+	return ret;
 }

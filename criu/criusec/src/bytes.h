@@ -1,0 +1,29 @@
+/* Big-endian serialization helpers for the formats. */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace criusec {
+
+inline void put_u8(std::vector<uint8_t> &v, uint8_t x) { v.push_back(x); }
+
+inline void put_u32(std::vector<uint8_t> &v, uint32_t x)
+{
+	for (int shift = 24; shift >= 0; shift -= 8)
+		v.push_back(static_cast<uint8_t>(x >> shift));
+}
+
+inline void put_bytes(std::vector<uint8_t> &v, std::span<const uint8_t> b) { v.insert(v.end(), b.begin(), b.end()); }
+
+inline void put_str(std::vector<uint8_t> &v, std::string_view s) { v.insert(v.end(), s.begin(), s.end()); }
+
+inline std::span<const uint8_t> as_bytes(std::string_view s) noexcept
+{
+	return {reinterpret_cast<const uint8_t *>(s.data()), s.size()};
+}
+
+} /* namespace criusec */

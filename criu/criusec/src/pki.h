@@ -1,0 +1,41 @@
+/*
+ * Recipient keys: X.509 certificates and private keys (PEM), their
+ * fingerprints, and RSA key wrapping.
+ */
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "gnutls_raii.h"
+#include "status.h"
+
+namespace criusec {
+
+constexpr size_t kFprLen = 32;
+using Fingerprint = std::array<uint8_t, kFprLen>;
+
+/* Smallest RSA modulus accepted for a new recipient. */
+constexpr unsigned kMinRsaBits = 2048;
+
+/* The RSA public key of the first certificate in a PEM buffer. */
+[[nodiscard]] Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem);
+/* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM. */
+[[nodiscard]] Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem);
+[[nodiscard]] Result<PubKey> pubkey_from_privkey(const PrivKey &priv);
+
+/* SHA-256 over the DER SubjectPublicKeyInfo. */
+[[nodiscard]] Result<Fingerprint> fingerprint(const PubKey &pub);
+
+/* RSA PKCS#1 v1.5 encryption of a key. */
+[[nodiscard]] Result<std::vector<uint8_t>> rsa_wrap(const PubKey &pub, std::span<const uint8_t> key);
+/*
+ * The inverse; fails unless the plaintext is exactly out.size() bytes.
+ * Uses gnutls_privkey_decrypt_data2, GnuTLS's side-channel-hardened
+ * fixed-length variant of gnutls_privkey_decrypt_data.
+ */
+[[nodiscard]] Status rsa_unwrap(const PrivKey &priv, std::span<const uint8_t> wrapped, std::span<uint8_t> out);
+
+} /* namespace criusec */

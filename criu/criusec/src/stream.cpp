@@ -1,0 +1,367 @@
+#include "stream.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "bytes.h"
+#include "io.h"
+
+namespace criusec {
+
+namespace {
+
+constexpr uint64_t kMaxCounter = std::numeric_limits<uint64_t>::max();
+
+Status check_label(const char *what, std::string_view s)
+{
+	if (s.empty())
+		return invalid_argument(std::string("stream ") + what + " is empty");
+	if (s.size() > kMaxLabelLen)
+		return invalid_argument(std::string("stream ") + what + " is too long");
+	/* The NUL separators in the KDF info and AAD must stay unambiguous. */
+	if (s.find('\0') != std::string_view::npos)
+		return invalid_argument(std::string("stream ") + what + " contains a NUL byte");
+	return {};
+}
+
+unsigned log2_exact(uint32_t v) noexcept
+{
+	unsigned l = 0;
+	while ((1u << l) < v)
+		++l;
+	return l;
+}
+
+/*
+ * Key and AAD of one stream.  The key is bound to the checkpoint (PRK),
+ * kind, name and salt; the AAD binds every chunk to the header bytes, the
+ * checkpoint id, kind and name, so a chunk cannot be moved to another
+ * stream and the header cannot be edited.
+ */
+struct StreamCrypto {
+	Aead aead;
+	std::vector<uint8_t> aad;
+};
+
+Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::string_view name,
+				   std::span<const uint8_t, kStreamHeaderLen> hdr)
+{
+	CRIUSEC_TRY(check_label("kind", kind));
+	CRIUSEC_TRY(check_label("name", name));
+
+	std::vector<uint8_t> info;
+	put_str(info, kInfoStream);
+	put_u8(info, 0);
+	put_str(info, kind);
+	put_u8(info, 0);
+	put_str(info, name);
+	put_u8(info, 0);
+	put_bytes(info, hdr.subspan(kStreamHeaderLen - kStreamSaltLen));
+	auto key = ctx.derive(info, kAeadKeyLen);
+	if (!key.ok())
+		return std::move(key).status();
+	auto aead = Aead::create(ctx.aead(), key.value().span());
+	if (!aead.ok())
+		return std::move(aead).status();
+
+	std::vector<uint8_t> aad;
+	put_bytes(aad, hdr);
+	put_bytes(aad, ctx.id());
+	put_str(aad, kind);
+	put_u8(aad, 0);
+	put_str(aad, name);
+	return StreamCrypto{std::move(aead).value(), std::move(aad)};
+}
+
+/* 11-byte big-endian chunk counter, then the last-chunk flag. */
+std::array<uint8_t, kAeadNonceLen> make_nonce(uint64_t counter, bool last) noexcept
+{
+	std::array<uint8_t, kAeadNonceLen> n{};
+	for (size_t i = 0; i < 8; i++)
+		n[10 - i] = static_cast<uint8_t>(counter >> (8 * i));
+	n[11] = last ? 1 : 0;
+	return n;
+}
+
+std::string chunk_str(uint64_t counter)
+{
+	return "chunk " + std::to_string(counter);
+}
+
+} /* namespace */
+
+bool is_stream(std::span<const uint8_t> head) noexcept
+{
+	return head.size() >= kStreamMagicLen && std::memcmp(head.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen) == 0;
+}
+
+size_t sealed_size(size_t pt_len, uint32_t chunk_size) noexcept
+{
+	size_t chunks = pt_len / chunk_size + (pt_len % chunk_size != 0);
+	if (chunks == 0)
+		chunks = 1; /* the empty plaintext is one empty final chunk */
+	size_t overhead = kStreamHeaderLen + chunks * kAeadTagLen; /* chunks <= pt_len: no overflow here */
+	if (pt_len > std::numeric_limits<size_t>::max() - overhead)
+		return 0;
+	return pt_len + overhead;
+}
+
+/* ---- sealing ---- */
+
+Result<StreamSealer> StreamSealer::start(const Ctx &ctx, std::string_view kind, std::string_view name)
+{
+	StreamHeader hdr{};
+	std::memcpy(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen);
+	hdr[8] = kStreamVersion;
+	hdr[9] = static_cast<uint8_t>(ctx.aead());
+	hdr[10] = static_cast<uint8_t>(log2_exact(ctx.chunk_size()));
+	hdr[11] = 0;
+	/* A fresh salt gives every stream its own key, even for a rewritten image. */
+	CRIUSEC_TRY(random_bytes(std::span(hdr).subspan(kStreamHeaderLen - kStreamSaltLen)));
+
+	auto sc = stream_crypto(ctx, kind, name, hdr);
+	if (!sc.ok())
+		return std::move(sc).status();
+	return StreamSealer(std::move(sc.value().aead), std::move(sc.value().aad), hdr, ctx.chunk_size());
+}
+
+Status StreamSealer::seal_chunk(std::span<const uint8_t> pt, bool last, std::span<uint8_t> out)
+{
+	if (done_)
+		return invalid_argument("stream already has its final chunk");
+	if (counter_ == kMaxCounter)
+		return Status::error(EOVERFLOW, "chunk counter overflow");
+	if (pt.size() > chunk_size_ || (!last && pt.size() != chunk_size_))
+		return invalid_argument("only the final chunk may be shorter than the chunk size");
+	if (last && pt.empty() && counter_ != 0)
+		return invalid_argument("the final chunk may only be empty when it is the only one");
+	if (out.size() != pt.size() + kAeadTagLen)
+		return invalid_argument("seal_chunk: output size mismatch");
+	auto nonce = make_nonce(counter_, last);
+	CRIUSEC_TRY(aead_.seal(nonce, aad_, pt, out));
+	++counter_;
+	done_ = last;
+	return {};
+}
+
+/* ---- opening ---- */
+
+Result<StreamOpener> StreamOpener::start(const Ctx &ctx, std::string_view kind, std::string_view name,
+					 std::span<const uint8_t> head)
+{
+	if (head.empty())
+		return bad_data("stream truncated (empty input)");
+	size_t n = std::min(head.size(), kStreamMagicLen);
+	if (std::memcmp(head.data(), CRIUSEC_STREAM_MAGIC, n) != 0)
+		return bad_data("not an encrypted image (bad magic)");
+	if (head.size() < kStreamHeaderLen)
+		return bad_data("stream truncated (incomplete stream header)");
+
+	if (head[8] != kStreamVersion)
+		return unsupported("unsupported stream version " + std::to_string(head[8]));
+	auto aead = aead_from_wire(head[9]);
+	if (!aead)
+		return unsupported("unknown stream AEAD " + std::to_string(head[9]));
+	if (*aead != ctx.aead())
+		return bad_data(std::string("stream AEAD ") + aead_name(*aead) + " differs from the checkpoint's " +
+				aead_name(ctx.aead()));
+	if (head[10] < 12 || head[10] > 20)
+		return bad_data("invalid stream chunk size exponent " + std::to_string(head[10]));
+	uint32_t chunk = 1u << head[10];
+	if (chunk != ctx.chunk_size())
+		return bad_data("stream chunk size " + std::to_string(chunk) + " differs from the checkpoint's " +
+				std::to_string(ctx.chunk_size()));
+	if (head[11] != 0)
+		return bad_data("bad stream header (reserved byte is not zero)");
+
+	auto sc = stream_crypto(ctx, kind, name, head.first<kStreamHeaderLen>());
+	if (!sc.ok())
+		return std::move(sc).status();
+	return StreamOpener(std::move(sc.value().aead), std::move(sc.value().aad), chunk);
+}
+
+Status StreamOpener::try_open(std::span<const uint8_t> ct, bool last, std::span<uint8_t> out)
+{
+	auto nonce = make_nonce(counter_, last);
+	return aead_.open(nonce, aad_, ct, out.first(ct.size() - kAeadTagLen));
+}
+
+Result<size_t> StreamOpener::open_chunk(std::span<const uint8_t> ct, bool more, std::span<uint8_t> out)
+{
+	const size_t sealed = sealed_chunk_size();
+	if (done_)
+		return bad_data("trailing data after final chunk");
+	if (ct.size() > sealed || (more && ct.size() != sealed))
+		return invalid_argument("open_chunk: bad chunk length");
+	if (ct.size() >= kAeadTagLen && out.size() < ct.size() - kAeadTagLen)
+		return invalid_argument("open_chunk: output buffer too small");
+	if (counter_ == kMaxCounter)
+		return bad_data("chunk counter overflow");
+
+	if (more) {
+		if (try_open(ct, false, out).ok()) {
+			++counter_;
+			return ct.size() - kAeadTagLen;
+		}
+		/* A final chunk followed by more bytes: say so rather than "failed". */
+		if (try_open(ct, true, out).ok()) {
+			gnutls_memset(out.data(), 0, ct.size() - kAeadTagLen);
+			return bad_data("trailing data after final chunk");
+		}
+		return bad_data(chunk_str(counter_) + " failed authentication" +
+				(counter_ == 0 ? " (tampered, or not sealed for this checkpoint, kind and name)" : ""));
+	}
+
+	if (ct.empty())
+		return bad_data("stream truncated (no final chunk)");
+	/* Only a lone final chunk may be empty (16 bytes, the tag). */
+	if (ct.size() < kAeadTagLen + (counter_ > 0 ? 1 : 0))
+		return bad_data("stream truncated (partial " + chunk_str(counter_) + ")");
+	if (try_open(ct, true, out).ok()) {
+		done_ = true;
+		return ct.size() - kAeadTagLen;
+	}
+	/* A full non-final chunk at EOF: the stream was cut at a chunk boundary. */
+	if (ct.size() == sealed && try_open(ct, false, out).ok()) {
+		gnutls_memset(out.data(), 0, ct.size() - kAeadTagLen);
+		return bad_data("stream truncated (no final chunk)");
+	}
+	return bad_data(chunk_str(counter_) + " failed authentication" +
+			(counter_ == 0 ? " (tampered, truncated, or not sealed for this checkpoint, kind and name)"
+				       : " (final chunk: tampered, truncated or extended)"));
+}
+
+/* ---- whole buffers ---- */
+
+Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
+		   std::span<uint8_t> out)
+{
+	size_t need = sealed_size(in.size(), ctx.chunk_size());
+	if (need == 0 || out.size() != need)
+		return invalid_argument("seal_buffer: output size mismatch");
+	auto sealer = StreamSealer::start(ctx, kind, name);
+	if (!sealer.ok())
+		return std::move(sealer).status();
+	auto &s = sealer.value();
+	std::memcpy(out.data(), s.header().data(), kStreamHeaderLen);
+
+	size_t ipos = 0, opos = kStreamHeaderLen;
+	bool last;
+	do {
+		size_t n = std::min(s.chunk_size(), in.size() - ipos);
+		last = ipos + n == in.size();
+		CRIUSEC_TRY(s.seal_chunk(in.subspan(ipos, n), last, out.subspan(opos, n + kAeadTagLen)));
+		ipos += n;
+		opos += n + kAeadTagLen;
+	} while (!last);
+	return {};
+}
+
+Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
+			   std::span<uint8_t> out)
+{
+	if (out.size() < in.size())
+		return invalid_argument("open_buffer: output buffer too small");
+	auto opener = StreamOpener::start(ctx, kind, name, in.first(std::min(in.size(), kStreamHeaderLen)));
+	if (!opener.ok())
+		return std::move(opener).status();
+	auto &o = opener.value();
+
+	size_t ipos = kStreamHeaderLen, opos = 0;
+	for (;;) {
+		size_t remaining = in.size() - ipos;
+		bool more = remaining > o.sealed_chunk_size();
+		auto ct = in.subspan(ipos, more ? o.sealed_chunk_size() : remaining);
+		auto n = o.open_chunk(ct, more, out.subspan(opos));
+		if (!n.ok())
+			return n;
+		ipos += ct.size();
+		opos += n.value();
+		if (!more)
+			return opos;
+	}
+}
+
+/* ---- file descriptors ---- */
+
+Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+{
+	auto sealer = StreamSealer::start(ctx, kind, name);
+	if (!sealer.ok())
+		return std::move(sealer).status();
+	auto &s = sealer.value();
+	CRIUSEC_TRY(write_full(out_fd, s.header()));
+
+	/* Two plaintext chunks: we must see past a full chunk to know whether it is the last. */
+	SecureBytes cur(s.chunk_size()), next(s.chunk_size());
+	std::vector<uint8_t> sealed(s.chunk_size() + kAeadTagLen);
+
+	auto r = read_full(in_fd, cur.span());
+	if (!r.ok())
+		return std::move(r).status();
+	size_t ncur = r.value();
+	for (;;) {
+		size_t nnext = 0;
+		bool last = true;
+		if (ncur == s.chunk_size()) {
+			auto rn = read_full(in_fd, next.span());
+			if (!rn.ok())
+				return std::move(rn).status();
+			nnext = rn.value();
+			last = nnext == 0;
+		}
+		auto out = std::span(sealed).first(ncur + kAeadTagLen);
+		CRIUSEC_TRY(s.seal_chunk(cur.span().first(ncur), last, out));
+		CRIUSEC_TRY(write_full(out_fd, out));
+		if (last)
+			return {};
+		cur.swap(next);
+		ncur = nnext;
+	}
+}
+
+Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+{
+	StreamHeader hdr;
+	auto rh = read_full(in_fd, hdr);
+	if (!rh.ok())
+		return std::move(rh).status();
+	auto opener = StreamOpener::start(ctx, kind, name, std::span(hdr).first(rh.value()));
+	if (!opener.ok())
+		return std::move(opener).status();
+	auto &o = opener.value();
+
+	/* Two sealed chunks: the one being opened and the look-ahead that tells whether more follows. */
+	const size_t sealed = o.sealed_chunk_size();
+	std::vector<uint8_t> cur(sealed), next(sealed);
+	SecureBytes plain(o.chunk_size());
+
+	auto r = read_full(in_fd, cur);
+	if (!r.ok())
+		return std::move(r).status();
+	size_t ncur = r.value();
+	for (;;) {
+		size_t nnext = 0;
+		bool more = false;
+		if (ncur == sealed) {
+			auto rn = read_full(in_fd, next);
+			if (!rn.ok())
+				return std::move(rn).status();
+			nnext = rn.value();
+			more = nnext > 0;
+		}
+		auto n = o.open_chunk(std::span(cur).first(ncur), more, plain.span());
+		if (!n.ok())
+			return std::move(n).status();
+		/* Only authenticated plaintext reaches out_fd. */
+		CRIUSEC_TRY(write_full(out_fd, plain.span().first(n.value())));
+		if (!more)
+			return {};
+		cur.swap(next);
+		ncur = nnext;
+	}
+}
+
+} /* namespace criusec */
