@@ -74,7 +74,7 @@ install: criu
 		install-criu install-lib install-crit install-compel install-man
 
 demo: criu
-	@scripts/criusec/demo.sh $(CRIU)
+	@scripts/criusec/demo.sh $(CRIU) $(BUILD)/demo-keys
 
 test: criu engine
 	@scripts/criusec/run-tests.sh $(SRC) $(ENGINE_BUILD)

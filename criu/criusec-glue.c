@@ -49,7 +49,7 @@
 struct manifest_shm {
 	unsigned int used; /* bytes of names[] in use */
 	int failed;	   /* a seal failed somewhere: the dump must fail */
-	char names[];	   /* NUL-terminated names, one after another */
+	char names[];	   /* "kind\0name\0" pairs, one after another */
 };
 
 static struct criusec_ctx *dump_ctx;
@@ -290,18 +290,19 @@ err:
 	return -1;
 }
 
-static void manifest_add(const char *name)
+static void manifest_add(const char *kind, const char *name)
 {
-	size_t len = strlen(name) + 1;
+	size_t klen = strlen(kind) + 1, nlen = strlen(name) + 1;
 	unsigned int off;
 
-	off = __atomic_fetch_add(&manifest->used, len, __ATOMIC_SEQ_CST);
-	if (off + len > MANIFEST_BYTES - sizeof(*manifest)) {
+	off = __atomic_fetch_add(&manifest->used, klen + nlen, __ATOMIC_SEQ_CST);
+	if (off + klen + nlen > MANIFEST_BYTES - sizeof(*manifest)) {
 		pr_err("Too many images for the manifest\n");
 		manifest->failed = 1;
 		return;
 	}
-	memcpy(manifest->names + off, name, len);
+	memcpy(manifest->names + off, kind, klen);
+	memcpy(manifest->names + off + klen, name, nlen);
 }
 
 int criusec_dump_finish(int ret)
@@ -309,27 +310,38 @@ int criusec_dump_finish(int ret)
 	CipherManifestEntry me = CIPHER_MANIFEST_ENTRY__INIT;
 	struct cr_img *img;
 	size_t n = 0, off;
-	char **names = NULL;
+	char **names, **kinds;
 
 	if (!dump_ctx)
 		return 0;
 	if (ret == 0 && !manifest->failed) {
 		for (off = 0; off < manifest->used; off += strlen(manifest->names + off) + 1)
 			n++;
+		n /= 2;
 		names = xmalloc(sizeof(*names) * (n ?: 1));
-		if (!names)
+		kinds = xmalloc(sizeof(*kinds) * (n ?: 1));
+		if (!names || !kinds) {
+			xfree(names);
+			xfree(kinds);
 			return -1;
+		}
 		n = 0;
-		for (off = 0; off < manifest->used; off += strlen(manifest->names + off) + 1)
-			names[n++] = manifest->names + off;
-		me.n_images = n;
+		for (off = 0; off < manifest->used; n++) {
+			kinds[n] = manifest->names + off;
+			off += strlen(kinds[n]) + 1;
+			names[n] = manifest->names + off;
+			off += strlen(names[n]) + 1;
+		}
+		me.n_images = me.n_kinds = n;
 		me.images = names;
+		me.kinds = kinds;
 		img = open_image(CR_FD_CIPHER_MANIFEST, O_DUMP);
 		if (!img || pb_write_one(img, &me, PB_CIPHER_MANIFEST) < 0)
 			manifest->failed = 1;
 		if (img)
 			close_image(img);
 		xfree(names);
+		xfree(kinds);
 	}
 	ret = manifest->failed ? -1 : 0;
 	criusec_ctx_free(dump_ctx);
@@ -370,6 +382,14 @@ static int open_write(int dfd, int type, const char *path, int *fd)
 	return 0;
 }
 
+/* An image CRIU unlinked after all (e.g. an unsupported "ip rule save"). */
+static bool still_linked(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && st.st_nlink > 0;
+}
+
 void criusec_img_closed(int fd)
 {
 	struct pending_img **pp, *p;
@@ -387,8 +407,8 @@ void criusec_img_closed(int fd)
 		    criusec_stream_seal_fd(dump_ctx, kind_of(p->type), p->name, p->memfd, p->real_fd)) {
 			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
 			manifest->failed = 1;
-		} else if (p->in_imgdir && p->type != CR_FD_CIPHER_MANIFEST) {
-			manifest_add(p->name);
+		} else if (p->in_imgdir && p->type != CR_FD_CIPHER_MANIFEST && still_linked(p->real_fd)) {
+			manifest_add(kind_of(p->type), p->name);
 		}
 	}
 	close(p->memfd);
@@ -464,6 +484,45 @@ static int check_parent(int dfd, const struct criusec_header *h)
 	return 0;
 }
 
+/*
+ * Authenticate every image the manifest lists before any is used, so a
+ * damaged or missing image stops the restore before it starts, even one
+ * that would have been read late, or never.
+ */
+static int verify_all(int dfd, struct dir_state *d)
+{
+	CipherManifestEntry *m = d->manifest;
+	int devnull, fd, ret = 0;
+	size_t i;
+
+	if (m->n_kinds != m->n_images) {
+		pr_err("cipher-manifest.img: malformed\n");
+		return -1;
+	}
+	devnull = open("/dev/null", O_WRONLY);
+	if (devnull < 0) {
+		pr_perror("Can't open /dev/null");
+		return -1;
+	}
+	for (i = 0; i < m->n_images && !ret; i++) {
+		fd = openat(dfd, m->images[i], O_RDONLY);
+		if (fd < 0) {
+			pr_perror("%s: missing from the encrypted checkpoint (its manifest lists it)", m->images[i]);
+			ret = -1;
+			break;
+		}
+		if (criusec_stream_open_fd(d->ctx, m->kinds[i], m->images[i], fd, devnull)) {
+			pr_err("%s: %s\n", m->images[i], criusec_last_error());
+			ret = -1;
+		}
+		close(fd);
+	}
+	close(devnull);
+	if (!ret)
+		pr_info("All %zu images of the checkpoint authenticated\n", m->n_images);
+	return ret;
+}
+
 static int load_dir(int dfd, struct dir_state *d)
 {
 	const char *key = opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
@@ -516,7 +575,9 @@ static int load_dir(int dfd, struct dir_state *d)
 	}
 	ret = pb_read_one(img, &d->manifest, PB_CIPHER_MANIFEST);
 	close_image(img);
-	return ret < 0 ? -1 : 0;
+	if (ret < 0)
+		return -1;
+	return verify_all(dfd, d);
 err:
 	xfree(rs);
 	cipher_entry__free_unpacked(ce, NULL);

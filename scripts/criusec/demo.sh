@@ -1,18 +1,33 @@
 #!/bin/bash
-# make demo: start a process that counts, dump it with criu, restore it, and
-# show that it carried on counting from where it was.
-# Usage: demo.sh CRIU
+# make demo: a process holding a secret counts; criu dumps it encrypted for a
+# throwaway certificate, the secret is shown to be in no image criu wrote
+# outside the page images, a restore without the key is refused, and the
+# restore with the key carries on counting.
+# Usage: demo.sh CRIU KEYDIR
 set -euo pipefail
 criu=$1
+keys=$2
 work=$(mktemp -d /tmp/criusec-demo.XXXXXX)
-trap 'pkill -KILL -s "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=""
+cleanup() {
+	[ -n "$pid" ] && pkill -KILL -s "$pid" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+fail() { echo "demo: $*" >&2; exit 1; }
 
 "$criu" --version
-# The counter writes its count to a file every 100 ms.
+[ -f "$keys/demo-key.pem" ] || "$(dirname "$0")/../../pki/criusec-keygen" "$keys" demo >/dev/null
+echo "throwaway key pair: $keys/demo-cert.pem, $keys/demo-key.pem"
+
+secret="demo-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+# The counter keeps a secret in a pipe it never reads: pipe data is one of
+# the raw images criu writes.
 cat >"$work/counter.sh" <<'EOT'
 #!/bin/bash
+exec 3< <(printf '%s' "$SECRET"; sleep infinity)
 n=0
 while :; do
 	n=$((n + 1))
@@ -22,23 +37,38 @@ done
 EOT
 chmod +x "$work/counter.sh"
 
-step "start a counting process"
-setsid "$work/counter.sh" "$work/count" </dev/null >/dev/null 2>&1 &
+step "start a counting process with a secret in a pipe"
+SECRET=$secret setsid "$work/counter.sh" "$work/count" </dev/null >/dev/null 2>&1 &
 pid=$!
 sleep 1
 echo "pid $pid has counted to $(cat "$work/count")"
 
-step "criu dump -t $pid -D $work/img"
-"$criu" dump -t "$pid" -D "$work/img" -o dump.log -v4 || { tail -20 "$work/img/dump.log"; exit 1; }
+step "criu dump --encrypt --tls-cert $keys/demo-cert.pem"
+"$criu" dump -t "$pid" -D "$work/img" -o dump.log -v4 --encrypt --tls-cert "$keys/demo-cert.pem" ||
+	{ tail -20 "$work/img/dump.log"; fail "dump failed"; }
 wait "$pid" 2>/dev/null || true
 before=$(cat "$work/count")
-echo "dumped at $before; the process is gone: $(ps -p "$pid" >/dev/null && echo NO || echo yes)"
-ls -la "$work/img" | head -20
+echo "dumped at $before"
+ls -la "$work/img" | head -30
 
-step "criu restore -d -D $work/img"
-"$criu" restore -d -D "$work/img" -o restore.log -v4 || { tail -20 "$work/img/restore.log"; exit 1; }
+step "the secret is in no image outside the page images (the page cipher covers those)"
+hits=$(grep -l -a -F "$secret" "$work"/img/* 2>/dev/null | grep -v '/pages-' || true)
+[ -z "$hits" ] || fail "secret found in: $hits"
+echo "secret $secret: found in no image but pages-*.img"
+head -c 8 "$work/img/pstree.img" | od -c | head -1
+
+step "criu restore without the key is refused"
+if "$criu" restore -d -D "$work/img" -o restore-nokey.log --tls-key /nonexistent.pem; then
+	fail "restore without a key succeeded"
+fi
+grep -m1 "Error" "$work/img/restore-nokey.log" || true
+ps -p "$pid" >/dev/null && fail "a task is left running"
+
+step "criu restore --tls-key $keys/demo-key.pem"
+"$criu" restore -d -D "$work/img" -o restore.log -v4 --tls-key "$keys/demo-key.pem" ||
+	{ tail -20 "$work/img/restore.log"; fail "restore failed"; }
 sleep 1
 after=$(cat "$work/count")
 echo "pid $pid is back and has counted from $before to $after"
-[ "$after" -gt "$before" ] || { echo "demo: the restored process did not carry on" >&2; exit 1; }
+[ "$after" -gt "$before" ] || fail "the restored process did not carry on"
 step "demo passed"

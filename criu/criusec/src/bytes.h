@@ -3,11 +3,22 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string_view>
 #include <vector>
 
 namespace criusec {
+
+/* resize + memcpy rather than insert(): GCC 12 misreports insert() at -O2 (-Wstringop-overflow). */
+inline void put_raw(std::vector<uint8_t> &v, const void *p, size_t n)
+{
+	if (!n)
+		return;
+	size_t old = v.size();
+	v.resize(old + n);
+	std::memcpy(v.data() + old, p, n);
+}
 
 inline void put_u8(std::vector<uint8_t> &v, uint8_t x) { v.push_back(x); }
 
@@ -17,9 +28,9 @@ inline void put_u32(std::vector<uint8_t> &v, uint32_t x)
 		v.push_back(static_cast<uint8_t>(x >> shift));
 }
 
-inline void put_bytes(std::vector<uint8_t> &v, std::span<const uint8_t> b) { v.insert(v.end(), b.begin(), b.end()); }
+inline void put_bytes(std::vector<uint8_t> &v, std::span<const uint8_t> b) { put_raw(v, b.data(), b.size()); }
 
-inline void put_str(std::vector<uint8_t> &v, std::string_view s) { v.insert(v.end(), s.begin(), s.end()); }
+inline void put_str(std::vector<uint8_t> &v, std::string_view s) { put_raw(v, s.data(), s.size()); }
 
 inline std::span<const uint8_t> as_bytes(std::string_view s) noexcept
 {

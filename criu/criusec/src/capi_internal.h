@@ -14,5 +14,6 @@
 struct criusec_ctx {
 	explicit criusec_ctx(criusec::Ctx c) : ctx(std::move(c)) {}
 	criusec::Ctx ctx;
-	std::vector<criusec_recipient> exported;
+	/* One array per distinct export; each stays valid until the handle is freed. */
+	std::vector<std::vector<criusec_recipient>> exported;
 };

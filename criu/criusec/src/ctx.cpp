@@ -30,7 +30,11 @@ bool valid_chunk_size(uint32_t c) noexcept
 std::vector<uint8_t> canonical_header(uint32_t version, const Id &ckpt_id, const std::optional<Id> &parent,
 				      uint32_t aead, uint32_t chunk_size, std::span<const RecipientView> recipients)
 {
+	size_t len = kCanonicalTag.size() + 1 + 4 + kIdLen + 1 + kIdLen + 3 * 4;
+	for (const auto &r : recipients)
+		len += kFprLen + 8 + r.wrapped.size();
 	std::vector<uint8_t> v;
+	v.reserve(len); /* also keeps GCC 12's -Wstringop-overflow false positive away */
 	put_str(v, kCanonicalTag);
 	put_u8(v, 0);
 	put_u32(v, version);

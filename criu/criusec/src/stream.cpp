@@ -52,6 +52,7 @@ Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::s
 	CRIUSEC_TRY(check_label("name", name));
 
 	std::vector<uint8_t> info;
+	info.reserve(kInfoStream.size() + kind.size() + name.size() + 3 + kStreamSaltLen);
 	put_str(info, kInfoStream);
 	put_u8(info, 0);
 	put_str(info, kind);
@@ -67,6 +68,7 @@ Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::s
 		return std::move(aead).status();
 
 	std::vector<uint8_t> aad;
+	aad.reserve(kStreamHeaderLen + kIdLen + kind.size() + 1 + name.size());
 	put_bytes(aad, hdr);
 	put_bytes(aad, ctx.id());
 	put_str(aad, kind);

@@ -7,7 +7,7 @@
  * kind of state the workload is about.
  *
  *   workload MODE STATUS_FILE [ARG]
- *   modes: counter, memory, fileoff, tcp, threads, pipe2
+ *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -278,6 +279,52 @@ static int run_pipe2(void)
 	}
 }
 
+/*
+ * Canaries in the kinds of state criu writes to non-page images: data in
+ * flight in a pipe, a FIFO and a unix socket, and the content of an open
+ * unlinked (ghost) file.  On report each one is read back and compared.
+ */
+static int run_secrets(void)
+{
+	int pp[2], sk[2], fifo, ghost;
+	size_t len = strlen(canary);
+	char buf[4096];
+
+	if (!len || len > sizeof(buf) || pipe(pp) || socketpair(AF_UNIX, SOCK_STREAM, 0, sk))
+		return 2;
+	if (mkfifo("secrets.fifo", 0600) && errno != EEXIST)
+		return 2;
+	fifo = open("secrets.fifo", O_RDWR);
+	ghost = open("secrets.ghost", O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fifo < 0 || ghost < 0 || unlink("secrets.ghost"))
+		return 2;
+	if (write(pp[1], canary, len) != (ssize_t)len || write(sk[0], canary, len) != (ssize_t)len ||
+	    write(fifo, canary, len) != (ssize_t)len || pwrite(ghost, canary, len, 0) != (ssize_t)len)
+		return 2;
+	status("ready");
+	for (;;) {
+		const char *bad = NULL;
+
+		pause();
+		if (!report_wanted)
+			continue;
+		report_wanted = 0;
+		if (read(pp[0], buf, len) != (ssize_t)len || memcmp(buf, canary, len))
+			bad = "pipe";
+		else if (read(sk[1], buf, len) != (ssize_t)len || memcmp(buf, canary, len))
+			bad = "socket";
+		else if (read(fifo, buf, len) != (ssize_t)len || memcmp(buf, canary, len))
+			bad = "fifo";
+		else if (pread(ghost, buf, len, 0) != (ssize_t)len || memcmp(buf, canary, len))
+			bad = "ghost";
+		/* Put the data back for the next report. */
+		if (!bad && (write(pp[1], canary, len) != (ssize_t)len || write(sk[0], canary, len) != (ssize_t)len ||
+			     write(fifo, canary, len) != (ssize_t)len))
+			bad = "rewrite";
+		status("secrets %s", bad ?: "OK");
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
@@ -305,6 +352,8 @@ int main(int argc, char **argv)
 		return run_threads();
 	if (!strcmp(argv[1], "pipe2"))
 		return run_pipe2();
+	if (!strcmp(argv[1], "secrets"))
+		return run_secrets();
 	fprintf(stderr, "unknown mode %s\n", argv[1]);
 	return 1;
 }
