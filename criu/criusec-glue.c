@@ -620,18 +620,16 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 	int memfd;
 	ssize_t n;
 
+	/* Failures of dir_lookup() were said once, when it failed. */
 	d = dir_lookup(dfd);
+	if (d && d->encrypted && !d->ctx)
+		d = NULL;
 	if (!d) {
 		if (type == CR_FD_IRMAP_CACHE) {
 			/* Only a cache: go on without it. */
 			pr_warn("Ignoring the encrypted %s\n", path);
 			goto as_missing;
 		}
-		pr_err("%s: can't read the encrypted checkpoint\n", path);
-		return -1;
-	}
-	if (d->encrypted && !d->ctx) {
-		pr_err("%s: can't read the encrypted checkpoint\n", path);
 		return -1;
 	}
 
@@ -691,12 +689,20 @@ int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, i
 {
 	int saved_errno = errno, was_missing = *fd < 0, ret;
 
-	if (!stream_covered(type))
-		return 0;
 	if (flags & (O_WRONLY | O_RDWR)) {
 		if (!dump_ctx || *fd < 0)
 			return 0;
-		ret = open_write(dfd, type, path, fd);
+		/* Owner-only, whatever CRIU's default mode: even ciphertext. */
+		if (fchmod(*fd, 0600)) {
+			pr_perror("%s: can't chmod", path);
+			ret = -1;
+		} else if (!stream_covered(type)) {
+			return 0;
+		} else {
+			ret = open_write(dfd, type, path, fd);
+		}
+	} else if (!stream_covered(type)) {
+		return 0;
 	} else {
 		ret = open_read(dfd, type, path, fd);
 	}

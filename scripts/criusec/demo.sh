@@ -43,6 +43,7 @@ pid=$!
 sleep 1
 echo "pid $pid has counted to $(cat "$work/count")"
 
+mkdir -p "$work/img"
 step "criu dump --encrypt --tls-cert $keys/demo-cert.pem"
 "$criu" dump -t "$pid" -D "$work/img" -o dump.log -v4 --encrypt --tls-cert "$keys/demo-cert.pem" ||
 	{ tail -20 "$work/img/dump.log"; fail "dump failed"; }

@@ -192,7 +192,7 @@ def test_refuses_plaintext_substitute(pristine, workloads, criu, tmp_path, keys)
     criu.dump(wl2, tmp_path / "plain")
     d = damaged_copy(tmp_path, img, "plainsub")
     shutil.copy(tmp_path / "plain" / "pstree.img", d / "pstree.img")
-    refused(criu, d, wl.pid, keys["alice"][1], "pstree.img is not encrypted")
+    refused(criu, d, wl.pid, keys["alice"][1], "pstree.img: not an encrypted image")
 
 
 def test_pristine_still_restores_after_refusals(pristine, criu, keys):

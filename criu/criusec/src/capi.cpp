@@ -101,6 +101,18 @@ Status check_buf_args(const void *in, size_t in_len, uint8_t **out, size_t *out_
 	return {};
 }
 
+/*
+ * A C caller may pass any int as an enum; in C++ an out-of-range enum value
+ * is undefined, so look at its bytes (by reference: no enum load at all).
+ */
+uint32_t enum_value(const enum criusec_aead &e) noexcept
+{
+	static_assert(sizeof(e) == sizeof(uint32_t));
+	uint32_t v;
+	std::memcpy(&v, &e, sizeof(v));
+	return v;
+}
+
 std::span<const uint8_t> in_span(const void *in, size_t len) noexcept
 {
 	return {static_cast<const uint8_t *>(in), in ? len : 0};
@@ -108,6 +120,13 @@ std::span<const uint8_t> in_span(const void *in, size_t len) noexcept
 
 } /* namespace */
 
+/*
+ * The library is built with -fvisibility=hidden; only the C API is public,
+ * so that it can be re-exported if libcriusec.a ever goes into a .so.
+ * No definition below may throw: each fallible body runs inside guarded(),
+ * and the rest cannot throw.  (criusec.h, a C header, cannot say noexcept.)
+ */
+#pragma GCC visibility push(default)
 extern "C" {
 
 const char *criusec_version(void)
@@ -132,9 +151,10 @@ enum criusec_aead criusec_default_aead(void)
 
 const char *criusec_aead_name(enum criusec_aead aead)
 {
-	if (aead == CRIUSEC_AEAD_AUTO)
+	uint32_t v = enum_value(aead);
+	if (v == CRIUSEC_AEAD_AUTO)
 		return "auto";
-	auto a = aead_from_wire(static_cast<uint32_t>(aead));
+	auto a = aead_from_wire(v);
 	return a ? aead_name(*a) : "unknown";
 }
 
@@ -161,10 +181,10 @@ struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead, const uint8_t *paren
 {
 	criusec_ctx *ret = nullptr;
 	guarded([&]() -> Status {
-		std::optional<AeadAlg> alg =
-			aead == CRIUSEC_AEAD_AUTO ? default_aead() : aead_from_wire(static_cast<uint32_t>(aead));
+		uint32_t v = enum_value(aead);
+		std::optional<AeadAlg> alg = v == CRIUSEC_AEAD_AUTO ? default_aead() : aead_from_wire(v);
 		if (!alg)
-			return invalid_argument("unknown AEAD " + std::to_string(static_cast<int>(aead)));
+			return invalid_argument("unknown AEAD " + std::to_string(v));
 		std::optional<Id> parent;
 		if (parent_id) {
 			parent.emplace();
@@ -348,3 +368,4 @@ int criusec_is_stream(const void *head, size_t len)
 }
 
 } /* extern "C" */
+#pragma GCC visibility pop

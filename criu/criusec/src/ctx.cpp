@@ -127,6 +127,13 @@ Result<Mac> Ctx::header_mac() const
 	return compute_mac(prk_, canonical);
 }
 
+Result<Mac> Ctx::mac_over(const HeaderView &hdr) const
+{
+	auto canonical =
+		canonical_header(hdr.version, hdr.ckpt_id, hdr.parent, hdr.aead, hdr.chunk_size, hdr.recipients);
+	return compute_mac(prk_, canonical);
+}
+
 Result<SecureBytes> Ctx::derive(std::span<const uint8_t> info, size_t len) const
 {
 	return hkdf_expand(prk_.span(), info, len);
@@ -187,9 +194,7 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
 	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, hdr.parent, *aead, hdr.chunk_size);
 	if (!ctx.ok())
 		return ctx;
-	auto canonical =
-		canonical_header(hdr.version, hdr.ckpt_id, hdr.parent, hdr.aead, hdr.chunk_size, hdr.recipients);
-	auto mac = compute_mac(ctx.value().prk_, canonical);
+	auto mac = ctx.value().mac_over(hdr);
 	if (!mac.ok())
 		return std::move(mac).status();
 	if (!ct_equal(mac.value(), hdr.mac))

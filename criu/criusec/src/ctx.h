@@ -91,6 +91,8 @@ public:
 
 	/* The MAC over the current header fields (fails with no recipient). */
 	[[nodiscard]] Result<Mac> header_mac() const;
+	/* The MAC this context's key gives a header's fields (hdr.mac is ignored). */
+	[[nodiscard]] Result<Mac> mac_over(const HeaderView &hdr) const;
 
 	/* HKDF-Expand(PRK, info, len): every subkey comes from here. */
 	[[nodiscard]] Result<SecureBytes> derive(std::span<const uint8_t> info, size_t len) const;

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <system_error>
 
@@ -86,15 +88,27 @@ Result<SecureBytes> read_small_file(const char *path, size_t max_size)
 		~FdCloser() { close(fd); }
 	} closer{fd};
 
-	/* Read one byte past the limit to detect an oversized file without trusting st_size. */
-	SecureBytes buf(max_size + 1);
-	auto n = read_full(fd, buf.span());
-	if (!n.ok())
-		return std::move(n).status().with_context(path);
-	if (n.value() > max_size)
-		return invalid_argument(std::string(path) + ": file too large");
-	SecureBytes out(buf.span().first(n.value()));
-	return out;
+	/* Start from st_size (0 for pipes) and grow: the size is a hint, EOF is the truth. */
+	struct stat st;
+	size_t cap = 4096;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+		cap = std::min(static_cast<size_t>(st.st_size), max_size) + 1;
+	SecureBytes buf(cap);
+	size_t have = 0;
+	for (;;) {
+		auto n = read_full(fd, buf.span().subspan(have));
+		if (!n.ok())
+			return std::move(n).status().with_context(path);
+		have += n.value();
+		if (have > max_size)
+			return invalid_argument(std::string(path) + ": file too large");
+		if (have < buf.size())
+			break; /* EOF */
+		SecureBytes bigger(std::min(buf.size() * 2, max_size + 1));
+		std::memcpy(bigger.data(), buf.data(), have);
+		buf = std::move(bigger); /* the old buffer is wiped */
+	}
+	return SecureBytes(buf.span().first(have));
 }
 
 } /* namespace criusec */

@@ -349,8 +349,9 @@ TEST_P(StreamTamper, EveryBitOfHeaderTagsAndLastChunk)
 			t[i] ^= static_cast<uint8_t>(1u << bit);
 			auto o = open_buf(ctx_.get(), t);
 			EXPECT_LT(o.rc, 0) << "byte " << i << " bit " << bit;
-			if (i >= 28)
+			if (i >= 28) {
 				EXPECT_NE(o.error.find(expected_flip_error(i)), std::string::npos) << o.error;
+			}
 		}
 }
 

@@ -18,6 +18,7 @@
 #include <gnutls/x509.h>
 
 #include "capi_internal.h"
+#include "gnutls_raii.h"
 #include "ctx.h"
 
 namespace fs = std::filesystem;
@@ -25,7 +26,7 @@ namespace fs = std::filesystem;
 namespace criusec::test {
 
 /* A pipe whose reader gave up must fail the writer with EPIPE, not kill the test. */
-static const bool g_sigpipe_ignored = (signal(SIGPIPE, SIG_IGN), true);
+[[maybe_unused]] static const bool g_sigpipe_ignored = (signal(SIGPIPE, SIG_IGN), true);
 
 std::vector<uint8_t> hex(std::string_view s)
 {
@@ -91,14 +92,14 @@ void write_datum(const std::string &path, const gnutls_datum_t &d)
 
 void generate(const std::string &dir, unsigned bits, KeyType type, bool pkcs8)
 {
-	gnutls_x509_privkey_t key;
-	gnutls_x509_crt_t crt;
-	check(gnutls_x509_privkey_init(&key), "privkey_init");
-	check(gnutls_x509_crt_init(&crt), "crt_init");
+	X509PrivKey key;
+	X509Crt crt;
+	check(gnutls_x509_privkey_init(key.out()), "privkey_init");
+	check(gnutls_x509_crt_init(crt.out()), "crt_init");
 	if (type == KeyType::Rsa)
-		check(gnutls_x509_privkey_generate(key, GNUTLS_PK_RSA, bits, 0), "generate RSA");
+		check(gnutls_x509_privkey_generate(key.get(), GNUTLS_PK_RSA, bits, 0), "generate RSA");
 	else
-		check(gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
+		check(gnutls_x509_privkey_generate(key.get(), GNUTLS_PK_ECDSA,
 						   GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
 		      "generate ECDSA");
 
@@ -106,30 +107,28 @@ void generate(const std::string &dir, unsigned bits, KeyType type, bool pkcs8)
 	check(gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof(serial)), "rnd");
 	serial[0] &= 0x7f;
 	time_t now = time(nullptr);
-	check(gnutls_x509_crt_set_version(crt, 3), "set_version");
-	check(gnutls_x509_crt_set_serial(crt, serial, sizeof(serial)), "set_serial");
-	check(gnutls_x509_crt_set_activation_time(crt, now - 3600), "activation");
-	check(gnutls_x509_crt_set_expiration_time(crt, now + 3650L * 86400), "expiration");
+	check(gnutls_x509_crt_set_version(crt.get(), 3), "set_version");
+	check(gnutls_x509_crt_set_serial(crt.get(), serial, sizeof(serial)), "set_serial");
+	check(gnutls_x509_crt_set_activation_time(crt.get(), now - 3600), "activation");
+	check(gnutls_x509_crt_set_expiration_time(crt.get(), now + 3650L * 86400), "expiration");
 	const char *err = nullptr;
-	check(gnutls_x509_crt_set_dn(crt, "CN=criusec test", &err), "set_dn");
-	check(gnutls_x509_crt_set_key(crt, key), "set_key");
-	check(gnutls_x509_crt_set_key_usage(crt, GNUTLS_KEY_KEY_ENCIPHERMENT | GNUTLS_KEY_DIGITAL_SIGNATURE),
+	check(gnutls_x509_crt_set_dn(crt.get(), "CN=criusec test", &err), "set_dn");
+	check(gnutls_x509_crt_set_key(crt.get(), key.get()), "set_key");
+	check(gnutls_x509_crt_set_key_usage(crt.get(), GNUTLS_KEY_KEY_ENCIPHERMENT | GNUTLS_KEY_DIGITAL_SIGNATURE),
 	      "key_usage");
-	check(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), "sign");
+	check(gnutls_x509_crt_sign2(crt.get(), crt.get(), key.get(), GNUTLS_DIG_SHA256, 0), "sign");
 
-	gnutls_datum_t out;
-	check(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &out), "export crt");
-	write_datum(dir + "/cert.pem", out);
-	gnutls_free(out.data);
+	Datum cert_pem;
+	check(gnutls_x509_crt_export2(crt.get(), GNUTLS_X509_FMT_PEM, cert_pem.out()), "export crt");
+	write_datum(dir + "/cert.pem", cert_pem.get());
+	SecretDatum key_pem;
 	if (pkcs8)
-		check(gnutls_x509_privkey_export2_pkcs8(key, GNUTLS_X509_FMT_PEM, nullptr, GNUTLS_PKCS_PLAIN, &out),
+		check(gnutls_x509_privkey_export2_pkcs8(key.get(), GNUTLS_X509_FMT_PEM, nullptr, GNUTLS_PKCS_PLAIN,
+							key_pem.out()),
 		      "export pkcs8");
 	else
-		check(gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &out), "export key");
-	write_datum(dir + "/key.pem", out);
-	gnutls_free(out.data);
-	gnutls_x509_crt_deinit(crt);
-	gnutls_x509_privkey_deinit(key);
+		check(gnutls_x509_privkey_export2(key.get(), GNUTLS_X509_FMT_PEM, key_pem.out()), "export key");
+	write_datum(dir + "/key.pem", key_pem.get());
 }
 
 } /* namespace */

@@ -1,0 +1,84 @@
+/*
+ * criusec-fuzz-seeds DIR: writes seed corpora for the fuzz targets into
+ * DIR/stream and DIR/header (valid inputs of every shape, plus a few
+ * near-misses).
+ */
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fuzz_common.h"
+#include "stream.h"
+
+namespace {
+
+void put(const std::string &path, const std::vector<uint8_t> &v)
+{
+	std::ofstream f(path, std::ios::binary);
+	f.write(reinterpret_cast<const char *>(v.data()), static_cast<std::streamsize>(v.size()));
+}
+
+} /* namespace */
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		std::fprintf(stderr, "usage: criusec-fuzz-seeds DIR\n");
+		return 2;
+	}
+	std::string dir = argv[1];
+	mkdir(dir.c_str(), 0755);
+	mkdir((dir + "/stream").c_str(), 0755);
+	mkdir((dir + "/header").c_str(), 0755);
+
+	int n = 0;
+	for (auto alg : {criusec::AeadAlg::Aes256Gcm, criusec::AeadAlg::ChaCha20Poly1305}) {
+		criusec_ctx *ctx = fuzz::fixed_ctx(alg);
+		for (size_t len : {0, 1, 100, 4095, 4096, 4097, 8192, 3 * 4096 + 7}) {
+			std::vector<uint8_t> pt(len);
+			for (size_t i = 0; i < len; i++)
+				pt[i] = static_cast<uint8_t>(i * 7);
+			uint8_t *out;
+			size_t out_len;
+			if (criusec_stream_seal_buf(ctx, "core", "core-1.img", pt.data(), len, &out, &out_len))
+				return 1;
+			std::vector<uint8_t> st(out, out + out_len);
+			free(out);
+			put(dir + "/stream/valid-" + std::to_string(n++), st);
+			if (len == 4097) {
+				auto t = st;
+				t.resize(28 + 4112); /* cut at the chunk boundary */
+				put(dir + "/stream/truncated-" + std::to_string(n), t);
+				st.push_back(0);
+				put(dir + "/stream/extended-" + std::to_string(n), st);
+			}
+		}
+		criusec_ctx_free(ctx);
+	}
+	put(dir + "/stream/plain", {0x54, 0x4c, 0x00, 0x54, 0x0a, 0x01});
+
+	std::string cert = fuzz::write_temp(kFuzzCertPem, "cert");
+	uint8_t parent[16] = {1, 2, 3};
+	int m = 0;
+	for (auto aead : {CRIUSEC_AEAD_AES_256_GCM, CRIUSEC_AEAD_CHACHA20_POLY1305})
+		for (const uint8_t *p : {static_cast<const uint8_t *>(nullptr), static_cast<const uint8_t *>(parent)}) {
+			criusec_ctx *ctx = criusec_ctx_new(aead, p);
+			criusec_header h;
+			if (!ctx || criusec_ctx_add_recipient(ctx, cert.c_str()) || criusec_ctx_export(ctx, &h))
+				return 1;
+			put(dir + "/header/valid-" + std::to_string(m++), fuzz::serialize_header(h));
+			/* a second, foreign stanza in front (MAC no longer matches) */
+			criusec_recipient rs[2] = {h.recipients[0], h.recipients[0]};
+			rs[0].fingerprint[0] ^= 0xff;
+			h.recipients = rs;
+			h.n_recipients = 2;
+			put(dir + "/header/two-" + std::to_string(m++), fuzz::serialize_header(h));
+			criusec_ctx_free(ctx);
+		}
+	unlink(cert.c_str());
+	std::printf("seeds written to %s/stream and %s/header\n", dir.c_str(), dir.c_str());
+	return 0;
+}

@@ -1,0 +1,252 @@
+#!/usr/bin/python3
+"""Independent reference implementation of the criusec v1 formats, written
+from Documentation/criusec-format.md with python3-cryptography (OpenSSL),
+and a cross-check against the C++ engine.
+
+    criusec_ref.py --helper PATH/criusec-format-helper
+
+exits 0 on success, 77 when python3-cryptography is missing (CTest: skipped).
+"""
+import argparse
+import hashlib
+import hmac
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+except ImportError:
+    print("python3-cryptography missing: skipped")
+    sys.exit(77)
+
+MAGIC = b"CRIUSEC\x01"
+AEADS = {1: AESGCM, 2: ChaCha20Poly1305}
+
+
+class FormatError(Exception):
+    pass
+
+
+# ---- keys ----
+
+def prk_of(mk, ckpt_id):
+    # HKDF-Extract(salt=ckpt_id, IKM=mk) = HMAC-SHA256(ckpt_id, mk)
+    return hmac.new(ckpt_id, mk, hashlib.sha256).digest()
+
+
+def derive(prk, info, length):
+    return HKDFExpand(hashes.SHA256(), length, info).derive(prk)
+
+
+def stream_key(prk, kind, name, salt):
+    return derive(prk, b"criusec v1 stream\x00" + kind + b"\x00" + name + b"\x00" + salt, 32)
+
+
+# ---- cipher.img header ----
+
+def canonical(h):
+    out = b"criusec-header-v1\x00" + struct.pack(">I", h["version"]) + h["ckpt_id"]
+    if h["has_parent"]:
+        out += b"\x01" + h["parent_id"]
+    else:
+        out += b"\x00"
+    out += struct.pack(">III", h["aead"], h["chunk_size"], len(h["recipients"]))
+    for fpr, alg, wrapped in h["recipients"]:
+        out += fpr + struct.pack(">II", alg, len(wrapped)) + wrapped
+    return out
+
+
+def header_mac(prk, h):
+    return hmac.new(derive(prk, b"criusec v1 header mac", 32), canonical(h), hashlib.sha256).digest()
+
+
+def fingerprint(pub):
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
+
+
+def import_header(h, priv):
+    if h["version"] != 1:
+        raise FormatError("version")
+    if h["aead"] not in AEADS:
+        raise FormatError("aead")
+    c = h["chunk_size"]
+    if c < 4096 or c > 1 << 20 or c & (c - 1):
+        raise FormatError("chunk size")
+    if not h["recipients"]:
+        raise FormatError("no recipients")
+    fpr = fingerprint(priv.public_key())
+    mine = [r for r in h["recipients"] if r[0] == fpr]
+    if len(mine) != 1:
+        raise FormatError("no (single) stanza for this key")
+    if mine[0][1] != 1:
+        raise FormatError("wrap alg")
+    mk = priv.decrypt(mine[0][2], padding.PKCS1v15())
+    if len(mk) != 32:
+        raise FormatError("unwrapped key length")
+    prk = prk_of(mk, h["ckpt_id"])
+    if not hmac.compare_digest(header_mac(prk, h), h["mac"]):
+        raise FormatError("header MAC")
+    return mk
+
+
+# ---- streams ----
+
+def nonce(counter, last):
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def stream_seal(mk, ckpt_id, aead, chunk, kind, name, pt, salt=None):
+    salt = os.urandom(16) if salt is None else salt
+    hdr = MAGIC + bytes([1, aead, chunk.bit_length() - 1, 0]) + salt
+    a = AEADS[aead](stream_key(prk_of(mk, ckpt_id), kind, name, salt))
+    aad = hdr + ckpt_id + kind + b"\x00" + name
+    chunks = [pt[i:i + chunk] for i in range(0, len(pt), chunk)] or [b""]
+    out = hdr
+    for i, c in enumerate(chunks):
+        out += a.encrypt(nonce(i, i == len(chunks) - 1), c, aad)
+    return out
+
+
+def stream_open(mk, ckpt_id, aead, chunk, kind, name, data):
+    if not MAGIC.startswith(data[:8]):
+        raise FormatError("not an encrypted image (bad magic)")
+    if len(data) < 28:
+        raise FormatError("stream truncated (incomplete stream header)")
+    hdr = data[:28]
+    if hdr[8] != 1 or hdr[9] != aead or hdr[11] != 0 or not 12 <= hdr[10] <= 20 or 1 << hdr[10] != chunk:
+        raise FormatError("bad stream header")
+    a = AEADS[aead](stream_key(prk_of(mk, ckpt_id), kind, name, hdr[12:28]))
+    aad = hdr + ckpt_id + kind + b"\x00" + name
+    sealed, pos, i, out = chunk + 16, 28, 0, b""
+    while True:
+        rest = len(data) - pos
+        last = rest <= sealed  # a full chunk followed by EOF is the final one
+        ct = data[pos:pos + (rest if last else sealed)]
+        if len(ct) < 16 + (1 if i > 0 else 0):
+            raise FormatError("stream truncated")
+        try:
+            out += a.decrypt(nonce(i, last), ct, aad)
+        except Exception:
+            raise FormatError("chunk %d failed authentication" % i)
+        pos += len(ct)
+        i += 1
+        if last:
+            return out
+
+
+# ---- the text header exchanged with the C++ helper ----
+
+def read_header_txt(path):
+    h = {"recipients": []}
+    for line in open(path):
+        k, *v = line.split()
+        if k == "recipient":
+            h["recipients"].append((bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2])))
+        elif k in ("version", "has_parent", "aead", "chunk_size"):
+            h[k] = int(v[0])
+        else:
+            h[k] = bytes.fromhex(v[0])
+    return h
+
+
+# ---- the documented test vectors ----
+
+def doc_vectors():
+    mk = bytes(range(32))
+    ckpt = bytes(range(0x10, 0x20))
+    salt = bytes(range(0xa0, 0xb0))
+    prk = prk_of(mk, ckpt)
+    v = {"prk": prk.hex(), "stream_key": stream_key(prk, b"core", b"core-1.img", salt).hex()}
+    for aead in (1, 2):
+        v["stream%d" % aead] = stream_seal(mk, ckpt, aead, 4096, b"core", b"core-1.img",
+                                           b"criusec test vector\n", salt).hex()
+        big = bytes(i % 251 for i in range(10000))
+        v["big%d" % aead] = stream_seal(mk, ckpt, aead, 4096, b"pages", b"pages-1.img", big, salt)
+        v["big%d_sha256" % aead] = hashlib.sha256(v["big%d" % aead]).hexdigest()
+    h = {"version": 1, "ckpt_id": ckpt, "has_parent": 1, "parent_id": bytes(range(0x30, 0x40)), "aead": 1,
+         "chunk_size": 65536, "recipients": [(bytes([0xf0]) * 32, 1, bytes([0x55]) * 8)]}
+    v["canonical"] = canonical(h).hex()
+    v["header_mac_key"] = derive(prk, b"criusec v1 header mac", 32).hex()
+    v["header_mac"] = header_mac(prk, h).hex()
+    return v
+
+
+# ---- the cross-check ----
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--helper")
+    ap.add_argument("--print-vectors", action="store_true")
+    args = ap.parse_args()
+    if args.print_vectors:
+        for k, v in doc_vectors().items():
+            if isinstance(v, str):
+                print(k, v)
+        return 0
+
+    with tempfile.TemporaryDirectory() as d:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "criusec ref")])
+        import datetime
+        now = datetime.datetime.utcnow()
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        open(d + "/cert.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+        open(d + "/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+        for aead in ("aes-256-gcm", "chacha20-poly1305"):
+            out = d + "/" + aead
+            os.mkdir(out)
+            subprocess.run([args.helper, "export", out, aead, d + "/cert.pem"], check=True)
+            h = read_header_txt(out + "/header.txt")
+            mk = import_header(h, key)
+            n = 0
+            for f in sorted(os.listdir(out)):
+                if not f.startswith("stream-"):
+                    continue
+                kind, nm = open(out + "/" + f.replace("stream-", "label-")).read().split()
+                pt = stream_open(mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind.encode(), nm.encode(),
+                                 open(out + "/" + f, "rb").read())
+                assert pt == open(out + "/" + f.replace("stream-", "plain-"), "rb").read(), f
+                n += 1
+            assert n >= 6, n
+            # tampering is caught by the reference reader too
+            st = bytearray(open(out + "/stream-3", "rb").read())
+            st[40] ^= 1
+            try:
+                stream_open(mk, h["ckpt_id"], h["aead"], h["chunk_size"], b"core", b"core-3.img", bytes(st))
+                raise AssertionError("tampered stream accepted by reference reader")
+            except FormatError:
+                pass
+            # and the engine opens what the reference sealed
+            c = h["chunk_size"]
+            for length in (0, 1, c - 1, c, c + 1, 2 * c, 3 * c + 7):
+                pt = os.urandom(length)
+                sealed = stream_seal(mk, h["ckpt_id"], h["aead"], c, b"pipes-data", b"pipes-7.img", pt)
+                open(out + "/ref.img", "wb").write(sealed)
+                subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",
+                                out + "/ref.img", out + "/ref.out"], check=True)
+                assert open(out + "/ref.out", "rb").read() == pt, length
+            print(aead, "ok")
+        # the documented vectors, checked by the engine
+        v = doc_vectors()
+        for aead in (1, 2):
+            open(d + "/big%d.img" % aead, "wb").write(v["big%d" % aead])
+        subprocess.run([args.helper, "vectors", v["stream1"], v["stream2"], d + "/big1.img", d + "/big2.img",
+                        v["canonical"], v["header_mac"]], check=True)
+        print("documented vectors ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+/*
+ * criusec-format-helper: the engine's side of the Python cross-check
+ * (tests/criusec_ref.py).  Uses the C API except for the documented test
+ * vectors, which need a fixed master key.
+ *
+ *   export DIR AEAD CERT     new checkpoint for CERT: DIR/header.txt and
+ *                            DIR/{stream,plain,label}-N
+ *   open DIR KEY KIND NAME IN OUT   import DIR/header.txt with KEY, open IN
+ *   vectors STREAM1 STREAM2 BIG1 BIG2 CANONICAL MAC   check the doc vectors
+ */
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "capi_internal.h"
+#include "criusec.h"
+#include "ctx.h"
+#include "stream.h"
+#include "test_util.h"
+
+using namespace criusec;
+using criusec::test::hex;
+using criusec::test::to_hex;
+
+namespace {
+
+int die(const std::string &msg)
+{
+	std::fprintf(stderr, "criusec-format-helper: %s\n", msg.c_str());
+	return 1;
+}
+
+void write_file(const std::string &path, const void *p, size_t n)
+{
+	std::ofstream f(path, std::ios::binary);
+	f.write(static_cast<const char *>(p), static_cast<std::streamsize>(n));
+}
+
+std::vector<uint8_t> read_file(const std::string &path)
+{
+	std::ifstream f(path, std::ios::binary);
+	return {std::istreambuf_iterator<char>(f), {}};
+}
+
+int do_export(const std::string &dir, const char *aead_name, const char *cert)
+{
+	criusec_aead aead;
+	if (criusec_aead_parse(aead_name, &aead))
+		return die(criusec_last_error());
+	criusec_ctx *ctx = criusec_ctx_new(aead, nullptr);
+	if (!ctx || criusec_ctx_add_recipient(ctx, cert))
+		return die(criusec_last_error());
+	criusec_header h;
+	if (criusec_ctx_export(ctx, &h))
+		return die(criusec_last_error());
+	std::ofstream f(dir + "/header.txt");
+	f << "version " << h.version << "\n"
+	  << "ckpt_id " << to_hex(h.ckpt_id, 16) << "\n"
+	  << "has_parent " << h.has_parent << "\n"
+	  << "parent_id " << to_hex(h.parent_id, 16) << "\n"
+	  << "aead " << h.aead << "\n"
+	  << "chunk_size " << h.chunk_size << "\n";
+	for (size_t i = 0; i < h.n_recipients; i++)
+		f << "recipient " << to_hex(h.recipients[i].fingerprint, 32) << " " << h.recipients[i].wrap_alg << " "
+		  << to_hex(h.recipients[i].wrapped, h.recipients[i].wrapped_len) << "\n";
+	f << "mac " << to_hex(h.mac, 32) << "\n";
+	f.close();
+
+	struct Case {
+		const char *kind, *name;
+		size_t len;
+	} cases[] = {{"core", "core-1.img", 0},	       {"core", "core-2.img", 1},	  {"mm", "mm-1.img", 65535},
+		     {"core", "core-3.img", 65536},    {"pages", "pages-1.img", 65537}, {"pipes-data", "p.img", 131072},
+		     {"ghost-file", "g.img", 200007}};
+	int n = 0;
+	for (const auto &c : cases) {
+		auto pt = criusec::test::pattern(c.len, static_cast<uint32_t>(n));
+		std::string sfx = std::to_string(n++);
+		uint8_t *out = nullptr;
+		size_t out_len = 0;
+		if (n % 2) {
+			if (criusec_stream_seal_buf(ctx, c.kind, c.name, pt.data(), pt.size(), &out, &out_len))
+				return die(criusec_last_error());
+			write_file(dir + "/stream-" + sfx, out, out_len);
+			free(out);
+		} else {
+			write_file(dir + "/plain-tmp", pt.data(), pt.size());
+			int in = open((dir + "/plain-tmp").c_str(), O_RDONLY);
+			int o = open((dir + "/stream-" + sfx).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+			if (criusec_stream_seal_fd(ctx, c.kind, c.name, in, o))
+				return die(criusec_last_error());
+			close(in);
+			close(o);
+			unlink((dir + "/plain-tmp").c_str());
+		}
+		write_file(dir + "/plain-" + sfx, pt.data(), pt.size());
+		std::string label = std::string(c.kind) + " " + c.name + "\n";
+		write_file(dir + "/label-" + sfx, label.data(), label.size());
+	}
+	criusec_ctx_free(ctx);
+	return 0;
+}
+
+int do_open(const std::string &dir, const char *key, const char *kind, const char *name, const char *in_path,
+	    const char *out_path)
+{
+	criusec_header h{};
+	std::vector<criusec_recipient> rs;
+	std::vector<std::vector<uint8_t>> wrapped;
+	std::ifstream f(dir + "/header.txt");
+	std::string line;
+	while (std::getline(f, line)) {
+		std::istringstream ls(line);
+		std::string k, v;
+		ls >> k >> v;
+		auto copy = [&](uint8_t *dst, size_t n) {
+			auto b = hex(v);
+			std::memcpy(dst, b.data(), std::min(n, b.size()));
+		};
+		if (k == "version")
+			h.version = static_cast<uint32_t>(std::stoul(v));
+		else if (k == "ckpt_id")
+			copy(h.ckpt_id, 16);
+		else if (k == "has_parent")
+			h.has_parent = std::stoi(v);
+		else if (k == "parent_id")
+			copy(h.parent_id, 16);
+		else if (k == "aead")
+			h.aead = static_cast<uint32_t>(std::stoul(v));
+		else if (k == "chunk_size")
+			h.chunk_size = static_cast<uint32_t>(std::stoul(v));
+		else if (k == "mac")
+			copy(h.mac, 32);
+		else if (k == "recipient") {
+			criusec_recipient r{};
+			copy(r.fingerprint, 32);
+			std::string alg, w;
+			ls >> alg >> w;
+			r.wrap_alg = static_cast<uint32_t>(std::stoul(alg));
+			wrapped.push_back(hex(w));
+			rs.push_back(r);
+		}
+	}
+	for (size_t i = 0; i < rs.size(); i++) {
+		rs[i].wrapped = wrapped[i].data();
+		rs[i].wrapped_len = wrapped[i].size();
+	}
+	h.recipients = rs.data();
+	h.n_recipients = rs.size();
+	criusec_ctx *ctx = criusec_ctx_import(&h, key);
+	if (!ctx)
+		return die(criusec_last_error());
+	int in = open(in_path, O_RDONLY);
+	int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (criusec_stream_open_fd(ctx, kind, name, in, out))
+		return die(criusec_last_error());
+	close(in);
+	close(out);
+	criusec_ctx_free(ctx);
+	return 0;
+}
+
+int do_vectors(char **v)
+{
+	std::vector<uint8_t> mk(32);
+	Id id;
+	for (int i = 0; i < 32; i++)
+		mk[i] = static_cast<uint8_t>(i);
+	for (int i = 0; i < 16; i++)
+		id[i] = static_cast<uint8_t>(0x10 + i);
+	std::string small = "criusec test vector\n";
+	std::vector<uint8_t> big(10000);
+	for (size_t i = 0; i < big.size(); i++)
+		big[i] = static_cast<uint8_t>(i % 251);
+
+	for (int a = 0; a < 2; a++) {
+		AeadAlg alg = a == 0 ? AeadAlg::Aes256Gcm : AeadAlg::ChaCha20Poly1305;
+		auto ctx = Ctx::from_master_key(mk, id, std::nullopt, alg, 4096);
+		if (!ctx.ok())
+			return die(ctx.status().message());
+		auto st = hex(v[a]);
+		std::vector<uint8_t> out(st.size());
+		auto n = open_buffer(ctx.value(), "core", "core-1.img", st, out);
+		if (!n.ok() || std::string(out.begin(), out.begin() + n.value()) != small)
+			return die("small vector " + std::to_string(a + 1) + ": " + n.status().message());
+		auto bst = read_file(v[2 + a]);
+		out.assign(bst.size(), 0);
+		n = open_buffer(ctx.value(), "pages", "pages-1.img", bst, out);
+		if (!n.ok() || !std::equal(big.begin(), big.end(), out.begin()) || n.value() != big.size())
+			return die("big vector " + std::to_string(a + 1));
+	}
+
+	Id parent;
+	for (int i = 0; i < 16; i++)
+		parent[i] = static_cast<uint8_t>(0x30 + i);
+	std::array<uint8_t, 32> fpr;
+	fpr.fill(0xf0);
+	std::vector<uint8_t> wrapped(8, 0x55);
+	HeaderView hv;
+	hv.version = 1;
+	hv.ckpt_id = id;
+	hv.parent = parent;
+	hv.aead = 1;
+	hv.chunk_size = 65536;
+	hv.recipients.push_back({fpr, 1, wrapped});
+	auto canon = canonical_header(hv.version, hv.ckpt_id, hv.parent, hv.aead, hv.chunk_size, hv.recipients);
+	if (canon != hex(v[4]))
+		return die("canonical header differs: " + to_hex(canon.data(), canon.size()));
+	auto ctx = Ctx::from_master_key(mk, id, parent, AeadAlg::Aes256Gcm, 65536);
+	auto mac = ctx.value().mac_over(hv);
+	if (!mac.ok() || to_hex(mac.value().data(), 32) != v[5])
+		return die("header MAC differs");
+	return 0;
+}
+
+} /* namespace */
+
+int main(int argc, char **argv)
+{
+	std::string mode = argc > 1 ? argv[1] : "";
+	if (mode == "export" && argc == 5)
+		return do_export(argv[2], argv[3], argv[4]);
+	if (mode == "open" && argc == 8)
+		return do_open(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7]);
+	if (mode == "vectors" && argc == 8)
+		return do_vectors(argv + 2);
+	return die("usage: export DIR AEAD CERT | open DIR KEY KIND NAME IN OUT | vectors S1 S2 B1 B2 CANON MAC");
+}
