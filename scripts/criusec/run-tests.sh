@@ -36,11 +36,17 @@ layer integration "$(count "$log/integration" '[0-9]+ passed')" \
 	"$(( $(count "$log/integration" '[0-9]+ failed') + $(count "$log/integration" '[0-9]+ errors?') ))" \
 	"$(count "$log/integration" '[0-9]+ skipped')" "$rc"
 
-echo "== ZDTM smoke (CRIU's own tests)"
-"$repo/scripts/criusec/zdtm.sh" "$src" smoke 2>&1 | tee "$log/zdtm"
-rc=$?
-layer zdtm "$(count "$log/zdtm" '[0-9]+ passed,')" "$(count "$log/zdtm" '[0-9]+ failed,')" \
-	"$(count "$log/zdtm" '[0-9]+ skipped$')" "$rc"
+zdtm_layer() { # NAME [zdtm.py options]
+	local name=$1
+	shift
+	echo "== $name (CRIU's own tests, test/criusec/zdtm-smoke.list)"
+	"$repo/scripts/criusec/zdtm.sh" "$src" smoke "$@" 2>&1 | tee "$log/$name"
+	rc=$?
+	layer "$name" "$(count "$log/$name" '[0-9]+ passed,')" "$(count "$log/$name" '[0-9]+ failed,')" \
+		"$(count "$log/$name" '[0-9]+ skipped$')" "$rc"
+}
+zdtm_layer zdtm-smoke
+zdtm_layer zdtm-smoke-encrypt --encrypt
 
 rm -rf "$log"
 echo "criusec tests: $tp passed, $tf failed, $ts skipped"

@@ -1,5 +1,6 @@
 #include "ctx.h"
 
+#include <algorithm>
 #include <string>
 
 #include "bytes.h"
