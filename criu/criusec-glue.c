@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,8 +71,18 @@ static struct pending_img *pending;
 
 /*
  * Restore side: what one directory (the images dir, a parent, the work
- * dir) holds, loaded the first time an image is read from it.
+ * dir) holds, loaded the first time an image is read from it.  Every image
+ * its manifest lists is authenticated then, once, into memory; each open
+ * gets a private memfd copy of that.  So nothing is used before everything was
+ * checked, and tasks that open images from inside a user namespace never
+ * need to read the (owner-only) files themselves.
  */
+/* Memory, not a descriptor: restored tasks close every inherited fd. */
+struct plain_img {
+	uint8_t *data;
+	size_t len;
+};
+
 struct dir_state {
 	dev_t dev;
 	ino_t ino;
@@ -79,6 +90,7 @@ struct dir_state {
 	bool loading; /* reading its own manifest */
 	struct criusec_ctx *ctx;
 	CipherManifestEntry *manifest;
+	struct plain_img *plain; /* per manifest entry */
 	struct dir_state *next;
 };
 static struct dir_state *dirs;
@@ -417,14 +429,103 @@ void criusec_img_closed(int fd)
 	xfree(p);
 }
 
-static bool manifest_has(struct dir_state *d, const char *name)
+static int manifest_index(struct dir_state *d, const char *name)
 {
 	size_t i;
 
 	for (i = 0; i < d->manifest->n_images; i++)
 		if (!strcmp(d->manifest->images[i], name))
-			return true;
-	return false;
+			return i;
+	return -1;
+}
+
+/* A private copy (own offset) of a verified plaintext. */
+static int plain_copy(const struct plain_img *p, const char *name)
+{
+	size_t off = 0;
+	int fd;
+
+	fd = memfd_create(name, 0);
+	if (fd < 0) {
+		pr_perror("%s: can't make a memfd", name);
+		return -1;
+	}
+	while (off < p->len) {
+		ssize_t n = write(fd, p->data + off, p->len - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			pr_perror("%s: can't copy", name);
+			close(fd);
+			return -1;
+		}
+		off += n;
+	}
+	if (lseek(fd, 0, SEEK_SET)) {
+		pr_perror("%s: lseek", name);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Authenticate a whole image file into memory. */
+static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *name, int fd, struct plain_img *p)
+{
+	struct stat st;
+	uint8_t *raw;
+	size_t off = 0;
+	int ret;
+
+	if (fstat(fd, &st)) {
+		pr_perror("%s: fstat", name);
+		return -1;
+	}
+	raw = xmalloc(st.st_size ?: 1);
+	if (!raw)
+		return -1;
+	while (off < (size_t)st.st_size) {
+		ssize_t n = read(fd, raw + off, st.st_size - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			pr_perror("%s: read", name);
+			xfree(raw);
+			return -1;
+		}
+		off += n;
+	}
+	ret = criusec_stream_open_buf(ctx, kind, name, raw, off, &p->data, &p->len);
+	xfree(raw);
+	if (ret) {
+		pr_err("%s: %s\n", name, criusec_last_error());
+		return -1;
+	}
+	return 0;
+}
+
+/* Authenticate a whole stream into a new memfd, or say why not. */
+static int open_stream(struct criusec_ctx *ctx, const char *kind, const char *name, int fd)
+{
+	int memfd = memfd_create(name, MFD_CLOEXEC);
+
+	if (memfd < 0) {
+		pr_perror("%s: can't make a memfd", name);
+		return -1;
+	}
+	if (criusec_stream_open_fd(ctx, kind, name, fd, memfd)) {
+		pr_err("%s: %s\n", name, criusec_last_error());
+		close(memfd);
+		return -1;
+	}
+	if (lseek(memfd, 0, SEEK_SET)) {
+		pr_perror("%s: lseek", name);
+		close(memfd);
+		return -1;
+	}
+	return memfd;
 }
 
 static int header_from_pb(CipherEntry *ce, struct criusec_header *h, struct criusec_recipient **rs)
@@ -492,35 +593,31 @@ static int check_parent(int dfd, const struct criusec_header *h)
 static int verify_all(int dfd, struct dir_state *d)
 {
 	CipherManifestEntry *m = d->manifest;
-	int devnull, fd, ret = 0;
 	size_t i;
+	int fd;
 
 	if (m->n_kinds != m->n_images) {
 		pr_err("cipher-manifest.img: malformed\n");
 		return -1;
 	}
-	devnull = open("/dev/null", O_WRONLY);
-	if (devnull < 0) {
-		pr_perror("Can't open /dev/null");
+	d->plain = xzalloc(sizeof(*d->plain) * (m->n_images ?: 1));
+	if (!d->plain)
 		return -1;
-	}
-	for (i = 0; i < m->n_images && !ret; i++) {
+	for (i = 0; i < m->n_images; i++) {
+		int ret;
+
 		fd = openat(dfd, m->images[i], O_RDONLY);
 		if (fd < 0) {
 			pr_perror("%s: missing from the encrypted checkpoint (its manifest lists it)", m->images[i]);
-			ret = -1;
-			break;
+			return -1;
 		}
-		if (criusec_stream_open_fd(d->ctx, m->kinds[i], m->images[i], fd, devnull)) {
-			pr_err("%s: %s\n", m->images[i], criusec_last_error());
-			ret = -1;
-		}
+		ret = load_plain(d->ctx, m->kinds[i], m->images[i], fd, &d->plain[i]);
 		close(fd);
+		if (ret)
+			return -1;
 	}
-	close(devnull);
-	if (!ret)
-		pr_info("All %zu images of the checkpoint authenticated\n", m->n_images);
-	return ret;
+	pr_info("All %zu images of the checkpoint authenticated\n", m->n_images);
+	return 0;
 }
 
 static int load_dir(int dfd, struct dir_state *d)
@@ -607,6 +704,7 @@ static struct dir_state *dir_lookup(int dfd)
 		d->encrypted = true;
 		criusec_ctx_free(d->ctx);
 		d->ctx = NULL;
+		d->manifest = NULL;
 		return NULL;
 	}
 	return d;
@@ -617,32 +715,41 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 	char head[CRIUSEC_STREAM_MAGIC_LEN];
 	struct dir_state *d;
 	bool is_stream;
-	int memfd;
+	int i, memfd;
 	ssize_t n;
+
+	if (*fd >= 0) {
+		n = pread(*fd, head, sizeof(head), 0);
+		is_stream = n == sizeof(head) && criusec_is_stream(head, n);
+	} else {
+		is_stream = false;
+	}
+
+	/* Reading back what this dump wrote: its own key, no manifest yet. */
+	if (dump_ctx && is_imgdir(dfd)) {
+		if (*fd < 0 || !is_stream)
+			return 0;
+		memfd = open_stream(dump_ctx, kind_of(type), path, *fd);
+		goto swap;
+	}
 
 	/* Failures of dir_lookup() were said once, when it failed. */
 	d = dir_lookup(dfd);
-	if (d && d->encrypted && !d->ctx)
+	if (d && d->encrypted && !d->ctx && !d->loading)
 		d = NULL;
 	if (!d) {
 		if (type == CR_FD_IRMAP_CACHE) {
 			/* Only a cache: go on without it. */
 			pr_warn("Ignoring the encrypted %s\n", path);
-			goto as_missing;
+			if (*fd >= 0)
+				close(*fd);
+			*fd = -1;
+			errno = ENOENT;
+			return 0;
 		}
 		return -1;
 	}
 
-	if (*fd < 0) {
-		if (d->encrypted && !d->loading && manifest_has(d, path)) {
-			pr_err("%s: missing from the encrypted checkpoint (its manifest lists it)\n", path);
-			return -1;
-		}
-		return 0;
-	}
-
-	n = pread(*fd, head, sizeof(head), 0);
-	is_stream = n == sizeof(head) && criusec_is_stream(head, n);
 	if (!d->encrypted) {
 		if (is_stream) {
 			pr_err("%s is encrypted, but there is no cipher.img beside it\n", path);
@@ -650,38 +757,32 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 		}
 		return 0;
 	}
-	if (!is_stream) {
-		pr_err("%s is not encrypted, but its checkpoint is: refusing it\n", path);
-		return -1;
+	if (d->loading) {
+		/* The manifest itself, read by load_dir(). */
+		if (*fd < 0)
+			return 0;
+		memfd = open_stream(d->ctx, kind_of(type), path, *fd);
+		goto swap;
 	}
-	if (!d->loading && !manifest_has(d, path)) {
+
+	i = manifest_index(d, path);
+	if (i < 0) {
+		if (*fd < 0)
+			return 0; /* not dumped, as in a plain checkpoint */
 		pr_err("%s is not an image of this checkpoint (not in its manifest)\n", path);
 		return -1;
 	}
-
-	memfd = memfd_create(path, 0);
-	if (memfd < 0) {
-		pr_perror("%s: can't make a memfd", path);
+	if (strcmp(d->manifest->kinds[i], kind_of(type))) {
+		pr_err("%s was dumped as %s, not read as %s\n", path, d->manifest->kinds[i], kind_of(type));
 		return -1;
 	}
-	if (criusec_stream_open_fd(d->ctx, kind_of(type), path, *fd, memfd)) {
-		pr_err("%s: %s\n", path, criusec_last_error());
-		close(memfd);
+	memfd = plain_copy(&d->plain[i], path);
+swap:
+	if (memfd < 0)
 		return -1;
-	}
-	if (lseek(memfd, 0, SEEK_SET) < 0) {
-		pr_perror("%s: lseek", path);
-		close(memfd);
-		return -1;
-	}
-	close(*fd);
+	if (*fd >= 0)
+		close(*fd);
 	*fd = memfd;
-	return 0;
-
-as_missing:
-	close(*fd);
-	*fd = -1;
-	errno = ENOENT;
 	return 0;
 }
 
@@ -689,20 +790,22 @@ int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, i
 {
 	int saved_errno = errno, was_missing = *fd < 0, ret;
 
+	if (!stream_covered(type))
+		return 0;
 	if (flags & (O_WRONLY | O_RDWR)) {
 		if (!dump_ctx || *fd < 0)
 			return 0;
-		/* Owner-only, whatever CRIU's default mode: even ciphertext. */
+		/*
+		 * Owner-only, though ciphertext.  Restore reads these files in
+		 * criu's first process only (see struct dir_state), so tasks in
+		 * a user namespace need no access to them.
+		 */
 		if (fchmod(*fd, 0600)) {
 			pr_perror("%s: can't chmod", path);
 			ret = -1;
-		} else if (!stream_covered(type)) {
-			return 0;
 		} else {
 			ret = open_write(dfd, type, path, fd);
 		}
-	} else if (!stream_covered(type)) {
-		return 0;
 	} else {
 		ret = open_read(dfd, type, path, fd);
 	}

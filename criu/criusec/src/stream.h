@@ -46,6 +46,9 @@ public:
 	 */
 	[[nodiscard]] Status seal_chunk(std::span<const uint8_t> pt, bool last, std::span<uint8_t> out);
 
+	/* Tests only: jump to chunk number n (2^64 chunks cannot be written to reach it). */
+	void skip_to_chunk_for_testing(uint64_t n) noexcept { counter_ = n; }
+
 private:
 	StreamSealer(Aead aead, std::vector<uint8_t> aad, const StreamHeader &hdr, size_t chunk) noexcept
 		: aead_(std::move(aead)), aad_(std::move(aad)), header_(hdr), chunk_size_(chunk)
@@ -78,6 +81,9 @@ public:
 	 * Returns the plaintext length.
 	 */
 	[[nodiscard]] Result<size_t> open_chunk(std::span<const uint8_t> ct, bool more, std::span<uint8_t> out);
+
+	/* Tests only, as StreamSealer's. */
+	void skip_to_chunk_for_testing(uint64_t n) noexcept { counter_ = n; }
 
 private:
 	StreamOpener(Aead aead, std::vector<uint8_t> aad, size_t chunk) noexcept

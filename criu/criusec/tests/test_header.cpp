@@ -241,11 +241,40 @@ TEST_F(Header, EveryTamperedFieldIsRefused)
 		{"own wrapped key long", [](auto &t) { t.wrapped[1].push_back(0); t.fixup(); }, auth},
 		{"own wrapped key empty", [](auto &t) { t.wrapped[1].clear(); t.fixup(); }, "invalid wrapped key length 0"},
 		{"other wrapped key", [](auto &t) { t.wrapped[2][5] ^= 1; }, auth},
-		{"stanza dropped", [](auto &t) { t.recipients.erase(t.recipients.begin()); t.wrapped.erase(t.wrapped.begin()); t.fixup(); }, auth},
-		{"stanzas reordered", [](auto &t) { std::swap(t.recipients[0], t.recipients[2]); std::swap(t.wrapped[0], t.wrapped[2]); t.fixup(); }, auth},
-		{"stanza duplicated", [](auto &t) { t.recipients.push_back(t.recipients[1]); t.wrapped.push_back(t.wrapped[1]); t.fixup(); }, "duplicate recipient stanza"},
-		{"no stanzas", [](auto &t) { t.recipients.clear(); t.wrapped.clear(); t.fixup(); }, "has no recipient"},
-		{"stanza from another checkpoint", [&](auto &t) { t.wrapped[1].assign(ho.recipients[1].wrapped, ho.recipients[1].wrapped + ho.recipients[1].wrapped_len); }, auth},
+		{"stanza dropped",
+		 [](auto &t) {
+			 t.recipients.erase(t.recipients.begin());
+			 t.wrapped.erase(t.wrapped.begin());
+			 t.fixup();
+		 },
+		 auth},
+		{"stanzas reordered",
+		 [](auto &t) {
+			 std::swap(t.recipients[0], t.recipients[2]);
+			 std::swap(t.wrapped[0], t.wrapped[2]);
+			 t.fixup();
+		 },
+		 auth},
+		{"stanza duplicated",
+		 [](auto &t) {
+			 t.recipients.push_back(t.recipients[1]);
+			 t.wrapped.push_back(t.wrapped[1]);
+			 t.fixup();
+		 },
+		 "duplicate recipient stanza"},
+		{"no stanzas",
+		 [](auto &t) {
+			 t.recipients.clear();
+			 t.wrapped.clear();
+			 t.fixup();
+		 },
+		 "has no recipient"},
+		{"stanza from another checkpoint",
+		 [&](auto &t) {
+			 const auto &r = ho.recipients[1];
+			 t.wrapped[1].assign(r.wrapped, r.wrapped + r.wrapped_len);
+		 },
+		 auth},
 		{"id of another checkpoint", [&](auto &t) { std::memcpy(t.hdr.ckpt_id, ho.ckpt_id, 16); }, auth},
 		{"mac of another checkpoint", [&](auto &t) { std::memcpy(t.hdr.mac, ho.mac, 32); }, auth},
 	};

@@ -641,4 +641,37 @@ TEST(StreamInternal, SealerEnforcesChunkRules)
 	EXPECT_EQ(sealed_size(SIZE_MAX - 10, 4096), 0u);
 }
 
+TEST(StreamInternal, CounterNearAndAtItsLimit)
+{
+	auto c = Ctx::create(AeadAlg::Aes256Gcm, std::nullopt, 4096);
+	ASSERT_TRUE(c.ok());
+	auto s = StreamSealer::start(c.value(), "core", "x");
+	ASSERT_TRUE(s.ok());
+	auto o = StreamOpener::start(c.value(), "core", "x", s.value().header());
+	ASSERT_TRUE(o.ok());
+	std::vector<uint8_t> full(4096, 1), sealed(4112), plain(4096);
+
+	/* High counters use the upper nonce bytes: sealer and opener agree there too. */
+	const uint64_t high = (uint64_t(1) << 56) + 5;
+	s.value().skip_to_chunk_for_testing(high);
+	ASSERT_TRUE(s.value().seal_chunk(full, false, sealed).ok());
+	o.value().skip_to_chunk_for_testing(high - 1);
+	EXPECT_FALSE(o.value().open_chunk(sealed, true, plain).ok()); /* wrong chunk number */
+	o.value().skip_to_chunk_for_testing(high);
+	auto n = o.value().open_chunk(sealed, true, plain);
+	ASSERT_TRUE(n.ok()) << n.status().message();
+	EXPECT_EQ(plain, full);
+
+	/* The last usable number, then overflow on both sides. */
+	s.value().skip_to_chunk_for_testing(UINT64_MAX - 1);
+	ASSERT_TRUE(s.value().seal_chunk(full, false, sealed).ok());
+	Status st = s.value().seal_chunk(full, false, sealed);
+	EXPECT_EQ(st.err(), EOVERFLOW);
+	EXPECT_EQ(st.message(), "chunk counter overflow");
+	o.value().skip_to_chunk_for_testing(UINT64_MAX);
+	auto r = o.value().open_chunk(sealed, true, plain);
+	ASSERT_FALSE(r.ok());
+	EXPECT_EQ(r.status().message(), "chunk counter overflow");
+}
+
 } /* namespace */
