@@ -1,0 +1,77 @@
+"""Encryption reached through config files and swrk RPC (pycriu), as runc,
+crun and Podman reach criu, and cipher.img as CRIT shows it."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import CRIU, REPO
+
+from test_encrypt import MAGIC, keys, new_canary  # noqa: F401 (keys is a fixture)
+
+SRC = REPO / "build" / "src"
+
+
+def crit_show(path):
+    env = dict(os.environ, PYTHONPATH=f"{SRC / 'lib'}:{SRC / 'crit'}")
+    r = subprocess.run(["/usr/bin/python3", "-m", "crit", "show", str(path)], env=env,
+                       capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(r.stdout)
+
+
+def test_config_file_read_twice(workloads, criu, tmp_path, keys):
+    conf = tmp_path / "runc.conf"
+    conf.write_text(f"encrypt\ntls-cert {keys['alice'][0]}\n")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    os.environ["CRIU_CONFIG_FILE"] = str(conf)
+    try:
+        criu.dump(wl, tmp_path / "img", "--config", conf)
+    finally:
+        del os.environ["CRIU_CONFIG_FILE"]
+    header = crit_show(tmp_path / "img" / "cipher.img")
+    entry = header["entries"][0]
+    assert entry["version"] == 1
+    assert len(entry["recipients"]) == 1, "a config file read twice added a recipient twice"
+    assert (tmp_path / "img" / "pstree.img").read_bytes()[:8] == MAGIC
+    criu.restore(tmp_path / "img", "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_rpc_fields(workloads, criu, tmp_path, keys):
+    sys.path.insert(0, str(SRC / "lib"))
+    import pycriu
+
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    img.mkdir()
+    c = pycriu.criu()
+    c.use_binary(CRIU)
+    c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+    c.opts.pid = wl.pid
+    c.opts.log_file = "dump.log"
+    c.opts.log_level = 4
+    c.opts.encrypt = True
+    c.opts.encrypt_certs.append(keys["alice"][0])
+    c.opts.encrypt_certs.append(keys["bob"][0])
+    c.dump()
+    os.close(c.opts.images_dir_fd)
+    from conftest import wait_gone
+    wait_gone([wl.pid])
+    assert len(crit_show(img / "cipher.img")["entries"][0]["recipients"]) == 2
+    assert (img / f"core-{wl.pid}.img").read_bytes()[:8] == MAGIC
+    criu.restore(img, "--tls-key", keys["bob"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_check_reports_engine():
+    r = subprocess.run([CRIU, "check", "--feature", "criusec"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "self-test passed, AEAD aes-256-gcm" in r.stdout + r.stderr or \
+        "self-test passed, AEAD chacha20-poly1305" in r.stdout + r.stderr
+
+
+def test_version_names_criusec():
+    r = subprocess.run([CRIU, "--version"], capture_output=True, text=True, timeout=60)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Version: 4.2.1"  # go-criu parses this line
+    assert any(line.startswith("criusec ") for line in lines)
