@@ -68,7 +68,9 @@ engine: tree
 	cmake --build $(ENGINE_BUILD) -j$(JOBS)
 
 PREFIX		?= /usr/local
+# With PREFIX=/usr, crit and pycriu go where Debian's python3-pycriu puts them.
 install: criu
+	$(if $(filter /usr,$(PREFIX)),DEB_PYTHON_INSTALL_LAYOUT=deb_system) \
 	$(MAKE) -C $(SRC) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SKIP_PIP_INSTALL=0 \
 		PIPFLAGS="--ignore-installed --no-build-isolation --no-deps --no-index --progress-bar off --break-system-packages" \
 		install-criu install-lib install-crit install-compel install-man
