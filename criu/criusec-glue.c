@@ -150,14 +150,12 @@ static bool is_imgdir(int dfd)
 	return d1 == d2 && i1 == i2;
 }
 
-/* The checkpoint id in dir's cipher.img, unverified (no key on dump). */
-static int read_ckpt_id(int dfd, uint8_t id[CRIUSEC_ID_LEN], bool *found)
+/* dir's cipher.img, if any: 1 read, 0 absent, -1 error. */
+static int read_cipher_entry(int dfd, CipherEntry **ce)
 {
 	struct cr_img *img;
-	CipherEntry *ce;
 	int ret;
 
-	*found = false;
 	img = open_image_at(dfd, CR_FD_CIPHER, O_RSTR);
 	if (!img)
 		return -1;
@@ -165,10 +163,21 @@ static int read_ckpt_id(int dfd, uint8_t id[CRIUSEC_ID_LEN], bool *found)
 		close_image(img);
 		return 0;
 	}
-	ret = pb_read_one(img, &ce, PB_CIPHER);
+	ret = pb_read_one(img, ce, PB_CIPHER);
 	close_image(img);
-	if (ret < 0)
-		return -1;
+	return ret < 0 ? -1 : 1;
+}
+
+/* The checkpoint id in dir's cipher.img, unverified (no key on dump). */
+static int read_ckpt_id(int dfd, uint8_t id[CRIUSEC_ID_LEN], bool *found)
+{
+	CipherEntry *ce;
+	int ret;
+
+	*found = false;
+	ret = read_cipher_entry(dfd, &ce);
+	if (ret <= 0)
+		return ret;
 	if (ce->ckpt_id.len != CRIUSEC_ID_LEN) {
 		pr_err("cipher.img: bad checkpoint id\n");
 		cipher_entry__free_unpacked(ce, NULL);
@@ -629,18 +638,10 @@ static int load_dir(int dfd, struct dir_state *d)
 	CipherEntry *ce;
 	int ret;
 
-	img = open_image_at(dfd, CR_FD_CIPHER, O_RSTR);
-	if (!img)
-		return -1;
-	if (empty_image(img)) {
-		close_image(img);
-		return 0;
-	}
+	ret = read_cipher_entry(dfd, &ce);
+	if (ret <= 0)
+		return ret;
 	d->encrypted = true;
-	ret = pb_read_one(img, &ce, PB_CIPHER);
-	close_image(img);
-	if (ret < 0)
-		return -1;
 	if (header_from_pb(ce, &h, &rs)) {
 		pr_err("cipher.img: malformed header\n");
 		goto err;
