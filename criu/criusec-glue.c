@@ -5,8 +5,8 @@
  *
  * Every image but the page images, cipher.img and the stats goes through
  * one AEAD stream.  On dump an image is written to a memfd and sealed into
- * its file when closed; on restore the file is opened, authenticated as a
- * whole into a memfd, and only then handed to CRIU.  So every way CRIU
+ * its file when closed; on restore the file is authenticated as a whole
+ * into memory, and only then handed to CRIU as a memfd.  So every way CRIU
  * reads and writes image data (buffered, raw, splice, sendfile, lseek, or
  * a child like tar writing to the descriptor) is covered by one mechanism,
  * and nothing unauthenticated is ever parsed.
@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -101,7 +100,7 @@ static bool stream_covered(int type)
 	switch (type) {
 	case CR_FD_CIPHER: /* the header itself; MAC-protected */
 	case CR_FD_STATS:  /* timings and counters, no process state */
-	case CR_FD_PAGES:  /* memory pages: encrypted per page, see page-xfer */
+	case CR_FD_PAGES:  /* memory pages: for a per-page cipher, not yet written */
 	case CR_FD_PAGES_OLD:
 	case CR_FD_SHM_PAGES_OLD:
 		return false;
@@ -342,9 +341,8 @@ int criusec_dump_finish(int ret)
 		names = xmalloc(sizeof(*names) * (n ?: 1));
 		kinds = xmalloc(sizeof(*kinds) * (n ?: 1));
 		if (!names || !kinds) {
-			xfree(names);
-			xfree(kinds);
-			return -1;
+			manifest->failed = 1;
+			goto out;
 		}
 		n = 0;
 		for (off = 0; off < manifest->used; n++) {
@@ -361,6 +359,7 @@ int criusec_dump_finish(int ret)
 			manifest->failed = 1;
 		if (img)
 			close_image(img);
+out:
 		xfree(names);
 		xfree(kinds);
 	}
@@ -451,7 +450,6 @@ static int manifest_index(struct dir_state *d, const char *name)
 /* A private copy (own offset) of a verified plaintext. */
 static int plain_copy(const struct plain_img *p, const char *name)
 {
-	size_t off = 0;
 	int fd;
 
 	fd = memfd_create(name, 0);
@@ -459,17 +457,10 @@ static int plain_copy(const struct plain_img *p, const char *name)
 		pr_perror("%s: can't make a memfd", name);
 		return -1;
 	}
-	while (off < p->len) {
-		ssize_t n = write(fd, p->data + off, p->len - off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			pr_perror("%s: can't copy", name);
-			close(fd);
-			return -1;
-		}
-		off += n;
+	if (write_all(fd, p->data, p->len) != (ssize_t)p->len) {
+		pr_perror("%s: can't copy", name);
+		close(fd);
+		return -1;
 	}
 	if (lseek(fd, 0, SEEK_SET)) {
 		pr_perror("%s: lseek", name);
@@ -484,7 +475,6 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 {
 	struct stat st;
 	uint8_t *raw;
-	size_t off = 0;
 	int ret;
 
 	if (fstat(fd, &st)) {
@@ -494,19 +484,12 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 	raw = xmalloc(st.st_size ?: 1);
 	if (!raw)
 		return -1;
-	while (off < (size_t)st.st_size) {
-		ssize_t n = read(fd, raw + off, st.st_size - off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			pr_perror("%s: read", name);
-			xfree(raw);
-			return -1;
-		}
-		off += n;
+	if (read_all(fd, raw, st.st_size) != st.st_size) {
+		pr_perror("%s: read", name);
+		xfree(raw);
+		return -1;
 	}
-	ret = criusec_stream_open_buf(ctx, kind, name, raw, off, &p->data, &p->len);
+	ret = criusec_stream_open_buf(ctx, kind, name, raw, st.st_size, &p->data, &p->len);
 	xfree(raw);
 	if (ret) {
 		pr_err("%s: %s\n", name, criusec_last_error());
@@ -518,22 +501,13 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 /* Authenticate a whole stream into a new memfd, or say why not. */
 static int open_stream(struct criusec_ctx *ctx, const char *kind, const char *name, int fd)
 {
-	int memfd = memfd_create(name, MFD_CLOEXEC);
+	struct plain_img p;
+	int memfd;
 
-	if (memfd < 0) {
-		pr_perror("%s: can't make a memfd", name);
+	if (load_plain(ctx, kind, name, fd, &p))
 		return -1;
-	}
-	if (criusec_stream_open_fd(ctx, kind, name, fd, memfd)) {
-		pr_err("%s: %s\n", name, criusec_last_error());
-		close(memfd);
-		return -1;
-	}
-	if (lseek(memfd, 0, SEEK_SET)) {
-		pr_perror("%s: lseek", name);
-		close(memfd);
-		return -1;
-	}
+	memfd = plain_copy(&p, name);
+	free(p.data);
 	return memfd;
 }
 
