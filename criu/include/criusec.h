@@ -124,6 +124,31 @@ int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const cha
 /* 1 if the first bytes of an image file are an encrypted stream's magic. */
 int criusec_is_stream(const void *head, size_t len);
 
+/*
+ * The page cipher.  Each 4 KiB page of a page image is encrypted in place
+ * with AES-256-XTS under a key of that image (derived from the master key
+ * and image_name), the tweak being the page's virtual address and its
+ * number in the image (file offset / 4096).  Each page also gets a 16-byte
+ * tag (GMAC over address, number and ciphertext) that the caller keeps in
+ * an authenticated image.  Page i of a run starts at vaddr + i * 4096 and
+ * is number index + i; len is a multiple of 4096; tags holds len / 256
+ * bytes.
+ *
+ * open checks every tag of the run before it decrypts any page; on
+ * failure the run is zeroed and the error names the first bad page.
+ */
+#define CRIUSEC_PAGE_SIZE    4096
+#define CRIUSEC_PAGE_TAG_LEN 16
+
+struct criusec_pages;
+
+struct criusec_pages *criusec_pages_new(struct criusec_ctx *ctx, const char *image_name);
+void criusec_pages_free(struct criusec_pages *p);
+int criusec_pages_seal(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+		       uint8_t *tags);
+int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+		       const uint8_t *tags);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,7 @@
 #include "criusec.h"
 #include "ctx.h"
 #include "io.h"
+#include "pages.h"
 #include "selftest.h"
 #include "stream.h"
 
@@ -119,6 +120,11 @@ std::span<const uint8_t> in_span(const void *in, size_t len) noexcept
 }
 
 } /* namespace */
+
+struct criusec_pages {
+	explicit criusec_pages(PageCipher c) : cipher(std::move(c)) {}
+	PageCipher cipher;
+};
 
 /*
  * The library is built with -fvisibility=hidden; only the C API is public,
@@ -365,6 +371,48 @@ int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const cha
 int criusec_is_stream(const void *head, size_t len)
 {
 	return head && is_stream({static_cast<const uint8_t *>(head), len}) ? 1 : 0;
+}
+
+struct criusec_pages *criusec_pages_new(struct criusec_ctx *ctx, const char *image_name)
+{
+	criusec_pages *ret = nullptr;
+	guarded([&]() -> Status {
+		if (!ctx || !image_name)
+			return invalid_argument("NULL context or image name");
+		auto c = PageCipher::create(ctx->ctx, image_name);
+		if (!c.ok())
+			return std::move(c).status();
+		ret = new criusec_pages(std::move(c).value());
+		return {};
+	});
+	return ret;
+}
+
+void criusec_pages_free(struct criusec_pages *p)
+{
+	delete p;
+}
+
+int criusec_pages_seal(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+		       uint8_t *tags)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!pages && len) || (!tags && len))
+			return invalid_argument("NULL page cipher, pages or tags");
+		return p->cipher.seal(vaddr, index, {static_cast<uint8_t *>(pages), len},
+				      {tags, len / kPageSize * kPageTagLen});
+	});
+}
+
+int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+		       const uint8_t *tags)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!pages && len) || (!tags && len))
+			return invalid_argument("NULL page cipher, pages or tags");
+		return p->cipher.open(vaddr, index, {static_cast<uint8_t *>(pages), len},
+				      {tags, len / kPageSize * kPageTagLen});
+	});
 }
 
 } /* extern "C" */

@@ -7,6 +7,8 @@
  *                            DIR/{stream,plain,label}-N
  *   open DIR KEY KIND NAME IN OUT   import DIR/header.txt with KEY, open IN
  *   vectors STREAM1 STREAM2 BIG1 BIG2 CANONICAL MAC   check the doc vectors
+ *   pages seal|open NAME VADDR INDEX IN OUT TAGS   the page cipher under the
+ *                            doc vectors' master key (open reads TAGS)
  */
 #include <fcntl.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 #include "capi_internal.h"
 #include "criusec.h"
 #include "ctx.h"
+#include "pages.h"
 #include "stream.h"
 #include "test_util.h"
 
@@ -219,6 +222,38 @@ int do_vectors(char **v)
 	return 0;
 }
 
+int do_pages(const std::string &op, const char *name, const char *vaddr, const char *index, const char *in,
+	     const char *out, const char *tags_path)
+{
+	std::vector<uint8_t> mk(32);
+	Id id;
+	for (int i = 0; i < 32; i++)
+		mk[i] = static_cast<uint8_t>(i);
+	for (int i = 0; i < 16; i++)
+		id[i] = static_cast<uint8_t>(0x10 + i);
+	auto ctx = Ctx::from_master_key(mk, id, std::nullopt, AeadAlg::Aes256Gcm, 65536);
+	if (!ctx.ok())
+		return die(ctx.status().message());
+	auto pc = PageCipher::create(ctx.value(), name);
+	if (!pc.ok())
+		return die(pc.status().message());
+	auto data = read_file(in);
+	std::vector<uint8_t> tags(data.size() / kPageSize * kPageTagLen);
+	uint64_t v = std::stoull(vaddr, nullptr, 16), i = std::stoull(index);
+	Status st;
+	if (op == "seal") {
+		st = pc.value().seal(v, i, data, tags);
+		write_file(tags_path, tags.data(), tags.size());
+	} else {
+		tags = read_file(tags_path);
+		st = pc.value().open(v, i, data, tags);
+	}
+	if (!st.ok())
+		return die(st.message());
+	write_file(out, data.data(), data.size());
+	return 0;
+}
+
 } /* namespace */
 
 int main(int argc, char **argv)
@@ -230,5 +265,8 @@ int main(int argc, char **argv)
 		return do_open(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7]);
 	if (mode == "vectors" && argc == 8)
 		return do_vectors(argv + 2);
-	return die("usage: export DIR AEAD CERT | open DIR KEY KIND NAME IN OUT | vectors S1 S2 B1 B2 CANON MAC");
+	if (mode == "pages" && argc == 9)
+		return do_pages(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argv[8]);
+	return die("usage: export DIR AEAD CERT | open DIR KEY KIND NAME IN OUT | vectors S1 S2 B1 B2 CANON MAC"
+		   " | pages seal|open NAME VADDR INDEX IN OUT TAGS");
 }

@@ -1,0 +1,57 @@
+/*
+ * The page cipher: every 4 KiB page of a page image encrypted on its own
+ * with AES-256-XTS, in place and length-preserving, so pages stay at their
+ * pagemap offsets and can be read at random (lazy pages, page server,
+ * dedup).  XTS is malleable, so each page also gets a 16-byte GMAC tag,
+ * kept by the caller in an authenticated stream image.
+ *
+ * Keys are per page image (HKDF from the checkpoint key and the image's
+ * name); a page's identity is its virtual address v and its number i in
+ * the image (offset / 4096):
+ *   ciphertext = AES-256-XTS(xts_key, tweak = LE64(v) || LE64(i), page)
+ *   tag = GMAC(tag_key, nonce = LE64(i) || 0^4, LE64(v) || LE64(i) || ciphertext)
+ * i is unique within an image, so no GMAC nonce is ever reused under a key.
+ */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "ctx.h"
+#include "gnutls_raii.h"
+#include "status.h"
+#include "xts.h"
+
+namespace criusec {
+
+inline constexpr std::string_view kInfoPagesTag = "criusec v1 pages tag";
+constexpr size_t kPageSize = 4096;
+constexpr size_t kPageTagLen = 16;
+
+class PageCipher {
+public:
+	[[nodiscard]] static Result<PageCipher> create(const Ctx &ctx, std::string_view image_name);
+
+	/*
+	 * Encrypt pages.size() / kPageSize pages in place, the first at vaddr
+	 * and number index, the next ones following; one tag each into tags.
+	 */
+	[[nodiscard]] Status seal(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<uint8_t> tags);
+	/*
+	 * Check every tag, then decrypt in place.  On failure nothing is
+	 * decrypted and the pages are zeroed; the message names the page.
+	 */
+	[[nodiscard]] Status open(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages,
+				  std::span<const uint8_t> tags);
+
+private:
+	PageCipher(Xts xts, AeadHandle gmac) noexcept : xts_(std::move(xts)), gmac_(std::move(gmac)) {}
+	[[nodiscard]] Status tag(uint64_t vaddr, uint64_t index, std::span<const uint8_t> page,
+				 std::span<uint8_t, kPageTagLen> out);
+	Xts xts_;
+	AeadHandle gmac_; /* AES-256-GCM, used with no plaintext: GMAC */
+};
+
+} /* namespace criusec */
