@@ -4,7 +4,9 @@
  * engine (criu/criusec/, interface in criusec.h).
  *
  * Every image but the page images, cipher.img and the stats goes through
- * one AEAD stream.  On dump an image is written to a memfd and sealed into
+ * one AEAD stream.  Page images get the page cipher instead (each page
+ * encrypted in place, so pagemap offsets and random access stay), with
+ * the pages' tags in a stream image beside them (pagetags-N.img).  On dump an image is written to a memfd and sealed into
  * its file when closed; on restore the file is authenticated as a whole
  * into memory, and only then handed to CRIU as a memfd.  So every way CRIU
  * reads and writes image data (buffered, raw, splice, sendfile, lseek, or
@@ -94,14 +96,35 @@ struct dir_state {
 };
 static struct dir_state *dirs;
 
+/*
+ * A page image under the page cipher, found by its descriptor.  Dump
+ * appends pages (encrypted in batches) and collects one tag per page,
+ * sealed into pagetags-N.img when the image is closed; restore checks each
+ * page read against the tags authenticated with the rest of the checkpoint.
+ */
+#define PAGE_TAGS_KIND "pagetags"
+struct page_img {
+	int fd;
+	pid_t owner;
+	char *name;
+	struct criusec_pages *pc;
+	uint8_t *tags;	/* one CRIUSEC_PAGE_TAG_LEN tag per page */
+	size_t nr_tags; /* dump: pages written; restore: pages the tags cover */
+	size_t cap;	/* dump: tags allocated */
+	int dfd;	/* dump: where the tags go */
+	bool in_imgdir;
+	struct page_img *next;
+};
+static struct page_img *page_imgs;
+
 /* Images that stay outside the stream layer, and why. */
 static bool stream_covered(int type)
 {
 	switch (type) {
 	case CR_FD_CIPHER: /* the header itself; MAC-protected */
 	case CR_FD_STATS:  /* timings and counters, no process state */
-	case CR_FD_PAGES:  /* memory pages: for a per-page cipher, not yet written */
-	case CR_FD_PAGES_OLD:
+	case CR_FD_PAGES:  /* the page cipher: see struct page_img */
+	case CR_FD_PAGES_OLD: /* formats older than CRIU 2.x: never written */
 	case CR_FD_SHM_PAGES_OLD:
 		return false;
 	}
@@ -410,10 +433,14 @@ static bool still_linked(int fd)
 	return fstat(fd, &st) == 0 && st.st_nlink > 0;
 }
 
+static int page_img_closed(int fd);
+
 void criusec_img_closed(int fd)
 {
 	struct pending_img **pp, *p;
 
+	if (page_img_closed(fd))
+		return;
 	for (pp = &pending; *pp; pp = &(*pp)->next)
 		if ((*pp)->fd == fd)
 			break;
@@ -761,10 +788,379 @@ swap:
 	return 0;
 }
 
+
+/* pages-N.img -> pagetags-N.img */
+static char *tags_name(const char *pages)
+{
+	char *name;
+
+	if (strncmp(pages, "pages-", 6)) {
+		pr_err("%s: not a page image name\n", pages);
+		return NULL;
+	}
+	if (asprintf(&name, "pagetags-%s", pages + 6) < 0)
+		return NULL;
+	return name;
+}
+
+static struct page_img *page_lookup(int fd)
+{
+	struct page_img *p;
+
+	for (p = page_imgs; p; p = p->next)
+		if (p->fd == fd && p->owner == getpid())
+			return p;
+	return NULL;
+}
+
+static void page_free(struct page_img *p)
+{
+	criusec_pages_free(p->pc);
+	if (p->cap)
+		xfree(p->tags);
+	if (p->dfd >= 0)
+		close(p->dfd);
+	xfree(p->name);
+	xfree(p);
+}
+
+/* The entry of a descriptor number, stale ones too (a fork closed it). */
+static void page_forget(int fd)
+{
+	struct page_img **pp, *p;
+
+	for (pp = &page_imgs; *pp;) {
+		p = *pp;
+		if (p->fd == fd) {
+			*pp = p->next;
+			page_free(p);
+		} else {
+			pp = &p->next;
+		}
+	}
+}
+
+static struct page_img *page_new(int fd, const char *path, struct criusec_ctx *ctx)
+{
+	struct page_img *p;
+
+	p = xzalloc(sizeof(*p));
+	if (!p)
+		return NULL;
+	p->fd = fd;
+	p->dfd = -1;
+	p->owner = getpid();
+	p->name = xstrdup(path);
+	p->pc = criusec_pages_new(ctx, path);
+	if (!p->name || !p->pc) {
+		if (!p->pc)
+			pr_err("%s: %s\n", path, criusec_last_error());
+		page_free(p);
+		return NULL;
+	}
+	p->next = page_imgs;
+	page_imgs = p;
+	return p;
+}
+
+static int page_open_write(int dfd, const char *path, int fd)
+{
+	struct page_img *p;
+
+	if (fchmod(fd, 0600)) {
+		pr_perror("%s: can't chmod", path);
+		return -1;
+	}
+	p = page_new(fd, path, dump_ctx);
+	if (!p)
+		return -1;
+	p->in_imgdir = is_imgdir(dfd);
+	p->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+	if (p->dfd < 0) {
+		pr_perror("%s: dup", path);
+		return -1;
+	}
+	return 0;
+}
+
+static int page_open_read(int dfd, const char *path, int fd)
+{
+	struct dir_state *d;
+	struct page_img *p;
+	struct stat st;
+	char *tname;
+	int i;
+
+	/* Our own pages, during the dump: never read back (page server not supported). */
+	if (dump_ctx && is_imgdir(dfd))
+		return 0;
+	d = dir_lookup(dfd);
+	if (d && d->encrypted && !d->ctx)
+		d = NULL;
+	if (!d)
+		return -1;
+	if (!d->encrypted)
+		return 0;
+	tname = tags_name(path);
+	if (!tname)
+		return -1;
+	i = manifest_index(d, tname);
+	if (i < 0 || strcmp(d->manifest->kinds[i], PAGE_TAGS_KIND)) {
+		pr_err("%s: its page tags (%s) are not in the checkpoint\n", path, tname);
+		free(tname);
+		return -1;
+	}
+	free(tname);
+	p = page_new(fd, path, d->ctx);
+	if (!p)
+		return -1;
+	/* Tags stay in the directory's verified copy; shared, never freed here. */
+	p->tags = d->plain[i].data;
+	p->nr_tags = d->plain[i].len / CRIUSEC_PAGE_TAG_LEN;
+	/* Dedup punches holes but keeps the size: any other size is damage. */
+	if (fstat(fd, &st)) {
+		pr_perror("%s: fstat", path);
+		return -1;
+	}
+	if (st.st_size != (off_t)(p->nr_tags * CRIUSEC_PAGE_SIZE)) {
+		pr_err("%s: %lld bytes, but %zu pages were dumped: truncated or extended\n", path,
+		       (long long)st.st_size, p->nr_tags);
+		return -1;
+	}
+	return 0;
+}
+
+static int page_img_open(int dfd, unsigned long flags, const char *path, int fd)
+{
+	page_forget(fd);
+	if (fd < 0)
+		return 0;
+	if (flags & O_CREAT)
+		return dump_ctx ? page_open_write(dfd, path, fd) : 0;
+	return page_open_read(dfd, path, fd);
+}
+
+static int page_tags_write(struct page_img *p)
+{
+	size_t len = p->nr_tags * CRIUSEC_PAGE_TAG_LEN, out_len;
+	char *tname = tags_name(p->name);
+	uint8_t *out = NULL;
+	int fd = -1, ret = -1;
+
+	if (!tname)
+		return -1;
+	if (criusec_stream_seal_buf(dump_ctx, PAGE_TAGS_KIND, tname, p->tags ?: (uint8_t *)"", len, &out, &out_len)) {
+		pr_err("%s: can't seal: %s\n", tname, criusec_last_error());
+		goto out;
+	}
+	fd = openat(p->dfd, tname, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || write_all(fd, out, out_len) != (ssize_t)out_len) {
+		pr_perror("%s: can't write", tname);
+		goto out;
+	}
+	if (p->in_imgdir)
+		manifest_add(PAGE_TAGS_KIND, tname);
+	ret = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(out);
+	free(tname);
+	return ret;
+}
+
+/* 1: p was a page image (and is gone), 0: not one. */
+static int page_img_closed(int fd)
+{
+	struct page_img **pp, *p;
+
+	for (pp = &page_imgs; *pp; pp = &(*pp)->next)
+		if ((*pp)->fd == fd && (*pp)->owner == getpid())
+			break;
+	p = *pp;
+	if (!p)
+		return 0;
+	*pp = p->next;
+	if (p->dfd >= 0 && page_tags_write(p))
+		manifest->failed = 1;
+	page_free(p);
+	return 1;
+}
+
+bool criusec_pages_sealed(int fd)
+{
+	return page_lookup(fd) != NULL;
+}
+
+#define PAGE_BATCH (1 << 20)
+
+int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr)
+{
+	static uint8_t *buf;
+	struct page_img *p = page_lookup(fd);
+
+	if (!p)
+		return 0;
+	if (len % CRIUSEC_PAGE_SIZE) {
+		pr_err("%s: %lu bytes is not whole pages\n", p->name, len);
+		return -1;
+	}
+	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+		return -1;
+	while (len) {
+		size_t n = min_t(size_t, len, PAGE_BATCH), pages = n / CRIUSEC_PAGE_SIZE;
+		ssize_t got = read_all(pipe, buf, n);
+
+		if (got != (ssize_t)n) {
+			pr_perror("%s: short read of pages from the pipe (%zd of %zu)", p->name, got, n);
+			return -1;
+		}
+		if (p->nr_tags + pages > p->cap) {
+			size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
+
+			if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
+				return -1;
+			p->cap = cap;
+		}
+		if (criusec_pages_seal(p->pc, vaddr, p->nr_tags, buf, n,
+				       p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN)) {
+			pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
+			return -1;
+		}
+		if (write_all(fd, buf, n) != (ssize_t)n) {
+			pr_perror("%s: can't write pages", p->name);
+			return -1;
+		}
+		p->nr_tags += pages;
+		vaddr += n;
+		len -= n;
+	}
+	return 1;
+}
+
+int criusec_pages_read(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
+{
+	struct page_img *p = page_lookup(fd);
+	size_t first;
+
+	if (!p)
+		return 0;
+	first = off / CRIUSEC_PAGE_SIZE;
+	if (off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE || first + len / CRIUSEC_PAGE_SIZE > p->nr_tags) {
+		pr_err("%s: pages %#lx+%lu at %lld are outside what was dumped\n", p->name, vaddr, len,
+		       (long long)off);
+		return -1;
+	}
+	if (criusec_pages_open(p->pc, vaddr, first, buf, len, p->tags + first * CRIUSEC_PAGE_TAG_LEN)) {
+		pr_err("%s: %s\n", p->name, criusec_last_error());
+		return -1;
+	}
+	return 0;
+}
+
+int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len)
+{
+	static uint8_t *buf;
+	off_t off;
+
+	if (!page_lookup(fd))
+		return 0;
+	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+		return -1;
+	off = lseek(fd, 0, SEEK_CUR);
+	if (off < 0) {
+		pr_perror("lseek");
+		return -1;
+	}
+	while (len) {
+		size_t n = min_t(size_t, len, PAGE_BATCH);
+
+		if (pread(fd, buf, n, off) != (ssize_t)n) {
+			pr_perror("Can't read pages");
+			return -1;
+		}
+		if (criusec_pages_read(fd, vaddr, off, buf, n))
+			return -1;
+		if (write_all(pipe, buf, n) != (ssize_t)n) {
+			pr_perror("Can't write pages to a pipe");
+			return -1;
+		}
+		off += n;
+		vaddr += n;
+		len -= n;
+	}
+	if (lseek(fd, off, SEEK_SET) < 0) {
+		pr_perror("lseek");
+		return -1;
+	}
+	return 1;
+}
+
+int criusec_pages_plain_copy(int fd, int memfd, off_t off, unsigned long vaddr, unsigned long len)
+{
+	static uint8_t *buf;
+
+	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+		return -1;
+	while (len) {
+		size_t n = min_t(size_t, len, PAGE_BATCH);
+
+		if (pread(fd, buf, n, off) != (ssize_t)n) {
+			pr_perror("Can't read pages");
+			return -1;
+		}
+		if (criusec_pages_read(fd, vaddr, off, buf, n))
+			return -1;
+		if (pwrite(memfd, buf, n, off) != (ssize_t)n) {
+			pr_perror("Can't copy verified pages");
+			return -1;
+		}
+		off += n;
+		vaddr += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int criusec_pages_plain_begin(int fd)
+{
+	struct page_img *p = page_lookup(fd);
+	int memfd;
+
+	memfd = memfd_create(p ? p->name : "pages", MFD_CLOEXEC);
+	if (memfd < 0)
+		pr_perror("Can't make a memfd for verified pages");
+	return memfd;
+}
+
+int criusec_pages_plain_end(int fd, int memfd)
+{
+	int ret = 0;
+
+	/* The restorer reads the same descriptor, now the verified plaintext. */
+	page_forget(fd);
+	if (dup2(memfd, fd) < 0) {
+		pr_perror("Can't put verified pages in place");
+		ret = -1;
+	}
+	close(memfd);
+	return ret;
+}
+
 int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, int *fd)
 {
 	int saved_errno = errno, was_missing = *fd < 0, ret;
 
+	if (type == CR_FD_PAGES) {
+		ret = page_img_open(dfd, flags, path, *fd);
+		if (ret && *fd >= 0) {
+			close(*fd);
+			*fd = -1;
+		}
+		if (!ret && was_missing)
+			errno = saved_errno;
+		return ret;
+	}
 	if (!stream_covered(type))
 		return 0;
 	if (flags & (O_WRONLY | O_RDWR)) {

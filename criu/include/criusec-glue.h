@@ -22,4 +22,27 @@ extern int criusec_img_open(int dfd, int type, unsigned long flags, const char *
 /* After an image's descriptor was closed: seals what was written to it. */
 extern void criusec_img_closed(int fd);
 
+/*
+ * The page cipher under page-xfer and page-read, keyed by the page image's
+ * descriptor.  Each returns 0 for a page image that is not encrypted (the
+ * caller does its plain I/O), -1 on failure (said why).
+ */
+#include <stdbool.h>
+#include <sys/types.h>
+
+extern bool criusec_pages_sealed(int fd);
+/* Dump: encrypt len bytes of pages from pipe (the first at vaddr), append them; 1 when done. */
+extern int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr);
+/* Restore: check and decrypt in place what was read at off. */
+extern int criusec_pages_read(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
+/* Page server: read len bytes at the current offset, verified plaintext into pipe; 1 when done. */
+extern int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len);
+/*
+ * For the restorer, which reads pages itself and cannot check them: a
+ * memfd gets the verified plaintext at the same offsets, then replaces fd.
+ */
+extern int criusec_pages_plain_begin(int fd);
+extern int criusec_pages_plain_copy(int fd, int memfd, off_t off, unsigned long vaddr, unsigned long len);
+extern int criusec_pages_plain_end(int fd, int memfd);
+
 #endif /* __CR_CRIUSEC_GLUE_H__ */
