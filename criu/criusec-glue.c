@@ -281,6 +281,11 @@ int criusec_dump_start(void)
 		}
 		return 0;
 	}
+	if (opts.use_page_server) {
+		/* The page server would write pagemaps we cannot seal: refuse rather than leak. */
+		pr_err("--encrypt does not work with --page-server yet\n");
+		return -1;
+	}
 	if (opts.encrypt_aead && criusec_aead_parse(opts.encrypt_aead, &aead)) {
 		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
 		return -1;
@@ -867,10 +872,10 @@ static int page_open_write(int dfd, const char *path, int fd)
 {
 	struct page_img *p;
 
-	if (fchmod(fd, 0600)) {
-		pr_perror("%s: can't chmod", path);
-		return -1;
-	}
+	/*
+	 * CRIU's usual mode, not owner-only like the streams: restored tasks
+	 * in a user namespace read their pages themselves (as ciphertext).
+	 */
 	p = page_new(fd, path, dump_ctx);
 	if (!p)
 		return -1;
@@ -1038,32 +1043,39 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 	return 1;
 }
 
-int criusec_pages_read(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
+/* Read, check and decrypt len bytes at off of a page image. */
+static int page_load(struct page_img *p, int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
 {
-	struct page_img *p = page_lookup(fd);
-	size_t first;
+	size_t first = off / CRIUSEC_PAGE_SIZE;
 
-	if (!p)
-		return 0;
-	first = off / CRIUSEC_PAGE_SIZE;
 	if (off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE || first + len / CRIUSEC_PAGE_SIZE > p->nr_tags) {
 		pr_err("%s: pages %#lx+%lu at %lld are outside what was dumped\n", p->name, vaddr, len,
 		       (long long)off);
 		return -1;
 	}
-	if (criusec_pages_open(p->pc, vaddr, first, buf, len, p->tags + first * CRIUSEC_PAGE_TAG_LEN)) {
+	if (criusec_pages_pread(p->pc, fd, vaddr, first, buf, len, p->tags + first * CRIUSEC_PAGE_TAG_LEN)) {
 		pr_err("%s: %s\n", p->name, criusec_last_error());
 		return -1;
 	}
 	return 0;
 }
 
+int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
+{
+	struct page_img *p = page_lookup(fd);
+
+	if (!p)
+		return 0;
+	return page_load(p, fd, vaddr, off, buf, len) ? -1 : 1;
+}
+
 int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len)
 {
 	static uint8_t *buf;
+	struct page_img *p = page_lookup(fd);
 	off_t off;
 
-	if (!page_lookup(fd))
+	if (!p)
 		return 0;
 	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
 		return -1;
@@ -1075,11 +1087,7 @@ int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long l
 	while (len) {
 		size_t n = min_t(size_t, len, PAGE_BATCH);
 
-		if (pread(fd, buf, n, off) != (ssize_t)n) {
-			pr_perror("Can't read pages");
-			return -1;
-		}
-		if (criusec_pages_read(fd, vaddr, off, buf, n))
+		if (page_load(p, fd, vaddr, off, buf, n))
 			return -1;
 		if (write_all(pipe, buf, n) != (ssize_t)n) {
 			pr_perror("Can't write pages to a pipe");
@@ -1099,17 +1107,16 @@ int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long l
 int criusec_pages_plain_copy(int fd, int memfd, off_t off, unsigned long vaddr, unsigned long len)
 {
 	static uint8_t *buf;
+	struct page_img *p = page_lookup(fd);
 
+	if (!p)
+		return -1;
 	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
 		return -1;
 	while (len) {
 		size_t n = min_t(size_t, len, PAGE_BATCH);
 
-		if (pread(fd, buf, n, off) != (ssize_t)n) {
-			pr_perror("Can't read pages");
-			return -1;
-		}
-		if (criusec_pages_read(fd, vaddr, off, buf, n))
+		if (page_load(p, fd, vaddr, off, buf, n))
 			return -1;
 		if (pwrite(memfd, buf, n, off) != (ssize_t)n) {
 			pr_perror("Can't copy verified pages");

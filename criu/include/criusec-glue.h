@@ -33,8 +33,8 @@ extern void criusec_img_closed(int fd);
 extern bool criusec_pages_sealed(int fd);
 /* Dump: encrypt len bytes of pages from pipe (the first at vaddr), append them; 1 when done. */
 extern int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr);
-/* Restore: check and decrypt in place what was read at off. */
-extern int criusec_pages_read(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
+/* Restore: read len bytes at off, checked and decrypted; 1 when done. */
+extern int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
 /* Page server: read len bytes at the current offset, verified plaintext into pipe; 1 when done. */
 extern int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len);
 /*

@@ -148,6 +148,14 @@ int criusec_pages_seal(struct criusec_pages *p, uint64_t vaddr, uint64_t index, 
 		       uint8_t *tags);
 int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
 		       const uint8_t *tags);
+/*
+ * Read len bytes of pages from fd at page number index (offset index * 4096),
+ * then check and decrypt them, as criusec_pages_open().  Large runs are
+ * shared between a few threads, all joined before this returns; seal and
+ * open do the same.
+ */
+int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+			const uint8_t *tags);
 
 #ifdef __cplusplus
 }

@@ -122,8 +122,8 @@ std::span<const uint8_t> in_span(const void *in, size_t len) noexcept
 } /* namespace */
 
 struct criusec_pages {
-	explicit criusec_pages(PageCipher c) : cipher(std::move(c)) {}
-	PageCipher cipher;
+	explicit criusec_pages(PagePool c) : cipher(std::move(c)) {}
+	PagePool cipher;
 };
 
 /*
@@ -379,7 +379,7 @@ struct criusec_pages *criusec_pages_new(struct criusec_ctx *ctx, const char *ima
 	guarded([&]() -> Status {
 		if (!ctx || !image_name)
 			return invalid_argument("NULL context or image name");
-		auto c = PageCipher::create(ctx->ctx, image_name);
+		auto c = PagePool::create(ctx->ctx, image_name);
 		if (!c.ok())
 			return std::move(c).status();
 		ret = new criusec_pages(std::move(c).value());
@@ -412,6 +412,17 @@ int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, 
 			return invalid_argument("NULL page cipher, pages or tags");
 		return p->cipher.open(vaddr, index, {static_cast<uint8_t *>(pages), len},
 				      {tags, len / kPageSize * kPageTagLen});
+	});
+}
+
+int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len,
+			const uint8_t *tags)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!pages && len) || (!tags && len))
+			return invalid_argument("NULL page cipher, pages or tags");
+		return p->cipher.pread(fd, vaddr, index, {static_cast<uint8_t *>(pages), len},
+				       {tags, len / kPageSize * kPageTagLen});
 	});
 }
 

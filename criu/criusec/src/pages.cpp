@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cerrno>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "bytes.h"
 #include "kdf.h"
@@ -125,6 +129,115 @@ Status PageCipher::open(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages
 		CRIUSEC_TRY(xts_.decrypt(id, page, page));
 	}
 	return {};
+}
+
+namespace {
+
+/* Below this a thread costs more than it saves. */
+constexpr size_t kMinPagesPerWorker = 128;
+/* A piece read, checked and decrypted while it is still in cache. */
+constexpr size_t kReadPiecePages = 64;
+
+size_t worker_count() noexcept
+{
+	unsigned n = std::thread::hardware_concurrency();
+	return n < 1 ? 1 : n > 4 ? 4 : n;
+}
+
+} /* namespace */
+
+Result<PagePool> PagePool::create(const Ctx &ctx, std::string_view image_name)
+{
+	std::vector<PageCipher> w;
+	size_t n = worker_count();
+	w.reserve(n);
+	for (size_t i = 0; i < n; i++) {
+		auto c = PageCipher::create(ctx, image_name);
+		if (!c.ok())
+			return std::move(c).status();
+		w.push_back(std::move(c).value());
+	}
+	return PagePool(std::move(w));
+}
+
+/* Run f(worker, first page, pages) over nr_pages, in parallel when that pays. */
+template <typename F> Status PagePool::split(size_t nr_pages, F &&f)
+{
+	size_t n = std::min(workers_.size(), std::max<size_t>(1, nr_pages / kMinPagesPerWorker));
+	if (n <= 1)
+		return f(workers_[0], size_t{0}, nr_pages);
+	std::vector<Status> st(n);
+	std::vector<std::thread> threads;
+	size_t per = (nr_pages + n - 1) / n;
+	try {
+		for (size_t w = 1; w < n; w++) {
+			size_t first = std::min(nr_pages, w * per), count = std::min(per, nr_pages - first);
+			threads.emplace_back([&, w, first, count] { st[w] = f(workers_[w], first, count); });
+		}
+	} catch (...) {
+		/* No thread to be had: the ones not started run here. */
+		for (size_t w = threads.size() + 1; w < n; w++) {
+			size_t first = std::min(nr_pages, w * per), count = std::min(per, nr_pages - first);
+			st[w] = f(workers_[w], first, count);
+		}
+	}
+	st[0] = f(workers_[0], size_t{0}, std::min(per, nr_pages));
+	for (auto &t : threads)
+		t.join();
+	for (auto &s : st)
+		if (!s.ok())
+			return std::move(s);
+	return {};
+}
+
+Status PagePool::seal(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<uint8_t> tags)
+{
+	CRIUSEC_TRY(check_pages(pages, tags));
+	return split(pages.size() / kPageSize, [&](PageCipher &c, size_t first, size_t count) {
+		return c.seal(vaddr + first * kPageSize, index + first, pages.subspan(first * kPageSize, count * kPageSize),
+			      tags.subspan(first * kPageTagLen, count * kPageTagLen));
+	});
+}
+
+Status PagePool::open(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<const uint8_t> tags)
+{
+	CRIUSEC_TRY(check_pages(pages, tags));
+	Status s = split(pages.size() / kPageSize, [&](PageCipher &c, size_t first, size_t count) {
+		return c.open(vaddr + first * kPageSize, index + first, pages.subspan(first * kPageSize, count * kPageSize),
+			      tags.subspan(first * kPageTagLen, count * kPageTagLen));
+	});
+	if (!s.ok())
+		gnutls_memset(pages.data(), 0, pages.size());
+	return s;
+}
+
+Status PagePool::pread(int fd, uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<const uint8_t> tags)
+{
+	CRIUSEC_TRY(check_pages(pages, tags));
+	Status s = split(pages.size() / kPageSize, [&](PageCipher &c, size_t first, size_t count) -> Status {
+		for (size_t done = 0; done < count;) {
+			size_t n = std::min(kReadPiecePages, count - done), p = first + done;
+			auto piece = pages.subspan(p * kPageSize, n * kPageSize);
+			off_t off = static_cast<off_t>((index + p) * kPageSize);
+			for (size_t got = 0; got < piece.size();) {
+				ssize_t r = ::pread(fd, piece.data() + got, piece.size() - got, off + got);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r < 0)
+					return Status::error(errno, "can't read pages");
+				if (r == 0)
+					return bad_data("pages cut short at " + page_name(vaddr + (p * kPageSize) + got, index + p));
+				got += static_cast<size_t>(r);
+			}
+			CRIUSEC_TRY(c.open(vaddr + p * kPageSize, index + p, piece,
+					   tags.subspan(p * kPageTagLen, n * kPageTagLen)));
+			done += n;
+		}
+		return {};
+	});
+	if (!s.ok())
+		gnutls_memset(pages.data(), 0, pages.size());
+	return s;
 }
 
 } /* namespace criusec */

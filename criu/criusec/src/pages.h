@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "ctx.h"
 #include "gnutls_raii.h"
@@ -52,6 +53,32 @@ private:
 				 std::span<uint8_t, kPageTagLen> out);
 	Xts xts_;
 	AeadHandle gmac_; /* AES-256-GCM, used with no plaintext: GMAC */
+};
+
+/*
+ * Page ciphers for one image, one per worker: large runs are split between
+ * short-lived threads (joined before returning), so that dump and restore
+ * are not held to one core's speed.  Callers see one serial operation.
+ */
+class PagePool {
+public:
+	[[nodiscard]] static Result<PagePool> create(const Ctx &ctx, std::string_view image_name);
+
+	[[nodiscard]] Status seal(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<uint8_t> tags);
+	[[nodiscard]] Status open(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages,
+				  std::span<const uint8_t> tags);
+	/*
+	 * Read pages.size() bytes at page number index of the image fd, then
+	 * check and decrypt them, a cache-sized piece at a time.  On failure
+	 * the pages are zeroed.
+	 */
+	[[nodiscard]] Status pread(int fd, uint64_t vaddr, uint64_t index, std::span<uint8_t> pages,
+				   std::span<const uint8_t> tags);
+
+private:
+	explicit PagePool(std::vector<PageCipher> w) noexcept : workers_(std::move(w)) {}
+	template <typename F> Status split(size_t nr_pages, F &&f);
+	std::vector<PageCipher> workers_;
 };
 
 } /* namespace criusec */
