@@ -15,7 +15,7 @@ The workloads are in workloads/canary.c."""
 import fnmatch
 import glob
 import gzip
-import os
+import ipaddress
 import pathlib
 import re
 import secrets
@@ -211,10 +211,13 @@ def test_tmpfs_archive(run):
     run.plain_dump(wl)
     # criu gzips the archive: the canary is found in it decompressed.
     (tar,) = images(run.tmp / "plain", "tmpfs-dev-*.tar.gz.img")
-    assert c.encode() not in tar.read_bytes() and c.encode() in gzip.decompress(tar.read_bytes())
+    assert c.encode() in gzip.decompress(tar.read_bytes())
     assert_in_plain(run, needles, ["tmpfs-dev-*.tar.gz.img"])
     run.encrypted_dump(wl)
     assert_encrypted(run, needles, ["tmpfs-dev-*.tar.gz.img", "mountpoints-*.img"])
+    # The namespace's root mount is the host's "/": criu needs --root for
+    # it (4.2.1 without --root hits "BUG at criu/mount.c:48" in mount-v2's
+    # service_mountpoint() while cleaning the cloned namespace).
     run.restore("--root", "/")
     assert wl.report() == "tmpfs OK"
 
@@ -270,8 +273,6 @@ def test_netns_ip_dumps(run):
 
 def expand_v6(text):
     """Every IPv6 address in text, written out in full (16 bits per group)."""
-    import ipaddress
-
     out = []
     for tok in re.findall(r"[0-9a-f:]{6,}", text):
         try:
@@ -331,7 +332,7 @@ def test_netns_nftables(run):
     if r.returncode != 0:
         pytest.skip(f"nft cannot load a ruleset here: {r.stderr.strip()}")
     needles = {"nft rule comment": f"rule-{c}".encode(), "nft set comment": f"set-{c}".encode()}
-    r = run.plain_dump(wl)
+    run.plain_dump(wl)
     if not images(run.tmp / "plain", "nftables-*.img"):
         pytest.skip("this criu wrote no nftables image: built without libnftables")
     assert_in_plain(run, needles, ["nftables-*.img"])
@@ -419,13 +420,14 @@ def test_chunked_ghost_file(run, chunker):
 # 8. The irmap cache --------------------------------------------------------------
 
 def test_irmap_cache(run):
-    """irmap-cache.img is written only by pre-dump (irmap.c,
-    irmap_predump_run), in the work dir, and pre-dump needs soft-dirty
-    memory tracking."""
+    """The irmap cache (file "irmap-cache", no .img) holds the paths of
+    inotify/fanotify watches.  Only pre-dump writes it (irmap.c,
+    irmap_predump_run), into the work dir, and the next dump with the same
+    work dir reads it back.  pre-dump needs soft-dirty memory tracking."""
     chk = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True)
     if chk.returncode != 0:
-        pytest.skip("irmap-cache.img is written only by pre-dump, which needs soft-dirty memory "
-                    "tracking; criu check --feature mem_dirty_track: "
+        pytest.skip("the irmap cache is written only by pre-dump, which needs soft-dirty memory "
+                    "tracking (CONFIG_MEM_SOFT_DIRTY); criu check --feature mem_dirty_track: "
                     + (chk.stderr.strip().splitlines() or ["failed"])[-1])
     c = new_canary()
     d = run.tmp / f"irmap-{c}"
@@ -434,22 +436,22 @@ def test_irmap_cache(run):
     watched.write_text("x")
     wl = run.start("inotify", watched, canary=c)
     needles = {"watched path": c.encode()}
-    # Plain: the pre-dump writes the cache with the path.
+    # Plain: the pre-dump writes the cache, with the path, in its work dir.
     run.criu("pre-dump", "plain", "-t", wl.pid)
-    assert find(c.encode(), run.tmp / "plain-work", skip_logs=True) == ["irmap-cache.img"]
-    # Encrypted: pre-dump then dump, sharing the work dir (where the cache is).
-    cert = ["--encrypt", "--tls-cert", run.cert]
-    run.criu("pre-dump", "pre", "-t", wl.pid, *cert)
-    # The dump reads the cache from its work dir: the pre-dump's.
+    assert find(c.encode(), run.tmp / "plain-work", skip_logs=True) == ["irmap-cache"]
+    # Encrypted: pre-dump, then dump on top of it with the same work dir.
+    enc = ["--encrypt", "--tls-cert", run.cert, "--tls-key", run.key]
+    run.criu("pre-dump", "pre", "-t", wl.pid, *enc)
+    cache = run.tmp / "pre-work" / "irmap-cache"
+    assert cache.exists() and cache.read_bytes()[:8] == MAGIC, "the irmap cache is not a stream"
     shutil.copytree(run.tmp / "pre-work", run.tmp / "img-work")
     pids = tree_pids(wl.pid)
-    run.criu("dump", "img", "-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre", *cert)
+    run.criu("dump", "img", "-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre", *enc)
     wait_gone(pids)
-    # The logs name the path (irmap: "Irmap cache ... -> PATH"): only the images are scanned.
+    assert "irmap: Loading irmap cache" in (run.tmp / "img-work" / "dump.log").read_text()
+    # The logs name the path ("Irmap cache ... -> PATH"): they are left out.
     for name in ("pre", "img"):
         assert_encrypted(run, needles, ["pstree.img"], name=name, skip_logs=True)
-    cache = run.tmp / "pre-work" / "irmap-cache.img"
-    assert cache.exists() and cache.read_bytes()[:8] == MAGIC
     run.restore()
     watched.write_text("y")
     assert wl.report() == "inotify OK"

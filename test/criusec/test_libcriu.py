@@ -2,7 +2,6 @@
 against this tree's libcriu.so and headers dumps with criu_set_encrypt and
 criu_add_encrypt_cert, and restores with criu_set_tls_key."""
 import os
-import pathlib
 import subprocess
 
 import pytest
