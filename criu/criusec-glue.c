@@ -732,6 +732,18 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 		is_stream = false;
 	}
 
+	/*
+	 * An irmap cache sealed by an earlier pre-dump (each has its own key,
+	 * and a work dir has no cipher.img) is only a cache: go on without it.
+	 */
+	if (type == CR_FD_IRMAP_CACHE && is_stream && !(dump_ctx && is_imgdir(dfd))) {
+		pr_warn("Ignoring the encrypted %s of an earlier dump\n", path);
+		close(*fd);
+		*fd = -1;
+		errno = ENOENT;
+		return 0;
+	}
+
 	/* Reading back what this dump wrote: its own key, no manifest yet. */
 	if (dump_ctx && is_imgdir(dfd)) {
 		if (*fd < 0 || !is_stream)
