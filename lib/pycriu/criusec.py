@@ -354,10 +354,19 @@ class PageCipher:
 
 # ---- private keys ----
 
+# Loading checks the RSA key, which takes a while (0.1 s for 3072 bits):
+# keep keys loaded, by file identity.
+_keys = {}
+
+
 def load_private_key(path):
     _need_crypto()
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if ident in _keys:
+                return _keys[ident]
             data = f.read()
     except OSError as e:
         raise PrivateKeyError("private key %s: %s" % (path, e.strerror)) from None
@@ -369,6 +378,7 @@ def load_private_key(path):
         raise PrivateKeyError("%s is not a PEM private key" % path) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise PrivateKeyError("private key %s is not an RSA key" % path)
+    _keys[ident] = key
     return key
 
 
@@ -426,6 +436,7 @@ class Checkpoint:
         self._manifest = None
         self._kinds = None
         self._tags = {}
+        self._plain = {}
         self._pagemaps = {}
         self._parent = None
 
@@ -434,17 +445,22 @@ class Checkpoint:
 
     # -- the key --
 
-    def unlock(self, for_image=CIPHER_IMG):
-        """Import cipher.img with one of the keys (section 3.4)."""
+    def unlock(self, for_image=None):
+        """Import cipher.img with one of the keys (section 3.4).  Errors
+        name for_image, the image wanted, or else the directory."""
         if self.mk is not None or not self.encrypted:
             return
         _need_crypto()
         if self.header is None:
             self.header = _read_cipher_entry(self.path(CIPHER_IMG))
-        check_header(self.header)
+        try:
+            check_header(self.header)
+        except FormatError as e:
+            raise FormatError("cipher.img: %s" % str(e).replace("cipher.img ", "")) from None
         if not self.keys:
-            raise EncryptedImageError("%s: encrypted image; pass --tls-key (no readable key at %s)"
-                                      % (for_image, DEFAULT_KEY))
+            raise EncryptedImageError("%s: encrypted %s; pass --tls-key (no readable key at %s)"
+                                      % (for_image or self.dir, "image" if for_image else "checkpoint",
+                                         DEFAULT_KEY))
         fprs = {r[0] for r in self.header["recipients"]}
         tried = []
         for path in self.keys:
@@ -455,11 +471,11 @@ class Checkpoint:
             try:
                 self.mk = import_header(self.header, priv)
             except CriusecError as e:
-                raise type(e)("cipher.img: %s (key %s)" % (e, path)) from None
+                raise type(e)("cipher.img: %s (key %s)" % (str(e).replace("cipher.img ", ""), path)) from None
             self.key_path = path
             return
         raise PrivateKeyError("%s: no recipient stanza of cipher.img matches the private key %s"
-                        % (for_image, ", ".join(tried)))
+                              % (for_image or self.dir, ", ".join(tried)))
 
     @property
     def ckpt_id(self):
@@ -544,7 +560,9 @@ class Checkpoint:
                 if not os.path.exists(self.path(name)):
                     raise FileNotFoundError(2, "No such file or directory", self.path(name))
                 self.kind_of(name)  # raises: not in the manifest
-            return self._open_stream_file(self.kind_of(name), name)
+            if name not in self._plain:
+                self._plain[name] = self._open_stream_file(self.kind_of(name), name)
+            return self._plain[name]
         with open(self.path(name), "rb") as f:
             data = f.read()
         if is_stream(data) and not self.encrypted:
@@ -588,9 +606,15 @@ class Checkpoint:
             raise
 
     def verify(self):
-        """Authenticate every image the manifest lists, as criu restore does first."""
+        """Authenticate every image the manifest lists, as criu restore does
+        before it uses any; the number of images.  (Their plaintexts are
+        kept for read().)"""
+        if not self.encrypted:
+            return 0
+        self.unlock()
         for kind, name in self.manifest():
-            self._open_stream_file(kind, name)
+            if name not in self._plain:
+                self._plain[name] = self._open_stream_file(kind, name)
         return len(self._manifest)
 
     # -- pages --
