@@ -3,7 +3,6 @@ stream reader's refusals, and the page cipher, checked against an
 independent computation with the cryptography primitives.  Needs no criu:
 the images are made here, as criu would write them."""
 import hashlib
-import json
 import os
 import struct
 import subprocess
