@@ -658,14 +658,13 @@ class Checkpoint:
                     return name
         raise CriusecError("pages-%d.img: no pagemap image refers to it" % pages_id)
 
-    def pages_encrypted(self, pages_id):
-        """Whether pages-<id>.img is encrypted (the manifest lists its tags image)."""
-        return self.encrypted and ("pagetags-%d.img" % pages_id) in self._manifest_names()
-
     def _page_tags(self, pages_id, npages):
         if pages_id not in self._tags:
             tname = "pagetags-%d.img" % pages_id
-            self._tags[pages_id] = self._open_stream_file(self.kind_of(tname), tname)
+            self.manifest()
+            if self._kinds.get(tname) != PAGE_TAGS_KIND:
+                raise FormatError("pages-%d.img: its page tags (%s) are not in the checkpoint" % (pages_id, tname))
+            self._tags[pages_id] = self._open_stream_file(PAGE_TAGS_KIND, tname)
         tags = self._tags[pages_id]
         if len(tags) != npages * PAGE_TAG_LEN:
             raise FormatError("pages-%d.img: %d pages, but pagetags-%d.img holds %d tags"
@@ -684,7 +683,7 @@ class Checkpoint:
             raise FormatError("%s: missing from the checkpoint (a pagemap refers to it)" % name) from None
         if len(data) != n * PAGE_SIZE or size % PAGE_SIZE:
             raise FormatError("%s: truncated (%d bytes, page %d wanted)" % (name, size, index + n - 1))
-        if not self.pages_encrypted(pages_id):
+        if not self.encrypted:
             return data
         tags = self._page_tags(pages_id, size // PAGE_SIZE)
         pc = PageCipher(self.prk, name)
@@ -692,9 +691,10 @@ class Checkpoint:
 
     def pages_image(self, pages_id):
         """The whole plaintext of pages-<id>.img, in file order."""
-        pm = self._pagemap_of_pages(pages_id) if self.pages_encrypted(pages_id) else None
-        if pm is None:
-            return self._read_pages_plain(pages_id)
+        if not self.encrypted:
+            with open(self.path("pages-%d.img" % pages_id), "rb") as f:
+                return f.read()
+        pm = self._pagemap_of_pages(pages_id)
         out, index = [], 0
         for vaddr, nr, flags in self.pagemap(pm)[1]:
             if flags & PE_PRESENT and not flags & PE_PARENT:
@@ -706,10 +706,6 @@ class Checkpoint:
             raise FormatError("pages-%d.img: %d bytes, its pagemap %s describes %d"
                               % (pages_id, size, pm, len(data)))
         return data
-
-    def _read_pages_plain(self, pages_id):
-        with open(self.path("pages-%d.img" % pages_id), "rb") as f:
-            return f.read()
 
     def pages(self, pagemap, start=0, end=1 << 64):
         """Yield (vaddr, page) for every page the pagemap image `pagemap`

@@ -351,11 +351,12 @@ def test_parent_must_be_the_one_dumped_against(tmp_path, rsa_keys):
         ck.read_memory(42, 0x20000, 10)
 
 
-def test_pages_without_tags_are_plaintext(tmp_path, rsa_keys):
-    """Checkpoints written before the page cipher: no pagetags image listed."""
+def test_pages_without_tags_are_refused(tmp_path, rsa_keys):
+    """As restore does: pages of an encrypted checkpoint must have their tags."""
     key, path = rsa_keys["alice"]
-    s = Synth(tmp_path / "old", key, [(0x10000, 2, P)], tags=False)
-    assert criusec.Checkpoint(s.dir, path).read_memory(42, 0x11000, 4096) == s.plain[0x11000]
+    s = Synth(tmp_path / "notags", key, [(0x10000, 2, P)], tags=False)
+    with pytest.raises(criusec.FormatError, match=r"pages-1.img: its page tags \(pagetags-1.img\) are not in"):
+        criusec.Checkpoint(s.dir, path).read_memory(42, 0x11000, 4096)
 
 
 def test_keys_and_errors(tmp_path, rsa_keys):
