@@ -46,7 +46,22 @@ zdtm_layer() { # NAME [zdtm.py options]
 		"$(count "$log/$name" '[0-9]+ skipped$')" "$rc"
 }
 zdtm_layer zdtm-smoke
-zdtm_layer zdtm-smoke-encrypt --encrypt
+touch "$log/stamp"
+zdtm_layer zdtm-smoke-encrypt --encrypt --keep-img always
+
+# ZDTM's CRIT check (CRIU's CI runs it after its tests) on the encrypted
+# checkpoints the layer above kept: decode, encode, re-encrypt.
+echo "== crit-recode (test/crit-recode.py on the encrypted ZDTM dumps)"
+dirs=$(find "$src/test/dump" -name cipher.img -newer "$log/stamp" -printf '%h\n' 2>/dev/null | sort)
+n=$(echo "$dirs" | grep -c . || true)
+# shellcheck disable=SC2086
+(cd "$src" && PYTHONPATH="$src/lib" /usr/bin/python3 test/crit-recode.py $dirs) 2>&1 | tee "$log/recode"
+rc=$?
+if [ "$n" -gt 0 ] && [ "$rc" -eq 0 ] && grep -q '^PASS$' "$log/recode"; then
+	layer crit-recode "$n" 0 0 0
+else
+	layer crit-recode 0 1 0 1
+fi
 
 rm -rf "$log"
 echo "criusec tests: $tp passed, $tf failed, $ts skipped"

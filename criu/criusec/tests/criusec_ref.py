@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""Independent reference implementation of the criusec v1 formats, written
-from Documentation/criusec-format.md with python3-cryptography (OpenSSL),
-and a cross-check against the C++ engine.
+"""Cross-check of the C++ engine against an independent implementation of
+the criusec v1 formats, written from Documentation/criusec-format.md with
+python3-cryptography (OpenSSL): pycriu's lib/pycriu/criusec.py.
 
     criusec_ref.py --helper PATH/criusec-format-helper
 
@@ -9,9 +9,8 @@ exits 0 on success, 77 when python3-cryptography is missing (CTest: skipped).
 """
 import argparse
 import hashlib
-import hmac
+import importlib.util
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -19,169 +18,44 @@ import tempfile
 try:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+    from cryptography.hazmat.primitives.asymmetric import rsa
 except ImportError:
     print("python3-cryptography missing: skipped")
     sys.exit(77)
 
-MAGIC = b"CRIUSEC\x01"
-AEADS = {1: AESGCM, 2: ChaCha20Poly1305}
+
+def load_reference():
+    """The reader itself is pycriu's criusec module (lib/pycriu/criusec.py,
+    at the same place in the repository and in CRIU's tree): one
+    implementation, used by crit and checked against the engine here.  It
+    is loaded by path, so neither pycriu nor protobuf need be importable."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "lib", "pycriu", "criusec.py")
+    spec = importlib.util.spec_from_file_location("criusec", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-class FormatError(Exception):
-    pass
-
-
-# ---- keys ----
-
-def prk_of(mk, ckpt_id):
-    # HKDF-Extract(salt=ckpt_id, IKM=mk) = HMAC-SHA256(ckpt_id, mk)
-    return hmac.new(ckpt_id, mk, hashlib.sha256).digest()
-
-
-def derive(prk, info, length):
-    return HKDFExpand(hashes.SHA256(), length, info).derive(prk)
-
-
-def stream_key(prk, kind, name, salt):
-    return derive(prk, b"criusec v1 stream\x00" + kind + b"\x00" + name + b"\x00" + salt, 32)
-
-
-# ---- cipher.img header ----
-
-def canonical(h):
-    out = b"criusec-header-v1\x00" + struct.pack(">I", h["version"]) + h["ckpt_id"]
-    if h["has_parent"]:
-        out += b"\x01" + h["parent_id"]
-    else:
-        out += b"\x00"
-    out += struct.pack(">III", h["aead"], h["chunk_size"], len(h["recipients"]))
-    for fpr, alg, wrapped in h["recipients"]:
-        out += fpr + struct.pack(">II", alg, len(wrapped)) + wrapped
-    return out
-
-
-def header_mac(prk, h):
-    return hmac.new(derive(prk, b"criusec v1 header mac", 32), canonical(h), hashlib.sha256).digest()
-
-
-def fingerprint(pub):
-    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).digest()
-
-
-def import_header(h, priv):
-    if h["version"] != 1:
-        raise FormatError("version")
-    if h["aead"] not in AEADS:
-        raise FormatError("aead")
-    c = h["chunk_size"]
-    if c < 4096 or c > 1 << 20 or c & (c - 1):
-        raise FormatError("chunk size")
-    if not h["recipients"]:
-        raise FormatError("no recipients")
-    fpr = fingerprint(priv.public_key())
-    mine = [r for r in h["recipients"] if r[0] == fpr]
-    if len(mine) != 1:
-        raise FormatError("no (single) stanza for this key")
-    if mine[0][1] != 1:
-        raise FormatError("wrap alg")
-    mk = priv.decrypt(mine[0][2], padding.PKCS1v15())
-    if len(mk) != 32:
-        raise FormatError("unwrapped key length")
-    prk = prk_of(mk, h["ckpt_id"])
-    if not hmac.compare_digest(header_mac(prk, h), h["mac"]):
-        raise FormatError("header MAC")
-    return mk
-
-
-# ---- streams ----
-
-def nonce(counter, last):
-    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
-
-
-def stream_seal(mk, ckpt_id, aead, chunk, kind, name, pt, salt=None):
-    salt = os.urandom(16) if salt is None else salt
-    hdr = MAGIC + bytes([1, aead, chunk.bit_length() - 1, 0]) + salt
-    a = AEADS[aead](stream_key(prk_of(mk, ckpt_id), kind, name, salt))
-    aad = hdr + ckpt_id + kind + b"\x00" + name
-    chunks = [pt[i:i + chunk] for i in range(0, len(pt), chunk)] or [b""]
-    out = hdr
-    for i, c in enumerate(chunks):
-        out += a.encrypt(nonce(i, i == len(chunks) - 1), c, aad)
-    return out
-
-
-def stream_open(mk, ckpt_id, aead, chunk, kind, name, data):
-    if not MAGIC.startswith(data[:8]):
-        raise FormatError("not an encrypted image (bad magic)")
-    if len(data) < 28:
-        raise FormatError("stream truncated (incomplete stream header)")
-    hdr = data[:28]
-    if hdr[8] != 1 or hdr[9] != aead or hdr[11] != 0 or not 12 <= hdr[10] <= 20 or 1 << hdr[10] != chunk:
-        raise FormatError("bad stream header")
-    a = AEADS[aead](stream_key(prk_of(mk, ckpt_id), kind, name, hdr[12:28]))
-    aad = hdr + ckpt_id + kind + b"\x00" + name
-    sealed, pos, i, out = chunk + 16, 28, 0, b""
-    while True:
-        rest = len(data) - pos
-        last = rest <= sealed  # a full chunk followed by EOF is the final one
-        ct = data[pos:pos + (rest if last else sealed)]
-        if len(ct) < 16 + (1 if i > 0 else 0):
-            raise FormatError("stream truncated")
-        try:
-            out += a.decrypt(nonce(i, last), ct, aad)
-        except Exception:
-            raise FormatError("chunk %d failed authentication" % i)
-        pos += len(ct)
-        i += 1
-        if last:
-            return out
+ref = load_reference()
+FormatError = ref.CriusecError
+prk_of, derive, stream_key = ref.prk_of, ref.derive, ref.stream_key
+canonical, header_mac, fingerprint = ref.canonical, ref.header_mac, ref.fingerprint
+import_header, stream_seal, stream_open = ref.import_header, ref.stream_seal, ref.stream_open
 
 
 # ---- the page cipher ----
 
-def page_keys(prk, name):
-    return (derive(prk, b"criusec v1 pages xts\x00" + name, 64),
-            derive(prk, b"criusec v1 pages tag\x00" + name, 32))
-
-
-def page_identity(vaddr, index):
-    return struct.pack("<QQ", vaddr, index)
-
-
-def page_tag(tag_key, vaddr, index, ct):
-    nonce = struct.pack("<Q", index) + bytes(4)
-    return AESGCM(tag_key).encrypt(nonce, b"", page_identity(vaddr, index) + ct)
-
-
 def pages_seal(prk, name, vaddr, index, pt):
-    xk, tk = page_keys(prk, name)
-    ct, tags = b"", b""
+    pc, ct, tags = ref.PageCipher(prk, name), [], []
     for k in range(len(pt) // 4096):
-        v, i = vaddr + k * 4096, index + k
-        enc = Cipher(algorithms.AES(xk), modes.XTS(page_identity(v, i))).encryptor()
-        c = enc.update(pt[k * 4096:(k + 1) * 4096]) + enc.finalize()
-        ct += c
-        tags += page_tag(tk, v, i, c)
-    return ct, tags
+        c, t = pc.seal(vaddr + k * 4096, index + k, pt[k * 4096:(k + 1) * 4096])
+        ct.append(c)
+        tags.append(t)
+    return b"".join(ct), b"".join(tags)
 
 
 def pages_open(prk, name, vaddr, index, ct, tags):
-    xk, tk = page_keys(prk, name)
-    out = b""
-    for k in range(len(ct) // 4096):
-        v, i = vaddr + k * 4096, index + k
-        c = ct[k * 4096:(k + 1) * 4096]
-        if not hmac.compare_digest(page_tag(tk, v, i, c), tags[k * 16:(k + 1) * 16]):
-            raise FormatError("page %d failed authentication" % i)
-        dec = Cipher(algorithms.AES(xk), modes.XTS(page_identity(v, i))).decryptor()
-        out += dec.update(c) + dec.finalize()
-    return out
+    return ref.PageCipher(prk, name).open_run(vaddr, index, ct, tags)
 
 
 def check_pages(helper, d):
