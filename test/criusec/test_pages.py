@@ -3,12 +3,13 @@ before any restored task runs, and dedup and lazy pages still work."""
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import CRIU, HERE, Workload, tree_pids, wait_gone
+from conftest import CRIU, HERE, Workload, free_port, tree_pids, wait_gone
 from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
 
 REGIONS = ("heap", "stack", "shared", "memfd", "sysv")
@@ -171,9 +172,17 @@ def test_dump_with_auto_dedup(memcanary, criu, tmp_path, keys):
     assert wl.report() == "memcanary OK 0"
 
 
-def lazy_restore(criu, img, key, tmp_path):
+def flip_a_page(img):
+    name = biggest_pages(img)
+    data = bytearray((img / name).read_bytes())
+    data[len(data) // 2 + 5] ^= 0x04
+    (img / name).write_bytes(bytes(data))
+    return name
+
+
+def lazy_restore(criu, img, key, tmp_path, *daemon_args):
     daemon = subprocess.Popen([CRIU, "lazy-pages", "-D", str(img), "-o", "lazy-pages.log", "-v4",
-                               "--tls-key", key], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               "--tls-key", key, *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         sock = img / "lazy-pages.socket"
@@ -198,3 +207,75 @@ def test_lazy_pages(pristine, criu, tmp_path, keys):
         assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
     finally:
         daemon.kill()
+
+
+def touched_and_killed(wl):
+    """Make the task read all its memory: it must die, not report."""
+    before = wl.read_status()
+    os.kill(wl.pid, signal.SIGUSR1)
+    wait_gone([wl.pid], timeout=20)
+    assert wl.read_status() == before, "the task ran on with memory that was never checked"
+
+
+def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
+    """Lazy restore starts the task before its pages arrive (by design); a
+    page that fails its tag is never copied in: the task is killed when it
+    touches its memory, and never sees (nor reports on) the bad page."""
+    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
+        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
+    wl, img = pristine
+    name = flip_a_page(img)
+    r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
+    try:
+        assert daemon.wait(timeout=60) != 0, "the lazy-pages daemon served a tampered page"
+        log = (img / "lazy-pages.log").read_text()
+        assert f"{name}: page" in log and "failed authentication" in log, log[-3000:]
+        touched_and_killed(wl)
+    finally:
+        daemon.kill()
+
+
+def remote_lazy_restore(criu, img, key, tmp_path):
+    """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
+    port = str(free_port())
+    server = subprocess.Popen([CRIU, "page-server", "-D", str(img), "-o", "page-server.log", "-v4", "--lazy-pages",
+                               "--address", "127.0.0.1", "--port", port, "--tls-key", key], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and server.poll() is None:
+        if f":{int(port):04X}" in open("/proc/net/tcp").read():
+            break
+        time.sleep(0.05)
+    r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
+    return r, daemon, server
+
+
+def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, keys):
+    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
+        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
+    wl, img = pristine
+    r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
+    try:
+        assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
+        assert wl.report() == "memcanary OK 0"
+        assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+    finally:
+        daemon.kill()
+        server.kill()
+
+
+def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, keys):
+    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
+        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
+    wl, img = pristine
+    name = flip_a_page(img)
+    r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
+    try:
+        assert server.wait(timeout=60) != 0, "the page server served a tampered page"
+        log = (img / "page-server.log").read_text()
+        assert f"{name}: page" in log and "failed authentication" in log, log[-3000:]
+        daemon.wait(timeout=60)
+        touched_and_killed(wl)
+    finally:
+        daemon.kill()
+        server.kill()
