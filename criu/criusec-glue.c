@@ -1011,10 +1011,20 @@ bool criusec_pages_sealed(int fd)
 
 #define PAGE_BATCH (1 << 20)
 
-int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr)
+/* One staging buffer for pages in transit (ciphertext, or checked plaintext on its way out). */
+static uint8_t *page_batch_buf(void)
 {
 	static uint8_t *buf;
+
+	if (!buf)
+		buf = xmalloc(PAGE_BATCH);
+	return buf;
+}
+
+int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr)
+{
 	struct page_img *p = page_lookup(fd);
+	uint8_t *buf;
 
 	if (!p)
 		return 0;
@@ -1022,7 +1032,8 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 		pr_err("%s: %lu bytes is not whole pages\n", p->name, len);
 		return -1;
 	}
-	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+	buf = page_batch_buf();
+	if (!buf)
 		return -1;
 	while (len) {
 		size_t n = min_t(size_t, len, PAGE_BATCH), pages = n / CRIUSEC_PAGE_SIZE;
@@ -1083,13 +1094,14 @@ int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsign
 
 int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len)
 {
-	static uint8_t *buf;
 	struct page_img *p = page_lookup(fd);
+	uint8_t *buf;
 	off_t off;
 
 	if (!p)
 		return 0;
-	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+	buf = page_batch_buf();
+	if (!buf)
 		return -1;
 	off = lseek(fd, 0, SEEK_CUR);
 	if (off < 0) {
@@ -1118,12 +1130,13 @@ int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long l
 
 int criusec_pages_plain_copy(int fd, int memfd, off_t off, unsigned long vaddr, unsigned long len)
 {
-	static uint8_t *buf;
 	struct page_img *p = page_lookup(fd);
+	uint8_t *buf;
 
 	if (!p)
 		return -1;
-	if (!buf && !(buf = xmalloc(PAGE_BATCH)))
+	buf = page_batch_buf();
+	if (!buf)
 		return -1;
 	while (len) {
 		size_t n = min_t(size_t, len, PAGE_BATCH);

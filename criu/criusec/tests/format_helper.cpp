@@ -169,14 +169,21 @@ int do_open(const std::string &dir, const char *key, const char *kind, const cha
 	return 0;
 }
 
-int do_vectors(char **v)
+/* The documented vectors' master key (00..1f) and checkpoint id (10..1f). */
+void doc_key(std::vector<uint8_t> &mk, Id &id)
 {
-	std::vector<uint8_t> mk(32);
-	Id id;
+	mk.resize(32);
 	for (int i = 0; i < 32; i++)
 		mk[i] = static_cast<uint8_t>(i);
 	for (int i = 0; i < 16; i++)
 		id[i] = static_cast<uint8_t>(0x10 + i);
+}
+
+int do_vectors(char **v)
+{
+	std::vector<uint8_t> mk;
+	Id id;
+	doc_key(mk, id);
 	std::string small = "criusec test vector\n";
 	std::vector<uint8_t> big(10000);
 	for (size_t i = 0; i < big.size(); i++)
@@ -225,12 +232,9 @@ int do_vectors(char **v)
 int do_pages(const std::string &op, const char *name, const char *vaddr, const char *index, const char *in,
 	     const char *out, const char *tags_path)
 {
-	std::vector<uint8_t> mk(32);
+	std::vector<uint8_t> mk;
 	Id id;
-	for (int i = 0; i < 32; i++)
-		mk[i] = static_cast<uint8_t>(i);
-	for (int i = 0; i < 16; i++)
-		id[i] = static_cast<uint8_t>(0x10 + i);
+	doc_key(mk, id);
 	auto ctx = Ctx::from_master_key(mk, id, std::nullopt, AeadAlg::Aes256Gcm, 65536);
 	if (!ctx.ok())
 		return die(ctx.status().message());
