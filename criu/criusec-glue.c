@@ -29,6 +29,7 @@
 #include "log.h"
 #include "protobuf.h"
 #include "servicefd.h"
+#include "tls.h"
 #include "util.h"
 #include "common/xmalloc.h"
 
@@ -66,6 +67,8 @@ struct pending_img {
 	int type;
 	bool in_imgdir;
 	char *name;
+	uint8_t *grant; /* page server: sealed under the dump's grant, not dump_ctx */
+	size_t grant_len;
 	struct pending_img *next;
 };
 static struct pending_img *pending;
@@ -281,9 +284,9 @@ int criusec_dump_start(void)
 		}
 		return 0;
 	}
-	if (opts.use_page_server) {
-		/* The page server would write pagemaps we cannot seal: refuse rather than leak. */
-		pr_err("--encrypt does not work with --page-server yet\n");
+	if (opts.use_page_server && !opts.tls) {
+		/* The page server gets the pagemaps' key (see criusec_ps_grant()). */
+		pr_err("--encrypt with --page-server needs --tls\n");
 		return -1;
 	}
 	if (opts.encrypt_aead && criusec_aead_parse(opts.encrypt_aead, &aead)) {
@@ -399,7 +402,25 @@ out:
 	return ret;
 }
 
-static int open_write(int dfd, int type, const char *path, int *fd)
+/*
+ * criu page-server: the grant a dump sent for the pagemap it opens next
+ * (PS_IOV_CRIUSEC_GRANT), until that image is opened.
+ */
+static struct {
+	uint8_t *grant;
+	size_t len;
+	int type;
+	char name[64];
+	bool used; /* the last open took it: the dump waits for the pages image's id */
+} ps_grant;
+
+static void grant_free(uint8_t *grant, size_t len)
+{
+	explicit_bzero(grant, len);
+	xfree(grant);
+}
+
+static int open_write(int dfd, int type, const char *path, int *fd, uint8_t *grant, size_t grant_len)
 {
 	struct pending_img *p;
 	int memfd;
@@ -424,6 +445,8 @@ static int open_write(int dfd, int type, const char *path, int *fd)
 	p->owner = getpid();
 	p->type = type;
 	p->in_imgdir = is_imgdir(dfd);
+	p->grant = grant;
+	p->grant_len = grant_len;
 	p->next = pending;
 	pending = p;
 	*fd = memfd;
@@ -454,7 +477,13 @@ void criusec_img_closed(int fd)
 		return;
 	*pp = p->next;
 
-	if (p->owner == getpid()) {
+	if (p->owner == getpid() && p->grant) {
+		/* The dump that granted it lists the image in its manifest. */
+		if (lseek(p->memfd, 0, SEEK_SET) < 0 ||
+		    criusec_stream_seal_granted_fd(p->grant, p->grant_len, kind_of(p->type), p->name, p->memfd,
+						   p->real_fd))
+			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
+	} else if (p->owner == getpid()) {
 		if (lseek(p->memfd, 0, SEEK_SET) < 0 ||
 		    criusec_stream_seal_fd(dump_ctx, kind_of(p->type), p->name, p->memfd, p->real_fd)) {
 			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
@@ -465,6 +494,8 @@ void criusec_img_closed(int fd)
 	}
 	close(p->memfd);
 	close(p->real_fd);
+	if (p->grant)
+		grant_free(p->grant, p->grant_len);
 	xfree(p->name);
 	xfree(p);
 }
@@ -1021,13 +1052,48 @@ static uint8_t *page_batch_buf(void)
 	return buf;
 }
 
-int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr)
+/* Encrypt n bytes of pages at vaddr in place, the next in p's image, and keep their tags. */
+static int page_seal_batch(struct page_img *p, uint8_t *buf, size_t n, unsigned long vaddr)
 {
-	struct page_img *p = page_lookup(fd);
+	size_t pages = n / CRIUSEC_PAGE_SIZE;
+
+	if (p->nr_tags + pages > p->cap) {
+		size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
+
+		if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
+			return -1;
+		p->cap = cap;
+	}
+	if (criusec_pages_seal(p->pc, vaddr, p->nr_tags, buf, n, p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN)) {
+		pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
+		return -1;
+	}
+	p->nr_tags += pages;
+	return 0;
+}
+
+/* The page server's connection is TLS when --tls is given. */
+static ssize_t ps_send_all(int sk, const void *buf, size_t n)
+{
+	size_t done = 0;
+
+	if (!opts.tls)
+		return write_all(sk, buf, n);
+	while (done < n) {
+		ssize_t ret = tls_send((const uint8_t *)buf + done, n - done, 0);
+
+		if (ret < 0)
+			return -1;
+		done += ret;
+	}
+	return done;
+}
+
+/* Pages from the pipe, encrypted, to fd: the image, or the page server's socket. */
+static int page_seal_pipe(struct page_img *p, int fd, bool sock, int pipe, unsigned long len, unsigned long vaddr)
+{
 	uint8_t *buf;
 
-	if (!p)
-		return 0;
 	if (len % CRIUSEC_PAGE_SIZE) {
 		pr_err("%s: %lu bytes is not whole pages\n", p->name, len);
 		return -1;
@@ -1036,34 +1102,32 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 	if (!buf)
 		return -1;
 	while (len) {
-		size_t n = min_t(size_t, len, PAGE_BATCH), pages = n / CRIUSEC_PAGE_SIZE;
+		size_t n = min_t(size_t, len, PAGE_BATCH);
 		ssize_t got = read_all(pipe, buf, n);
 
 		if (got != (ssize_t)n) {
 			pr_perror("%s: short read of pages from the pipe (%zd of %zu)", p->name, got, n);
 			return -1;
 		}
-		if (p->nr_tags + pages > p->cap) {
-			size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
-
-			if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
-				return -1;
-			p->cap = cap;
-		}
-		if (criusec_pages_seal(p->pc, vaddr, p->nr_tags, buf, n,
-				       p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN)) {
-			pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
+		if (page_seal_batch(p, buf, n, vaddr))
 			return -1;
-		}
-		if (write_all(fd, buf, n) != (ssize_t)n) {
+		if ((sock ? ps_send_all(fd, buf, n) : write_all(fd, buf, n)) != (ssize_t)n) {
 			pr_perror("%s: can't write pages", p->name);
 			return -1;
 		}
-		p->nr_tags += pages;
 		vaddr += n;
 		len -= n;
 	}
-	return 1;
+	return 0;
+}
+
+int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr)
+{
+	struct page_img *p = page_lookup(fd);
+
+	if (!p)
+		return 0;
+	return page_seal_pipe(p, fd, false, pipe, len, vaddr) ? -1 : 1;
 }
 
 /* Read, check and decrypt len bytes at off of a page image. */
@@ -1179,6 +1243,121 @@ int criusec_pages_plain_end(int fd, int memfd)
 	return ret;
 }
 
+/*
+ * criu dump --page-server: the page server writes pagemap-N.img and
+ * pages-N.img on its side, and never holds the checkpoint key.  The pages
+ * leave here encrypted, their tags stay here (pagetags-N.img, in this
+ * dump's manifest with the remote pagemap); the page server seals the
+ * pagemap under a grant for that image alone.  Needs --tls: the grant is a
+ * key, and the pagemap entries travel in the protocol.
+ */
+static int pagemap_name(int fd_type, unsigned long img_id, char *buf, size_t len)
+{
+	if (fd_type != CR_FD_PAGEMAP && fd_type != CR_FD_SHMEM_PAGEMAP) {
+		pr_err("Unexpected image type %d for the page server\n", fd_type);
+		return -1;
+	}
+	if (snprintf(buf, len, imgset_template[fd_type].fmt, img_id) >= (int)len) {
+		pr_err("Pagemap name too long\n");
+		return -1;
+	}
+	return 0;
+}
+
+int criusec_ps_grant(int fd_type, unsigned long img_id, uint8_t *grant, size_t *len)
+{
+	char name[sizeof(ps_grant.name)];
+
+	if (!dump_ctx)
+		return 0;
+	if (pagemap_name(fd_type, img_id, name, sizeof(name)))
+		return -1;
+	if (criusec_stream_grant(dump_ctx, kind_of(fd_type), name, grant, len)) {
+		pr_err("%s: can't make its grant for the page server: %s\n", name, criusec_last_error());
+		return -1;
+	}
+	return 1;
+}
+
+int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_id)
+{
+	char name[sizeof(ps_grant.name)], pages[64];
+	struct page_img *p;
+
+	if (pagemap_name(fd_type, img_id, name, sizeof(name)))
+		return -1;
+	snprintf(pages, sizeof(pages), imgset_template[CR_FD_PAGES].fmt, pages_id);
+	page_forget(sk);
+	p = page_new(sk, pages, dump_ctx);
+	if (!p)
+		return -1;
+	p->in_imgdir = true;
+	p->dfd = fcntl(get_service_fd(IMG_FD_OFF), F_DUPFD_CLOEXEC, 0);
+	if (p->dfd < 0) {
+		pr_perror("%s: dup", pages);
+		page_forget(sk);
+		return -1;
+	}
+	manifest_add(kind_of(fd_type), name);
+	pr_info("Page server writes %s and %s (sealed for it)\n", name, pages);
+	return 0;
+}
+
+int criusec_pages_send(int sk, int pipe, unsigned long len, unsigned long vaddr)
+{
+	struct page_img *p = page_lookup(sk);
+
+	if (!p)
+		return 0;
+	return page_seal_pipe(p, sk, true, pipe, len, vaddr) ? -1 : 1;
+}
+
+void criusec_ps_closed(int sk)
+{
+	page_img_closed(sk);
+}
+
+int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *grant, size_t len)
+{
+	if (ps_grant.grant)
+		grant_free(ps_grant.grant, ps_grant.len);
+	ps_grant.grant = NULL;
+	if (pagemap_name(fd_type, img_id, ps_grant.name, sizeof(ps_grant.name)))
+		return -1;
+	ps_grant.grant = xmalloc(len ?: 1);
+	if (!ps_grant.grant)
+		return -1;
+	memcpy(ps_grant.grant, grant, len);
+	ps_grant.len = len;
+	ps_grant.type = fd_type;
+	pr_info("The dump grants the seal of %s\n", ps_grant.name);
+	return 0;
+}
+
+bool criusec_ps_grant_used(void)
+{
+	bool used = ps_grant.used;
+
+	ps_grant.used = false;
+	return used;
+}
+
+/* Page server: 1 and the grant (now the caller's) if path is what it is for. */
+static int ps_grant_take(int type, const char *path, uint8_t **grant, size_t *len)
+{
+	if (!ps_grant.grant || (type != CR_FD_PAGEMAP && type != CR_FD_SHMEM_PAGEMAP))
+		return 0;
+	if (type != ps_grant.type || strcmp(path, ps_grant.name)) {
+		pr_err("The dump granted the seal of %s, not of %s\n", ps_grant.name, path);
+		return -1;
+	}
+	*grant = ps_grant.grant;
+	*len = ps_grant.len;
+	ps_grant.grant = NULL;
+	ps_grant.used = true;
+	return 1;
+}
+
 int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, int *fd)
 {
 	int saved_errno = errno, was_missing = *fd < 0, ret;
@@ -1196,18 +1375,26 @@ int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, i
 	if (!stream_covered(type))
 		return 0;
 	if (flags & (O_WRONLY | O_RDWR)) {
-		if (!dump_ctx || *fd < 0)
+		uint8_t *grant = NULL;
+		size_t grant_len = 0;
+
+		if (*fd < 0)
 			return 0;
-		/*
-		 * Owner-only, though ciphertext.  Restore reads these files in
-		 * criu's first process only (see struct dir_state), so tasks in
-		 * a user namespace need no access to them.
-		 */
-		if (fchmod(*fd, 0600)) {
-			pr_perror("%s: can't chmod", path);
-			ret = -1;
-		} else {
-			ret = open_write(dfd, type, path, fd);
+		ret = dump_ctx ? 1 : ps_grant_take(type, path, &grant, &grant_len);
+		if (ret > 0) {
+			/*
+			 * Owner-only, though ciphertext.  Restore reads these files in
+			 * criu's first process only (see struct dir_state), so tasks in
+			 * a user namespace need no access to them.
+			 */
+			if (fchmod(*fd, 0600)) {
+				pr_perror("%s: can't chmod", path);
+				ret = -1;
+			} else {
+				ret = open_write(dfd, type, path, fd, grant, grant_len);
+			}
+			if (ret && grant)
+				grant_free(grant, grant_len);
 		}
 	} else {
 		ret = open_read(dfd, type, path, fd);

@@ -45,4 +45,24 @@ extern int criusec_pages_plain_begin(int fd);
 extern int criusec_pages_plain_copy(int fd, int memfd, off_t off, unsigned long vaddr, unsigned long len);
 extern int criusec_pages_plain_end(int fd, int memfd);
 
+/*
+ * criu dump --page-server under --encrypt (the wire I/O stays in page-xfer.c).
+ * Dump: criusec_ps_grant() writes to grant (CRIUSEC_GRANT_MAX bytes) the
+ * grant for the pagemap about to be opened on the server: 1 made, 0 not
+ * encrypting.  criusec_ps_opened() registers the server's pages image
+ * (its id came back with the open); criusec_pages_send() then encrypts
+ * pages from pipe to the socket as criusec_pages_write() does to a file,
+ * and criusec_ps_closed() writes the tags.
+ * Page server: criusec_ps_take_grant() keeps a received grant for the next
+ * open; criusec_ps_grant_used() says (once) whether that open took it.
+ */
+#include <stdint.h>
+
+extern int criusec_ps_grant(int fd_type, unsigned long img_id, uint8_t *grant, size_t *len);
+extern int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_id);
+extern int criusec_pages_send(int sk, int pipe, unsigned long len, unsigned long vaddr);
+extern void criusec_ps_closed(int sk);
+extern int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *grant, size_t len);
+extern bool criusec_ps_grant_used(void);
+
 #endif /* __CR_CRIUSEC_GLUE_H__ */

@@ -121,6 +121,22 @@ int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const cha
 int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
 			    uint8_t **out, size_t *out_len);
 
+/*
+ * Sealing one stream in another process: criu page-server writes the
+ * pagemap images of a dump it receives, and never holds the master key.
+ * criusec_stream_grant() writes to out (CRIUSEC_GRANT_MAX bytes) a grant
+ * for one image, (kind, name), of ctx's checkpoint: a fresh stream header
+ * and that stream's key, nothing that opens any other image.  It is as
+ * secret as the image; the caller wipes it after use.
+ * criusec_stream_seal_granted_fd() seals as criusec_stream_seal_fd() would,
+ * and fails unless the grant is for exactly this kind and name.
+ */
+#define CRIUSEC_GRANT_MAX (84 + 2 * (2 + 4096))
+int criusec_stream_grant(struct criusec_ctx *ctx, const char *kind, const char *name, uint8_t *out,
+			 size_t *out_len);
+int criusec_stream_seal_granted_fd(const uint8_t *grant, size_t grant_len, const char *kind, const char *name,
+				   int in_fd, int out_fd);
+
 /* 1 if the first bytes of an image file are an encrypted stream's magic. */
 int criusec_is_stream(const void *head, size_t len);
 

@@ -13,10 +13,11 @@ CC=clang CXX=clang++ cmake -S "$src" -B "$out" -DCRIUSEC_FUZZ=ON -DCRIUSEC_TESTS
 cmake --build "$out" -j"$(nproc)"
 mkdir -p "$out/corpus"
 "$out/criusec-fuzz-seeds" "$out/corpus"
-for t in fuzz_stream_open fuzz_header_import; do
+for t in fuzz_stream_open fuzz_header_import fuzz_grant; do
 	case $t in
 	fuzz_stream_open) c="$out/corpus/stream" ;;
 	fuzz_header_import) c="$out/corpus/header" ;;
+	fuzz_grant) c="$out/corpus/grant" ;;
 	esac
 	mkdir -p "$c" "$out/artifacts"
 	echo "== $t: ${secs}s"

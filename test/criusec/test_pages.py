@@ -28,11 +28,12 @@ def memcanary_bin(tmp_path_factory):
 def memcanary(memcanary_bin, tmp_path):
     started = []
 
-    def start(tag, big_mib=0):
+    def start(tag, big_mib=0, sysv=True):
         wd = tmp_path / ("wl-" + tag)
         wd.mkdir()
         canary = new_canary()
-        wl = Workload(memcanary_bin, "memcanary", wd, (big_mib,) if big_mib else (), {"CANARY": canary})
+        env = {"CANARY": canary} if sysv else {"CANARY": canary, "NO_SYSV": "1"}
+        wl = Workload(memcanary_bin, "memcanary", wd, (big_mib,) if big_mib else (), env)
         started.append(wl)
         assert wl.report() == f"memcanary OK {big_mib}"
         return wl, canary
@@ -279,3 +280,126 @@ def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, 
     finally:
         daemon.kill()
         server.kill()
+
+
+# ---- criu dump --page-server: pages written by a page server without the key ----
+#
+# Under --encrypt the page server needs --tls.  The workloads here keep their
+# "sysv" canary in private memory: upstream CRIU cannot send SysV shm through
+# a TLS page server (its IPC namespace is dumped by a forked child, whose TLS
+# records the server cannot decrypt), encrypted or not.
+
+def tls_opts(keys):
+    cert, key = keys["alice"]
+    return ["--tls", "--tls-no-cn-verify", "--tls-cacert", cert, "--tls-cert", cert, "--tls-key", key]
+
+
+def start_page_server(srv, tmp_path, keys, *args):
+    srv.mkdir()
+    port = str(free_port())
+    server = subprocess.Popen([CRIU, "page-server", "-D", str(srv), "-o", "page-server.log", "-v4",
+                               "--address", "127.0.0.1", "--port", port, *args], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and server.poll() is None:
+        if f":{int(port):04X}" in open("/proc/net/tcp").read():
+            break
+        time.sleep(0.05)
+    return server, port
+
+
+def dump_through_page_server(criu, wl, tmp_path, keys, tag, *dump_args, tls=True):
+    """Dump to DIR/dump with pages going to a page server writing DIR/srv."""
+    base = tmp_path / tag
+    base.mkdir()
+    srv, dump = base / "srv", base / "dump"
+    server, port = start_page_server(srv, tmp_path, keys, *(tls_opts(keys) if tls else []))
+    try:
+        r = criu.dump(wl, dump, "--page-server", "--address", "127.0.0.1", "--port", port,
+                      *(tls_opts(keys) if tls else []), *dump_args, check=False)
+        if r.returncode == 0:
+            assert server.wait(timeout=60) == 0, (srv / "page-server.log").read_text()[-3000:]
+    finally:
+        server.kill()
+        server.wait()
+    return r, srv, dump
+
+
+def merged(base, srv, dump):
+    """What an operator restores: the page server's images beside the dump's."""
+    img = base / "merged"
+    img.mkdir()
+    for d in (srv, dump):
+        for p in d.iterdir():
+            if p.name.endswith(".img"):
+                shutil.copy2(p, img / p.name)
+    return img
+
+
+def test_page_server_dump_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
+    # Plain first: the canaries do travel through the page server into its files.
+    wl, canary = memcanary("ps-plain", BIG_MIB, sysv=False)
+    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "plain")
+    assert r.returncode == 0, r.stderr
+    served = b"".join(p.read_bytes() for p in page_images(srv))
+    for region in REGIONS + ("big",):
+        assert f"{canary}-{region}".encode() in served, f"the {region} canary never reached the page server"
+
+    wl, canary = memcanary("ps-enc", BIG_MIB, sysv=False)
+    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "enc", "--encrypt")
+    assert r.returncode == 0, (dump / "dump.log").read_text()[-3000:]
+    assert page_images(srv) and not page_images(dump), "the pages were not written by the page server"
+    for d in (srv, dump):
+        for region in REGIONS + ("big",):
+            assert not files_with(d, f"{canary}-{region}".encode()), f"{region} canary in {d.name}"
+        assert not files_with(d, canary.encode())
+    pagemaps = [p for p in srv.iterdir() if p.name.startswith("pagemap-")]
+    assert pagemaps and all(p.read_bytes()[:8] == b"CRIUSEC\x01" for p in pagemaps), \
+        "the page server wrote a pagemap that is not sealed"
+    img = merged(tmp_path / "enc", srv, dump)
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == f"memcanary OK {BIG_MIB}"
+
+
+@pytest.fixture
+def ps_pristine(memcanary, criu, tmp_path, keys):
+    wl, _ = memcanary("ps-pristine", sysv=False)
+    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "pristine", "--encrypt")
+    assert r.returncode == 0, (dump / "dump.log").read_text()[-3000:]
+    return wl, merged(tmp_path / "pristine", srv, dump)
+
+
+def test_page_server_dump_tampered_page_refused(ps_pristine, criu, tmp_path, keys):
+    wl, img = ps_pristine
+    d = damaged_copy(tmp_path, img, "flip")
+    name = flip_a_page(d)
+    refused(criu, d, wl.pid, keys["alice"][1], f"{name}: page")
+
+
+def test_page_server_dump_tampered_pagemap_refused(ps_pristine, criu, tmp_path, keys):
+    wl, img = ps_pristine
+    d = damaged_copy(tmp_path, img, "pagemap")
+    pm = max((p for p in d.iterdir() if p.name.startswith("pagemap-")), key=lambda p: p.stat().st_size)
+    data = bytearray(pm.read_bytes())
+    data[40] ^= 0x01
+    pm.write_bytes(bytes(data))
+    refused(criu, d, wl.pid, keys["alice"][1], f"{pm.name}: chunk 0 failed authentication")
+
+
+def test_page_server_dump_without_its_images_refused(ps_pristine, criu, tmp_path, keys):
+    """The dump's manifest lists the pagemaps the page server wrote."""
+    wl, img = ps_pristine
+    d = damaged_copy(tmp_path, img, "nopagemap")
+    pm = next(p for p in d.iterdir() if p.name.startswith("pagemap-"))
+    pm.unlink()
+    refused(criu, d, wl.pid, keys["alice"][1], f"{pm.name}: missing from the encrypted checkpoint")
+
+
+def test_page_server_dump_needs_tls(memcanary, criu, tmp_path, keys):
+    wl, canary = memcanary("ps-notls", sysv=False)
+    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "notls", "--encrypt",
+                                            "--tls-cert", keys["alice"][0], tls=False)
+    assert r.returncode != 0, "an encrypted dump sent the pagemaps' key to a page server without TLS"
+    assert "--encrypt with --page-server needs --tls" in (dump / "dump.log").read_text()
+    assert not files_with(srv, canary.encode()) and not files_with(dump, canary.encode())
+    assert wl.report() == "memcanary OK 0", "the dumped task did not go on running"

@@ -1,6 +1,6 @@
 /*
  * criusec-fuzz-seeds DIR: writes seed corpora for the fuzz targets into
- * DIR/stream and DIR/header (valid inputs of every shape, plus a few
+ * DIR/stream, DIR/header, DIR/grant (valid inputs of every shape, plus a few
  * near-misses).
  */
 #include <sys/stat.h>
@@ -33,6 +33,7 @@ int main(int argc, char **argv)
 	mkdir(dir.c_str(), 0755);
 	mkdir((dir + "/stream").c_str(), 0755);
 	mkdir((dir + "/header").c_str(), 0755);
+	mkdir((dir + "/grant").c_str(), 0755);
 
 	int n = 0;
 	for (auto alg : {criusec::AeadAlg::Aes256Gcm, criusec::AeadAlg::ChaCha20Poly1305}) {
@@ -48,6 +49,14 @@ int main(int argc, char **argv)
 			std::vector<uint8_t> st(out, out + out_len);
 			free(out);
 			put(dir + "/stream/valid-" + std::to_string(n++), st);
+			if (len == 0) {
+				std::vector<uint8_t> g(CRIUSEC_GRANT_MAX);
+				size_t glen;
+				if (criusec_stream_grant(ctx, "pagemap", "pagemap-1.img", g.data(), &glen))
+					return 1;
+				g.resize(glen);
+				put(dir + "/grant/valid-" + std::to_string(n), g);
+			}
 			if (len == 4097) {
 				auto t = st;
 				t.resize(28 + 4112); /* cut at the chunk boundary */
@@ -79,6 +88,6 @@ int main(int argc, char **argv)
 			criusec_ctx_free(ctx);
 		}
 	unlink(cert.c_str());
-	std::printf("seeds written to %s/stream and %s/header\n", dir.c_str(), dir.c_str());
+	std::printf("seeds written to %s/stream, %s/header and %s/grant\n", dir.c_str(), dir.c_str(), dir.c_str());
 	return 0;
 }

@@ -334,6 +334,36 @@ int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char
 	});
 }
 
+static_assert(CRIUSEC_GRANT_MAX == kGrantMaxLen);
+
+int criusec_stream_grant(struct criusec_ctx *ctx, const char *kind, const char *name, uint8_t *out,
+			 size_t *out_len)
+{
+	return guarded([&]() -> Status {
+		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
+		if (!out || !out_len)
+			return invalid_argument("criusec_stream_grant: NULL output");
+		auto g = StreamSealer::grant(ctx->ctx, kind, name);
+		if (!g.ok())
+			return std::move(g).status();
+		std::memcpy(out, g.value().data(), g.value().size());
+		*out_len = g.value().size();
+		return {};
+	});
+}
+
+int criusec_stream_seal_granted_fd(const uint8_t *grant, size_t grant_len, const char *kind, const char *name,
+				   int in_fd, int out_fd)
+{
+	return guarded([&]() -> Status {
+		if (!grant || !kind || !name)
+			return invalid_argument("criusec_stream_seal_granted_fd: NULL argument");
+		if (grant_len > kGrantMaxLen)
+			return bad_data("not a stream grant (too long)");
+		return seal_fd_granted(std::span(grant, grant_len), kind, name, in_fd, out_fd);
+	});
+}
+
 int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in,
 			    size_t in_len, uint8_t **out, size_t *out_len)
 {

@@ -45,8 +45,27 @@ struct StreamCrypto {
 	std::vector<uint8_t> aad;
 };
 
-Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::string_view name,
-				   std::span<const uint8_t, kStreamHeaderLen> hdr)
+/* The AEAD and AAD of a stream whose key is known (derived here, or granted). */
+Result<StreamCrypto> stream_crypto_keyed(AeadAlg alg, std::span<const uint8_t> key, const Id &id,
+					 std::string_view kind, std::string_view name,
+					 std::span<const uint8_t, kStreamHeaderLen> hdr)
+{
+	auto aead = Aead::create(alg, key);
+	if (!aead.ok())
+		return std::move(aead).status();
+
+	std::vector<uint8_t> aad;
+	aad.reserve(kStreamHeaderLen + kIdLen + kind.size() + 1 + name.size());
+	put_bytes(aad, hdr);
+	put_bytes(aad, id);
+	put_str(aad, kind);
+	put_u8(aad, 0);
+	put_str(aad, name);
+	return StreamCrypto{std::move(aead).value(), std::move(aad)};
+}
+
+Result<SecureBytes> stream_key(const Ctx &ctx, std::string_view kind, std::string_view name,
+			       std::span<const uint8_t, kStreamHeaderLen> hdr)
 {
 	CRIUSEC_TRY(check_label("kind", kind));
 	CRIUSEC_TRY(check_label("name", name));
@@ -60,21 +79,27 @@ Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::s
 	put_str(info, name);
 	put_u8(info, 0);
 	put_bytes(info, hdr.subspan(kStreamHeaderLen - kStreamSaltLen));
-	auto key = ctx.derive(info, kAeadKeyLen);
+	return ctx.derive(info, kAeadKeyLen);
+}
+
+Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::string_view name,
+				   std::span<const uint8_t, kStreamHeaderLen> hdr)
+{
+	auto key = stream_key(ctx, kind, name, hdr);
 	if (!key.ok())
 		return std::move(key).status();
-	auto aead = Aead::create(ctx.aead(), key.value().span());
-	if (!aead.ok())
-		return std::move(aead).status();
+	return stream_crypto_keyed(ctx.aead(), key.value().span(), ctx.id(), kind, name, hdr);
+}
 
-	std::vector<uint8_t> aad;
-	aad.reserve(kStreamHeaderLen + kIdLen + kind.size() + 1 + name.size());
-	put_bytes(aad, hdr);
-	put_bytes(aad, ctx.id());
-	put_str(aad, kind);
-	put_u8(aad, 0);
-	put_str(aad, name);
-	return StreamCrypto{std::move(aead).value(), std::move(aad)};
+StreamHeader new_header(AeadAlg aead, uint32_t chunk_size)
+{
+	StreamHeader hdr{};
+	std::memcpy(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen);
+	hdr[8] = kStreamVersion;
+	hdr[9] = static_cast<uint8_t>(aead);
+	hdr[10] = static_cast<uint8_t>(log2_exact(chunk_size));
+	hdr[11] = 0;
+	return hdr;
 }
 
 /* 11-byte big-endian chunk counter, then the last-chunk flag. */
@@ -114,12 +139,7 @@ size_t sealed_size(size_t pt_len, uint32_t chunk_size) noexcept
 
 Result<StreamSealer> StreamSealer::start(const Ctx &ctx, std::string_view kind, std::string_view name)
 {
-	StreamHeader hdr{};
-	std::memcpy(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen);
-	hdr[8] = kStreamVersion;
-	hdr[9] = static_cast<uint8_t>(ctx.aead());
-	hdr[10] = static_cast<uint8_t>(log2_exact(ctx.chunk_size()));
-	hdr[11] = 0;
+	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size());
 	/* A fresh salt gives every stream its own key, even for a rewritten image. */
 	CRIUSEC_TRY(random_bytes(std::span(hdr).subspan(kStreamHeaderLen - kStreamSaltLen)));
 
@@ -127,6 +147,87 @@ Result<StreamSealer> StreamSealer::start(const Ctx &ctx, std::string_view kind, 
 	if (!sc.ok())
 		return std::move(sc).status();
 	return StreamSealer(std::move(sc.value().aead), std::move(sc.value().aad), hdr, ctx.chunk_size());
+}
+
+/*
+ * Grant layout: magic, the stream header (AEAD, chunk size, salt), the
+ * checkpoint id, the stream key, then kind and name (2-byte big-endian
+ * length each).  Everything the sealer needs, nothing that opens any other
+ * stream.
+ */
+Result<SecureBytes> StreamSealer::grant(const Ctx &ctx, std::string_view kind, std::string_view name)
+{
+	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size());
+	CRIUSEC_TRY(random_bytes(std::span(hdr).subspan(kStreamHeaderLen - kStreamSaltLen)));
+	auto key = stream_key(ctx, kind, name, hdr);
+	if (!key.ok())
+		return std::move(key).status();
+
+	SecureBytes g(kGrantFixedLen + 2 + kind.size() + 2 + name.size());
+	uint8_t *p = g.data();
+	auto put = [&p](const void *src, size_t n) {
+		std::memcpy(p, src, n);
+		p += n;
+	};
+	auto put_len = [&p](size_t n) {
+		*p++ = static_cast<uint8_t>(n >> 8);
+		*p++ = static_cast<uint8_t>(n);
+	};
+	put(kGrantMagic.data(), kGrantMagic.size());
+	put(hdr.data(), hdr.size());
+	put(ctx.id().data(), kIdLen);
+	put(key.value().data(), kAeadKeyLen);
+	put_len(kind.size());
+	put(kind.data(), kind.size());
+	put_len(name.size());
+	put(name.data(), name.size());
+	return g;
+}
+
+Result<StreamSealer> StreamSealer::from_grant(std::span<const uint8_t> g, std::string_view kind,
+					      std::string_view name)
+{
+	CRIUSEC_TRY(check_label("kind", kind));
+	CRIUSEC_TRY(check_label("name", name));
+	if (g.size() < kGrantFixedLen + 4 || std::memcmp(g.data(), kGrantMagic.data(), kGrantMagic.size()) != 0)
+		return bad_data("not a stream grant");
+	size_t pos = kGrantMagic.size();
+	StreamHeader hdr;
+	std::memcpy(hdr.data(), g.data() + pos, kStreamHeaderLen);
+	pos += kStreamHeaderLen;
+	Id id;
+	std::memcpy(id.data(), g.data() + pos, kIdLen);
+	pos += kIdLen;
+	auto key = g.subspan(pos, kAeadKeyLen);
+	pos += kAeadKeyLen;
+
+	/* The grant names the one stream it may seal: it must be this one. */
+	auto label = [&g, &pos](std::string_view want) {
+		if (g.size() - pos < 2)
+			return false;
+		size_t n = size_t(g[pos]) << 8 | g[pos + 1];
+		pos += 2;
+		if (g.size() - pos < n || n != want.size() || std::memcmp(g.data() + pos, want.data(), n) != 0)
+			return false;
+		pos += n;
+		return true;
+	};
+	if (!label(kind) || !label(name) || pos != g.size())
+		return bad_data("the grant is not for " + std::string(kind) + " " + std::string(name));
+
+	if (std::memcmp(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen) != 0 || hdr[8] != kStreamVersion ||
+	    hdr[11] != 0)
+		return bad_data("bad stream header in the grant");
+	auto aead = aead_from_wire(hdr[9]);
+	if (!aead)
+		return unsupported("unknown stream AEAD " + std::to_string(hdr[9]) + " in the grant");
+	if (hdr[10] < 12 || hdr[10] > 20)
+		return bad_data("invalid stream chunk size exponent in the grant");
+
+	auto sc = stream_crypto_keyed(*aead, key, id, kind, name, hdr);
+	if (!sc.ok())
+		return std::move(sc).status();
+	return StreamSealer(std::move(sc.value().aead), std::move(sc.value().aad), hdr, size_t(1) << hdr[10]);
 }
 
 Status StreamSealer::seal_chunk(std::span<const uint8_t> pt, bool last, std::span<uint8_t> out)
@@ -288,12 +389,10 @@ Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_vi
 
 /* ---- file descriptors ---- */
 
-Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+namespace {
+
+Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd)
 {
-	auto sealer = StreamSealer::start(ctx, kind, name);
-	if (!sealer.ok())
-		return std::move(sealer).status();
-	auto &s = sealer.value();
 	CRIUSEC_TRY(write_full(out_fd, s.header()));
 
 	/* Two plaintext chunks: we must see past a full chunk to know whether it is the last. */
@@ -322,6 +421,25 @@ Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 		cur.swap(next);
 		ncur = nnext;
 	}
+}
+
+} /* namespace */
+
+Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+{
+	auto sealer = StreamSealer::start(ctx, kind, name);
+	if (!sealer.ok())
+		return std::move(sealer).status();
+	return seal_fd_with(sealer.value(), in_fd, out_fd);
+}
+
+Status seal_fd_granted(std::span<const uint8_t> grant, std::string_view kind, std::string_view name, int in_fd,
+		       int out_fd)
+{
+	auto sealer = StreamSealer::from_grant(grant, kind, name);
+	if (!sealer.ok())
+		return std::move(sealer).status();
+	return seal_fd_with(sealer.value(), in_fd, out_fd);
 }
 
 Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)

@@ -26,6 +26,11 @@ constexpr size_t kMaxLabelLen = 4096;
 
 using StreamHeader = std::array<uint8_t, kStreamHeaderLen>;
 
+/* A grant: the right to seal one stream of a checkpoint, handed to another process. */
+inline constexpr std::string_view kGrantMagic = "CRIUSECG";
+constexpr size_t kGrantFixedLen = 8 + kStreamHeaderLen + kIdLen + kAeadKeyLen; /* 84 */
+constexpr size_t kGrantMaxLen = kGrantFixedLen + 2 * (2 + kMaxLabelLen);
+
 bool is_stream(std::span<const uint8_t> head) noexcept;
 
 /* Stream size for a plaintext length, or 0 on size_t overflow. */
@@ -35,6 +40,14 @@ size_t sealed_size(size_t pt_len, uint32_t chunk_size) noexcept;
 class StreamSealer {
 public:
 	[[nodiscard]] static Result<StreamSealer> start(const Ctx &ctx, std::string_view kind, std::string_view name);
+	/*
+	 * For a process without the master key (criu page-server): grant()
+	 * makes a fresh stream header and its key for (kind, name) alone;
+	 * from_grant() seals that one stream, exactly as start() would have.
+	 */
+	[[nodiscard]] static Result<SecureBytes> grant(const Ctx &ctx, std::string_view kind, std::string_view name);
+	[[nodiscard]] static Result<StreamSealer> from_grant(std::span<const uint8_t> grant, std::string_view kind,
+							     std::string_view name);
 
 	const StreamHeader &header() const noexcept { return header_; }
 	size_t chunk_size() const noexcept { return chunk_size_; }
@@ -107,6 +120,9 @@ private:
 
 /* fd forms, with a bounded buffer of two chunks. */
 [[nodiscard]] Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd);
+/* seal_fd() under a grant (StreamSealer::from_grant()). */
+[[nodiscard]] Status seal_fd_granted(std::span<const uint8_t> grant, std::string_view kind, std::string_view name,
+				     int in_fd, int out_fd);
 [[nodiscard]] Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd);
 
 } /* namespace criusec */

@@ -675,3 +675,110 @@ TEST(StreamInternal, CounterNearAndAtItsLimit)
 }
 
 } /* namespace */
+
+/* ---- grants: one stream sealed by a process without the master key ---- */
+
+namespace {
+
+std::vector<uint8_t> grant_for(criusec_ctx *ctx, const char *kind, const char *name)
+{
+	std::vector<uint8_t> g(CRIUSEC_GRANT_MAX);
+	size_t len = 0;
+	EXPECT_EQ(criusec_stream_grant(ctx, kind, name, g.data(), &len), 0) << criusec_last_error();
+	g.resize(len);
+	return g;
+}
+
+Outcome seal_granted(const std::vector<uint8_t> &g, const std::vector<uint8_t> &pt, const char *kind,
+		     const char *name)
+{
+	int in = memfd_with(pt);
+	int out = memfd_create("out", MFD_CLOEXEC);
+	Outcome o;
+	o.rc = criusec_stream_seal_granted_fd(g.data(), g.size(), kind, name, in, out);
+	o.error = criusec_last_error();
+	o.out = memfd_contents(out);
+	close(in);
+	close(out);
+	return o;
+}
+
+} /* namespace */
+
+TEST(StreamGrant, SealsWhatTheCheckpointKeyOpens)
+{
+	for (auto [aead, chunk] : {std::tuple{AeadAlg::Aes256Gcm, 65536u}, std::tuple{AeadAlg::ChaCha20Poly1305, 4096u}}) {
+		auto ctx = own(make_ctx(aead, chunk));
+		for (size_t len : lengths_for(chunk)) {
+			auto pt = pattern(len, static_cast<uint32_t>(len) + 5);
+			auto g = grant_for(ctx.get(), "pagemap", "pagemap-7.img");
+			auto s = seal_granted(g, pt, "pagemap", "pagemap-7.img");
+			ASSERT_EQ(s.rc, 0) << s.error;
+			EXPECT_EQ(s.out.size(), expected_sealed(len, chunk));
+			auto o = open_fd(ctx.get(), s.out, "pagemap", "pagemap-7.img");
+			ASSERT_EQ(o.rc, 0) << o.error;
+			EXPECT_EQ(o.out, pt);
+			/* Bound to its image like any stream. */
+			EXPECT_NE(open_fd(ctx.get(), s.out, "pagemap", "pagemap-8.img").rc, 0);
+			EXPECT_NE(open_fd(ctx.get(), s.out, "core", "pagemap-7.img").rc, 0);
+		}
+	}
+}
+
+TEST(StreamGrant, FreshSaltEachTime)
+{
+	auto ctx = own(criusec_ctx_new(CRIUSEC_AEAD_AES_256_GCM, nullptr));
+	auto g1 = grant_for(ctx.get(), "pagemap", "pagemap-1.img");
+	auto g2 = grant_for(ctx.get(), "pagemap", "pagemap-1.img");
+	ASSERT_EQ(g1.size(), g2.size());
+	EXPECT_NE(g1, g2);
+}
+
+TEST(StreamGrant, SealsOnlyItsOwnImage)
+{
+	auto ctx = own(criusec_ctx_new(CRIUSEC_AEAD_AES_256_GCM, nullptr));
+	auto g = grant_for(ctx.get(), "pagemap", "pagemap-1.img");
+	auto pt = pattern(100, 1);
+	for (auto [kind, name] : {std::pair{"pagemap", "pagemap-2.img"}, std::pair{"core", "pagemap-1.img"},
+				  std::pair{"pagemap", "pagemap-1.im"}, std::pair{"pagemapx", "pagemap-1.img"}}) {
+		auto s = seal_granted(g, pt, kind, name);
+		EXPECT_LT(s.rc, 0) << kind << " " << name;
+		EXPECT_NE(s.error.find("grant"), std::string::npos) << s.error;
+		EXPECT_TRUE(s.out.empty());
+	}
+}
+
+TEST(StreamGrant, MalformedGrantsRefused)
+{
+	auto ctx = own(criusec_ctx_new(CRIUSEC_AEAD_AES_256_GCM, nullptr));
+	auto g = grant_for(ctx.get(), "pagemap", "pagemap-1.img");
+	auto pt = pattern(100, 2);
+	std::vector<std::vector<uint8_t>> bad;
+	for (size_t cut : {size_t(0), size_t(7), size_t(83), g.size() - 1})
+		bad.emplace_back(g.begin(), g.begin() + static_cast<long>(cut));
+	auto longer = g;
+	longer.push_back(0);
+	bad.push_back(longer);
+	for (size_t at : {size_t(0), size_t(8), size_t(8 + 8), size_t(8 + 9), size_t(8 + 10), size_t(8 + 11),
+			  size_t(84), size_t(85)}) {
+		auto t = g;
+		t[at] ^= 0x40;
+		bad.push_back(t);
+	}
+	for (size_t i = 0; i < bad.size(); i++) {
+		auto s = seal_granted(bad[i], pt, "pagemap", "pagemap-1.img");
+		EXPECT_LT(s.rc, 0) << "case " << i;
+		EXPECT_FALSE(s.error.empty()) << "case " << i;
+	}
+	/* A flipped key or salt still seals, but nothing the checkpoint opens. */
+	for (size_t at : {size_t(8 + 12), size_t(8 + 28), size_t(8 + 28 + 16)}) {
+		auto t = g;
+		t[at] ^= 1;
+		auto s = seal_granted(t, pt, "pagemap", "pagemap-1.img");
+		ASSERT_EQ(s.rc, 0) << s.error;
+		EXPECT_NE(open_fd(ctx.get(), s.out, "pagemap", "pagemap-1.img").rc, 0) << at;
+	}
+	EXPECT_LT(criusec_stream_seal_granted_fd(nullptr, 0, "pagemap", "pagemap-1.img", 0, 1), 0);
+	size_t len;
+	EXPECT_LT(criusec_stream_grant(ctx.get(), "pagemap", "", g.data(), &len), 0);
+}
