@@ -116,6 +116,7 @@ struct page_img {
 	size_t cap;	/* dump: tags allocated */
 	int dfd;	/* dump: where the tags go */
 	bool in_imgdir;
+	bool remote; /* dump: fd is the page server's socket */
 	struct page_img *next;
 };
 static struct page_img *page_imgs;
@@ -1090,7 +1091,7 @@ static ssize_t ps_send_all(int sk, const void *buf, size_t n)
 }
 
 /* Pages from the pipe, encrypted, to fd: the image, or the page server's socket. */
-static int page_seal_pipe(struct page_img *p, int fd, bool sock, int pipe, unsigned long len, unsigned long vaddr)
+static int page_seal_pipe(struct page_img *p, int fd, int pipe, unsigned long len, unsigned long vaddr)
 {
 	uint8_t *buf;
 
@@ -1111,7 +1112,7 @@ static int page_seal_pipe(struct page_img *p, int fd, bool sock, int pipe, unsig
 		}
 		if (page_seal_batch(p, buf, n, vaddr))
 			return -1;
-		if ((sock ? ps_send_all(fd, buf, n) : write_all(fd, buf, n)) != (ssize_t)n) {
+		if ((p->remote ? ps_send_all(fd, buf, n) : write_all(fd, buf, n)) != (ssize_t)n) {
 			pr_perror("%s: can't write pages", p->name);
 			return -1;
 		}
@@ -1127,7 +1128,7 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 
 	if (!p)
 		return 0;
-	return page_seal_pipe(p, fd, false, pipe, len, vaddr) ? -1 : 1;
+	return page_seal_pipe(p, fd, pipe, len, vaddr) ? -1 : 1;
 }
 
 /* Read, check and decrypt len bytes at off of a page image. */
@@ -1292,6 +1293,7 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 	if (!p)
 		return -1;
 	p->in_imgdir = true;
+	p->remote = true;
 	p->dfd = fcntl(get_service_fd(IMG_FD_OFF), F_DUPFD_CLOEXEC, 0);
 	if (p->dfd < 0) {
 		pr_perror("%s: dup", pages);
@@ -1301,15 +1303,6 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 	manifest_add(kind_of(fd_type), name);
 	pr_info("Page server writes %s and %s (sealed for it)\n", name, pages);
 	return 0;
-}
-
-int criusec_pages_send(int sk, int pipe, unsigned long len, unsigned long vaddr)
-{
-	struct page_img *p = page_lookup(sk);
-
-	if (!p)
-		return 0;
-	return page_seal_pipe(p, sk, true, pipe, len, vaddr) ? -1 : 1;
 }
 
 void criusec_ps_closed(int sk)

@@ -31,7 +31,10 @@ extern void criusec_img_closed(int fd);
 #include <sys/types.h>
 
 extern bool criusec_pages_sealed(int fd);
-/* Dump: encrypt len bytes of pages from pipe (the first at vaddr), append them; 1 when done. */
+/*
+ * Dump: encrypt len bytes of pages from pipe (the first at vaddr), append
+ * them to the image, or send them to the page server; 1 when done.
+ */
 extern int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr);
 /* Restore: read len bytes at off, checked and decrypted; 1 when done. */
 extern int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
@@ -50,9 +53,8 @@ extern int criusec_pages_plain_end(int fd, int memfd);
  * Dump: criusec_ps_grant() writes to grant (CRIUSEC_GRANT_MAX bytes) the
  * grant for the pagemap about to be opened on the server: 1 made, 0 not
  * encrypting.  criusec_ps_opened() registers the server's pages image
- * (its id came back with the open); criusec_pages_send() then encrypts
- * pages from pipe to the socket as criusec_pages_write() does to a file,
- * and criusec_ps_closed() writes the tags.
+ * (its id came back with the open) under the socket, for
+ * criusec_pages_write(); criusec_ps_closed() writes the tags.
  * Page server: criusec_ps_take_grant() keeps a received grant for the next
  * open; criusec_ps_grant_used() says (once) whether that open took it.
  */
@@ -60,7 +62,6 @@ extern int criusec_pages_plain_end(int fd, int memfd);
 
 extern int criusec_ps_grant(int fd_type, unsigned long img_id, uint8_t *grant, size_t *len);
 extern int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_id);
-extern int criusec_pages_send(int sk, int pipe, unsigned long len, unsigned long vaddr);
 extern void criusec_ps_closed(int sk);
 extern int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *grant, size_t len);
 extern bool criusec_ps_grant_used(void);

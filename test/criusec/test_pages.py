@@ -236,17 +236,23 @@ def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
         daemon.kill()
 
 
-def remote_lazy_restore(criu, img, key, tmp_path):
-    """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
+def start_page_server(img, tmp_path, *args):
+    """criu page-server on a free port, once it listens."""
     port = str(free_port())
-    server = subprocess.Popen([CRIU, "page-server", "-D", str(img), "-o", "page-server.log", "-v4", "--lazy-pages",
-                               "--address", "127.0.0.1", "--port", port, "--tls-key", key], cwd=tmp_path,
+    server = subprocess.Popen([CRIU, "page-server", "-D", str(img), "-o", "page-server.log", "-v4",
+                               "--address", "127.0.0.1", "--port", port, *args], cwd=tmp_path,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and server.poll() is None:
         if f":{int(port):04X}" in open("/proc/net/tcp").read():
             break
         time.sleep(0.05)
+    return server, port
+
+
+def remote_lazy_restore(criu, img, key, tmp_path):
+    """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
+    server, port = start_page_server(img, tmp_path, "--lazy-pages", "--tls-key", key)
     r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
     return r, daemon, server
 
@@ -294,26 +300,13 @@ def tls_opts(keys):
     return ["--tls", "--tls-no-cn-verify", "--tls-cacert", cert, "--tls-cert", cert, "--tls-key", key]
 
 
-def start_page_server(srv, tmp_path, keys, *args):
-    srv.mkdir()
-    port = str(free_port())
-    server = subprocess.Popen([CRIU, "page-server", "-D", str(srv), "-o", "page-server.log", "-v4",
-                               "--address", "127.0.0.1", "--port", port, *args], cwd=tmp_path,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and server.poll() is None:
-        if f":{int(port):04X}" in open("/proc/net/tcp").read():
-            break
-        time.sleep(0.05)
-    return server, port
-
-
 def dump_through_page_server(criu, wl, tmp_path, keys, tag, *dump_args, tls=True):
     """Dump to DIR/dump with pages going to a page server writing DIR/srv."""
     base = tmp_path / tag
     base.mkdir()
     srv, dump = base / "srv", base / "dump"
-    server, port = start_page_server(srv, tmp_path, keys, *(tls_opts(keys) if tls else []))
+    srv.mkdir()
+    server, port = start_page_server(srv, tmp_path, *(tls_opts(keys) if tls else []))
     try:
         r = criu.dump(wl, dump, "--page-server", "--address", "127.0.0.1", "--port", port,
                       *(tls_opts(keys) if tls else []), *dump_args, check=False)
