@@ -1,13 +1,4 @@
-/*
- * Known-answer tests.  Vectors (each cross-checked with OpenSSL through
- * python3-cryptography when this was written):
- *   AES-256-GCM      : McGrew & Viega, GCM spec test case 16 (NIST CAVS style)
- *   ChaCha20-Poly1305: RFC 8439 section 2.8.2
- *   HKDF-SHA256      : RFC 5869 test case 1
- *   HMAC-SHA256      : RFC 4231 test case 2
- *   SHA-256          : FIPS 180-2, "abc"
- *   AES-256-XTS      : IEEE 1619-2007 vector 10 (512-byte data unit 0xff)
- */
+/* Known-answer tests of every primitive (vectors in kat_vectors.h). */
 #include "selftest.h"
 
 #include <cstring>
@@ -17,6 +8,7 @@
 
 #include "aead.h"
 #include "bytes.h"
+#include "kat_vectors.h"
 #include "kdf.h"
 #include "xts.h"
 
@@ -43,11 +35,12 @@ Status fail(const char *what)
 	return Status::error(EIO, std::string("self-test failed: ") + what);
 }
 
-Status aead_kat(const char *what, AeadAlg alg, std::string_view key, std::string_view nonce, std::string_view aad,
-		std::span<const uint8_t> pt, std::string_view expect_ct_tag)
+Status aead_kat(const kat::Aead &v)
 {
-	auto k = hex(key), n = hex(nonce), a = hex(aad), expect = hex(expect_ct_tag);
-	auto aead = Aead::create(alg, k);
+	const char *what = v.name.data();
+	auto k = hex(v.key), n = hex(v.nonce), a = hex(v.aad), expect = hex(v.ct_tag);
+	auto pt = v.pt_is_text ? std::vector<uint8_t>(v.pt.begin(), v.pt.end()) : hex(v.pt);
+	auto aead = Aead::create(v.alg, k);
 	if (!aead.ok())
 		return fail(what);
 	std::vector<uint8_t> ct(pt.size() + kAeadTagLen);
@@ -55,7 +48,7 @@ Status aead_kat(const char *what, AeadAlg alg, std::string_view key, std::string
 	if (!aead.value().seal(nn, a, pt, ct).ok() || ct != expect)
 		return fail(what);
 	std::vector<uint8_t> back(pt.size());
-	if (!aead.value().open(nn, a, ct, back).ok() || !std::equal(back.begin(), back.end(), pt.begin()))
+	if (!aead.value().open(nn, a, ct, back).ok() || back != pt)
 		return fail(what);
 	/* A flipped tag bit must be refused. */
 	ct.back() ^= 1;
@@ -68,77 +61,35 @@ Status aead_kat(const char *what, AeadAlg alg, std::string_view key, std::string
 
 Status self_test()
 {
-	{
-		auto pt = hex("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
-			      "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
-		CRIUSEC_TRY(aead_kat("AES-256-GCM", AeadAlg::Aes256Gcm,
-				     "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
-				     "cafebabefacedbaddecaf888", "feedfacedeadbeeffeedfacedeadbeefabaddad2", pt,
-				     "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa"
-				     "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"
-				     "76fc6ece0f4e1768cddf8853bb2d551b"));
-	}
-	{
-		std::string_view pt = "Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
-				      "the future, sunscreen would be it.";
-		CRIUSEC_TRY(aead_kat("ChaCha20-Poly1305", AeadAlg::ChaCha20Poly1305,
-				     "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f",
-				     "070000004041424344454647", "50515253c0c1c2c3c4c5c6c7", as_bytes(pt),
-				     "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
-				     "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
-				     "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
-				     "3ff4def08e4b7a9de576d26586cec64b6116"
-				     "1ae10b594f09e26a7e902ecbd0600691"));
-	}
+	CRIUSEC_TRY(aead_kat(kat::kGcm));
+	CRIUSEC_TRY(aead_kat(kat::kChaCha));
 	{
 		std::vector<uint8_t> ikm(22, 0x0b);
-		auto prk = hkdf_extract(hex("000102030405060708090a0b0c"), ikm);
-		if (!prk.ok() || !ct_equal(prk.value().span(),
-					   hex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")))
+		auto prk = hkdf_extract(hex(kat::kHkdfSalt), ikm);
+		if (!prk.ok() || !ct_equal(prk.value().span(), hex(kat::kHkdfPrk)))
 			return fail("HKDF-Extract");
-		auto okm = hkdf_expand(prk.value().span(), hex("f0f1f2f3f4f5f6f7f8f9"), 42);
-		if (!okm.ok() || !ct_equal(okm.value().span(),
-					   hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
-					       "34007208d5b887185865")))
+		auto okm = hkdf_expand(prk.value().span(), hex(kat::kHkdfInfo), 42);
+		if (!okm.ok() || !ct_equal(okm.value().span(), hex(kat::kHkdfOkm)))
 			return fail("HKDF-Expand");
 	}
 	{
 		Digest d;
-		if (!hmac_sha256(as_bytes("Jefe"), as_bytes("what do ya want for nothing?"), d).ok() ||
-		    !ct_equal(d, hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")))
+		if (!hmac_sha256(as_bytes(kat::kHmacKey), as_bytes(kat::kHmacData), d).ok() ||
+		    !ct_equal(d, hex(kat::kHmacMac)))
 			return fail("HMAC-SHA256");
-		if (!sha256(as_bytes("abc"), d).ok() ||
-		    !ct_equal(d, hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")))
+		if (!sha256(as_bytes("abc"), d).ok() || !ct_equal(d, hex(kat::kSha256Abc)))
 			return fail("SHA-256");
 	}
 	{
-		auto key = hex("2718281828459045235360287471352662497757247093699959574966967627"
-			       "3141592653589793238462643383279502884197169399375105820974944592");
 		std::array<uint8_t, Xts::kTweakLen> tweak{0xff};
 		std::vector<uint8_t> pt(512);
 		for (size_t i = 0; i < pt.size(); i++)
 			pt[i] = static_cast<uint8_t>(i);
-		auto expect = hex("1c3b3a102f770386e4836c99e370cf9bea00803f5e482357a4ae12d414a3e63b"
-				  "5d31e276f8fe4a8d66b317f9ac683f44680a86ac35adfc3345befecb4bb188fd"
-				  "5776926c49a3095eb108fd1098baec70aaa66999a72a82f27d848b21d4a741b0"
-				  "c5cd4d5fff9dac89aeba122961d03a757123e9870f8acf1000020887891429ca"
-				  "2a3e7a7d7df7b10355165c8b9a6d0a7de8b062c4500dc4cd120c0f7418dae3d0"
-				  "b5781c34803fa75421c790dfe1de1834f280d7667b327f6c8cd7557e12ac3a0f"
-				  "93ec05c52e0493ef31a12d3d9260f79a289d6a379bc70c50841473d1a8cc81ec"
-				  "583e9645e07b8d9670655ba5bbcfecc6dc3966380ad8fecb17b6ba02469a020a"
-				  "84e18e8f84252070c13e9f1f289be54fbc481457778f616015e1327a02b140f1"
-				  "505eb309326d68378f8374595c849d84f4c333ec4423885143cb47bd71c5edae"
-				  "9be69a2ffeceb1bec9de244fbe15992b11b77c040f12bd8f6a975a44a0f90c29"
-				  "a9abc3d4d893927284c58754cce294529f8614dcd2aba991925fedc4ae74ffac"
-				  "6e333b93eb4aff0479da9a410e4450e0dd7ae4c6e2910900575da401fc07059f"
-				  "645e8b7e9bfdef33943054ff84011493c27b3429eaedb4ed5376441a77ed4385"
-				  "1ad77f16f541dfd269d50d6a5f14fb0aab1cbb4c1550be97f7ab4066193c4caa"
-				  "773dad38014bd2092fa755c824bb5e54c4f36ffda9fcea70b9c6e693e148c151");
-		auto xts = Xts::create(key);
+		auto xts = Xts::create(hex(kat::kXtsKey));
 		if (!xts.ok())
 			return fail("AES-256-XTS");
 		std::vector<uint8_t> ct(512), back(512);
-		if (!xts.value().encrypt(tweak, pt, ct).ok() || ct != expect)
+		if (!xts.value().encrypt(tweak, pt, ct).ok() || ct != hex(kat::kXtsCt))
 			return fail("AES-256-XTS");
 		if (!xts.value().decrypt(tweak, ct, back).ok() || back != pt)
 			return fail("AES-256-XTS");
