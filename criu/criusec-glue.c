@@ -290,6 +290,9 @@ int criusec_dump_start(void)
 		pr_err("--encrypt with --page-server needs --tls\n");
 		return -1;
 	}
+	if (opts.lazy_pages && !opts.tls)
+		/* They are served from memory, never written: nothing to encrypt them into. */
+		pr_warn("--lazy-pages without --tls: the lazy pages leave this host unencrypted\n");
 	if (opts.encrypt_aead && criusec_aead_parse(opts.encrypt_aead, &aead)) {
 		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
 		return -1;
