@@ -1,7 +1,10 @@
 """The page cipher: memory canaries never reach a file, pages are checked
-before any restored task runs, and dedup and lazy pages still work."""
+before any restored task runs (hugetlb memory and shared memory too), and
+dedup and lazy pages still work."""
+import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -9,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import CRIU, HERE, Workload, free_port, tree_pids, wait_gone
+from conftest import CRIU, HERE, REPO, Workload, free_port, tree_pids, wait_gone
 from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
 
 REGIONS = ("heap", "stack", "shared", "memfd", "sysv")
@@ -28,14 +31,14 @@ def memcanary_bin(tmp_path_factory):
 def memcanary(memcanary_bin, tmp_path):
     started = []
 
-    def start(tag, big_mib=0, sysv=True):
+    def start(tag, big_mib=0, mode="memcanary", sysv=True):
         wd = tmp_path / ("wl-" + tag)
         wd.mkdir()
         canary = new_canary()
         env = {"CANARY": canary} if sysv else {"CANARY": canary, "NO_SYSV": "1"}
-        wl = Workload(memcanary_bin, "memcanary", wd, (big_mib,) if big_mib else (), env)
+        wl = Workload(memcanary_bin, mode, wd, (big_mib,) if big_mib else (), env)
         started.append(wl)
-        assert wl.report() == f"memcanary OK {big_mib}"
+        assert wl.report() == f"{mode} OK {big_mib}"
         return wl, canary
 
     yield start
@@ -113,6 +116,32 @@ def test_refuses_swapped_pages(pristine, criu, tmp_path, keys):
     (d / name).write_bytes(bytes(data))
     log = refused(criu, d, wl.pid, keys["alice"][1], name)
     assert "failed authentication" in log
+
+
+def flip_in(path, off):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def test_refuses_flipped_bit_in_shared_memory_pages(pristine, criu, tmp_path, keys):
+    """Pages of MAP_SHARED anonymous memory, a memfd and a SysV segment are
+    restored by criu itself (shmem.c), not in the task: a page that fails
+    its tag there must fail the restore too, not leave the memory zeroed
+    and the restore going on (it did, before shmem.c checked read_pages())."""
+    wl, img = pristine
+    shmem = sorted(img.glob("pagemap-shmem-*.img"))
+    assert len(shmem) == 3, [p.name for p in shmem]  # shared, memfd, sysv
+    for pm in shmem:
+        entries = crit_decode(pm, keys["alice"][1])
+        name = f"pages-{entries[0]['pages_id']}.img"
+        d = damaged_copy(tmp_path, img, "flip-" + pm.stem)
+        flip_in(d / name, (entries[1]["nr_pages"] * 4096) // 2 + 99)
+        log = refused(criu, d, wl.pid, keys["alice"][1], f"{name}: page")
+        assert "failed authentication" in log and "Can't read the pages of shmem" in log, log[-3000:]
+        assert "pie: " not in log, "the restorer ran"
 
 
 def test_refuses_pages_of_another_dump_of_the_same_process(memcanary, criu, tmp_path, keys):
@@ -396,3 +425,183 @@ def test_page_server_dump_needs_tls(memcanary, criu, tmp_path, keys):
     assert "--encrypt with --page-server needs --tls" in (dump / "dump.log").read_text()
     assert not files_with(srv, canary.encode()) and not files_with(dump, canary.encode())
     assert wl.report() == "memcanary OK 0", "the dumped task did not go on running"
+
+
+# --- hugetlb ---------------------------------------------------------------
+#
+# Encrypted page images are never read by the restorer blob itself: criu
+# premaps every private VMA and fills it with pages it has checked.  Private
+# hugetlb VMAs (anonymous, or a private map of a hugetlbfs file) cannot be
+# premapped: the restorer maps them and preadv()s their pages.  For those,
+# criu checks the pages and hands the restorer a memfd of verified plaintext
+# instead of the page image (unseal_vma_ios() in criu/pagemap.c, the
+# criusec_pages_plain_*() glue).  Shared hugetlb memory (MAP_SHARED
+# anonymous, memfd_create(MFD_HUGETLB)) is dumped as memfds of their own
+# and restored by criu itself through the checked page reads.
+
+HUGE_PAGES_NEEDED = 6  # what the hugecanary workload holds (2 MiB pages)
+# region -> the memfd.img name of the hugetlb file holding it (shared ones)
+HUGE_SHARED = {"hugeshared": "/anon_hugepage", "hugememfd": "hugecanary", "hugememfdfile": "hugecanary-priv"}
+HUGE_PRIVATE = ("hugepriv", "hugememfdpriv")  # the restorer fills these from the memfd
+HUGE_REGIONS = HUGE_PRIVATE + tuple(HUGE_SHARED)
+PE_PRESENT = 4
+
+
+def meminfo(field):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            if k == field:
+                return int(v.split()[0])
+    return None
+
+
+@pytest.fixture
+def hugepages():
+    size, free = meminfo("Hugepagesize"), meminfo("HugePages_Free")
+    if size != 2048:
+        pytest.skip(f"the default huge page size is {size} kB, the hugetlb tests need 2048 kB")
+    if free is None or free < HUGE_PAGES_NEEDED:
+        pytest.skip(f"HugePages_Free is {free}, the hugetlb tests need {HUGE_PAGES_NEEDED} free 2 MiB pages "
+                    f"(raise /proc/sys/vm/nr_hugepages)")
+
+
+def huge_regions(wl):
+    """{region: (address, length)} from the workload's ready status."""
+    out = {}
+    for word in wl.last.split()[2:]:
+        name, where = word.split("=")
+        addr, length = where.split("+")
+        out[name] = (int(addr, 16), int(length, 16))
+    assert set(out) == set(HUGE_PRIVATE + ("hugeshared", "hugememfd")), wl.last
+    return out
+
+
+@pytest.fixture
+def hugecanary(memcanary, hugepages):
+    def start(tag):
+        wl, canary = memcanary(tag, mode="hugecanary")
+        return wl, canary, huge_regions(wl)
+    return start
+
+
+def crit_decode(img, key=None):
+    src = REPO / "build" / "src"
+    env = dict(os.environ, PYTHONPATH=f"{src / 'lib'}:{src / 'crit'}")
+    r = subprocess.run(["/usr/bin/python3", "-m", "crit", "decode", "-i", str(img),
+                        *(["--tls-key", key] if key else [])],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"crit decode {img}: {r.stderr}"
+    return json.loads(r.stdout)["entries"]
+
+
+def page_offset(pagemap, key, vaddr):
+    """(pages image name, offset in it) of the page at vaddr, from a pagemap image."""
+    entries = crit_decode(pagemap, key)
+    off = 0
+    for e in entries[1:]:
+        if not e.get("flags", PE_PRESENT) & PE_PRESENT:
+            continue
+        start, n = e["vaddr"], e["nr_pages"]
+        if start <= vaddr < start + n * 4096:
+            return f"pages-{entries[0]['pages_id']}.img", off + (vaddr - start)
+        off += n * 4096
+    raise AssertionError(f"no page at {vaddr:#x} in {pagemap.name}")
+
+
+def huge_page_at(img, pid, key, regions, region):
+    """Where, in which page image, the middle page of a region is stored."""
+    if region in HUGE_PRIVATE:
+        addr, length = regions[region]
+        return page_offset(img / f"pagemap-{pid}.img", key, addr + length // 2 + 4096)
+    files = {m["name"]: m["shmid"] for m in crit_decode(img / "memfd.img", key) if "name" in m}
+    shmid = files[HUGE_SHARED[region]]
+    return page_offset(img / f"pagemap-shmem-{shmid}.img", key, (1 << 20) + 4096)
+
+
+def test_hugetlb_canaries_absent_and_restored(hugecanary, criu, tmp_path, keys):
+    # Plain: each hugetlb region's canary is in a page image.
+    wl, canary, _ = hugecanary("plain")
+    criu.dump(wl, tmp_path / "plain")
+    pages = [p.read_bytes() for p in page_images(tmp_path / "plain")]
+    for region in HUGE_REGIONS:
+        needle = f"{canary}-{region}".encode()
+        assert any(needle in p for p in pages), f"plain dump: no {region} canary in the page images"
+    del pages
+    shutil.rmtree(tmp_path / "plain")
+
+    wl, canary, regions = hugecanary("enc")
+    img = tmp_path / "enc"
+    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
+    assert files_with(img, canary.encode()) == []
+    assert files_with(tmp_path, canary.encode()) in ([], ["hugecanary.log"]), "a canary in the work dir"
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    # The private hugetlb VMAs went to the restorer through the memfd of
+    # checked pages, nothing else did (every other private VMA is premapped).
+    log = (img / "restore.log").read_text()
+    checked = sorted((int(a, 16), int(b, 16)) for a, b in
+                     re.findall(r"criusec: checking (0x[0-9a-f]+)-(0x[0-9a-f]+) ", log))
+    merged = []
+    for a, b in checked:
+        if merged and merged[-1][1] == a:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    want = sorted((regions[r][0], regions[r][0] + regions[r][1]) for r in HUGE_PRIVATE)
+    assert merged == want, f"checked for the restorer: {[(hex(a), hex(b)) for a, b in merged]}"
+    total = sum(regions[r][1] for r in HUGE_PRIVATE)
+    assert f"criusec: {total} bytes of pages the restorer reads checked into a memfd" in log
+    # The workload compares every byte of every region (and the file under
+    # the private map) with what it wrote.
+    assert wl.report() == "hugecanary OK 0"
+
+
+@pytest.fixture
+def hugepristine(hugecanary, criu, tmp_path, keys):
+    wl, _, regions = hugecanary("pristine")
+    img = tmp_path / "pristine"
+    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
+    return wl, img, regions
+
+
+@pytest.mark.parametrize("region", HUGE_REGIONS)
+def test_refuses_flipped_bit_in_hugetlb_page(hugepristine, criu, tmp_path, keys, region):
+    wl, img, regions = hugepristine
+    name, off = huge_page_at(img, wl.pid, keys["alice"][1], regions, region)
+    d = damaged_copy(tmp_path, img, "flip-" + region)
+    flip_in(d / name, off + 777)
+    log = refused(criu, d, wl.pid, keys["alice"][1], f"{name}: page")
+    assert "failed authentication" in log
+    if region in HUGE_PRIVATE:
+        assert "criusec: can't check the pages the restorer reads" in log
+        assert "checked into a memfd" not in log
+    else:
+        assert "Can't read the pages of shmem" in log
+    assert "pie: " not in log, "the restorer ran"
+    # The pristine checkpoint still restores.
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "hugecanary OK 0"
+
+
+def is_hole(path, off, length):
+    """No data in [off, off + length) of the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, off, os.SEEK_DATA) >= off + length
+    except OSError:  # ENXIO: no data at or after off
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_hugetlb_auto_dedup_restore(hugepristine, criu, tmp_path, keys):
+    """--auto-dedup punches what restore has read out of the images, the
+    private hugetlb pages included (the restorer punches only its memfd)."""
+    wl, img, regions = hugepristine
+    where = {r: huge_page_at(img, wl.pid, keys["alice"][1], regions, r) for r in HUGE_PRIVATE}
+    for name, off in where.values():
+        assert not is_hole(img / name, off, 4096)
+    criu.restore(img, "--auto-dedup", "--tls-key", keys["alice"][1])
+    assert wl.report() == "hugecanary OK 0"
+    for region, (name, off) in where.items():
+        assert is_hole(img / name, off, 4096), f"{region}: its pages are still in {name} after --auto-dedup"

@@ -8,6 +8,15 @@
  *   memcanary memcanary STATUS_FILE [BIG_MIB]   (the large area, default none)
  *   regions: heap stack shared memfd sysv big
  *
+ *   memcanary hugecanary STATUS_FILE   (hugetlb memory, 2 MiB pages)
+ *   regions: hugepriv (MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, two pages),
+ *   hugeshared (MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB), hugememfd (a
+ *   memfd_create(MFD_HUGETLB) mapped MAP_SHARED), hugememfdpriv (a second
+ *   one, filled through a shared map, then mapped MAP_PRIVATE and changed
+ *   there: the file keeps its own canary, hugememfdfile, checked with
+ *   pread(), and the private copy another).  The "ready"
+ *   status lists each region as NAME=ADDRESS+LENGTH (hex).
+ *
  * It runs in an IPC namespace of its own, so that criu dumps (and restore
  * brings back) its SysV shared memory.
  */
@@ -26,11 +35,23 @@
 #include <unistd.h>
 
 #define REGION (64 << 10)
+#define HUGE (2 << 20)
+#define MAX_REGIONS 8
 
 static int status_fd = -1;
 static unsigned long reports;
 static volatile sig_atomic_t report_wanted;
 static const char *canary;
+
+struct region {
+	const char *name;
+	char *p;
+	size_t len;
+	uint64_t seed;
+};
+
+static struct region regions[MAX_REGIONS];
+static int nr_regions;
 
 static void on_usr1(int sig)
 {
@@ -96,26 +117,27 @@ static int check(const char *p, size_t len, const char *where, uint64_t seed)
 	return 0;
 }
 
-int main(int argc, char **argv)
+static void add_region(const char *name, char *p, size_t len)
 {
-	size_t big_len = argc > 3 ? (size_t)atol(argv[3]) << 20 : 0;
-	char stack[REGION];
-	char *heap, *shared, *memfd_map, *sysv, *big = NULL;
-	struct sigaction sa = { .sa_handler = on_usr1 };
-	int memfd, shmid;
+	struct region *r = &regions[nr_regions++];
 
-	canary = getenv("CANARY");
-	if (argc < 3)
-		return 2;
-	status_fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
-	if (!canary || status_fd < 0 || sigaction(SIGUSR1, &sa, NULL) || unshare(CLONE_NEWIPC))
-		return 2;
+	r->name = name;
+	r->p = p;
+	r->len = len;
+	r->seed = nr_regions;
+	plant(p, len, name, r->seed);
+}
+
+static int memory_regions(size_t big_len, char *stack)
+{
+	char *heap, *shared, *memfd_map, *sysv, *big;
+	int memfd, shmid;
 
 	heap = malloc(REGION);
 	shared = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	memfd = memfd_create("memcanary", 0);
 	if (!heap || shared == MAP_FAILED || memfd < 0 || ftruncate(memfd, REGION))
-		return 2;
+		return -1;
 	memfd_map = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (getenv("NO_SYSV")) {
 		/* Private stand-in: see the page server tests in test_pages.py. */
@@ -125,42 +147,118 @@ int main(int argc, char **argv)
 		sysv = shmid < 0 ? (void *)-1 : shmat(shmid, NULL, 0);
 	}
 	if (memfd_map == MAP_FAILED || sysv == (void *)-1)
-		return 2;
+		return -1;
+	add_region("heap", heap, REGION);
+	add_region("stack", stack, REGION);
+	add_region("shared", shared, REGION);
+	add_region("memfd", memfd_map, REGION);
+	add_region("sysv", sysv, REGION);
 	if (big_len) {
 		big = mmap(NULL, big_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (big == MAP_FAILED)
-			return 2;
-		plant(big, big_len, "big", 6);
+			return -1;
+		add_region("big", big, big_len);
 	}
-	plant(heap, REGION, "heap", 1);
-	plant(stack, REGION, "stack", 2);
-	plant(shared, REGION, "shared", 3);
-	plant(memfd_map, REGION, "memfd", 4);
-	plant(sysv, REGION, "sysv", 5);
+	return 0;
+}
 
-	status("ready");
+static char *huge_map(int flags, int fd, size_t len)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap hugetlb");
+		return NULL;
+	}
+	return p;
+}
+
+static int hugefile_fd = -1;
+static char hugefile[HUGE];
+
+/* The file under the MAP_PRIVATE map keeps its own canary */
+static int check_hugefile(void)
+{
+	if (pread(hugefile_fd, hugefile, HUGE, 0) != HUGE)
+		return -1;
+	return check(hugefile, HUGE, "hugememfdfile", 100);
+}
+
+static int huge_regions(void)
+{
+	char *priv, *shared, *memfd_map, *memfd_priv;
+	int memfd, memfd2;
+
+	priv = huge_map(MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 2 * HUGE);
+	shared = huge_map(MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, HUGE);
+	memfd = memfd_create("hugecanary", MFD_HUGETLB);
+	memfd2 = memfd_create("hugecanary-priv", MFD_HUGETLB);
+	if (!priv || !shared || memfd < 0 || memfd2 < 0 || ftruncate(memfd, HUGE) || ftruncate(memfd2, HUGE)) {
+		perror("hugetlb memory");
+		return -1;
+	}
+	memfd_map = huge_map(MAP_SHARED, memfd, HUGE);
+	/* The file's own contents, written through a shared map (hugetlbfs has no write()) */
+	memfd_priv = huge_map(MAP_SHARED, memfd2, HUGE);
+	if (!memfd_map || !memfd_priv)
+		return -1;
+	plant(memfd_priv, HUGE, "hugememfdfile", 100);
+	munmap(memfd_priv, HUGE);
+	memfd_priv = huge_map(MAP_PRIVATE, memfd2, HUGE);
+	hugefile_fd = memfd2;
+	if (!memfd_priv || check(memfd_priv, HUGE, "hugememfdfile", 100) || check_hugefile())
+		return -1;
+	add_region("hugepriv", priv, 2 * HUGE);
+	add_region("hugeshared", shared, HUGE);
+	add_region("hugememfd", memfd_map, HUGE);
+	add_region("hugememfdpriv", memfd_priv, HUGE);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	size_t big_len = argc > 3 ? (size_t)atol(argv[3]) << 20 : 0;
+	char stack[REGION], ready[512] = "ready";
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	int i, huge;
+
+	canary = getenv("CANARY");
+	if (argc < 3)
+		return 2;
+	huge = !strcmp(argv[1], "hugecanary");
+	status_fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (!canary || status_fd < 0 || sigaction(SIGUSR1, &sa, NULL) || unshare(CLONE_NEWIPC))
+		return 2;
+	if (huge ? huge_regions() : memory_regions(big_len, stack))
+		return 2;
+	for (i = 0; i < nr_regions; i++) {
+		size_t n = strlen(ready);
+
+		snprintf(ready + n, sizeof(ready) - n, " %s=%lx+%zx", regions[i].name, (unsigned long)regions[i].p,
+			 regions[i].len);
+	}
+
+	status("%s", ready);
 	for (;;) {
 		const char *bad = NULL;
 
-		pause();
+		/*
+		 * Not pause(): a restored task resumes at the syscall it was
+		 * stopped in, so a SIGUSR1 sent as restore ends can run its
+		 * handler just before that pause() and be lost.  Poll instead.
+		 */
+		usleep(20000);
 		if (!report_wanted)
 			continue;
 		report_wanted = 0;
-		if (check(heap, REGION, "heap", 1))
-			bad = "heap";
-		else if (check(stack, REGION, "stack", 2))
-			bad = "stack";
-		else if (check(shared, REGION, "shared", 3))
-			bad = "shared";
-		else if (check(memfd_map, REGION, "memfd", 4))
-			bad = "memfd";
-		else if (check(sysv, REGION, "sysv", 5))
-			bad = "sysv";
-		else if (big && check(big, big_len, "big", 6))
-			bad = "big";
+		for (i = 0; i < nr_regions && !bad; i++)
+			if (check(regions[i].p, regions[i].len, regions[i].name, regions[i].seed))
+				bad = regions[i].name;
+		if (!bad && hugefile_fd >= 0 && check_hugefile())
+			bad = "hugememfdfile";
 		if (bad)
-			status("memcanary BAD %s", bad);
+			status("%s BAD %s", argv[1], bad);
 		else
-			status("memcanary OK %zu", big_len >> 20);
+			status("%s OK %zu", argv[1], big_len >> 20);
 	}
 }
