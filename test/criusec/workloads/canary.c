@@ -56,50 +56,15 @@
 #include <time.h>
 #include <unistd.h>
 
-static int status_fd = -1;
-static unsigned long reports;
-static volatile sig_atomic_t report_wanted;
+#include "common.h"
+
 static const char *canary = "";
 static size_t clen;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	report_wanted = 1;
-}
-
-static void status(const char *fmt, ...)
-{
-	char buf[4096];
-	va_list ap;
-	int n;
-
-	n = snprintf(buf, sizeof(buf), "#%lu ", reports++);
-	va_start(ap, fmt);
-	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	va_end(ap);
-	if (ftruncate(status_fd, 0) || pwrite(status_fd, buf, n, 0) != n)
-		_exit(3);
-}
 
 static int fail(const char *what)
 {
 	status("setup failed: %s: %s", what, strerror(errno));
 	return 2;
-}
-
-/* Sleep until SIGUSR1; the caller then reports. */
-static void wait_report(void)
-{
-	while (!report_wanted)
-		pause();
-	report_wanted = 0;
-}
-
-static void nap_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
 }
 
 static int run_idle(void)

@@ -38,9 +38,8 @@
 #define HUGE (2 << 20)
 #define MAX_REGIONS 8
 
-static int status_fd = -1;
-static unsigned long reports;
-static volatile sig_atomic_t report_wanted;
+#include "common.h"
+
 static const char *canary;
 
 struct region {
@@ -52,34 +51,6 @@ struct region {
 
 static struct region regions[MAX_REGIONS];
 static int nr_regions;
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	report_wanted = 1;
-}
-
-static void status(const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	int n;
-
-	n = snprintf(buf, sizeof(buf), "#%lu ", reports++);
-	va_start(ap, fmt);
-	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	va_end(ap);
-	if (ftruncate(status_fd, 0) || pwrite(status_fd, buf, n, 0) != n)
-		_exit(3);
-}
-
-static uint64_t next_rand(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 /* Random fill, then the canary at the start, middle and end. */
 static void plant(char *p, size_t len, const char *where, uint64_t seed)
@@ -242,15 +213,7 @@ int main(int argc, char **argv)
 	for (;;) {
 		const char *bad = NULL;
 
-		/*
-		 * Not pause(): a restored task resumes at the syscall it was
-		 * stopped in, so a SIGUSR1 sent as restore ends can run its
-		 * handler just before that pause() and be lost.  Poll instead.
-		 */
-		usleep(20000);
-		if (!report_wanted)
-			continue;
-		report_wanted = 0;
+		wait_report();
 		for (i = 0; i < nr_regions && !bad; i++)
 			if (check(regions[i].p, regions[i].len, regions[i].name, regions[i].seed))
 				bad = regions[i].name;

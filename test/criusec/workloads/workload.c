@@ -28,47 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static int status_fd = -1;
-static unsigned long reports;
-static volatile sig_atomic_t report_wanted;
+#include "common.h"
+
 static const char *canary = "";
-
-static void on_usr1(int sig)
-{
-	(void)sig;
-	report_wanted = 1;
-}
-
-/* The whole status file is one line, replaced in place. */
-static void status(const char *fmt, ...)
-{
-	char buf[4096];
-	va_list ap;
-	int n;
-
-	/* "#N " numbers the reports, so a test can tell a fresh one. */
-	n = snprintf(buf, sizeof(buf), "#%lu ", reports++);
-	va_start(ap, fmt);
-	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	va_end(ap);
-	if (ftruncate(status_fd, 0) || pwrite(status_fd, buf, n, 0) != n)
-		_exit(3);
-}
-
-static void nap_ms(int ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-/* xorshift: cheap, deterministic fill that a restore must reproduce exactly. */
-static uint64_t next_rand(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 static int run_counter(void)
 {
@@ -103,10 +65,7 @@ static int run_memory(const char *mib_arg)
 		memcpy((char *)mem + i + 64, canary, strlen(canary));
 	status("ready");
 	for (;;) {
-		pause();
-		if (!report_wanted)
-			continue;
-		report_wanted = 0;
+		wait_report();
 		s = seed;
 		for (i = 0; i < n; i++) {
 			uint64_t want = next_rand(&s);
@@ -139,11 +98,8 @@ static int run_fileoff(const char *path)
 		return 2;
 	status("ready");
 	for (;;) {
-		pause();
-		if (report_wanted) {
-			report_wanted = 0;
-			status("offset %lld", (long long)lseek(fd, 0, SEEK_CUR));
-		}
+		wait_report();
+		status("offset %lld", (long long)lseek(fd, 0, SEEK_CUR));
 	}
 }
 
@@ -197,13 +153,10 @@ static int run_threads(void)
 			return 2;
 	status("ready");
 	for (;;) {
-		pause();
-		if (report_wanted) {
-			report_wanted = 0;
-			status("threads %llu %llu %llu %llu", (unsigned long long)thread_counts[0],
-			       (unsigned long long)thread_counts[1], (unsigned long long)thread_counts[2],
-			       (unsigned long long)thread_counts[3]);
-		}
+		wait_report();
+		status("threads %llu %llu %llu %llu", (unsigned long long)thread_counts[0],
+		       (unsigned long long)thread_counts[1], (unsigned long long)thread_counts[2],
+		       (unsigned long long)thread_counts[3]);
 	}
 }
 
@@ -305,10 +258,7 @@ static int run_secrets(void)
 	for (;;) {
 		const char *bad = NULL;
 
-		pause();
-		if (!report_wanted)
-			continue;
-		report_wanted = 0;
+		wait_report();
 		if (read(pp[0], buf, len) != (ssize_t)len || memcmp(buf, canary, len))
 			bad = "pipe";
 		else if (read(sk[1], buf, len) != (ssize_t)len || memcmp(buf, canary, len))
