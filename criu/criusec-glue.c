@@ -1046,7 +1046,7 @@ bool criusec_pages_sealed(int fd)
 
 #define PAGE_BATCH (1 << 20)
 
-/* One staging buffer for pages in transit (ciphertext, or checked plaintext on its way out). */
+/* One staging buffer for checked plaintext pages on their way out (restore, page server). */
 static uint8_t *page_batch_buf(void)
 {
 	static uint8_t *buf;
@@ -1054,26 +1054,6 @@ static uint8_t *page_batch_buf(void)
 	if (!buf)
 		buf = xmalloc(PAGE_BATCH);
 	return buf;
-}
-
-/* Encrypt n bytes of pages at vaddr in place, the next in p's image, and keep their tags. */
-static int page_seal_batch(struct page_img *p, uint8_t *buf, size_t n, unsigned long vaddr)
-{
-	size_t pages = n / CRIUSEC_PAGE_SIZE;
-
-	if (p->nr_tags + pages > p->cap) {
-		size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
-
-		if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
-			return -1;
-		p->cap = cap;
-	}
-	if (criusec_pages_seal(p->pc, vaddr, p->nr_tags, buf, n, p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN)) {
-		pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
-		return -1;
-	}
-	p->nr_tags += pages;
-	return 0;
 }
 
 /* The page server's connection is TLS when --tls is given. */
@@ -1093,35 +1073,49 @@ static ssize_t ps_send_all(int sk, const void *buf, size_t n)
 	return done;
 }
 
+struct page_sink {
+	struct page_img *p;
+	int fd;
+};
+
+/* Sealed pages on their way out, in order, from the calling thread only. */
+static int page_sink_write(void *arg, const void *buf, size_t n)
+{
+	struct page_sink *s = arg;
+	ssize_t ret = s->p->remote ? ps_send_all(s->fd, buf, n) : write_all(s->fd, buf, n);
+
+	if (ret == (ssize_t)n)
+		return 0;
+	if (ret >= 0)
+		errno = EIO;
+	return -1;
+}
+
 /* Pages from the pipe, encrypted, to fd: the image, or the page server's socket. */
 static int page_seal_pipe(struct page_img *p, int fd, int pipe, unsigned long len, unsigned long vaddr)
 {
-	uint8_t *buf;
+	struct page_sink sink = { .p = p, .fd = fd };
+	size_t pages;
 
 	if (len % CRIUSEC_PAGE_SIZE) {
 		pr_err("%s: %lu bytes is not whole pages\n", p->name, len);
 		return -1;
 	}
-	buf = page_batch_buf();
-	if (!buf)
-		return -1;
-	while (len) {
-		size_t n = min_t(size_t, len, PAGE_BATCH);
-		ssize_t got = read_all(pipe, buf, n);
+	pages = len / CRIUSEC_PAGE_SIZE;
+	if (p->nr_tags + pages > p->cap) {
+		size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
 
-		if (got != (ssize_t)n) {
-			pr_perror("%s: short read of pages from the pipe (%zd of %zu)", p->name, got, n);
+		if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
 			return -1;
-		}
-		if (page_seal_batch(p, buf, n, vaddr))
-			return -1;
-		if ((p->remote ? ps_send_all(fd, buf, n) : write_all(fd, buf, n)) != (ssize_t)n) {
-			pr_perror("%s: can't write pages", p->name);
-			return -1;
-		}
-		vaddr += n;
-		len -= n;
+		p->cap = cap;
 	}
+	/* The engine reads, seals and hands them to the sink, overlapping on the cores it has. */
+	if (criusec_pages_seal_pipe(p->pc, pipe, vaddr, p->nr_tags, len, p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN,
+				    page_sink_write, &sink)) {
+		pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
+		return -1;
+	}
+	p->nr_tags += pages;
 	return 0;
 }
 

@@ -172,6 +172,20 @@ int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, 
  */
 int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len,
 			const uint8_t *tags);
+/*
+ * Dump: read len bytes of pages from the pipe in, seal them as
+ * criusec_pages_seal() does, one tag each into tags, and hand them in
+ * order to sink (the image, a socket), which returns 0 when it took all n
+ * bytes, else -1 with errno set.  Sealing overlaps the writing: helper
+ * threads that live as long as p (signals blocked) read and seal the next
+ * pages while the caller's thread, the only one that calls sink, writes.
+ * They are idle again when this returns, on failure too (the pipe may
+ * then be left part read).  A child forked while p exists must not use p;
+ * criusec_pages_free() there joins nothing.
+ */
+typedef int (*criusec_pages_sink)(void *arg, const void *buf, size_t n);
+int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
+			    criusec_pages_sink sink, void *sink_arg);
 
 #ifdef __cplusplus
 }

@@ -456,5 +456,21 @@ int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_
 	});
 }
 
+int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
+			    criusec_pages_sink sink, void *sink_arg)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!tags && len) || !sink)
+			return invalid_argument("NULL page cipher, tags or sink");
+		auto out = [&](std::span<const uint8_t> data) -> Status {
+			if (sink(sink_arg, data.data(), data.size()) == 0)
+				return {};
+			int e = errno;
+			return Status::error(e, "can't write pages: " + errno_string(e));
+		};
+		return p->cipher.seal_pipe(in, out, vaddr, index, len, {tags, len / kPageSize * kPageTagLen});
+	});
+}
+
 } /* extern "C" */
 #pragma GCC visibility pop

@@ -2,16 +2,23 @@
 
 #include <algorithm>
 #include <array>
+#include <condition_variable>
 #include <cstdio>
 #include <cerrno>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bytes.h"
+#include "io.h"
 #include "kdf.h"
+#include "secure_bytes.h"
 
 namespace criusec {
 
@@ -137,6 +144,69 @@ namespace {
 constexpr size_t kMinPagesPerWorker = 128;
 /* A piece read, checked and decrypted while it is still in cache. */
 constexpr size_t kReadPiecePages = 64;
+/*
+ * The seal ring (measured on 2 cores): pieces large enough that claiming
+ * one costs little beside its crypto, small enough to stay in cache
+ * between read and seal; writes of a few pieces, so that the helpers go on
+ * sealing into the rest of the ring while the writer writes.
+ */
+constexpr size_t kRingPiecePages = 64;
+constexpr size_t kRingPieceLen = kRingPiecePages * kPageSize;
+constexpr size_t kRingPieces = 16;
+constexpr size_t kStageLen = kRingPieces * kRingPieceLen;
+constexpr size_t kMaxWritePieces = 4;
+/* Runs shorter than this never start the helpers (a small image pays no thread). */
+constexpr size_t kMinHelperPieces = 2;
+
+/*
+ * The ring's memory, one for the process: page images are dumped one at a
+ * time, and memory touched once costs no page faults again (dear in a
+ * VM).  Mapped rather than allocated and zeroed, so that slots never used
+ * are never touched.  Held for the whole of a run; between runs it holds
+ * ciphertext only (a failed run wipes what it used); wiped at exit.
+ */
+class Stage {
+public:
+	Stage() = default;
+	Stage(const Stage &) = delete;
+	Stage &operator=(const Stage &) = delete;
+	~Stage()
+	{
+		if (p_) {
+			wipe();
+			munmap(p_, kStageLen);
+		}
+	}
+
+	std::mutex mu;
+
+	/* nullptr if it can't be mapped */
+	uint8_t *get() noexcept
+	{
+		if (!p_) {
+			void *m = mmap(nullptr, kStageLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (m != MAP_FAILED)
+				p_ = static_cast<uint8_t *>(m);
+		}
+		return p_;
+	}
+	void used(size_t len) noexcept { used_ = std::max(used_, len); }
+	void wipe() noexcept
+	{
+		if (p_)
+			gnutls_memset(p_, 0, used_);
+	}
+
+private:
+	uint8_t *p_ = nullptr;
+	size_t used_ = 0;
+};
+
+Stage &stage() noexcept
+{
+	static Stage s;
+	return s;
+}
 
 size_t worker_count() noexcept
 {
@@ -145,6 +215,270 @@ size_t worker_count() noexcept
 }
 
 } /* namespace */
+
+/*
+ * The dump's pipeline (PagePool::seal_pipe).  A run of pages is cut into
+ * pieces; piece k lives in slot k % kRingPieces of the stage while it is
+ * read from the pipe, sealed in place and written out.  Any thread may
+ * claim the next piece: it reads it from the pipe (one reader at a time,
+ * so pieces are read in order), then seals it outside the lock.  Only the
+ * calling thread (the writer) writes, in order, as many sealed pieces at
+ * once as are ready.  A piece can be claimed once the piece that last
+ * used its slot is written.
+ */
+class SealRing {
+public:
+	explicit SealRing(std::span<PageCipher> helpers) : helpers_(helpers), owner_(getpid()) {}
+	SealRing(const SealRing &) = delete;
+	SealRing &operator=(const SealRing &) = delete;
+	~SealRing()
+	{
+		{
+			std::lock_guard<std::mutex> lk(mu_);
+			stop_ = true;
+		}
+		helper_cv_.notify_all();
+		for (auto &t : threads_)
+			t.join();
+	}
+
+	Status run(PageCipher &own, int in, const PagePool::Sink &out, uint64_t vaddr, uint64_t index, size_t len,
+		   std::span<uint8_t> tags);
+
+	/* In a child forked while the helpers ran: they are not here to join. */
+	bool forked() const noexcept { return owner_ != getpid(); }
+
+private:
+	void start_helpers() noexcept;
+	void helper(PageCipher &c) noexcept;
+	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept;
+	void fail(Status s) noexcept;
+
+	bool claimable() const noexcept
+	{
+		return !failed_ && !reading_ && next_ < pieces_ && next_ < written_ + kRingPieces;
+	}
+	bool sealed(size_t k) const noexcept { return sealed_[k % kRingPieces] == k + 1; }
+	size_t piece_len(size_t k) const noexcept { return std::min(kRingPieceLen, len_ - k * kRingPieceLen); }
+	uint8_t *slot(size_t k) noexcept { return stage_ + (k % kRingPieces) * kRingPieceLen; }
+
+	std::span<PageCipher> helpers_;
+	std::vector<std::thread> threads_;
+	bool started_ = false;
+	pid_t owner_;
+	uint8_t *stage_ = nullptr; /* stage().get(), during a run */
+
+	std::mutex mu_;
+	std::condition_variable helper_cv_, writer_cv_;
+	bool stop_ = false;
+	size_t helpers_waiting_ = 0;
+	bool writer_waiting_ = false;
+
+	/* The run under way (pieces_ == 0: none) */
+	int in_ = -1;
+	uint64_t vaddr_ = 0, index_ = 0;
+	size_t len_ = 0, pieces_ = 0;
+	std::span<uint8_t> tags_;
+	size_t next_ = 0;      /* the next piece to claim */
+	bool reading_ = false; /* piece next_ - 1 is being read from the pipe */
+	size_t written_ = 0;   /* pieces written out */
+	size_t busy_ = 0;      /* threads with a claimed piece */
+	std::array<size_t, kRingPieces> sealed_{}; /* per slot: 1 + the number of the piece sealed there */
+	bool failed_ = false;
+	Status error_;
+};
+
+void SealRing::start_helpers() noexcept
+{
+	started_ = true;
+	/* Signals are CRIU's main thread's business, never a helper's. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	try {
+		threads_.reserve(helpers_.size());
+		for (auto &c : helpers_)
+			threads_.emplace_back([this, &c] { helper(c); });
+	} catch (...) {
+		/* Fewer helpers (or none): the writer seals what they do not. */
+	}
+	pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+void SealRing::fail(Status s) noexcept
+{
+	if (!failed_) {
+		failed_ = true;
+		error_ = std::move(s);
+	}
+	if (writer_waiting_)
+		writer_cv_.notify_one();
+}
+
+/* Claim, read and seal the next piece; false when none can be claimed now.  lk is held on entry and on return. */
+bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept
+{
+	if (!claimable())
+		return false;
+	size_t k = next_++;
+	std::span<uint8_t> piece{slot(k), piece_len(k)};
+	size_t pages = piece.size() / kPageSize;
+	uint64_t v = vaddr_ + k * kRingPieceLen, i = index_ + k * kRingPiecePages;
+	auto tags = tags_.subspan(k * kRingPiecePages * kPageTagLen, pages * kPageTagLen);
+	int in = in_;
+	reading_ = true;
+	busy_++;
+	lk.unlock();
+
+	Status s;
+	try {
+		auto got = read_full(in, piece);
+		if (!got.ok())
+			s = std::move(got).status().with_context("can't read pages from the pipe");
+		else if (got.value() != piece.size())
+			s = Status::error(EIO, "short read of pages from the pipe (" + std::to_string(got.value()) + " of " +
+						       std::to_string(piece.size()) + " bytes)");
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+
+	lk.lock();
+	reading_ = false;
+	if (s.ok() && helpers_waiting_ && claimable())
+		helper_cv_.notify_one();
+	if (s.ok() && writer_waiting_)
+		writer_cv_.notify_one();
+	if (s.ok()) {
+		lk.unlock();
+		try {
+			s = c.seal(v, i, piece, tags);
+		} catch (...) {
+			s = Status::error(ENOMEM, "out of memory");
+		}
+		lk.lock();
+	}
+	if (s.ok())
+		sealed_[k % kRingPieces] = k + 1;
+	else
+		fail(std::move(s));
+	busy_--;
+	if (writer_waiting_)
+		writer_cv_.notify_one();
+	return true;
+}
+
+void SealRing::helper(PageCipher &c) noexcept
+{
+	std::unique_lock<std::mutex> lk(mu_);
+	while (!stop_) {
+		if (work_one(c, lk))
+			continue;
+		helpers_waiting_++;
+		helper_cv_.wait(lk);
+		helpers_waiting_--;
+	}
+}
+
+Status SealRing::run(PageCipher &own, int in, const PagePool::Sink &out, uint64_t vaddr, uint64_t index, size_t len,
+		     std::span<uint8_t> tags)
+{
+	if (len == 0)
+		return {};
+	std::lock_guard<std::mutex> stage_lk(stage().mu);
+	uint8_t *buf = stage().get();
+	if (!buf)
+		return Status::error(ENOMEM, "can't map a buffer for pages");
+	stage().used(std::min(len, kStageLen));
+	std::unique_lock<std::mutex> lk(mu_);
+	stage_ = buf;
+	in_ = in;
+	vaddr_ = vaddr;
+	index_ = index;
+	len_ = len;
+	pieces_ = (len + kRingPieceLen - 1) / kRingPieceLen;
+	tags_ = tags;
+	next_ = written_ = 0;
+	sealed_.fill(0);
+	failed_ = false;
+	error_ = {};
+	if (pieces_ >= kMinHelperPieces && !started_)
+		start_helpers();
+	if (helpers_waiting_)
+		helper_cv_.notify_all();
+
+	while (written_ < pieces_ && !failed_) {
+		size_t w = written_;
+		if (!sealed(w)) {
+			if (work_one(own, lk))
+				continue;
+			writer_waiting_ = true;
+			writer_cv_.wait(lk, [&] { return failed_ || sealed(w) || claimable(); });
+			writer_waiting_ = false;
+			continue;
+		}
+		/* Every sealed piece from w on, up to the end of the ring. */
+		size_t n = 1, bytes = piece_len(w);
+		while (n < kMaxWritePieces && w + n < pieces_ && (w + n) % kRingPieces && sealed(w + n))
+			bytes += piece_len(w + n++);
+		std::span<const uint8_t> data{slot(w), bytes};
+		lk.unlock();
+		Status s;
+		try {
+			s = out(data);
+		} catch (...) {
+			s = Status::error(ENOMEM, "out of memory");
+		}
+		lk.lock();
+		if (!s.ok()) {
+			fail(std::move(s));
+			break;
+		}
+		written_ += n;
+		if (helpers_waiting_ && claimable())
+			helper_cv_.notify_all();
+	}
+
+	/* No more claims; wait for the pieces already claimed. */
+	pieces_ = 0;
+	writer_waiting_ = true;
+	writer_cv_.wait(lk, [&] { return busy_ == 0; });
+	writer_waiting_ = false;
+	in_ = -1;
+	tags_ = {};
+	Status s = std::move(error_);
+	error_ = {};
+	if (!s.ok())
+		stage().wipe(); /* pieces read but not sealed */
+	stage_ = nullptr;
+	return s;
+}
+
+PagePool::PagePool(std::vector<PageCipher> w) noexcept : workers_(std::move(w)) {}
+PagePool::PagePool(PagePool &&o) noexcept = default;
+
+PagePool &PagePool::operator=(PagePool &&o) noexcept
+{
+	if (this != &o) {
+		drop_ring(); /* before the ciphers its helpers use */
+		workers_ = std::move(o.workers_);
+		ring_ = std::move(o.ring_);
+	}
+	return *this;
+}
+
+PagePool::~PagePool()
+{
+	drop_ring();
+}
+
+void PagePool::drop_ring() noexcept
+{
+	if (ring_ && ring_->forked()) {
+		/* Its helpers are the parent's: nothing to join here. */
+		(void)ring_.release();
+	}
+	ring_.reset();
+}
 
 Result<PagePool> PagePool::create(const Ctx &ctx, std::string_view image_name)
 {
@@ -238,6 +572,17 @@ Status PagePool::pread(int fd, uint64_t vaddr, uint64_t index, std::span<uint8_t
 	if (!s.ok())
 		gnutls_memset(pages.data(), 0, pages.size());
 	return s;
+}
+
+Status PagePool::seal_pipe(int in, const Sink &out, uint64_t vaddr, uint64_t index, size_t len, std::span<uint8_t> tags)
+{
+	if (len % kPageSize)
+		return invalid_argument("page data must be whole 4096-byte pages");
+	if (tags.size() != len / kPageSize * kPageTagLen)
+		return invalid_argument("one 16-byte tag per page");
+	if (!ring_)
+		ring_ = std::make_unique<SealRing>(std::span<PageCipher>(workers_).subspan(1));
+	return ring_->run(workers_[0], in, out, vaddr, index, len, tags);
 }
 
 } /* namespace criusec */

@@ -16,6 +16,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -55,6 +57,8 @@ private:
 	AeadHandle gmac_; /* AES-256-GCM, used with no plaintext: GMAC */
 };
 
+class SealRing;
+
 /*
  * Page ciphers for one image, one per worker: large runs are split between
  * short-lived threads (joined before returning), so that dump and restore
@@ -63,6 +67,9 @@ private:
 class PagePool {
 public:
 	[[nodiscard]] static Result<PagePool> create(const Ctx &ctx, std::string_view image_name);
+	PagePool(PagePool &&) noexcept;
+	PagePool &operator=(PagePool &&) noexcept;
+	~PagePool();
 
 	[[nodiscard]] Status seal(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages, std::span<uint8_t> tags);
 	[[nodiscard]] Status open(uint64_t vaddr, uint64_t index, std::span<uint8_t> pages,
@@ -74,11 +81,34 @@ public:
 	 */
 	[[nodiscard]] Status pread(int fd, uint64_t vaddr, uint64_t index, std::span<uint8_t> pages,
 				   std::span<const uint8_t> tags);
+	/*
+	 * Where seal_pipe() puts sealed pages, in order and all of them:
+	 * called only on seal_pipe()'s calling thread.
+	 */
+	using Sink = std::function<Status(std::span<const uint8_t>)>;
+	/*
+	 * Dump: read len bytes of pages from in (a pipe), seal them as seal()
+	 * does (the first at vaddr and number index, one tag each into tags)
+	 * and hand them to out.  The pages move in pieces through a ring
+	 * shared with helper threads that live as long as the pool (started by
+	 * its first run of more than one piece): while this thread writes
+	 * sealed pieces, the helpers read and seal the next ones, and this
+	 * thread seals too when they fall behind.  Every helper is idle again
+	 * before this returns, on failure too; the pipe is then left part
+	 * read.  Helpers block all signals.  A pool must not be used in a
+	 * child forked while its helpers run (the child has no helpers); its
+	 * destructor there joins nothing.
+	 */
+	[[nodiscard]] Status seal_pipe(int in, const Sink &out, uint64_t vaddr, uint64_t index, size_t len,
+				       std::span<uint8_t> tags);
 
 private:
-	explicit PagePool(std::vector<PageCipher> w) noexcept : workers_(std::move(w)) {}
+	explicit PagePool(std::vector<PageCipher> w) noexcept;
 	template <typename F> Status split(size_t nr_pages, F &&f);
+	void drop_ring() noexcept;
+	/* Element addresses survive moves of the vector: helpers keep pointers. */
 	std::vector<PageCipher> workers_;
+	std::unique_ptr<SealRing> ring_; /* made by the first seal_pipe() */
 };
 
 } /* namespace criusec */
