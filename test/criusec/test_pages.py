@@ -226,15 +226,23 @@ def lazy_restore(criu, img, key, tmp_path, *daemon_args):
         raise
 
 
+needs_uffd = pytest.mark.skipif(not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"),
+                                reason="the kernel has no userfaultfd: lazy pages cannot run here")
+
+
+def lazy_restored(wl, img, r, daemon):
+    """The lazy restore succeeded, the task's memory is intact, the daemon sent it all."""
+    assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
+    assert wl.report() == "memcanary OK 0"
+    assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+
+
+@needs_uffd
 def test_lazy_pages(pristine, criu, tmp_path, keys):
-    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
-        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
     wl, img = pristine
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
-        assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
-        assert wl.report() == "memcanary OK 0"
-        assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+        lazy_restored(wl, img, r, daemon)
     finally:
         daemon.kill()
 
@@ -257,12 +265,11 @@ def touched_and_killed(wl):
     assert wl.read_status() == before, "the task ran on with memory that was never checked"
 
 
+@needs_uffd
 def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
     """Lazy restore starts the task before its pages arrive (by design); a
     page that fails its tag is never copied in: the daemon stops naming it
     and poisons what it never sent, so the task dies when it touches it."""
-    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
-        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
     wl, img = pristine
     name = flip_a_page(img)
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
@@ -296,23 +303,19 @@ def remote_lazy_restore(criu, img, key, tmp_path):
     return r, daemon, server
 
 
+@needs_uffd
 def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, keys):
-    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
-        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
     wl, img = pristine
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
-        assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
-        assert wl.report() == "memcanary OK 0"
-        assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+        lazy_restored(wl, img, r, daemon)
     finally:
         daemon.kill()
         server.kill()
 
 
+@needs_uffd
 def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, keys):
-    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"):
-        pytest.skip("the kernel has no userfaultfd: lazy pages cannot run here")
     wl, img = pristine
     name = flip_a_page(img)
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
