@@ -1,6 +1,6 @@
 #!/bin/sh
 # Write build/src's commits since tag "upstream" back to patches/ as a
-# numbered series.  Output is stable (zeroed commit ids, no signature), so
+# series.  Output is stable (zeroed commit ids, no signature), so
 # re-exporting an unchanged tree changes no file.
 # Usage: export-patches.sh SRC REPO
 set -eu
@@ -12,7 +12,8 @@ die() { echo "patches-export: $*" >&2; exit 1; }
 	die "build/src has uncommitted edits; commit them first (one commit per concern)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-git -C "$src" format-patch -q --zero-commit --no-signature --no-stat --full-index \
+# --no-numbered: adding a patch must not rewrite every other file ("[PATCH n/N]").
+git -C "$src" format-patch -q --zero-commit --no-signature --no-stat --no-numbered --full-index \
 	--abbrev=12 -o "$tmp" upstream..HEAD
 rm -f "$repo"/patches/*.patch
 {
