@@ -12,6 +12,13 @@
  * reads and writes image data (buffered, raw, splice, sendfile, lseek, or
  * a child like tar writing to the descriptor) is covered by one mechanism,
  * and nothing unauthenticated is ever parsed.
+ *
+ * cipher.img is written last: it records the digest of the manifest, which
+ * records the size and digest of every image, and is signed by the dumping
+ * host, so one signature covers the whole checkpoint.  A reader applies
+ * the restore policy (trusted signers, the encryption-required marker) to
+ * it before any key is used, and opens a parent only under a child whose
+ * header binds it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +48,8 @@
 #define CRIUSEC_DEFAULT_CERT	 SYSCONFDIR "/pki/criu/cert.pem"
 #define CRIUSEC_DEFAULT_KEY	 SYSCONFDIR "/pki/criu/private/key.pem"
 #define CRIUSEC_REQUIRED_MARKER GLOBAL_CONFIG_DIR "encryption-required"
+#define CRIUSEC_DEFAULT_TRUST	 GLOBAL_CONFIG_DIR "trusted-signers.pem"
+#define CRIUSEC_DEFAULT_CONF	 GLOBAL_CONFIG_DIR "default.conf"
 
 /*
  * Dump side.  The context is made before any image is written, so every
@@ -49,14 +58,22 @@
  * children dump namespaces and seal their images themselves.
  */
 #define MANIFEST_BYTES (4 << 20)
+struct manifest_rec {
+	struct criusec_stream_info info; /* has_size 0: not sealed here (page server) */
+	unsigned short klen, nlen;	 /* with their NULs */
+	char names[];			 /* "kind\0name\0" */
+};
 struct manifest_shm {
-	unsigned int used; /* bytes of names[] in use */
+	unsigned int used; /* bytes of recs[] in use */
 	int failed;	   /* a seal failed somewhere: the dump must fail */
-	char names[];	   /* "kind\0name\0" pairs, one after another */
+	char recs[];	   /* struct manifest_rec, one after another, aligned */
 };
 
 static struct criusec_ctx *dump_ctx;
+static struct criusec_signer *dump_signer;
 static struct manifest_shm *manifest;
+/* What sealing cipher-manifest.img gave: its digest goes into the header. */
+static struct criusec_stream_info manifest_info;
 
 /* An image being written: plaintext in memfd until it is closed. */
 struct pending_img {
@@ -100,6 +117,17 @@ struct dir_state {
 static struct dir_state *dirs;
 
 /*
+ * Why a directory is read.  An encrypted checkpoint is opened only as the
+ * images directory, or as the parent its verified child binds; any other
+ * (a parent link under a plaintext child, say) is refused.
+ */
+enum dir_role {
+	DIR_IMAGES,
+	DIR_PARENT,
+	DIR_OTHER,
+};
+
+/*
  * A page image under the page cipher, found by its descriptor.  Dump
  * appends pages (encrypted in batches) and collects one tag per page,
  * sealed into pagetags-N.img when the image is closed; restore checks each
@@ -140,14 +168,166 @@ static const char *kind_of(int type)
 	return imgset_template[type].fmt;
 }
 
+/* The marker exists: anything but "no such file" counts, a dangling link too. */
+static bool marker_present(void)
+{
+	struct stat st;
+
+	return lstat(CRIUSEC_REQUIRED_MARKER, &st) == 0 || errno != ENOENT;
+}
+
+/*
+ * The signing identity of a dump: --sign-key/--sign-cert (config lines
+ * sign-key, sign-cert), else CRIU's host pair when both files are
+ * readable.  0 with *s NULL: no identity (the dump is unsigned).
+ */
+static int load_signer(struct criusec_signer **s, const char **key_out, const char **cert_out)
+{
+	const char *key = opts.sign_key, *cert = opts.sign_cert;
+
+	*s = NULL;
+	if (!key != !cert) {
+		pr_err("Signing needs both a key and its certificate: give --sign-key and --sign-cert "
+		       "(config lines 'sign-key PATH' and 'sign-cert PATH')\n");
+		return -1;
+	}
+	if (!key) {
+		if (access(CRIUSEC_DEFAULT_KEY, R_OK) || access(CRIUSEC_DEFAULT_CERT, R_OK))
+			return 0;
+		key = CRIUSEC_DEFAULT_KEY;
+		cert = CRIUSEC_DEFAULT_CERT;
+	}
+	*s = criusec_signer_load(key, cert);
+	if (!*s) {
+		pr_err("Can't sign with %s and %s: %s (set --sign-key/--sign-cert, or the config lines "
+		       "'sign-key PATH' and 'sign-cert PATH' in %s)\n",
+		       key, cert, criusec_last_error(), CRIUSEC_DEFAULT_CONF);
+		return -1;
+	}
+	if (key_out)
+		*key_out = key;
+	if (cert_out)
+		*cert_out = cert;
+	return 0;
+}
+
+/*
+ * The restore policy (Documentation/criusec-format.md, 10.8), made once:
+ * trusted signers from --trust (config line 'trust PATH'), else the default
+ * trust file if it exists; protection required by any trust or the marker.
+ */
+static struct criusec_trust *trust;
+static const char *trust_origin; /* how trust was configured, for messages */
+
+static int get_policy(struct criusec_policy *pol)
+{
+	static int loaded; /* 1 done, -1 failed */
+	int i;
+
+	if (!loaded) {
+		loaded = -1;
+		trust = criusec_trust_new();
+		if (!trust)
+			return -1;
+		for (i = 0; i < opts.nr_trust; i++) {
+			if (criusec_trust_add_file(trust, opts.trust[i])) {
+				pr_err("Trusted signers %s (--trust, or a 'trust PATH' config line): %s\n",
+				       opts.trust[i], criusec_last_error());
+				return -1;
+			}
+			trust_origin = "--trust or a 'trust' config line";
+		}
+		if (!opts.nr_trust && access(CRIUSEC_DEFAULT_TRUST, F_OK) == 0) {
+			if (criusec_trust_add_file(trust, CRIUSEC_DEFAULT_TRUST)) {
+				pr_err("Trusted signers %s: %s\n", CRIUSEC_DEFAULT_TRUST, criusec_last_error());
+				return -1;
+			}
+			trust_origin = CRIUSEC_DEFAULT_TRUST;
+		}
+		loaded = 1;
+	}
+	if (loaded < 0)
+		return -1;
+	pol->trust = trust;
+	pol->required = marker_present();
+	pol->max_age = opts.max_age;
+	return 0;
+}
+
+static bool policy_protects(const struct criusec_policy *pol)
+{
+	return pol->required || criusec_trust_count(pol->trust) > 0;
+}
+
+/* Why this host refuses what is not encrypted and signed, and where that is set. */
+static const char *policy_why(const struct criusec_policy *pol)
+{
+	if (criusec_trust_count(pol->trust))
+		return trust_origin;
+	return CRIUSEC_REQUIRED_MARKER " exists";
+}
+
+/* After a policy refusal: the config line (or flag) that fixes it. */
+static void policy_hint(const struct criusec_policy *pol, const struct criusec_verdict *v)
+{
+	if (!criusec_trust_count(pol->trust))
+		pr_err("This host requires checkpoints signed by a trusted signer (%s exists), but no trusted "
+		       "signer is configured: pass --trust PEM, add a line 'trust PEM' to %s, or install %s\n",
+		       CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_TRUST);
+	else if (!v->is_signed)
+		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): dump with a signing "
+		       "key ('sign-key'/'sign-cert' in the dumping host's %s, or --sign-key/--sign-cert)\n",
+		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+	else
+		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): add the signer's "
+		       "CA or certificate to a trust file (--trust PEM, or a line 'trust PEM' in %s)\n",
+		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+}
+
 int check_criusec(void)
 {
+	struct criusec_signer *s;
+	struct criusec_policy pol;
+	const char *key = NULL, *cert = NULL;
+	size_t i, n;
+
 	if (criusec_self_test()) {
 		pr_err("engine %s: self-test failed: %s\n", criusec_version(), criusec_last_error());
 		return -1;
 	}
 	pr_msg("criusec engine %s: self-test passed, AEAD %s\n", criusec_version(),
 	       criusec_aead_name(criusec_default_aead()));
+
+	if (load_signer(&s, &key, &cert))
+		return -1;
+	if (s)
+		pr_msg("criusec: a dump would be signed by %s (key %s, certificate %s)\n",
+		       criusec_signer_subject(s), key, cert);
+	else
+		pr_msg("criusec: a dump would be unsigned (no --sign-key/--sign-cert, and no readable %s and %s)\n",
+		       CRIUSEC_DEFAULT_KEY, CRIUSEC_DEFAULT_CERT);
+	criusec_signer_free(s);
+
+	if (get_policy(&pol))
+		return -1;
+	n = criusec_trust_count(pol.trust);
+	if (n) {
+		pr_msg("criusec: a restore trusts %zu certificate(s) from %s:\n", n, trust_origin);
+		for (i = 0; i < n; i++)
+			pr_msg("criusec:   %s\n", criusec_trust_subject(pol.trust, i));
+	} else {
+		pr_msg("criusec: a restore trusts no signer (no --trust, no %s)\n", CRIUSEC_DEFAULT_TRUST);
+	}
+	if (policy_protects(&pol))
+		pr_msg("criusec: a restore refuses checkpoints that are not encrypted and signed by a trusted "
+		       "signer (%s)%s\n",
+		       policy_why(&pol), pol.required && !n ? ": no signer is trusted, so every restore fails" : "");
+	else
+		pr_msg("criusec: a restore accepts plaintext and unsigned checkpoints (configure trusted signers "
+		       "or create %s to refuse them)\n",
+		       CRIUSEC_REQUIRED_MARKER);
+	if (pol.max_age)
+		pr_msg("criusec: a restore refuses checkpoints older than %llu s\n", (unsigned long long)pol.max_age);
 	return 0;
 }
 
@@ -194,35 +374,15 @@ static int read_cipher_entry(int dfd, CipherEntry **ce)
 	return ret < 0 ? -1 : 1;
 }
 
-/* The checkpoint id in dir's cipher.img, unverified (no key on dump). */
-static int read_ckpt_id(int dfd, uint8_t id[CRIUSEC_ID_LEN], bool *found)
-{
-	CipherEntry *ce;
-	int ret;
-
-	*found = false;
-	ret = read_cipher_entry(dfd, &ce);
-	if (ret <= 0)
-		return ret;
-	if (ce->ckpt_id.len != CRIUSEC_ID_LEN) {
-		pr_err("cipher.img: bad checkpoint id\n");
-		cipher_entry__free_unpacked(ce, NULL);
-		return -1;
-	}
-	memcpy(id, ce->ckpt_id.data, CRIUSEC_ID_LEN);
-	cipher_entry__free_unpacked(ce, NULL);
-	*found = true;
-	return 0;
-}
-
 static int write_cipher_img(struct criusec_ctx *ctx)
 {
 	CipherEntry ce = CIPHER_ENTRY__INIT;
-	CipherRecipientEntry *re, **rp;
+	CipherRecipientEntry *re = NULL, **rp = NULL;
+	ProtobufCBinaryData *certs = NULL;
 	struct criusec_header h;
 	struct cr_img *img;
 	size_t i;
-	int ret;
+	int ret = -1;
 
 	if (criusec_ctx_export(ctx, &h)) {
 		pr_err("cipher.img: %s\n", criusec_last_error());
@@ -230,11 +390,9 @@ static int write_cipher_img(struct criusec_ctx *ctx)
 	}
 	re = xmalloc(h.n_recipients * sizeof(*re));
 	rp = xmalloc(h.n_recipients * sizeof(*rp));
-	if (!re || !rp) {
-		xfree(re);
-		xfree(rp);
-		return -1;
-	}
+	certs = xmalloc((h.n_signer_certs ?: 1) * sizeof(*certs));
+	if (!re || !rp || !certs)
+		goto out;
 	for (i = 0; i < h.n_recipients; i++) {
 		cipher_recipient_entry__init(&re[i]);
 		re[i].fingerprint.data = (uint8_t *)h.recipients[i].fingerprint;
@@ -244,6 +402,10 @@ static int write_cipher_img(struct criusec_ctx *ctx)
 		re[i].wrapped_key.len = h.recipients[i].wrapped_len;
 		rp[i] = &re[i];
 	}
+	for (i = 0; i < h.n_signer_certs; i++) {
+		certs[i].data = (uint8_t *)h.signer_certs[i].data;
+		certs[i].len = h.signer_certs[i].len;
+	}
 	ce.version = h.version;
 	ce.ckpt_id.data = h.ckpt_id;
 	ce.ckpt_id.len = CRIUSEC_ID_LEN;
@@ -251,6 +413,9 @@ static int write_cipher_img(struct criusec_ctx *ctx)
 		ce.has_parent_id = true;
 		ce.parent_id.data = h.parent_id;
 		ce.parent_id.len = CRIUSEC_ID_LEN;
+		ce.has_parent_binding = true;
+		ce.parent_binding.data = h.parent_binding;
+		ce.parent_binding.len = CRIUSEC_MAC_LEN;
 	}
 	ce.aead = h.aead;
 	ce.chunk_size = h.chunk_size;
@@ -258,29 +423,77 @@ static int write_cipher_img(struct criusec_ctx *ctx)
 	ce.recipients = rp;
 	ce.mac.data = h.mac;
 	ce.mac.len = CRIUSEC_MAC_LEN;
+	ce.has_created = true;
+	ce.created = h.created;
+	ce.has_manifest_digest = true;
+	ce.manifest_digest.data = h.manifest_digest;
+	ce.manifest_digest.len = CRIUSEC_DIGEST_LEN;
+	ce.has_sig_alg = true;
+	ce.sig_alg = h.sig_alg;
+	ce.n_signer_certs = h.n_signer_certs;
+	ce.signer_certs = certs;
+	if (h.signature.len) {
+		ce.has_signature = true;
+		ce.signature.data = (uint8_t *)h.signature.data;
+		ce.signature.len = h.signature.len;
+	}
 
-	ret = -1;
 	img = open_image(CR_FD_CIPHER, O_DUMP);
 	if (img) {
 		ret = pb_write_one(img, &ce, PB_CIPHER);
 		close_image(img);
 	}
+out:
 	xfree(re);
 	xfree(rp);
+	xfree(certs);
 	return ret;
+}
+
+/*
+ * Load the checkpoint a dump is an increment over (its parent, as restore
+ * would: the policy, the key, every image): its pagemaps say which pages
+ * need not be written again, and its key makes the binding.
+ */
+static struct dir_state *dir_load(int dfd, enum dir_role role);
+
+static int dump_parent(struct dir_state **pd)
+{
+	int pfd;
+
+	*pd = NULL;
+	if (!opts.img_parent)
+		return 0;
+	pfd = openat(get_service_fd(IMG_FD_OFF), CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
+	if (pfd < 0)
+		return 0; /* CRIU says it, and dumps in full */
+	*pd = dir_load(pfd, DIR_PARENT);
+	close(pfd);
+	if (!*pd) {
+		pr_err("The incremental dump can't read its parent checkpoint %s (see above); give a key that is "
+		       "a recipient of it (--tls-key, or a 'tls-key PATH' line in %s)\n",
+		       opts.img_parent, CRIUSEC_DEFAULT_CONF);
+		return -1;
+	}
+	if (!(*pd)->encrypted) {
+		pr_err("The parent images (%s) are not encrypted; pre-dump them with --encrypt too\n",
+		       opts.img_parent);
+		return -1;
+	}
+	return 0;
 }
 
 int criusec_dump_start(void)
 {
 	enum criusec_aead aead = CRIUSEC_AEAD_AUTO;
-	uint8_t parent_id[CRIUSEC_ID_LEN];
-	bool has_parent = false;
+	struct dir_state *parent;
 	int i;
 
 	if (!opts.encrypt) {
-		if (access(CRIUSEC_REQUIRED_MARKER, F_OK) == 0) {
-			pr_err("Encryption is required on this host (%s exists), but --encrypt was not given\n",
-			       CRIUSEC_REQUIRED_MARKER);
+		if (marker_present()) {
+			pr_err("Encryption is required on this host (%s exists), but --encrypt was not given "
+			       "(add a line 'encrypt' to %s, or pass --encrypt)\n",
+			       CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF);
 			return -1;
 		}
 		return 0;
@@ -297,33 +510,40 @@ int criusec_dump_start(void)
 		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
 		return -1;
 	}
-	if (opts.img_parent) {
-		int pfd = openat(get_service_fd(IMG_FD_OFF), CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
-
-		if (pfd >= 0) {
-			int ret = read_ckpt_id(pfd, parent_id, &has_parent);
-
-			close(pfd);
-			if (ret)
-				return -1;
-			if (!has_parent) {
-				pr_err("The parent images (%s) are not encrypted; pre-dump them with --encrypt too\n",
-				       opts.img_parent);
-				return -1;
-			}
-		}
+	/* Before any task is frozen: the identity, the parent, the recipients. */
+	if (load_signer(&dump_signer, NULL, NULL))
+		return -1;
+	if (dump_signer) {
+		pr_info("Signing as %s\n", criusec_signer_subject(dump_signer));
+	} else if (marker_present()) {
+		pr_err("This host requires protected checkpoints (%s exists), but has no signing key: set "
+		       "'sign-key PATH' and 'sign-cert PATH' in %s (or --sign-key/--sign-cert), or install "
+		       "%s and %s\n",
+		       CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_KEY, CRIUSEC_DEFAULT_CERT);
+		return -1;
+	} else {
+		pr_warn("The checkpoint is not signed: no --sign-key/--sign-cert, and no readable %s and %s; "
+			"hosts that trust signers will refuse it\n",
+			CRIUSEC_DEFAULT_KEY, CRIUSEC_DEFAULT_CERT);
 	}
+	if (dump_parent(&parent))
+		goto err;
 
-	dump_ctx = criusec_ctx_new(aead, has_parent ? parent_id : NULL);
+	dump_ctx = criusec_ctx_new(aead);
 	if (!dump_ctx) {
 		pr_err("Can't make the checkpoint key: %s\n", criusec_last_error());
-		return -1;
+		goto err;
+	}
+	if (parent && criusec_ctx_set_parent(dump_ctx, parent->ctx)) {
+		pr_err("Can't bind the checkpoint to its parent: %s\n", criusec_last_error());
+		goto err;
 	}
 	if (opts.nr_encrypt_certs == 0 && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
 		goto err;
 	for (i = 0; i < opts.nr_encrypt_certs; i++) {
 		if (criusec_ctx_add_recipient(dump_ctx, opts.encrypt_certs[i])) {
-			pr_err("%s: %s\n", opts.encrypt_certs[i], criusec_last_error());
+			pr_err("Recipient %s (--tls-cert, or a 'tls-cert PATH' line in %s): %s\n",
+			       opts.encrypt_certs[i], CRIUSEC_DEFAULT_CONF, criusec_last_error());
 			goto err;
 		}
 		pr_info("Encrypting for %s\n", opts.encrypt_certs[i]);
@@ -335,72 +555,111 @@ int criusec_dump_start(void)
 		pr_perror("Can't map the image manifest");
 		goto err;
 	}
-	if (write_cipher_img(dump_ctx))
-		goto err;
+	/* cipher.img is written last, when the manifest's digest is known. */
 	pr_info("Images are encrypted with %s\n", criusec_aead_name(criusec_ctx_aead(dump_ctx)));
 	return 0;
 err:
 	criusec_ctx_free(dump_ctx);
 	dump_ctx = NULL;
+	criusec_signer_free(dump_signer);
+	dump_signer = NULL;
 	return -1;
 }
 
-static void manifest_add(const char *kind, const char *name)
+/* info NULL: an image this dump did not seal (a page server's pagemap). */
+static void manifest_add(const char *kind, const char *name, const struct criusec_stream_info *info)
 {
 	size_t klen = strlen(kind) + 1, nlen = strlen(name) + 1;
+	size_t len = ALIGN(sizeof(struct manifest_rec) + klen + nlen, 8);
+	struct manifest_rec *r;
 	unsigned int off;
 
-	off = __atomic_fetch_add(&manifest->used, klen + nlen, __ATOMIC_SEQ_CST);
-	if (off + klen + nlen > MANIFEST_BYTES - sizeof(*manifest)) {
+	off = __atomic_fetch_add(&manifest->used, len, __ATOMIC_SEQ_CST);
+	if (off + len > MANIFEST_BYTES - sizeof(*manifest)) {
 		pr_err("Too many images for the manifest\n");
 		manifest->failed = 1;
 		return;
 	}
-	memcpy(manifest->names + off, kind, klen);
-	memcpy(manifest->names + off + klen, name, nlen);
+	r = (struct manifest_rec *)(manifest->recs + off);
+	if (info)
+		r->info = *info;
+	else
+		memset(&r->info, 0, sizeof(r->info));
+	r->klen = klen;
+	r->nlen = nlen;
+	memcpy(r->names, kind, klen);
+	memcpy(r->names + klen, name, nlen);
+}
+
+static struct manifest_rec *manifest_next(unsigned int *off)
+{
+	struct manifest_rec *r;
+
+	if (*off >= manifest->used)
+		return NULL;
+	r = (struct manifest_rec *)(manifest->recs + *off);
+	*off += ALIGN(sizeof(*r) + r->klen + r->nlen, 8);
+	return r;
+}
+
+static int write_manifest(void)
+{
+	CipherManifestEntry me = CIPHER_MANIFEST_ENTRY__INIT;
+	struct manifest_rec *r;
+	struct cr_img *img;
+	unsigned int off = 0;
+	size_t n = 0;
+	int ret = -1;
+
+	while (manifest_next(&off))
+		n++;
+	me.images = xmalloc(sizeof(*me.images) * (n ?: 1));
+	me.kinds = xmalloc(sizeof(*me.kinds) * (n ?: 1));
+	me.sizes = xmalloc(sizeof(*me.sizes) * (n ?: 1));
+	me.digests = xmalloc(sizeof(*me.digests) * (n ?: 1));
+	if (!me.images || !me.kinds || !me.sizes || !me.digests)
+		goto out;
+	for (off = 0; (r = manifest_next(&off)); me.n_images++) {
+		me.kinds[me.n_images] = r->names;
+		me.images[me.n_images] = r->names + r->klen;
+		me.sizes[me.n_images] = r->info.has_size ? r->info.size : 0;
+		me.digests[me.n_images].data = r->info.digest;
+		me.digests[me.n_images].len = r->info.has_size ? CRIUSEC_DIGEST_LEN : 0;
+	}
+	me.n_kinds = me.n_sizes = me.n_digests = me.n_images;
+	img = open_image(CR_FD_CIPHER_MANIFEST, O_DUMP);
+	if (img) {
+		ret = pb_write_one(img, &me, PB_CIPHER_MANIFEST);
+		close_image(img);
+	}
+out:
+	xfree(me.images);
+	xfree(me.kinds);
+	xfree(me.sizes);
+	xfree(me.digests);
+	return ret;
 }
 
 int criusec_dump_finish(int ret)
 {
-	CipherManifestEntry me = CIPHER_MANIFEST_ENTRY__INIT;
-	struct cr_img *img;
-	size_t n = 0, off;
-	char **names, **kinds;
-
 	if (!dump_ctx)
 		return 0;
 	if (ret == 0 && !manifest->failed) {
-		for (off = 0; off < manifest->used; off += strlen(manifest->names + off) + 1)
-			n++;
-		n /= 2;
-		names = xmalloc(sizeof(*names) * (n ?: 1));
-		kinds = xmalloc(sizeof(*kinds) * (n ?: 1));
-		if (!names || !kinds) {
+		/* The manifest, then the header that signs its digest. */
+		manifest_info.has_size = 0;
+		if (write_manifest() || !manifest_info.has_size ||
+		    criusec_ctx_seal_header(dump_ctx, dump_signer, manifest_info.digest) ||
+		    write_cipher_img(dump_ctx)) {
+			if (criusec_last_error()[0])
+				pr_err("cipher.img: %s\n", criusec_last_error());
 			manifest->failed = 1;
-			goto out;
 		}
-		n = 0;
-		for (off = 0; off < manifest->used; n++) {
-			kinds[n] = manifest->names + off;
-			off += strlen(kinds[n]) + 1;
-			names[n] = manifest->names + off;
-			off += strlen(names[n]) + 1;
-		}
-		me.n_images = me.n_kinds = n;
-		me.images = names;
-		me.kinds = kinds;
-		img = open_image(CR_FD_CIPHER_MANIFEST, O_DUMP);
-		if (!img || pb_write_one(img, &me, PB_CIPHER_MANIFEST) < 0)
-			manifest->failed = 1;
-		if (img)
-			close_image(img);
-out:
-		xfree(names);
-		xfree(kinds);
 	}
 	ret = manifest->failed ? -1 : 0;
 	criusec_ctx_free(dump_ctx);
 	dump_ctx = NULL;
+	criusec_signer_free(dump_signer);
+	dump_signer = NULL;
 	munmap(manifest, MANIFEST_BYTES);
 	manifest = NULL;
 	return ret;
@@ -488,12 +747,16 @@ void criusec_img_closed(int fd)
 						   p->real_fd))
 			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
 	} else if (p->owner == getpid()) {
+		struct criusec_stream_info info;
+
 		if (lseek(p->memfd, 0, SEEK_SET) < 0 ||
-		    criusec_stream_seal_fd(dump_ctx, kind_of(p->type), p->name, p->memfd, p->real_fd)) {
+		    criusec_stream_seal_fd(dump_ctx, kind_of(p->type), p->name, p->memfd, p->real_fd, &info)) {
 			pr_err("%s: can't encrypt: %s\n", p->name, criusec_last_error());
 			manifest->failed = 1;
-		} else if (p->in_imgdir && p->type != CR_FD_CIPHER_MANIFEST && still_linked(p->real_fd)) {
-			manifest_add(kind_of(p->type), p->name);
+		} else if (p->type == CR_FD_CIPHER_MANIFEST) {
+			manifest_info = info;
+		} else if (p->in_imgdir && still_linked(p->real_fd)) {
+			manifest_add(kind_of(p->type), p->name, &info);
 		}
 	}
 	close(p->memfd);
@@ -537,8 +800,12 @@ static int plain_copy(const struct plain_img *p, const char *name)
 	return fd;
 }
 
-/* Authenticate a whole image file into memory. */
-static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *name, int fd, struct plain_img *p)
+/*
+ * Authenticate a whole image file into memory; expect (may be NULL) is
+ * what the manifest records of it.
+ */
+static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *name, int fd, struct plain_img *p,
+		      const struct criusec_stream_info *expect)
 {
 	struct stat st;
 	uint8_t *raw;
@@ -546,6 +813,12 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 
 	if (fstat(fd, &st)) {
 		pr_perror("%s: fstat", name);
+		return -1;
+	}
+	if (expect && expect->has_size && (uint64_t)st.st_size != expect->size) {
+		/* Refused unread: it is not the file the dump wrote. */
+		pr_err("%s: %lld bytes, but the dump wrote %llu: truncated, extended or replaced\n", name,
+		       (long long)st.st_size, (unsigned long long)expect->size);
 		return -1;
 	}
 	raw = xmalloc(st.st_size ?: 1);
@@ -556,7 +829,7 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 		xfree(raw);
 		return -1;
 	}
-	ret = criusec_stream_open_buf(ctx, kind, name, raw, st.st_size, &p->data, &p->len);
+	ret = criusec_stream_open_buf(ctx, kind, name, raw, st.st_size, &p->data, &p->len, expect);
 	xfree(raw);
 	if (ret) {
 		pr_err("%s: %s\n", name, criusec_last_error());
@@ -566,73 +839,116 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 }
 
 /* Authenticate a whole stream into a new memfd, or say why not. */
-static int open_stream(struct criusec_ctx *ctx, const char *kind, const char *name, int fd)
+static int open_stream(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
+		       const struct criusec_stream_info *expect)
 {
 	struct plain_img p;
 	int memfd;
 
-	if (load_plain(ctx, kind, name, fd, &p))
+	if (load_plain(ctx, kind, name, fd, &p, expect))
 		return -1;
 	memfd = plain_copy(&p, name);
 	free(p.data);
 	return memfd;
 }
 
-static int header_from_pb(CipherEntry *ce, struct criusec_header *h, struct criusec_recipient **rs)
+/* cipher.img's protobuf as the engine's header; the arrays are the caller's to free. */
+struct pb_header {
+	struct criusec_header h;
+	struct criusec_recipient *rs;
+	struct criusec_blob *certs;
+};
+
+static void pb_header_free(struct pb_header *ph)
 {
+	xfree(ph->rs);
+	xfree(ph->certs);
+}
+
+#define PB_LEN_OK(has, f, n) (!(has) || (f).len == (n))
+
+static int header_from_pb(CipherEntry *ce, struct pb_header *ph)
+{
+	struct criusec_header *h = &ph->h;
 	size_t i;
 
-	memset(h, 0, sizeof(*h));
+	memset(ph, 0, sizeof(*ph));
 	if (ce->ckpt_id.len != CRIUSEC_ID_LEN || ce->mac.len != CRIUSEC_MAC_LEN ||
-	    (ce->has_parent_id && ce->parent_id.len != CRIUSEC_ID_LEN))
+	    !PB_LEN_OK(ce->has_parent_id, ce->parent_id, CRIUSEC_ID_LEN) ||
+	    !PB_LEN_OK(ce->has_parent_binding, ce->parent_binding, CRIUSEC_MAC_LEN) ||
+	    !PB_LEN_OK(ce->has_manifest_digest, ce->manifest_digest, CRIUSEC_DIGEST_LEN) ||
+	    ce->n_signer_certs > CRIUSEC_MAX_SIGNER_CERTS)
 		return -1;
-	*rs = xzalloc(sizeof(**rs) * (ce->n_recipients ?: 1));
-	if (!*rs)
+	/* A format-2 header has both or neither; format 1 has no binding. */
+	if (ce->version != 1 && ce->has_parent_id != ce->has_parent_binding)
+		return -1;
+	ph->rs = xzalloc(sizeof(*ph->rs) * (ce->n_recipients ?: 1));
+	ph->certs = xzalloc(sizeof(*ph->certs) * (ce->n_signer_certs ?: 1));
+	if (!ph->rs || !ph->certs)
 		return -1;
 	for (i = 0; i < ce->n_recipients; i++) {
 		CipherRecipientEntry *re = ce->recipients[i];
 
 		if (re->fingerprint.len != CRIUSEC_FPR_LEN)
 			return -1;
-		memcpy((*rs)[i].fingerprint, re->fingerprint.data, CRIUSEC_FPR_LEN);
-		(*rs)[i].wrap_alg = re->wrap_alg;
-		(*rs)[i].wrapped = re->wrapped_key.data;
-		(*rs)[i].wrapped_len = re->wrapped_key.len;
+		memcpy(ph->rs[i].fingerprint, re->fingerprint.data, CRIUSEC_FPR_LEN);
+		ph->rs[i].wrap_alg = re->wrap_alg;
+		ph->rs[i].wrapped = re->wrapped_key.data;
+		ph->rs[i].wrapped_len = re->wrapped_key.len;
+	}
+	for (i = 0; i < ce->n_signer_certs; i++) {
+		ph->certs[i].data = ce->signer_certs[i].data;
+		ph->certs[i].len = ce->signer_certs[i].len;
 	}
 	h->version = ce->version;
 	memcpy(h->ckpt_id, ce->ckpt_id.data, CRIUSEC_ID_LEN);
 	h->has_parent = ce->has_parent_id;
 	if (ce->has_parent_id)
 		memcpy(h->parent_id, ce->parent_id.data, CRIUSEC_ID_LEN);
+	if (ce->has_parent_binding)
+		memcpy(h->parent_binding, ce->parent_binding.data, CRIUSEC_MAC_LEN);
 	h->aead = ce->aead;
 	h->chunk_size = ce->chunk_size;
 	h->n_recipients = ce->n_recipients;
-	h->recipients = *rs;
+	h->recipients = ph->rs;
 	memcpy(h->mac, ce->mac.data, CRIUSEC_MAC_LEN);
+	h->created = ce->has_created ? ce->created : 0;
+	if (ce->has_manifest_digest)
+		memcpy(h->manifest_digest, ce->manifest_digest.data, CRIUSEC_DIGEST_LEN);
+	h->sig_alg = ce->has_sig_alg ? ce->sig_alg : 0;
+	h->n_signer_certs = ce->n_signer_certs;
+	h->signer_certs = ph->certs;
+	if (ce->has_signature) {
+		h->signature.data = ce->signature.data;
+		h->signature.len = ce->signature.len;
+	}
 	return 0;
 }
 
-/* A pre-dump child must sit on the very parent it was dumped against. */
-static int check_parent(int dfd, const struct criusec_header *h)
+/* What a format-2 manifest records of image i; NULL when nothing (format 1, or a page server's image). */
+static const struct criusec_stream_info *manifest_expect(struct dir_state *d, size_t i,
+							 struct criusec_stream_info *buf)
 {
-	uint8_t id[CRIUSEC_ID_LEN];
-	bool found;
-	int pfd, ret;
+	CipherManifestEntry *m = d->manifest;
 
-	if (!h->has_parent)
-		return 0;
-	pfd = openat(dfd, CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
-	if (pfd < 0)
-		return 0; /* no parent images needed here */
-	ret = read_ckpt_id(pfd, id, &found);
-	close(pfd);
-	if (ret)
-		return -1;
-	if (!found || memcmp(id, h->parent_id, CRIUSEC_ID_LEN)) {
-		pr_err("The parent images are not the checkpoint these images were dumped against\n");
-		return -1;
-	}
-	return 0;
+	if (!criusec_ctx_manifest_digest(d->ctx) || m->digests[i].len == 0)
+		return NULL;
+	buf->size = m->sizes[i];
+	buf->has_size = 1;
+	memcpy(buf->digest, m->digests[i].data, CRIUSEC_DIGEST_LEN);
+	return buf;
+}
+
+/* What the header records of its manifest (format 2): the digest; NULL in format 1. */
+static const struct criusec_stream_info *manifest_of_header(struct dir_state *d, struct criusec_stream_info *buf)
+{
+	const uint8_t *digest = criusec_ctx_manifest_digest(d->ctx);
+
+	if (!digest)
+		return NULL;
+	memset(buf, 0, sizeof(*buf));
+	memcpy(buf->digest, digest, CRIUSEC_DIGEST_LEN);
+	return buf;
 }
 
 /*
@@ -643,17 +959,26 @@ static int check_parent(int dfd, const struct criusec_header *h)
 static int verify_all(int dfd, struct dir_state *d)
 {
 	CipherManifestEntry *m = d->manifest;
+	bool v2 = criusec_ctx_manifest_digest(d->ctx) != NULL;
 	size_t i;
 	int fd;
 
-	if (m->n_kinds != m->n_images) {
+	if (m->n_kinds != m->n_images ||
+	    (v2 && (m->n_sizes != m->n_images || m->n_digests != m->n_images))) {
 		pr_err("cipher-manifest.img: malformed\n");
 		return -1;
+	}
+	for (i = 0; v2 && i < m->n_images; i++) {
+		if (m->digests[i].len != CRIUSEC_DIGEST_LEN && (m->digests[i].len || m->sizes[i])) {
+			pr_err("cipher-manifest.img: malformed entry for %s\n", m->images[i]);
+			return -1;
+		}
 	}
 	d->plain = xzalloc(sizeof(*d->plain) * (m->n_images ?: 1));
 	if (!d->plain)
 		return -1;
 	for (i = 0; i < m->n_images; i++) {
+		struct criusec_stream_info buf;
 		int ret;
 
 		fd = openat(dfd, m->images[i], O_RDONLY);
@@ -661,7 +986,7 @@ static int verify_all(int dfd, struct dir_state *d)
 			pr_perror("%s: missing from the encrypted checkpoint (its manifest lists it)", m->images[i]);
 			return -1;
 		}
-		ret = load_plain(d->ctx, m->kinds[i], m->images[i], fd, &d->plain[i]);
+		ret = load_plain(d->ctx, m->kinds[i], m->images[i], fd, &d->plain[i], manifest_expect(d, i, &buf));
 		close(fd);
 		if (ret)
 			return -1;
@@ -670,38 +995,113 @@ static int verify_all(int dfd, struct dir_state *d)
 	return 0;
 }
 
-static int load_dir(int dfd, struct dir_state *d)
+/* The policy and the signature, before any key is used. */
+static int check_header(const struct criusec_header *h)
 {
-	const char *key = opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
-	struct criusec_recipient *rs = NULL;
-	struct criusec_header h;
+	struct criusec_verdict v;
+	struct criusec_policy pol;
+	int ret;
+
+	if (get_policy(&pol))
+		return -1;
+	ret = criusec_header_check(h, &pol, &v);
+	if (ret) {
+		pr_err("%s\n", criusec_last_error());
+		if (ret == -EKEYREJECTED)
+			policy_hint(&pol, &v);
+		return -1;
+	}
+	if (v.is_signed)
+		pr_info("cipher.img: signed by %s (%s)\n", v.signer, v.trusted ? v.how : "not checked against trust");
+	else
+		pr_info("cipher.img: unsigned (format %u)\n", h->version);
+	return 0;
+}
+
+/* The restore's private key: --tls-key, or CRIU's default. */
+static const char *restore_key(void)
+{
+	return opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
+}
+
+/* An encrypted child's parent: loaded and checked before any image of it is used. */
+static int load_parent(int dfd, struct dir_state *d)
+{
+	struct dir_state *pd;
+	int pfd;
+
+	pfd = openat(dfd, CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
+	if (pfd < 0)
+		return 0; /* no parent images here: CRIU fails if it needs one */
+	pd = dir_load(pfd, DIR_PARENT);
+	close(pfd);
+	if (!pd)
+		return -1;
+	if (!pd->encrypted) {
+		pr_err("The parent images are not encrypted, but these images are: not the checkpoint they were "
+		       "dumped against\n");
+		return -1;
+	}
+	if (criusec_ctx_check_parent(d->ctx, pd->ctx)) {
+		pr_err("parent: %s\n", criusec_last_error());
+		return -1;
+	}
+	return 0;
+}
+
+static int load_dir(int dfd, struct dir_state *d, enum dir_role role)
+{
+	const char *key = restore_key();
+	struct criusec_policy pol;
+	struct pb_header ph;
 	struct cr_img *img;
 	CipherEntry *ce;
 	int ret;
 
 	ret = read_cipher_entry(dfd, &ce);
-	if (ret <= 0)
-		return ret;
+	if (ret < 0)
+		return -1;
+	if (ret == 0) {
+		if (role == DIR_OTHER)
+			return 0;
+		if (get_policy(&pol))
+			return -1;
+		if (policy_protects(&pol)) {
+			pr_err("The checkpoint is not encrypted (no cipher.img), and this host restores only encrypted "
+			       "checkpoints signed by a trusted signer (%s)\n",
+			       policy_why(&pol));
+			return -1;
+		}
+		return 0;
+	}
 	d->encrypted = true;
-	if (header_from_pb(ce, &h, &rs)) {
+	if (role == DIR_OTHER) {
+		pr_err("An encrypted checkpoint is read only as the images directory or as the verified parent "
+		       "of one: refusing to open it here (a parent link under a plaintext checkpoint?)\n");
+		goto err;
+	}
+	if (header_from_pb(ce, &ph)) {
 		pr_err("cipher.img: malformed header\n");
 		goto err;
 	}
+	if (check_header(&ph.h))
+		goto err;
 	if (access(key, R_OK)) {
-		pr_err("The checkpoint is encrypted; pass the private key with --tls-key (%s: %s)\n", key,
-		       strerror(errno));
+		pr_err("The checkpoint is encrypted; pass the private key with --tls-key or a 'tls-key PATH' line in "
+		       "%s (%s: %s)\n",
+		       CRIUSEC_DEFAULT_CONF, key, strerror(errno));
 		goto err;
 	}
-	d->ctx = criusec_ctx_import(&h, key);
+	d->ctx = criusec_ctx_import(&ph.h, key);
 	if (!d->ctx) {
-		pr_err("cipher.img: %s (key %s)\n", criusec_last_error(), key);
+		pr_err("cipher.img: %s (key %s, from --tls-key or a 'tls-key' line in %s)\n", criusec_last_error(),
+		       key, CRIUSEC_DEFAULT_CONF);
 		goto err;
 	}
-	if (check_parent(dfd, &h))
-		goto err;
-	xfree(rs);
+	pb_header_free(&ph);
 	cipher_entry__free_unpacked(ce, NULL);
 
+	/* The manifest: open_read() checks it against the header (manifest_of_header()). */
 	d->loading = true;
 	img = open_image_at(dfd, CR_FD_CIPHER_MANIFEST, O_RSTR);
 	d->loading = false;
@@ -716,14 +1116,20 @@ static int load_dir(int dfd, struct dir_state *d)
 	close_image(img);
 	if (ret < 0)
 		return -1;
-	return verify_all(dfd, d);
+	if (verify_all(dfd, d))
+		return -1;
+	return load_parent(dfd, d);
 err:
-	xfree(rs);
+	pb_header_free(&ph);
 	cipher_entry__free_unpacked(ce, NULL);
 	return -1;
 }
 
-static struct dir_state *dir_lookup(int dfd)
+/*
+ * The state of the directory dfd, loaded (and every image authenticated)
+ * the first time; NULL if it must not be used (said why, once).
+ */
+static struct dir_state *dir_load(int dfd, enum dir_role role)
 {
 	struct dir_state *d;
 	dev_t dev;
@@ -733,7 +1139,7 @@ static struct dir_state *dir_lookup(int dfd)
 		return NULL;
 	for (d = dirs; d; d = d->next)
 		if (d->dev == dev && d->ino == ino)
-			return d;
+			return d->encrypted && !d->ctx && !d->loading ? NULL : d;
 	d = xzalloc(sizeof(*d));
 	if (!d)
 		return NULL;
@@ -741,7 +1147,7 @@ static struct dir_state *dir_lookup(int dfd)
 	d->ino = ino;
 	d->next = dirs;
 	dirs = d;
-	if (load_dir(dfd, d)) {
+	if (load_dir(dfd, d, role)) {
 		/* Keep the failure: later opens of this directory fail too. */
 		d->encrypted = true;
 		criusec_ctx_free(d->ctx);
@@ -750,6 +1156,11 @@ static struct dir_state *dir_lookup(int dfd)
 		return NULL;
 	}
 	return d;
+}
+
+static struct dir_state *dir_lookup(int dfd)
+{
+	return dir_load(dfd, is_imgdir(dfd) ? DIR_IMAGES : DIR_OTHER);
 }
 
 static int open_read(int dfd, int type, const char *path, int *fd)
@@ -783,14 +1194,12 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 	if (dump_ctx && is_imgdir(dfd)) {
 		if (*fd < 0 || !is_stream)
 			return 0;
-		memfd = open_stream(dump_ctx, kind_of(type), path, *fd);
+		memfd = open_stream(dump_ctx, kind_of(type), path, *fd, NULL);
 		goto swap;
 	}
 
 	/* Failures of dir_lookup() were said once, when it failed. */
 	d = dir_lookup(dfd);
-	if (d && d->encrypted && !d->ctx && !d->loading)
-		d = NULL;
 	if (!d) {
 		if (type == CR_FD_IRMAP_CACHE) {
 			/* Only a cache: go on without it. */
@@ -812,10 +1221,12 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 		return 0;
 	}
 	if (d->loading) {
+		struct criusec_stream_info buf;
+
 		/* The manifest itself, read by load_dir(). */
 		if (*fd < 0)
 			return 0;
-		memfd = open_stream(d->ctx, kind_of(type), path, *fd);
+		memfd = open_stream(d->ctx, kind_of(type), path, *fd, manifest_of_header(d, &buf));
 		goto swap;
 	}
 
@@ -947,8 +1358,6 @@ static int page_open_read(int dfd, const char *path, int fd)
 	if (dump_ctx && is_imgdir(dfd))
 		return 0;
 	d = dir_lookup(dfd);
-	if (d && d->encrypted && !d->ctx)
-		d = NULL;
 	if (!d)
 		return -1;
 	if (!d->encrypted)
@@ -995,13 +1404,15 @@ static int page_img_open(int dfd, unsigned long flags, const char *path, int fd)
 static int page_tags_write(struct page_img *p)
 {
 	size_t len = p->nr_tags * CRIUSEC_PAGE_TAG_LEN, out_len;
+	struct criusec_stream_info info;
 	char *tname = tags_name(p->name);
 	uint8_t *out = NULL;
 	int fd = -1, ret = -1;
 
 	if (!tname)
 		return -1;
-	if (criusec_stream_seal_buf(dump_ctx, PAGE_TAGS_KIND, tname, p->tags ?: (uint8_t *)"", len, &out, &out_len)) {
+	if (criusec_stream_seal_buf(dump_ctx, PAGE_TAGS_KIND, tname, p->tags ?: (uint8_t *)"", len, &out, &out_len,
+				    &info)) {
 		pr_err("%s: can't seal: %s\n", tname, criusec_last_error());
 		goto out;
 	}
@@ -1011,7 +1422,7 @@ static int page_tags_write(struct page_img *p)
 		goto out;
 	}
 	if (p->in_imgdir)
-		manifest_add(PAGE_TAGS_KIND, tname);
+		manifest_add(PAGE_TAGS_KIND, tname, &info);
 	ret = 0;
 out:
 	if (fd >= 0)
@@ -1297,7 +1708,7 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 		page_forget(sk);
 		return -1;
 	}
-	manifest_add(kind_of(fd_type), name);
+	manifest_add(kind_of(fd_type), name, NULL); /* sealed by the page server: no size or digest here */
 	pr_info("Page server writes %s and %s (sealed for it)\n", name, pages);
 	return 0;
 }

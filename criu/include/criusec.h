@@ -21,10 +21,12 @@
 extern "C" {
 #endif
 
-#define CRIUSEC_FORMAT_VERSION 1
+#define CRIUSEC_FORMAT_VERSION 2 /* written; 1 is still read */
 #define CRIUSEC_ID_LEN	       16 /* checkpoint id */
 #define CRIUSEC_FPR_LEN	       32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
 #define CRIUSEC_MAC_LEN	       32 /* HMAC-SHA256 over the cipher.img header */
+#define CRIUSEC_DIGEST_LEN     32 /* SHA-256 */
+#define CRIUSEC_MAX_SIGNER_CERTS 8
 #define CRIUSEC_STREAM_MAGIC   "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
 #define CRIUSEC_STREAM_MAGIC_LEN 8
 
@@ -65,8 +67,24 @@ struct criusec_recipient {
 	size_t wrapped_len;
 };
 
+/* Bytes owned by someone else (the context, or the caller). */
+struct criusec_blob {
+	const uint8_t *data;
+	size_t len;
+};
+
+/* Signature algorithms of a format-2 header (values are part of the format). */
+enum criusec_sig_alg {
+	CRIUSEC_SIG_NONE = 0,
+	CRIUSEC_SIG_RSA_PSS_SHA256 = 1,
+	CRIUSEC_SIG_RSA_PKCS1_SHA256 = 2,
+	CRIUSEC_SIG_ECDSA_P256_SHA256 = 3,
+	CRIUSEC_SIG_ECDSA_P384_SHA384 = 4,
+	CRIUSEC_SIG_ED25519 = 5,
+};
+
 struct criusec_header {
-	uint32_t version;
+	uint32_t version; /* 1 or 2 */
 	uint8_t ckpt_id[CRIUSEC_ID_LEN];
 	int has_parent;
 	uint8_t parent_id[CRIUSEC_ID_LEN];
@@ -75,29 +93,115 @@ struct criusec_header {
 	size_t n_recipients;
 	const struct criusec_recipient *recipients;
 	uint8_t mac[CRIUSEC_MAC_LEN];
+	/* Format 2 (zero in a version-1 header). */
+	uint8_t parent_binding[CRIUSEC_MAC_LEN]; /* with has_parent */
+	uint64_t created;			 /* seconds since the epoch */
+	uint8_t manifest_digest[CRIUSEC_DIGEST_LEN];
+	uint32_t sig_alg; /* enum criusec_sig_alg */
+	size_t n_signer_certs;
+	const struct criusec_blob *signer_certs; /* DER, the signer's first */
+	struct criusec_blob signature;
 };
 
 /*
- * Dump side: a fresh random master key and checkpoint id.  parent_id may be
- * NULL (no pre-dump parent).
+ * The dumping host's signing identity: a private key (PEM file) and its
+ * certificate chain (PEM file, the signer's certificate first).  Load
+ * fails unless the certificate is the key's, valid now and allowed to sign.
  */
-struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead, const uint8_t *parent_id);
+struct criusec_signer;
+struct criusec_signer *criusec_signer_load(const char *key, const char *cert_path);
+void criusec_signer_free(struct criusec_signer *s);
+const char *criusec_signer_subject(const struct criusec_signer *s);
+const char *criusec_sig_alg_name(uint32_t sig_alg);
+
+/* Trusted signers: the certificates of PEM files (pinned signers and CAs). */
+struct criusec_trust;
+struct criusec_trust *criusec_trust_new(void);
+void criusec_trust_free(struct criusec_trust *t);
+int criusec_trust_add_file(struct criusec_trust *t, const char *pem_path);
+size_t criusec_trust_count(const struct criusec_trust *t);
+/* The subject of trusted certificate i (valid until t changes), or NULL. */
+const char *criusec_trust_subject(const struct criusec_trust *t, size_t i);
+
+/*
+ * What a reader requires of a header (Documentation/criusec-format.md,
+ * 10.8).  trust: NULL or empty when none is configured; required: the
+ * host requires protected checkpoints (a trusted signature); max_age:
+ * seconds, 0 for no limit.
+ */
+struct criusec_policy {
+	const struct criusec_trust *trust;
+	int required;
+	uint64_t max_age;
+};
+
+struct criusec_verdict {
+	int is_signed;	  /* a signature that verifies over the header */
+	int trusted;	  /* ... by a signer the policy's trust accepts */
+	uint64_t created; /* format 2 */
+	char signer[256]; /* the signer's subject, "" when unsigned */
+	char how[320];	  /* "pinned", "CA <subject>", or why it is not trusted */
+};
+
+/*
+ * Before any key is used: the header's structure, its signature (which
+ * must verify whenever there is one) and the policy.  Fails with
+ * EKEYREJECTED when the policy refuses the checkpoint, EBADMSG when the
+ * header is damaged or the signature false.  v may be NULL.
+ */
+int criusec_header_check(const struct criusec_header *hdr, const struct criusec_policy *policy,
+			 struct criusec_verdict *v);
+
+/* Dump side: a fresh random master key and checkpoint id. */
+struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead);
+/*
+ * Make ctx an incremental checkpoint over parent (a context imported from
+ * the parent's header): records its id and the binding only holders of
+ * the parent's keys can compute.
+ */
+int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *parent);
 /* Wrap the master key for the public key of the X.509 certificate (PEM file). */
 int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path);
 /*
- * Fill *hdr (pointers stay owned by ctx, valid until it is freed) and
- * compute the header MAC.  Fails with no recipient.
+ * Complete the header once every image is written: the time, the digest
+ * of the manifest's plaintext, the signature (signer may be NULL:
+ * unsigned) and the MAC.  Fails with no recipient.
+ */
+int criusec_ctx_seal_header(struct criusec_ctx *ctx, struct criusec_signer *signer,
+			    const uint8_t manifest_digest[CRIUSEC_DIGEST_LEN]);
+/*
+ * Fill *hdr with the sealed header (pointers stay owned by ctx, valid
+ * until it is freed or sealed again).
  */
 int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr);
 
 /*
  * Restore side: find the stanza matching the private key (PEM file), unwrap
  * the master key, then check the header MAC before anything else is used.
+ * (criusec_header_check() comes first.)
  */
 struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path);
 void criusec_ctx_free(struct criusec_ctx *ctx);
 const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx);
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);
+/* Format 2: the manifest's digest the header records; NULL for format 1. */
+const uint8_t *criusec_ctx_manifest_digest(const struct criusec_ctx *ctx);
+/*
+ * Before any image of parent is read: parent is the checkpoint ctx was
+ * dumped over (its id, and the binding in ctx's header).  EBADMSG if not.
+ */
+int criusec_ctx_check_parent(const struct criusec_ctx *ctx, const struct criusec_ctx *parent);
+
+/*
+ * What the manifest records of a stream image (format 2): the size of
+ * the file and the SHA-256 of its plaintext.  Sealing reports it; opening
+ * checks it when given one (has_size: check the size too, before reading).
+ */
+struct criusec_stream_info {
+	uint64_t size;
+	int has_size;
+	uint8_t digest[CRIUSEC_DIGEST_LEN];
+};
 
 /*
  * The stream layer.  An image is sealed as one AEAD stream: a header
@@ -107,19 +211,23 @@ enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);
  * are also associated data.  kind is the image kind ("core", "pipes-data"),
  * name the file name in the image directory.
  *
- * seal: read in_fd from its current offset to EOF, write the stream to out_fd.
+ * seal: read in_fd from its current offset to EOF, write the stream to out_fd;
+ *	 info (may be NULL) gets the stream's size and the plaintext's digest.
  * open: read the stream from in_fd, write the plaintext to out_fd; nothing
  *	 unauthenticated is ever written, and a short, extended, reordered or
- *	 foreign stream fails.  The caller must not trust out_fd on failure.
+ *	 foreign stream fails, as does one that is not what expect (may be
+ *	 NULL) records.  The caller must not trust out_fd on failure.
  */
-int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd);
-int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd);
+int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd,
+			   struct criusec_stream_info *info);
+int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd,
+			   const struct criusec_stream_info *expect);
 
 /* The same on memory: *out is malloc()ed, the caller frees it. */
 int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
-			    uint8_t **out, size_t *out_len);
+			    uint8_t **out, size_t *out_len, struct criusec_stream_info *info);
 int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
-			    uint8_t **out, size_t *out_len);
+			    uint8_t **out, size_t *out_len, const struct criusec_stream_info *expect);
 
 /*
  * Sealing one stream in another process: criu page-server writes the

@@ -49,6 +49,13 @@ def pytest_configure(config):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     if os.geteuid() == 0:
         private_config_dirs(libc)
+        # Lazy pages through userfaultfd, and big pipes for remote lazy
+        # pages (BRIEF.md; zdtm.sh sets the same): a fresh machine has neither.
+        for knob, value in (("vm/unprivileged_userfaultfd", "1"), ("fs/pipe-max-size", "4194304")):
+            try:
+                pathlib.Path("/proc/sys", knob).write_text(value)
+            except OSError:
+                pass
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,9 @@
  * the recipient list early):
  *   u32 version | id[16] | u8 has_parent | parent[16] | u32 aead |
  *   u32 chunk_size | mac[32] | u8 n | n x ( fpr[32] | u32 wrap_alg |
- *   u16 len | wrapped[len] )
+ *   u16 len | wrapped[len] ) | format 2: parent_binding[32] | u64 created |
+ *   manifest_digest[32] | u32 sig_alg | u8 ncerts | ncerts x ( u16 len |
+ *   der[len] ) | u16 len | signature[len]
  */
 #pragma once
 
@@ -35,7 +37,7 @@ inline criusec_ctx *fixed_ctx(criusec::AeadAlg alg)
 		mk[i] = static_cast<uint8_t>(0x40 + i);
 	for (size_t i = 0; i < id.size(); i++)
 		id[i] = static_cast<uint8_t>(0x90 + i);
-	auto c = criusec::Ctx::from_master_key(mk, id, std::nullopt, alg, 4096);
+	auto c = criusec::Ctx::from_master_key(mk, id, alg, 4096);
 	if (!c.ok())
 		abort();
 	return new criusec_ctx(std::move(c).value());
@@ -57,6 +59,7 @@ inline std::string write_temp(const char *content, const char *tag)
 struct ParsedHeader {
 	criusec_header hdr{};
 	std::vector<criusec_recipient> recipients;
+	std::vector<criusec_blob> certs;
 };
 
 class Reader {
@@ -76,6 +79,12 @@ public:
 		uint8_t b[4] = {};
 		get(b, 4);
 		return uint32_t(b[0]) << 24 | uint32_t(b[1]) << 16 | uint32_t(b[2]) << 8 | b[3];
+	}
+	size_t u16()
+	{
+		uint8_t b[2] = {};
+		get(b, 2);
+		return size_t(b[0]) << 8 | b[1];
 	}
 	/* A view of the next len bytes (fewer if the input ends). */
 	const uint8_t *take(size_t &len)
@@ -115,15 +124,31 @@ inline ParsedHeader parse_header(const uint8_t *data, size_t size)
 		criusec_recipient rc{};
 		r.get(rc.fingerprint, sizeof(rc.fingerprint));
 		rc.wrap_alg = r.u32();
-		uint8_t l[2] = {};
-		r.get(l, 2);
-		size_t len = size_t(l[0]) << 8 | l[1];
+		size_t len = r.u16();
 		rc.wrapped = r.take(len);
 		rc.wrapped_len = len;
 		ph.recipients.push_back(rc);
 	}
 	h.recipients = ph.recipients.data();
 	h.n_recipients = ph.recipients.size();
+
+	r.get(h.parent_binding, sizeof(h.parent_binding));
+	h.created = uint64_t(r.u32()) << 32;
+	h.created |= r.u32();
+	r.get(h.manifest_digest, sizeof(h.manifest_digest));
+	h.sig_alg = r.u32();
+	uint8_t nc = 0;
+	r.get(&nc, 1);
+	for (unsigned i = 0; i < nc && r.left() > 0; i++) {
+		size_t len = r.u16();
+		const uint8_t *d = r.take(len);
+		ph.certs.push_back({d, len});
+	}
+	h.signer_certs = ph.certs.data();
+	h.n_signer_certs = ph.certs.size();
+	size_t sl = r.u16();
+	h.signature.data = r.take(sl);
+	h.signature.len = sl;
 	return ph;
 }
 
@@ -131,6 +156,12 @@ inline void put32(std::vector<uint8_t> &v, uint32_t x)
 {
 	for (int s = 24; s >= 0; s -= 8)
 		v.push_back(static_cast<uint8_t>(x >> s));
+}
+
+inline void put16(std::vector<uint8_t> &v, size_t x)
+{
+	v.push_back(static_cast<uint8_t>(x >> 8));
+	v.push_back(static_cast<uint8_t>(x));
 }
 
 inline std::vector<uint8_t> serialize_header(const criusec_header &h)
@@ -148,10 +179,21 @@ inline std::vector<uint8_t> serialize_header(const criusec_header &h)
 		const auto &r = h.recipients[i];
 		v.insert(v.end(), r.fingerprint, r.fingerprint + sizeof(r.fingerprint));
 		put32(v, r.wrap_alg);
-		v.push_back(static_cast<uint8_t>(r.wrapped_len >> 8));
-		v.push_back(static_cast<uint8_t>(r.wrapped_len));
+		put16(v, r.wrapped_len);
 		v.insert(v.end(), r.wrapped, r.wrapped + r.wrapped_len);
 	}
+	v.insert(v.end(), h.parent_binding, h.parent_binding + sizeof(h.parent_binding));
+	put32(v, static_cast<uint32_t>(h.created >> 32));
+	put32(v, static_cast<uint32_t>(h.created));
+	v.insert(v.end(), h.manifest_digest, h.manifest_digest + sizeof(h.manifest_digest));
+	put32(v, h.sig_alg);
+	v.push_back(static_cast<uint8_t>(h.n_signer_certs));
+	for (size_t i = 0; i < h.n_signer_certs; i++) {
+		put16(v, h.signer_certs[i].len);
+		v.insert(v.end(), h.signer_certs[i].data, h.signer_certs[i].data + h.signer_certs[i].len);
+	}
+	put16(v, h.signature.len);
+	v.insert(v.end(), h.signature.data, h.signature.data + h.signature.len);
 	return v;
 }
 

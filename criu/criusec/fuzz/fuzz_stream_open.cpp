@@ -47,7 +47,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	uint8_t *out = nullptr;
 	size_t out_len = 0;
-	int rc = criusec_stream_open_buf(ctx, "core", "core-1.img", data, size, &out, &out_len);
+	int rc = criusec_stream_open_buf(ctx, "core", "core-1.img", data, size, &out, &out_len, nullptr);
 	if (rc > 0 || (rc == 0) != (out != nullptr) || (rc < 0 && criusec_last_error()[0] == '\0'))
 		abort();
 
@@ -57,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	if (lseek(g_in, 0, SEEK_SET) != 0)
 		abort();
-	int rc_fd = criusec_stream_open_fd(ctx, "core", "core-1.img", g_in, g_out);
+	int rc_fd = criusec_stream_open_fd(ctx, "core", "core-1.img", g_in, g_out, nullptr);
 	auto fd_out = slurp(g_out);
 
 	/* Differential check: same verdict, same plaintext; a failing fd open only wrote a verified prefix. */

@@ -44,7 +44,7 @@ int main(int argc, char **argv)
 				pt[i] = static_cast<uint8_t>(i * 7);
 			uint8_t *out;
 			size_t out_len;
-			if (criusec_stream_seal_buf(ctx, "core", "core-1.img", pt.data(), len, &out, &out_len))
+			if (criusec_stream_seal_buf(ctx, "core", "core-1.img", pt.data(), len, &out, &out_len, nullptr))
 				return 1;
 			std::vector<uint8_t> st(out, out + out_len);
 			free(out);
@@ -70,13 +70,22 @@ int main(int argc, char **argv)
 	put(dir + "/stream/plain", {0x54, 0x4c, 0x00, 0x54, 0x0a, 0x01});
 
 	std::string cert = fuzz::write_temp(kFuzzCertPem, "cert");
-	uint8_t parent[16] = {1, 2, 3};
+	criusec_ctx *parent = fuzz::fixed_ctx(criusec::AeadAlg::Aes256Gcm);
+	std::string key = fuzz::write_temp(kFuzzKeyPem, "key");
+	criusec_signer *signer = criusec_signer_load(key.c_str(), cert.c_str());
+	if (!signer)
+		return 1;
+	const uint8_t digest[CRIUSEC_DIGEST_LEN] = {0xd1};
 	int m = 0;
 	for (auto aead : {CRIUSEC_AEAD_AES_256_GCM, CRIUSEC_AEAD_CHACHA20_POLY1305})
-		for (const uint8_t *p : {static_cast<const uint8_t *>(nullptr), static_cast<const uint8_t *>(parent)}) {
-			criusec_ctx *ctx = criusec_ctx_new(aead, p);
+		for (bool with_parent : {false, true}) {
+			criusec_ctx *ctx = criusec_ctx_new(aead);
 			criusec_header h;
-			if (!ctx || criusec_ctx_add_recipient(ctx, cert.c_str()) || criusec_ctx_export(ctx, &h))
+			/* Signed with a parent, unsigned without: both kinds of seeds. */
+			if (!ctx || (with_parent && criusec_ctx_set_parent(ctx, parent)) ||
+			    criusec_ctx_add_recipient(ctx, cert.c_str()) ||
+			    criusec_ctx_seal_header(ctx, with_parent ? signer : nullptr, digest) ||
+			    criusec_ctx_export(ctx, &h))
 				return 1;
 			put(dir + "/header/valid-" + std::to_string(m++), fuzz::serialize_header(h));
 			/* a second, foreign stanza in front (MAC no longer matches) */
@@ -87,6 +96,9 @@ int main(int argc, char **argv)
 			put(dir + "/header/two-" + std::to_string(m++), fuzz::serialize_header(h));
 			criusec_ctx_free(ctx);
 		}
+	criusec_ctx_free(parent);
+	criusec_signer_free(signer);
+	unlink(key.c_str());
 	unlink(cert.c_str());
 	std::printf("seeds written to %s/stream, %s/header and %s/grant\n", dir.c_str(), dir.c_str(), dir.c_str());
 	return 0;

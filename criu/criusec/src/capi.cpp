@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <exception>
 #include <memory>
 #include <new>
@@ -17,6 +18,8 @@
 #include "ctx.h"
 #include "io.h"
 #include "pages.h"
+#include "pki.h"
+#include "policy.h"
 #include "selftest.h"
 #include "stream.h"
 
@@ -119,11 +122,40 @@ std::span<const uint8_t> in_span(const void *in, size_t len) noexcept
 	return {static_cast<const uint8_t *>(in), in ? len : 0};
 }
 
+void to_c(const StreamInfo &si, criusec_stream_info *out) noexcept
+{
+	if (!out)
+		return;
+	out->size = si.size;
+	out->has_size = si.has_size;
+	std::memcpy(out->digest, si.digest.data(), sizeof(out->digest));
+}
+
+StreamInfo from_c(const criusec_stream_info *in) noexcept
+{
+	StreamInfo si;
+	if (in) {
+		si.size = in->size;
+		si.has_size = in->has_size != 0;
+		std::memcpy(si.digest.data(), in->digest, si.digest.size());
+	}
+	return si;
+}
+
 } /* namespace */
 
 struct criusec_pages {
 	explicit criusec_pages(PagePool c) : cipher(std::move(c)) {}
 	PagePool cipher;
+};
+
+struct criusec_signer {
+	Signer signer;
+};
+
+struct criusec_trust {
+	TrustStore store;
+	std::vector<std::string> subjects; /* for criusec_trust_subject() */
 };
 
 /*
@@ -137,7 +169,7 @@ extern "C" {
 
 const char *criusec_version(void)
 {
-	return "criusec 1.0.0 (format 1)";
+	return "criusec 1.1.0 (format 2, reads 1)";
 }
 
 const char *criusec_last_error(void)
@@ -183,7 +215,7 @@ int criusec_aead_parse(const char *name, enum criusec_aead *out)
 	});
 }
 
-struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead, const uint8_t *parent_id)
+struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead)
 {
 	criusec_ctx *ret = nullptr;
 	guarded([&]() -> Status {
@@ -191,18 +223,31 @@ struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead, const uint8_t *paren
 		std::optional<AeadAlg> alg = v == CRIUSEC_AEAD_AUTO ? default_aead() : aead_from_wire(v);
 		if (!alg)
 			return invalid_argument("unknown AEAD " + std::to_string(v));
-		std::optional<Id> parent;
-		if (parent_id) {
-			parent.emplace();
-			std::memcpy(parent->data(), parent_id, kIdLen);
-		}
-		auto c = Ctx::create(*alg, parent);
+		auto c = Ctx::create(*alg);
 		if (!c.ok())
 			return std::move(c).status();
 		ret = new criusec_ctx(std::move(c).value());
 		return {};
 	});
 	return ret;
+}
+
+int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *parent)
+{
+	return guarded([&]() -> Status {
+		if (!ctx || !parent)
+			return invalid_argument("NULL context or parent");
+		return ctx->ctx.set_parent(parent->ctx);
+	});
+}
+
+int criusec_ctx_check_parent(const struct criusec_ctx *ctx, const struct criusec_ctx *parent)
+{
+	return guarded([&]() -> Status {
+		if (!ctx || !parent)
+			return invalid_argument("NULL context or parent");
+		return ctx->ctx.check_parent(parent->ctx);
+	});
 }
 
 int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path)
@@ -217,45 +262,110 @@ int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path
 	});
 }
 
+int criusec_ctx_seal_header(struct criusec_ctx *ctx, struct criusec_signer *signer,
+			    const uint8_t manifest_digest[CRIUSEC_DIGEST_LEN])
+{
+	return guarded([&]() -> Status {
+		if (!ctx || !manifest_digest)
+			return invalid_argument("NULL context or manifest digest");
+		Digest d;
+		std::memcpy(d.data(), manifest_digest, d.size());
+		auto now = static_cast<uint64_t>(std::time(nullptr));
+		return ctx->ctx.seal_header(signer ? &signer->signer : nullptr, d, now);
+	});
+}
+
 int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr)
 {
 	return guarded([&]() -> Status {
 		if (!ctx || !hdr)
 			return invalid_argument("NULL context or header");
 		const Ctx &c = ctx->ctx;
-		auto mac = c.header_mac();
-		if (!mac.ok())
-			return std::move(mac).status();
+		if (!c.sealed())
+			return invalid_argument("the header is not sealed yet (criusec_ctx_seal_header)");
+		HeaderView v = c.header();
 
-		/*
-		 * Views into the context's stanzas.  Earlier exports stay valid
-		 * until the context is freed, as criusec.h promises: stanzas are
-		 * only ever appended, so an array of the same length is reused.
-		 */
-		const auto &rs = c.recipients();
-		std::vector<criusec_recipient> views(rs.size());
-		for (size_t i = 0; i < rs.size(); i++) {
-			std::memcpy(views[i].fingerprint, rs[i].fpr.data(), kFprLen);
-			views[i].wrap_alg = rs[i].wrap_alg;
-			views[i].wrapped = rs[i].wrapped.data();
-			views[i].wrapped_len = rs[i].wrapped.size();
+		ctx->exported.assign(v.recipients.size(), {});
+		for (size_t i = 0; i < v.recipients.size(); i++) {
+			std::memcpy(ctx->exported[i].fingerprint, v.recipients[i].fpr.data(), kFprLen);
+			ctx->exported[i].wrap_alg = v.recipients[i].wrap_alg;
+			ctx->exported[i].wrapped = v.recipients[i].wrapped.data();
+			ctx->exported[i].wrapped_len = v.recipients[i].wrapped.size();
 		}
-		if (ctx->exported.empty() || ctx->exported.back().size() != views.size())
-			ctx->exported.push_back(std::move(views));
+		ctx->exported_certs.clear();
+		for (const auto &cert : v.signer_certs)
+			ctx->exported_certs.push_back({cert.data(), cert.size()});
 
 		std::memset(hdr, 0, sizeof(*hdr));
-		hdr->version = kFormatVersion;
-		std::memcpy(hdr->ckpt_id, c.id().data(), kIdLen);
-		hdr->has_parent = c.parent().has_value();
-		if (c.parent())
-			std::memcpy(hdr->parent_id, c.parent()->data(), kIdLen);
-		hdr->aead = static_cast<uint32_t>(c.aead());
-		hdr->chunk_size = c.chunk_size();
-		hdr->n_recipients = ctx->exported.back().size();
-		hdr->recipients = ctx->exported.back().data();
-		std::memcpy(hdr->mac, mac.value().data(), kMacLen);
+		hdr->version = v.version;
+		std::memcpy(hdr->ckpt_id, v.ckpt_id.data(), kIdLen);
+		hdr->has_parent = v.parent.has_value();
+		if (v.parent) {
+			std::memcpy(hdr->parent_id, v.parent->data(), kIdLen);
+			std::memcpy(hdr->parent_binding, v.parent_binding.data(), kMacLen);
+		}
+		hdr->aead = v.aead;
+		hdr->chunk_size = v.chunk_size;
+		hdr->n_recipients = ctx->exported.size();
+		hdr->recipients = ctx->exported.data();
+		hdr->created = v.created;
+		std::memcpy(hdr->manifest_digest, v.manifest_digest.data(), kSha256Len);
+		hdr->sig_alg = v.sig_alg;
+		hdr->n_signer_certs = ctx->exported_certs.size();
+		hdr->signer_certs = ctx->exported_certs.data();
+		hdr->signature = {v.signature.data(), v.signature.size()};
+		std::memcpy(hdr->mac, v.mac.data(), kMacLen);
 		return {};
 	});
+}
+
+Status header_view(const criusec_header *hdr, HeaderView &v)
+{
+	if (!hdr)
+		return invalid_argument("NULL header");
+	/* Memory safety first: never walk an implausible array. */
+	if (hdr->n_recipients > kMaxRecipients)
+		return bad_data("cipher.img header has too many recipients");
+	if (hdr->n_recipients && !hdr->recipients)
+		return invalid_argument("NULL recipient array");
+	if (hdr->n_signer_certs > kMaxSignerCerts)
+		return bad_data("cipher.img header has too many signer certificates");
+	if (hdr->n_signer_certs && !hdr->signer_certs)
+		return invalid_argument("NULL signer certificate array");
+	if (hdr->has_parent != 0 && hdr->has_parent != 1)
+		return bad_data("cipher.img header: has_parent must be 0 or 1");
+
+	v.version = hdr->version;
+	std::memcpy(v.ckpt_id.data(), hdr->ckpt_id, kIdLen);
+	if (hdr->has_parent) {
+		v.parent.emplace();
+		std::memcpy(v.parent->data(), hdr->parent_id, kIdLen);
+		std::memcpy(v.parent_binding.data(), hdr->parent_binding, kMacLen);
+	}
+	v.aead = hdr->aead;
+	v.chunk_size = hdr->chunk_size;
+	v.created = hdr->created;
+	std::memcpy(v.manifest_digest.data(), hdr->manifest_digest, kSha256Len);
+	std::memcpy(v.mac.data(), hdr->mac, kMacLen);
+	v.recipients.reserve(hdr->n_recipients);
+	for (size_t i = 0; i < hdr->n_recipients; i++) {
+		const criusec_recipient &r = hdr->recipients[i];
+		if (r.wrapped_len && !r.wrapped)
+			return invalid_argument("NULL wrapped key");
+		v.recipients.push_back({std::span<const uint8_t, kFprLen>(r.fingerprint, kFprLen), r.wrap_alg,
+					std::span<const uint8_t>(r.wrapped, r.wrapped ? r.wrapped_len : 0)});
+	}
+	v.sig_alg = hdr->sig_alg;
+	for (size_t i = 0; i < hdr->n_signer_certs; i++) {
+		const criusec_blob &b = hdr->signer_certs[i];
+		if (b.len && !b.data)
+			return invalid_argument("NULL signer certificate");
+		v.signer_certs.emplace_back(b.data, b.data ? b.len : 0);
+	}
+	if (hdr->signature.len && !hdr->signature.data)
+		return invalid_argument("NULL signature");
+	v.signature = {hdr->signature.data, hdr->signature.data ? hdr->signature.len : 0};
+	return {};
 }
 
 struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path)
@@ -264,33 +374,8 @@ struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const c
 	guarded([&]() -> Status {
 		if (!hdr || !key_pem_path)
 			return invalid_argument("NULL header or key path");
-		/* Memory safety first: never walk an implausible recipient array. */
-		if (hdr->n_recipients > kMaxRecipients)
-			return bad_data("cipher.img header has too many recipients");
-		if (hdr->n_recipients && !hdr->recipients)
-			return invalid_argument("NULL recipient array");
-		if (hdr->has_parent != 0 && hdr->has_parent != 1)
-			return bad_data("cipher.img header: has_parent must be 0 or 1");
-
 		HeaderView v;
-		v.version = hdr->version;
-		std::memcpy(v.ckpt_id.data(), hdr->ckpt_id, kIdLen);
-		if (hdr->has_parent) {
-			v.parent.emplace();
-			std::memcpy(v.parent->data(), hdr->parent_id, kIdLen);
-		}
-		v.aead = hdr->aead;
-		v.chunk_size = hdr->chunk_size;
-		std::memcpy(v.mac.data(), hdr->mac, kMacLen);
-		v.recipients.reserve(hdr->n_recipients);
-		for (size_t i = 0; i < hdr->n_recipients; i++) {
-			const criusec_recipient &r = hdr->recipients[i];
-			if (r.wrapped_len && !r.wrapped)
-				return invalid_argument("NULL wrapped key");
-			v.recipients.push_back({std::span<const uint8_t, kFprLen>(r.fingerprint, kFprLen), r.wrap_alg,
-						std::span<const uint8_t>(r.wrapped, r.wrapped ? r.wrapped_len : 0)});
-		}
-
+		CRIUSEC_TRY(header_view(hdr, v));
 		auto pem = read_small_file(key_pem_path, kMaxPemSize);
 		if (!pem.ok())
 			return std::move(pem).status();
@@ -318,19 +403,141 @@ enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx)
 	return ctx ? static_cast<enum criusec_aead>(ctx->ctx.aead()) : CRIUSEC_AEAD_AUTO;
 }
 
-int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd)
+const uint8_t *criusec_ctx_manifest_digest(const struct criusec_ctx *ctx)
+{
+	if (!ctx || ctx->ctx.version() == kFormatVersion1 || !ctx->ctx.sealed())
+		return nullptr;
+	return ctx->ctx.manifest_digest().data();
+}
+
+/* ---- signers, trust, policy ---- */
+
+struct criusec_signer *criusec_signer_load(const char *key, const char *cert_path)
+{
+	criusec_signer *ret = nullptr;
+	guarded([&]() -> Status {
+		if (!key || !cert_path)
+			return invalid_argument("NULL key or certificate path");
+		auto priv = load_private_key(key);
+		if (!priv.ok())
+			return std::move(priv).status().with_context(key);
+		auto pem = read_small_file(cert_path, kMaxPemSize);
+		if (!pem.ok())
+			return std::move(pem).status().with_context(cert_path);
+		auto now = static_cast<uint64_t>(std::time(nullptr));
+		auto s = Signer::create(std::move(priv).value(), pem.value().span(), now);
+		if (!s.ok())
+			return std::move(s).status().with_context(cert_path);
+		ret = new criusec_signer{std::move(s).value()};
+		return {};
+	});
+	return ret;
+}
+
+void criusec_signer_free(struct criusec_signer *s)
+{
+	delete s;
+}
+
+const char *criusec_signer_subject(const struct criusec_signer *s)
+{
+	return s ? s->signer.subject().c_str() : "";
+}
+
+const char *criusec_sig_alg_name(uint32_t sig_alg)
+{
+	if (sig_alg == 0)
+		return "unsigned";
+	auto a = sig_alg_from_wire(sig_alg);
+	return a ? sig_alg_name(*a) : "unknown";
+}
+
+struct criusec_trust *criusec_trust_new(void)
+{
+	criusec_trust *ret = nullptr;
+	guarded([&]() -> Status {
+		ret = new criusec_trust{};
+		return {};
+	});
+	return ret;
+}
+
+void criusec_trust_free(struct criusec_trust *t)
+{
+	delete t;
+}
+
+int criusec_trust_add_file(struct criusec_trust *t, const char *pem_path)
 {
 	return guarded([&]() -> Status {
-		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
-		return seal_fd(ctx->ctx, kind, name, in_fd, out_fd);
+		if (!t || !pem_path)
+			return invalid_argument("NULL trust or path");
+		auto pem = read_small_file(pem_path, kMaxPemSize);
+		if (!pem.ok())
+			return std::move(pem).status().with_context(pem_path);
+		CRIUSEC_TRY(t->store.add_pem(pem.value().span(), pem_path));
+		t->subjects = t->store.subjects();
+		return {};
 	});
 }
 
-int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd)
+size_t criusec_trust_count(const struct criusec_trust *t)
+{
+	return t ? t->store.size() : 0;
+}
+
+const char *criusec_trust_subject(const struct criusec_trust *t, size_t i)
+{
+	return t && i < t->subjects.size() ? t->subjects[i].c_str() : nullptr;
+}
+
+int criusec_header_check(const struct criusec_header *hdr, const struct criusec_policy *policy,
+			 struct criusec_verdict *v)
+{
+	return guarded([&]() -> Status {
+		if (!hdr || !policy)
+			return invalid_argument("NULL header or policy");
+		if (v)
+			std::memset(v, 0, sizeof(*v));
+		HeaderView view;
+		CRIUSEC_TRY(header_view(hdr, view));
+		Policy p;
+		p.trust = policy->trust ? &policy->trust->store : nullptr;
+		p.required = policy->required != 0;
+		p.max_age = policy->max_age;
+		auto r = check_header(view, p, static_cast<uint64_t>(std::time(nullptr)));
+		if (!r.ok())
+			return std::move(r).status();
+		if (v) {
+			v->is_signed = r.value().is_signed;
+			v->trusted = r.value().trusted;
+			v->created = r.value().created;
+			std::snprintf(v->signer, sizeof(v->signer), "%s", r.value().signer.c_str());
+			std::snprintf(v->how, sizeof(v->how), "%s", r.value().how.c_str());
+		}
+		return {};
+	});
+}
+
+int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd,
+			   struct criusec_stream_info *info)
 {
 	return guarded([&]() -> Status {
 		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
-		return open_fd(ctx->ctx, kind, name, in_fd, out_fd);
+		StreamInfo si;
+		CRIUSEC_TRY(seal_fd(ctx->ctx, kind, name, in_fd, out_fd, info ? &si : nullptr));
+		to_c(si, info);
+		return {};
+	});
+}
+
+int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd,
+			   const struct criusec_stream_info *expect)
+{
+	return guarded([&]() -> Status {
+		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
+		StreamInfo e = from_c(expect);
+		return open_fd(ctx->ctx, kind, name, in_fd, out_fd, expect ? &e : nullptr);
 	});
 }
 
@@ -365,7 +572,7 @@ int criusec_stream_seal_granted_fd(const uint8_t *grant, size_t grant_len, const
 }
 
 int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in,
-			    size_t in_len, uint8_t **out, size_t *out_len)
+			    size_t in_len, uint8_t **out, size_t *out_len, struct criusec_stream_info *info)
 {
 	return guarded([&]() -> Status {
 		CRIUSEC_TRY(check_buf_args(in, in_len, out, out_len));
@@ -374,7 +581,9 @@ int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const cha
 		if (n == 0)
 			return Status::error(EOVERFLOW, "input too large");
 		MallocBuffer buf(n, false);
-		CRIUSEC_TRY(seal_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span()));
+		StreamInfo si;
+		CRIUSEC_TRY(seal_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span(), info ? &si : nullptr));
+		to_c(si, info);
 		*out_len = n;
 		*out = buf.release();
 		return {};
@@ -382,14 +591,15 @@ int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const cha
 }
 
 int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in,
-			    size_t in_len, uint8_t **out, size_t *out_len)
+			    size_t in_len, uint8_t **out, size_t *out_len, const struct criusec_stream_info *expect)
 {
 	return guarded([&]() -> Status {
 		CRIUSEC_TRY(check_buf_args(in, in_len, out, out_len));
 		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
 		/* The plaintext is shorter than the stream; wiped if we fail half-way. */
 		MallocBuffer buf(in_len, true);
-		auto n = open_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span());
+		StreamInfo e = from_c(expect);
+		auto n = open_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span(), expect ? &e : nullptr);
 		if (!n.ok())
 			return std::move(n).status();
 		*out_len = n.value();

@@ -14,6 +14,10 @@
 struct criusec_ctx {
 	explicit criusec_ctx(criusec::Ctx c) : ctx(std::move(c)) {}
 	criusec::Ctx ctx;
-	/* One array per distinct export; each stays valid until the handle is freed. */
-	std::vector<std::vector<criusec_recipient>> exported;
+	/* What the last export handed out; valid until the next export or seal. */
+	std::vector<criusec_recipient> exported;
+	std::vector<criusec_blob> exported_certs;
 };
+
+/* The C header as the engine's view (no copy: spans into *hdr). */
+[[nodiscard]] criusec::Status header_view(const criusec_header *hdr, criusec::HeaderView &v);

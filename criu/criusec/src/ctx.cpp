@@ -9,16 +9,24 @@ namespace criusec {
 
 namespace {
 
-constexpr std::string_view kCanonicalTag = "criusec-header-v1";
+constexpr std::string_view kCanonicalTag1 = "criusec-header-v1";
+constexpr std::string_view kCanonicalTag2 = "criusec-header-v2";
+constexpr std::string_view kBindingTag = "criusec-child-v1";
 
-Result<Mac> compute_mac(const SecureBytes &prk, std::span<const uint8_t> canonical)
+Result<Mac> compute_mac(const SecureBytes &prk, std::span<const uint8_t> input)
 {
 	auto key = hkdf_expand(prk.span(), as_bytes(kInfoHeaderMac), kSha256Len);
 	if (!key.ok())
 		return std::move(key).status();
 	Mac mac;
-	CRIUSEC_TRY(hmac_sha256(key.value().span(), canonical, mac));
+	CRIUSEC_TRY(hmac_sha256(key.value().span(), input, mac));
 	return mac;
+}
+
+void put_u64(std::vector<uint8_t> &v, uint64_t x)
+{
+	put_u32(v, static_cast<uint32_t>(x >> 32));
+	put_u32(v, static_cast<uint32_t>(x));
 }
 
 } /* namespace */
@@ -28,44 +36,112 @@ bool valid_chunk_size(uint32_t c) noexcept
 	return c >= kMinChunkSize && c <= kMaxChunkSize && (c & (c - 1)) == 0;
 }
 
-std::vector<uint8_t> canonical_header(uint32_t version, const Id &ckpt_id, const std::optional<Id> &parent,
-				      uint32_t aead, uint32_t chunk_size, std::span<const RecipientView> recipients)
+Status check_structure(const HeaderView &hdr)
 {
-	size_t len = kCanonicalTag.size() + 1 + 4 + kIdLen + 1 + kIdLen + 3 * 4;
-	for (const auto &r : recipients)
+	if (hdr.version != kFormatVersion1 && hdr.version != kFormatVersion)
+		return unsupported("unsupported cipher.img header version " + std::to_string(hdr.version));
+	if (!aead_from_wire(hdr.aead))
+		return unsupported("unknown AEAD " + std::to_string(hdr.aead) + " in cipher.img header");
+	if (!valid_chunk_size(hdr.chunk_size))
+		return bad_data("invalid chunk size " + std::to_string(hdr.chunk_size) +
+				" (must be a power of two in [4096, 1048576])");
+	if (hdr.recipients.empty())
+		return bad_data("cipher.img header has no recipient");
+	if (hdr.recipients.size() > kMaxRecipients)
+		return bad_data("cipher.img header has too many recipients");
+	for (const auto &r : hdr.recipients)
+		if (r.wrapped.empty() || r.wrapped.size() > kMaxWrappedLen)
+			return bad_data("invalid wrapped key length " + std::to_string(r.wrapped.size()));
+	if (hdr.version == kFormatVersion1) {
+		/* Format 1 has none of these; a v1 header carrying them is not one. */
+		if (hdr.sig_alg || !hdr.signer_certs.empty() || !hdr.signature.empty() || hdr.created)
+			return bad_data("cipher.img: a version-1 header with format-2 fields");
+		return {};
+	}
+	if (hdr.sig_alg == 0) {
+		if (!hdr.signer_certs.empty() || !hdr.signature.empty())
+			return bad_data("cipher.img: an unsigned header with a signature or signer certificates");
+		return {};
+	}
+	if (!sig_alg_from_wire(hdr.sig_alg))
+		return unsupported("unknown signature algorithm " + std::to_string(hdr.sig_alg) +
+				   " in cipher.img header");
+	if (hdr.signer_certs.empty() || hdr.signer_certs.size() > kMaxSignerCerts)
+		return bad_data("cipher.img: a signed header needs 1.." + std::to_string(kMaxSignerCerts) +
+				" signer certificates");
+	for (const auto &c : hdr.signer_certs)
+		if (c.empty() || c.size() > kMaxCertLen)
+			return bad_data("cipher.img: invalid signer certificate length " + std::to_string(c.size()));
+	if (hdr.signature.empty() || hdr.signature.size() > kMaxSignatureLen)
+		return bad_data("cipher.img: invalid signature length " + std::to_string(hdr.signature.size()));
+	return {};
+}
+
+std::vector<uint8_t> canonical_header(const HeaderView &h)
+{
+	const bool v2 = h.version != kFormatVersion1;
+	size_t len = kCanonicalTag2.size() + 1 + 4 + kIdLen + 8 + 1 + kIdLen + kMacLen + 2 * 4 + kSha256Len + 4 +
+		     4 + 4;
+	for (const auto &r : h.recipients)
 		len += kFprLen + 8 + r.wrapped.size();
+	for (const auto &c : h.signer_certs)
+		len += 4 + c.size();
 	std::vector<uint8_t> v;
 	v.reserve(len); /* also keeps GCC 12's -Wstringop-overflow false positive away */
-	put_str(v, kCanonicalTag);
+	put_str(v, v2 ? kCanonicalTag2 : kCanonicalTag1);
 	put_u8(v, 0);
-	put_u32(v, version);
-	put_bytes(v, ckpt_id);
-	put_u8(v, parent ? 1 : 0);
-	if (parent)
-		put_bytes(v, *parent);
-	put_u32(v, aead);
-	put_u32(v, chunk_size);
-	put_u32(v, static_cast<uint32_t>(recipients.size()));
-	for (const auto &r : recipients) {
+	put_u32(v, h.version);
+	put_bytes(v, h.ckpt_id);
+	if (v2)
+		put_u64(v, h.created);
+	put_u8(v, h.parent ? 1 : 0);
+	if (h.parent) {
+		put_bytes(v, *h.parent);
+		if (v2)
+			put_bytes(v, h.parent_binding);
+	}
+	put_u32(v, h.aead);
+	put_u32(v, h.chunk_size);
+	if (v2)
+		put_bytes(v, h.manifest_digest);
+	put_u32(v, static_cast<uint32_t>(h.recipients.size()));
+	for (const auto &r : h.recipients) {
 		put_bytes(v, r.fpr);
 		put_u32(v, r.wrap_alg);
 		put_u32(v, static_cast<uint32_t>(r.wrapped.size()));
 		put_bytes(v, r.wrapped);
 	}
+	if (v2) {
+		put_u32(v, h.sig_alg);
+		put_u32(v, static_cast<uint32_t>(h.signer_certs.size()));
+		for (const auto &c : h.signer_certs) {
+			put_u32(v, static_cast<uint32_t>(c.size()));
+			put_bytes(v, c);
+		}
+	}
 	return v;
 }
 
-Result<Ctx> Ctx::create(AeadAlg aead, std::optional<Id> parent, uint32_t chunk_size)
+std::vector<uint8_t> mac_input(const HeaderView &h)
+{
+	auto v = canonical_header(h);
+	if (h.version != kFormatVersion1) {
+		put_u32(v, static_cast<uint32_t>(h.signature.size()));
+		put_bytes(v, h.signature);
+	}
+	return v;
+}
+
+Result<Ctx> Ctx::create(AeadAlg aead, uint32_t chunk_size)
 {
 	SecureBytes mk(kMasterKeyLen);
 	CRIUSEC_TRY(random_bytes(mk.span()));
 	Id id;
 	CRIUSEC_TRY(random_bytes(id));
-	return from_master_key(mk.span(), id, parent, aead, chunk_size);
+	return from_master_key(mk.span(), id, aead, chunk_size);
 }
 
-Result<Ctx> Ctx::from_master_key(std::span<const uint8_t> mk, const Id &id, std::optional<Id> parent, AeadAlg aead,
-				 uint32_t chunk_size)
+Result<Ctx> Ctx::from_master_key(std::span<const uint8_t> mk, const Id &id, AeadAlg aead, uint32_t chunk_size)
 {
 	if (mk.size() != kMasterKeyLen)
 		return invalid_argument("master key must be 32 bytes");
@@ -78,7 +154,6 @@ Result<Ctx> Ctx::from_master_key(std::span<const uint8_t> mk, const Id &id, std:
 	c.mk_ = SecureBytes(mk);
 	c.prk_ = std::move(prk).value();
 	c.id_ = id;
-	c.parent_ = parent;
 	c.aead_ = aead;
 	c.chunk_size_ = chunk_size;
 	return c;
@@ -97,6 +172,8 @@ Status Ctx::add_recipient(std::span<const uint8_t> cert_pem)
 			return Status::error(EEXIST, "recipient already added");
 	if (recipients_.size() >= kMaxRecipients)
 		return invalid_argument("too many recipients");
+	if (sealed_)
+		return invalid_argument("the header is already sealed");
 	auto wrapped = rsa_wrap(pub.value(), mk_.span());
 	if (!wrapped.ok())
 		return std::move(wrapped).status();
@@ -118,21 +195,100 @@ std::vector<RecipientView> Ctx::recipient_views() const
 	return views;
 }
 
-Result<Mac> Ctx::header_mac() const
+Result<Mac> Ctx::binding_for(const Id &child) const
+{
+	auto key = derive(as_bytes(kInfoChildBinding), kMacLen);
+	if (!key.ok())
+		return std::move(key).status();
+	std::vector<uint8_t> msg;
+	msg.reserve(kBindingTag.size() + 1 + 2 * kIdLen);
+	put_str(msg, kBindingTag);
+	put_u8(msg, 0);
+	put_bytes(msg, id_);
+	put_bytes(msg, child);
+	Mac mac;
+	CRIUSEC_TRY(hmac_sha256(key.value().span(), msg, mac));
+	return mac;
+}
+
+Status Ctx::set_parent(const Ctx &parent)
+{
+	if (sealed_)
+		return invalid_argument("the header is already sealed");
+	auto b = parent.binding_for(id_);
+	if (!b.ok())
+		return std::move(b).status();
+	parent_ = parent.id();
+	parent_binding_ = b.value();
+	return {};
+}
+
+Status Ctx::check_parent(const Ctx &parent) const
+{
+	if (!parent_)
+		return bad_data("the checkpoint has no parent, but parent images were given");
+	if (parent.id() != *parent_)
+		return bad_data("the parent images are not the checkpoint these images were dumped against "
+				"(another checkpoint id)");
+	if (version_ == kFormatVersion1)
+		return bad_data("a version-1 checkpoint does not bind its parent: refusing to read its parent");
+	auto b = parent.binding_for(id_);
+	if (!b.ok())
+		return std::move(b).status();
+	if (!ct_equal(b.value(), parent_binding_))
+		return bad_data("the parent images are not the checkpoint these images were dumped against "
+				"(the parent binding does not verify)");
+	return {};
+}
+
+Status Ctx::seal_header(Signer *signer, const Digest &manifest_digest, uint64_t created)
 {
 	if (recipients_.empty())
 		return invalid_argument("no recipient added (a checkpoint nobody can decrypt)");
-	auto views = recipient_views();
-	auto canonical = canonical_header(kFormatVersion, id_, parent_, static_cast<uint32_t>(aead_), chunk_size_,
-					  views);
-	return compute_mac(prk_, canonical);
+	version_ = kFormatVersion;
+	created_ = created;
+	manifest_digest_ = manifest_digest;
+	sig_alg_ = signer ? signer->alg() : SigAlg::None;
+	signer_certs_ = signer ? signer->chain() : std::vector<Der>{};
+	signature_.clear();
+	sealed_ = false;
+	if (signer) {
+		auto sig = signer->sign(canonical_header(header()));
+		if (!sig.ok())
+			return std::move(sig).status();
+		signature_ = std::move(sig).value();
+	}
+	auto mac = compute_mac(prk_, mac_input(header()));
+	if (!mac.ok())
+		return std::move(mac).status();
+	mac_ = mac.value();
+	sealed_ = true;
+	return {};
+}
+
+HeaderView Ctx::header() const
+{
+	HeaderView h;
+	h.version = version_;
+	h.ckpt_id = id_;
+	h.parent = parent_;
+	h.parent_binding = parent_binding_;
+	h.aead = static_cast<uint32_t>(aead_);
+	h.chunk_size = chunk_size_;
+	h.created = created_;
+	h.manifest_digest = manifest_digest_;
+	h.recipients = recipient_views();
+	h.sig_alg = static_cast<uint32_t>(sig_alg_);
+	for (const auto &c : signer_certs_)
+		h.signer_certs.emplace_back(c);
+	h.signature = signature_;
+	h.mac = mac_;
+	return h;
 }
 
 Result<Mac> Ctx::mac_over(const HeaderView &hdr) const
 {
-	auto canonical =
-		canonical_header(hdr.version, hdr.ckpt_id, hdr.parent, hdr.aead, hdr.chunk_size, hdr.recipients);
-	return compute_mac(prk_, canonical);
+	return compute_mac(prk_, mac_input(hdr));
 }
 
 Result<SecureBytes> Ctx::derive(std::span<const uint8_t> info, size_t len) const
@@ -143,21 +299,8 @@ Result<SecureBytes> Ctx::derive(std::span<const uint8_t> info, size_t len) const
 Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
 {
 	/* Structural checks first: they use nothing secret and give precise errors. */
-	if (hdr.version != kFormatVersion)
-		return unsupported("unsupported cipher.img header version " + std::to_string(hdr.version));
+	CRIUSEC_TRY(check_structure(hdr));
 	auto aead = aead_from_wire(hdr.aead);
-	if (!aead)
-		return unsupported("unknown AEAD " + std::to_string(hdr.aead) + " in cipher.img header");
-	if (!valid_chunk_size(hdr.chunk_size))
-		return bad_data("invalid chunk size " + std::to_string(hdr.chunk_size) +
-				" (must be a power of two in [4096, 1048576])");
-	if (hdr.recipients.empty())
-		return bad_data("cipher.img header has no recipient");
-	if (hdr.recipients.size() > kMaxRecipients)
-		return bad_data("cipher.img header has too many recipients");
-	for (const auto &r : hdr.recipients)
-		if (r.wrapped.empty() || r.wrapped.size() > kMaxWrappedLen)
-			return bad_data("invalid wrapped key length " + std::to_string(r.wrapped.size()));
 
 	auto priv = privkey_from_pem(key_pem);
 	if (!priv.ok())
@@ -192,24 +335,36 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
 	if (!rsa_unwrap(priv.value(), mine->wrapped, mk.span()).ok())
 		CRIUSEC_TRY(random_bytes(mk.span()));
 
-	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, hdr.parent, *aead, hdr.chunk_size);
+	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, *aead, hdr.chunk_size);
 	if (!ctx.ok())
 		return ctx;
-	auto mac = ctx.value().mac_over(hdr);
+	Ctx &c = ctx.value();
+	auto mac = c.mac_over(hdr);
 	if (!mac.ok())
 		return std::move(mac).status();
 	if (!ct_equal(mac.value(), hdr.mac))
 		return bad_data("cipher.img header authentication failed (tampered header, or a wrapped key "
 				"that does not decrypt)");
 
-	/* Authentic: keep the stanzas so the header can be exported again unchanged. */
+	/* Authentic: keep the header so that it can be exported again unchanged. */
 	for (const auto &r : hdr.recipients) {
 		Recipient copy;
 		std::copy(r.fpr.begin(), r.fpr.end(), copy.fpr.begin());
 		copy.wrap_alg = r.wrap_alg;
 		copy.wrapped.assign(r.wrapped.begin(), r.wrapped.end());
-		ctx.value().recipients_.push_back(std::move(copy));
+		c.recipients_.push_back(std::move(copy));
 	}
+	c.version_ = hdr.version;
+	c.parent_ = hdr.parent;
+	c.parent_binding_ = hdr.parent_binding;
+	c.created_ = hdr.created;
+	c.manifest_digest_ = hdr.manifest_digest;
+	c.sig_alg_ = static_cast<SigAlg>(hdr.sig_alg);
+	for (const auto &d : hdr.signer_certs)
+		c.signer_certs_.emplace_back(d.begin(), d.end());
+	c.signature_.assign(hdr.signature.begin(), hdr.signature.end());
+	c.mac_ = hdr.mac;
+	c.sealed_ = true;
 	return ctx;
 }
 

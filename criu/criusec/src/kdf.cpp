@@ -1,5 +1,7 @@
 #include "kdf.h"
 
+#include <utility>
+
 #include <gnutls/crypto.h>
 
 #include "gnutls_raii.h"
@@ -11,6 +13,49 @@ Status sha256(std::span<const uint8_t> data, std::span<uint8_t, kSha256Len> out)
 	int rc = gnutls_hash_fast(GNUTLS_DIG_SHA256, data.data(), data.size(), out.data());
 	if (rc < 0)
 		return gnutls_status("SHA-256", rc);
+	return {};
+}
+
+Sha256::Sha256()
+{
+	gnutls_hash_hd_t h;
+	if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) == 0)
+		h_ = h;
+}
+
+Sha256::Sha256(Sha256 &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+
+Sha256 &Sha256::operator=(Sha256 &&o) noexcept
+{
+	if (this != &o) {
+		if (h_)
+			gnutls_hash_deinit(static_cast<gnutls_hash_hd_t>(h_), nullptr);
+		h_ = std::exchange(o.h_, nullptr);
+	}
+	return *this;
+}
+
+Sha256::~Sha256()
+{
+	if (h_)
+		gnutls_hash_deinit(static_cast<gnutls_hash_hd_t>(h_), nullptr);
+}
+
+Status Sha256::update(std::span<const uint8_t> data)
+{
+	if (!h_)
+		return Status::error(EIO, "SHA-256: no hash context");
+	int rc = gnutls_hash(static_cast<gnutls_hash_hd_t>(h_), data.data(), data.size());
+	if (rc < 0)
+		return gnutls_status("SHA-256", rc);
+	return {};
+}
+
+Status Sha256::finish(std::span<uint8_t, kSha256Len> out)
+{
+	if (!h_)
+		return Status::error(EIO, "SHA-256: no hash context");
+	gnutls_hash_deinit(static_cast<gnutls_hash_hd_t>(std::exchange(h_, nullptr)), out.data());
 	return {};
 }
 

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "gnutls_raii.h"
@@ -25,6 +26,11 @@ constexpr unsigned kMinRsaBits = 2048;
 /* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM. */
 [[nodiscard]] Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem);
 [[nodiscard]] Result<PubKey> pubkey_from_privkey(const PrivKey &priv);
+/*
+ * A private key by reference, the one place keys are loaded from: a PEM
+ * file path (any key type: signing keys may be EC or Ed25519).
+ */
+[[nodiscard]] Result<PrivKey> load_private_key(std::string_view ref);
 
 /* SHA-256 over the DER SubjectPublicKeyInfo. */
 [[nodiscard]] Result<Fingerprint> fingerprint(const PubKey &pub);

@@ -5,6 +5,8 @@
 #include <limits>
 #include <string>
 
+#include <sys/stat.h>
+
 #include "bytes.h"
 #include "io.h"
 
@@ -336,10 +338,42 @@ Result<size_t> StreamOpener::open_chunk(std::span<const uint8_t> ct, bool more, 
 				       : " (final chunk: tampered, truncated or extended)"));
 }
 
+/* ---- what the manifest records ---- */
+
+namespace {
+
+Status check_size(const StreamInfo *expect, uint64_t size)
+{
+	if (expect && expect->has_size && expect->size != size)
+		return bad_data("the file is " + std::to_string(size) + " bytes, the manifest recorded " +
+				std::to_string(expect->size) + " (truncated, extended or replaced)");
+	return {};
+}
+
+Status check_digest(const StreamInfo *expect, Sha256 &hash)
+{
+	Digest d;
+	CRIUSEC_TRY(hash.finish(d));
+	if (expect && !ct_equal(d, expect->digest))
+		return bad_data("the plaintext is not what the manifest recorded (digest mismatch)");
+	return {};
+}
+
+Status report(StreamInfo *info, uint64_t size, Sha256 &hash)
+{
+	if (!info)
+		return {};
+	info->size = size;
+	info->has_size = true;
+	return hash.finish(info->digest);
+}
+
+} /* namespace */
+
 /* ---- whole buffers ---- */
 
 Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
-		   std::span<uint8_t> out)
+		   std::span<uint8_t> out, StreamInfo *info)
 {
 	size_t need = sealed_size(in.size(), ctx.chunk_size());
 	if (need == 0 || out.size() != need)
@@ -359,14 +393,19 @@ Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name,
 		ipos += n;
 		opos += n + kAeadTagLen;
 	} while (!last);
-	return {};
+	if (!info)
+		return {};
+	Sha256 hash;
+	CRIUSEC_TRY(hash.update(in));
+	return report(info, out.size(), hash);
 }
 
 Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
-			   std::span<uint8_t> out)
+			   std::span<uint8_t> out, const StreamInfo *expect)
 {
 	if (out.size() < in.size())
 		return invalid_argument("open_buffer: output buffer too small");
+	CRIUSEC_TRY(check_size(expect, in.size()));
 	auto opener = StreamOpener::start(ctx, kind, name, in.first(std::min(in.size(), kStreamHeaderLen)));
 	if (!opener.ok())
 		return std::move(opener).status();
@@ -382,8 +421,14 @@ Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_vi
 			return n;
 		ipos += ct.size();
 		opos += n.value();
-		if (!more)
-			return opos;
+		if (more)
+			continue;
+		if (expect) {
+			Sha256 hash;
+			CRIUSEC_TRY(hash.update(out.first(opos)));
+			CRIUSEC_TRY(check_digest(expect, hash));
+		}
+		return opos;
 	}
 }
 
@@ -391,9 +436,11 @@ Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_vi
 
 namespace {
 
-Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd)
+Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd, StreamInfo *info)
 {
 	CRIUSEC_TRY(write_full(out_fd, s.header()));
+	uint64_t written = kStreamHeaderLen;
+	Sha256 hash;
 
 	/* Two plaintext chunks: we must see past a full chunk to know whether it is the last. */
 	SecureBytes cur(s.chunk_size()), next(s.chunk_size());
@@ -416,8 +463,11 @@ Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd)
 		auto out = std::span(sealed).first(ncur + kAeadTagLen);
 		CRIUSEC_TRY(s.seal_chunk(cur.span().first(ncur), last, out));
 		CRIUSEC_TRY(write_full(out_fd, out));
+		written += out.size();
+		if (info)
+			CRIUSEC_TRY(hash.update(cur.span().first(ncur)));
 		if (last)
-			return {};
+			return report(info, written, hash);
 		cur.swap(next);
 		ncur = nnext;
 	}
@@ -425,12 +475,13 @@ Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd)
 
 } /* namespace */
 
-Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd,
+	       StreamInfo *info)
 {
 	auto sealer = StreamSealer::start(ctx, kind, name);
 	if (!sealer.ok())
 		return std::move(sealer).status();
-	return seal_fd_with(sealer.value(), in_fd, out_fd);
+	return seal_fd_with(sealer.value(), in_fd, out_fd, info);
 }
 
 Status seal_fd_granted(std::span<const uint8_t> grant, std::string_view kind, std::string_view name, int in_fd,
@@ -439,11 +490,17 @@ Status seal_fd_granted(std::span<const uint8_t> grant, std::string_view kind, st
 	auto sealer = StreamSealer::from_grant(grant, kind, name);
 	if (!sealer.ok())
 		return std::move(sealer).status();
-	return seal_fd_with(sealer.value(), in_fd, out_fd);
+	return seal_fd_with(sealer.value(), in_fd, out_fd, nullptr);
 }
 
-Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd)
+Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd,
+	       const StreamInfo *expect)
 {
+	/* A file of another size than recorded is refused unread. */
+	struct stat st;
+	if (expect && expect->has_size && fstat(in_fd, &st) == 0 && S_ISREG(st.st_mode))
+		CRIUSEC_TRY(check_size(expect, static_cast<uint64_t>(st.st_size)));
+
 	StreamHeader hdr;
 	auto rh = read_full(in_fd, hdr);
 	if (!rh.ok())
@@ -462,6 +519,8 @@ Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 	if (!r.ok())
 		return std::move(r).status();
 	size_t ncur = r.value();
+	uint64_t consumed = rh.value();
+	Sha256 hash;
 	for (;;) {
 		size_t nnext = 0;
 		bool more = false;
@@ -477,8 +536,15 @@ Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 			return std::move(n).status();
 		/* Only authenticated plaintext reaches out_fd. */
 		CRIUSEC_TRY(write_full(out_fd, plain.span().first(n.value())));
-		if (!more)
-			return {};
+		consumed += ncur;
+		if (expect)
+			CRIUSEC_TRY(hash.update(plain.span().first(n.value())));
+		if (!more) {
+			if (!expect)
+				return {};
+			CRIUSEC_TRY(check_size(expect, consumed));
+			return check_digest(expect, hash);
+		}
 		cur.swap(next);
 		ncur = nnext;
 	}

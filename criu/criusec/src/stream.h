@@ -33,6 +33,17 @@ constexpr size_t kGrantMaxLen = kGrantFixedLen + 2 * (2 + kMaxLabelLen);
 
 bool is_stream(std::span<const uint8_t> head) noexcept;
 
+/*
+ * What a format-2 manifest records of a stream image: the file's size and
+ * the SHA-256 of its plaintext.  Sealing fills it in; opening checks an
+ * expected one (the size before anything is read, when has_size).
+ */
+struct StreamInfo {
+	uint64_t size = 0;
+	bool has_size = false;
+	Digest digest{};
+};
+
 /* Stream size for a plaintext length, or 0 on size_t overflow. */
 size_t sealed_size(size_t pt_len, uint32_t chunk_size) noexcept;
 
@@ -111,18 +122,21 @@ private:
 	bool done_ = false;
 };
 
-/* Whole-buffer forms.  out must be sealed_size(in.size()) bytes. */
+/* Whole-buffer forms.  out must be sealed_size(in.size()) bytes.  info/expect may be null. */
 [[nodiscard]] Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name,
-				 std::span<const uint8_t> in, std::span<uint8_t> out);
+				 std::span<const uint8_t> in, std::span<uint8_t> out, StreamInfo *info = nullptr);
 /* out must be at least in.size() bytes (an upper bound); returns the plaintext length. */
 [[nodiscard]] Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_view name,
-					 std::span<const uint8_t> in, std::span<uint8_t> out);
+					 std::span<const uint8_t> in, std::span<uint8_t> out,
+					 const StreamInfo *expect = nullptr);
 
 /* fd forms, with a bounded buffer of two chunks. */
-[[nodiscard]] Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd);
+[[nodiscard]] Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd,
+			     StreamInfo *info = nullptr);
 /* seal_fd() under a grant (StreamSealer::from_grant()). */
 [[nodiscard]] Status seal_fd_granted(std::span<const uint8_t> grant, std::string_view kind, std::string_view name,
 				     int in_fd, int out_fd);
-[[nodiscard]] Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd);
+[[nodiscard]] Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd,
+			     const StreamInfo *expect = nullptr);
 
 } /* namespace criusec */

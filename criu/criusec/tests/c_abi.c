@@ -14,7 +14,7 @@ const char *c_aead_name_raw(int v)
 
 struct criusec_ctx *c_ctx_new_raw(int v)
 {
-	return criusec_ctx_new((enum criusec_aead)v, NULL);
+	return criusec_ctx_new((enum criusec_aead)v);
 }
 
 size_t c_sizeof_header(void)

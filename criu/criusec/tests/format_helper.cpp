@@ -56,11 +56,12 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 	criusec_aead aead;
 	if (criusec_aead_parse(aead_name, &aead))
 		return die(criusec_last_error());
-	criusec_ctx *ctx = criusec_ctx_new(aead, nullptr);
+	criusec_ctx *ctx = criusec_ctx_new(aead);
 	if (!ctx || criusec_ctx_add_recipient(ctx, cert))
 		return die(criusec_last_error());
 	criusec_header h;
-	if (criusec_ctx_export(ctx, &h))
+	const uint8_t no_manifest[CRIUSEC_DIGEST_LEN] = {};
+	if (criusec_ctx_seal_header(ctx, nullptr, no_manifest) || criusec_ctx_export(ctx, &h))
 		return die(criusec_last_error());
 	std::ofstream f(dir + "/header.txt");
 	f << "version " << h.version << "\n"
@@ -72,6 +73,13 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 	for (size_t i = 0; i < h.n_recipients; i++)
 		f << "recipient " << to_hex(h.recipients[i].fingerprint, 32) << " " << h.recipients[i].wrap_alg << " "
 		  << to_hex(h.recipients[i].wrapped, h.recipients[i].wrapped_len) << "\n";
+	f << "created " << h.created << "\n"
+	  << "manifest_digest " << to_hex(h.manifest_digest, 32) << "\n"
+	  << "parent_binding " << to_hex(h.parent_binding, 32) << "\n"
+	  << "sig_alg " << h.sig_alg << "\n";
+	for (size_t i = 0; i < h.n_signer_certs; i++)
+		f << "signer_cert " << to_hex(h.signer_certs[i].data, h.signer_certs[i].len) << "\n";
+	f << "signature " << to_hex(h.signature.data, h.signature.len) << "\n";
 	f << "mac " << to_hex(h.mac, 32) << "\n";
 	f.close();
 
@@ -88,7 +96,7 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 		uint8_t *out = nullptr;
 		size_t out_len = 0;
 		if (n % 2) {
-			if (criusec_stream_seal_buf(ctx, c.kind, c.name, pt.data(), pt.size(), &out, &out_len))
+			if (criusec_stream_seal_buf(ctx, c.kind, c.name, pt.data(), pt.size(), &out, &out_len, nullptr))
 				return die(criusec_last_error());
 			write_file(dir + "/stream-" + sfx, out, out_len);
 			free(out);
@@ -96,7 +104,7 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 			write_file(dir + "/plain-tmp", pt.data(), pt.size());
 			int in = open((dir + "/plain-tmp").c_str(), O_RDONLY);
 			int o = open((dir + "/stream-" + sfx).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-			if (criusec_stream_seal_fd(ctx, c.kind, c.name, in, o))
+			if (criusec_stream_seal_fd(ctx, c.kind, c.name, in, o, nullptr))
 				return die(criusec_last_error());
 			close(in);
 			close(o);
@@ -161,7 +169,7 @@ int do_open(const std::string &dir, const char *key, const char *kind, const cha
 		return die(criusec_last_error());
 	int in = open(in_path, O_RDONLY);
 	int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	if (criusec_stream_open_fd(ctx, kind, name, in, out))
+	if (criusec_stream_open_fd(ctx, kind, name, in, out, nullptr))
 		return die(criusec_last_error());
 	close(in);
 	close(out);
@@ -191,7 +199,7 @@ int do_vectors(char **v)
 
 	for (int a = 0; a < 2; a++) {
 		AeadAlg alg = a == 0 ? AeadAlg::Aes256Gcm : AeadAlg::ChaCha20Poly1305;
-		auto ctx = Ctx::from_master_key(mk, id, std::nullopt, alg, 4096);
+		auto ctx = Ctx::from_master_key(mk, id, alg, 4096);
 		if (!ctx.ok())
 			return die(ctx.status().message());
 		auto st = hex(v[a]);
@@ -219,10 +227,10 @@ int do_vectors(char **v)
 	hv.aead = 1;
 	hv.chunk_size = 65536;
 	hv.recipients.push_back({fpr, 1, wrapped});
-	auto canon = canonical_header(hv.version, hv.ckpt_id, hv.parent, hv.aead, hv.chunk_size, hv.recipients);
+	auto canon = canonical_header(hv);
 	if (canon != hex(v[4]))
 		return die("canonical header differs: " + to_hex(canon.data(), canon.size()));
-	auto ctx = Ctx::from_master_key(mk, id, parent, AeadAlg::Aes256Gcm, 65536);
+	auto ctx = Ctx::from_master_key(mk, id, AeadAlg::Aes256Gcm, 65536);
 	auto mac = ctx.value().mac_over(hv);
 	if (!mac.ok() || to_hex(mac.value().data(), 32) != v[5])
 		return die("header MAC differs");
@@ -235,7 +243,7 @@ int do_pages(const std::string &op, const char *name, const char *vaddr, const c
 	std::vector<uint8_t> mk;
 	Id id;
 	doc_key(mk, id);
-	auto ctx = Ctx::from_master_key(mk, id, std::nullopt, AeadAlg::Aes256Gcm, 65536);
+	auto ctx = Ctx::from_master_key(mk, id, AeadAlg::Aes256Gcm, 65536);
 	if (!ctx.ok())
 		return die(ctx.status().message());
 	auto pc = PageCipher::create(ctx.value(), name);

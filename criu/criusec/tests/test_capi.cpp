@@ -62,10 +62,10 @@ TEST(Capi, DefaultAeadFollowsCpuFlags)
 
 TEST(Capi, CtxNew)
 {
-	auto *c = criusec_ctx_new(CRIUSEC_AEAD_AUTO, nullptr);
+	auto *c = criusec_ctx_new(CRIUSEC_AEAD_AUTO);
 	ASSERT_NE(c, nullptr);
 	EXPECT_EQ(criusec_ctx_aead(c), criusec_default_aead());
-	auto *d = criusec_ctx_new(CRIUSEC_AEAD_CHACHA20_POLY1305, nullptr);
+	auto *d = criusec_ctx_new(CRIUSEC_AEAD_CHACHA20_POLY1305);
 	ASSERT_NE(d, nullptr);
 	EXPECT_EQ(criusec_ctx_aead(d), CRIUSEC_AEAD_CHACHA20_POLY1305);
 	EXPECT_NE(std::memcmp(criusec_ctx_id(c), criusec_ctx_id(d), CRIUSEC_ID_LEN), 0);

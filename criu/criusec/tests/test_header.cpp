@@ -3,10 +3,12 @@
 
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "capi_internal.h"
 #include "criusec.h"
 #include "test_util.h"
 
@@ -32,19 +34,21 @@ protected:
 		outsider_ = &test_key("outsider", 2048);
 	}
 
-	CtxPtr make(std::initializer_list<const KeyFiles *> keys, criusec_aead aead = CRIUSEC_AEAD_AES_256_GCM,
-		    const uint8_t *parent = nullptr)
+	CtxPtr make(std::initializer_list<const KeyFiles *> keys, criusec_aead aead = CRIUSEC_AEAD_AES_256_GCM)
 	{
-		auto c = own(criusec_ctx_new(aead, parent));
+		auto c = own(criusec_ctx_new(aead));
 		EXPECT_TRUE(c) << criusec_last_error();
 		for (auto *k : keys)
 			EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k->cert.c_str()), 0) << criusec_last_error();
 		return c;
 	}
 
+	/* Sealed (unsigned, over a made-up manifest digest) and exported. */
 	static criusec_header exported(criusec_ctx *c)
 	{
 		criusec_header h;
+		const uint8_t digest[CRIUSEC_DIGEST_LEN] = {0xd1, 0x9e, 0x57};
+		EXPECT_EQ(criusec_ctx_seal_header(c, nullptr, digest), 0) << criusec_last_error();
 		EXPECT_EQ(criusec_ctx_export(c, &h), 0) << criusec_last_error();
 		return h;
 	}
@@ -59,8 +63,8 @@ protected:
 		const char msg[] = "registers and memory";
 		uint8_t *st = nullptr, *pt = nullptr;
 		size_t st_len = 0, pt_len = 0;
-		ASSERT_EQ(criusec_stream_seal_buf(orig, "core", "core-1.img", msg, sizeof(msg), &st, &st_len), 0);
-		ASSERT_EQ(criusec_stream_open_buf(c.get(), "core", "core-1.img", st, st_len, &pt, &pt_len), 0)
+		ASSERT_EQ(criusec_stream_seal_buf(orig, "core", "core-1.img", msg, sizeof(msg), &st, &st_len, nullptr), 0);
+		ASSERT_EQ(criusec_stream_open_buf(c.get(), "core", "core-1.img", st, st_len, &pt, &pt_len, nullptr), 0)
 			<< criusec_last_error();
 		EXPECT_EQ(pt_len, sizeof(msg));
 		EXPECT_EQ(std::memcmp(pt, msg, sizeof(msg)), 0);
@@ -80,19 +84,30 @@ protected:
 
 const KeyFiles *Header::k1_, *Header::k2_, *Header::k3_, *Header::outsider_;
 
-TEST_F(Header, ExportNeedsARecipient)
+TEST_F(Header, SealNeedsARecipientAndExportASeal)
 {
 	auto c = make({});
 	criusec_header h;
-	EXPECT_EQ(criusec_ctx_export(c.get(), &h), -EINVAL);
+	const uint8_t digest[CRIUSEC_DIGEST_LEN] = {};
+	EXPECT_EQ(criusec_ctx_seal_header(c.get(), nullptr, digest), -EINVAL);
 	EXPECT_NE(std::string(criusec_last_error()).find("no recipient"), std::string::npos);
+	ASSERT_EQ(criusec_ctx_add_recipient(c.get(), k1_->cert.c_str()), 0);
+	EXPECT_EQ(criusec_ctx_export(c.get(), &h), -EINVAL);
+	EXPECT_NE(std::string(criusec_last_error()).find("not sealed"), std::string::npos);
 }
 
 TEST_F(Header, OneRecipientRoundTrip)
 {
 	auto c = make({k1_});
+	auto before = static_cast<uint64_t>(time(nullptr));
 	auto h = exported(c.get());
-	EXPECT_EQ(h.version, 1u);
+	EXPECT_EQ(h.version, 2u);
+	EXPECT_GE(h.created, before);
+	EXPECT_LE(h.created, static_cast<uint64_t>(time(nullptr)));
+	EXPECT_EQ(h.manifest_digest[0], 0xd1);
+	EXPECT_EQ(h.sig_alg, 0u);
+	EXPECT_EQ(h.n_signer_certs, 0u);
+	EXPECT_EQ(h.signature.len, 0u);
 	EXPECT_EQ(h.has_parent, 0);
 	EXPECT_EQ(h.aead, static_cast<uint32_t>(CRIUSEC_AEAD_AES_256_GCM));
 	EXPECT_EQ(h.chunk_size, 65536u);
@@ -144,23 +159,133 @@ TEST_F(Header, FingerprintIsSha256OfSubjectPublicKeyInfo)
 	EXPECT_EQ(std::string(buf, 64), to_hex(h.recipients[0].fingerprint, 32));
 }
 
-TEST_F(Header, ParentIdIsCarriedAndAuthenticated)
+TEST_F(Header, ParentIsBoundByKey)
 {
-	uint8_t parent[16];
-	for (int i = 0; i < 16; i++)
-		parent[i] = static_cast<uint8_t>(0xa0 + i);
-	auto c = make({k1_}, CRIUSEC_AEAD_CHACHA20_POLY1305, parent);
-	auto h = exported(c.get());
-	EXPECT_EQ(h.has_parent, 1);
-	EXPECT_EQ(std::memcmp(h.parent_id, parent, 16), 0);
-	expect_imports(c.get(), h, *k1_);
+	auto p = make({k1_});
+	auto hp = exported(p.get());
+	auto c = make({k1_}, CRIUSEC_AEAD_CHACHA20_POLY1305);
+	ASSERT_EQ(criusec_ctx_set_parent(c.get(), p.get()), 0) << criusec_last_error();
+	auto hc = exported(c.get());
+	EXPECT_EQ(hc.has_parent, 1);
+	EXPECT_EQ(std::memcmp(hc.parent_id, hp.ckpt_id, 16), 0);
+	expect_imports(c.get(), hc, *k1_);
 
-	OwnedHeader t(h);
-	t.hdr.parent_id[15] ^= 1;
+	auto ci = own(criusec_ctx_import(&hc, k1_->key.c_str()));
+	auto pi = own(criusec_ctx_import(&hp, k1_->key.c_str()));
+	ASSERT_TRUE(ci && pi) << criusec_last_error();
+	EXPECT_EQ(criusec_ctx_check_parent(ci.get(), pi.get()), 0) << criusec_last_error();
+
+	/* Another checkpoint as the parent. */
+	auto other = make({k1_});
+	auto ho = exported(other.get());
+	auto oi = own(criusec_ctx_import(&ho, k1_->key.c_str()));
+	EXPECT_EQ(criusec_ctx_check_parent(ci.get(), oi.get()), -EBADMSG);
+	EXPECT_NE(std::string(criusec_last_error()).find("another checkpoint id"), std::string::npos);
+	/* A checkpoint with no parent has none to check. */
+	EXPECT_EQ(criusec_ctx_check_parent(pi.get(), ci.get()), -EBADMSG);
+
+	/* The binding and the parent id are covered by the MAC. */
+	OwnedHeader t(hc);
+	t.hdr.parent_binding[31] ^= 1;
 	EXPECT_NE(import_error(t.hdr, *k1_).find("authentication failed"), std::string::npos);
-	OwnedHeader u(h);
-	u.hdr.has_parent = 0;
+	OwnedHeader u(hc);
+	u.hdr.parent_id[0] ^= 1;
 	EXPECT_NE(import_error(u.hdr, *k1_).find("authentication failed"), std::string::npos);
+	OwnedHeader w(hc);
+	w.hdr.has_parent = 0;
+	EXPECT_NE(import_error(w.hdr, *k1_).find("authentication failed"), std::string::npos);
+}
+
+TEST_F(Header, ParentForgedWithTheSameIdIsRefused)
+{
+	using namespace criusec;
+	/* The genuine parent, and a forgery with its (public) id but another master key. */
+	auto p = make({k1_});
+	auto hp = exported(p.get());
+	Id pid;
+	std::memcpy(pid.data(), hp.ckpt_id, kIdLen);
+	std::vector<uint8_t> mk(32, 0x77);
+	auto forged = Ctx::from_master_key(mk, pid, AeadAlg::Aes256Gcm, kDefaultChunkSize);
+	ASSERT_TRUE(forged.ok());
+	criusec_ctx forged_c(std::move(forged).value());
+
+	/* A child bound to the forgery does not check under the genuine parent... */
+	auto c = make({k1_});
+	ASSERT_EQ(criusec_ctx_set_parent(c.get(), &forged_c), 0);
+	auto hc = exported(c.get());
+	auto ci = own(criusec_ctx_import(&hc, k1_->key.c_str()));
+	auto pi = own(criusec_ctx_import(&hp, k1_->key.c_str()));
+	ASSERT_TRUE(ci && pi);
+	EXPECT_EQ(criusec_ctx_check_parent(ci.get(), pi.get()), -EBADMSG);
+	EXPECT_NE(std::string(criusec_last_error()).find("binding does not verify"), std::string::npos);
+	/* ... and a genuine child does not check under the forgery. */
+	auto g = make({k1_});
+	ASSERT_EQ(criusec_ctx_set_parent(g.get(), p.get()), 0);
+	auto hg = exported(g.get());
+	auto gi = own(criusec_ctx_import(&hg, k1_->key.c_str()));
+	EXPECT_EQ(criusec_ctx_check_parent(gi.get(), &forged_c), -EBADMSG);
+	EXPECT_EQ(criusec_ctx_check_parent(gi.get(), pi.get()), 0);
+}
+
+TEST_F(Header, VersionOneStaysReadable)
+{
+	using namespace criusec;
+	auto c = make({k1_});
+	auto h2 = exported(c.get());
+	auto ci = own(criusec_ctx_import(&h2, k1_->key.c_str()));
+	ASSERT_TRUE(ci);
+	/* The same stanzas as a version-1 header, with its MAC (format section 3). */
+	HeaderView v = ci->ctx.header();
+	v.version = 1;
+	v.created = 0;
+	v.manifest_digest = {};
+	auto mac = ci->ctx.mac_over(v);
+	ASSERT_TRUE(mac.ok());
+	v.mac = mac.value();
+	OwnedHeader t(h2);
+	t.hdr.version = 1;
+	t.hdr.created = 0;
+	std::memset(t.hdr.manifest_digest, 0, sizeof(t.hdr.manifest_digest));
+	std::memcpy(t.hdr.mac, v.mac.data(), 32);
+	auto i1 = own(criusec_ctx_import(&t.hdr, k1_->key.c_str()));
+	ASSERT_TRUE(i1) << criusec_last_error();
+	EXPECT_EQ(criusec_ctx_manifest_digest(i1.get()), nullptr); /* format 1 has none */
+	EXPECT_NE(criusec_ctx_manifest_digest(ci.get()), nullptr);
+
+	/* Without a policy it is read; under any protection it is refused as unsigned. */
+	criusec_policy none{};
+	criusec_verdict vd;
+	EXPECT_EQ(criusec_header_check(&t.hdr, &none, &vd), 0) << criusec_last_error();
+	EXPECT_EQ(vd.is_signed, 0);
+	criusec_policy required{};
+	required.required = 1;
+	EXPECT_EQ(criusec_header_check(&t.hdr, &required, &vd), -EKEYREJECTED);
+	EXPECT_NE(std::string(criusec_last_error()).find("unsigned (format 1)"), std::string::npos);
+	/* A version-1 header must not carry format-2 fields. */
+	t.hdr.created = 5;
+	EXPECT_EQ(criusec_header_check(&t.hdr, &none, &vd), -EBADMSG);
+	EXPECT_NE(std::string(criusec_last_error()).find("version-1 header with format-2 fields"), std::string::npos);
+}
+
+TEST_F(Header, UnsignedHeaderUnderEachPolicy)
+{
+	auto c = make({k1_});
+	auto h = exported(c.get());
+	criusec_verdict v;
+	criusec_policy none{};
+	EXPECT_EQ(criusec_header_check(&h, &none, &v), 0) << criusec_last_error();
+	EXPECT_EQ(v.is_signed, 0);
+	EXPECT_EQ(v.created, h.created);
+
+	criusec_policy required{};
+	required.required = 1;
+	EXPECT_EQ(criusec_header_check(&h, &required, &v), -EKEYREJECTED);
+	EXPECT_NE(std::string(criusec_last_error()).find("unsigned"), std::string::npos);
+
+	criusec_policy aged{};
+	aged.max_age = 3600;
+	EXPECT_EQ(criusec_header_check(&h, &aged, &v), -EKEYREJECTED);
+	EXPECT_NE(std::string(criusec_last_error()).find("age cannot be trusted"), std::string::npos);
 }
 
 TEST_F(Header, ReexportAfterImportIsIdentical)
@@ -179,18 +304,24 @@ TEST_F(Header, ReexportAfterImportIsIdentical)
 	}
 }
 
-TEST_F(Header, EarlierExportStaysValidAfterAddingRecipients)
+TEST_F(Header, SealedHeaderIsFinal)
 {
 	auto c = make({k1_});
 	auto h1 = exported(c.get());
-	ASSERT_EQ(criusec_ctx_add_recipient(c.get(), k2_->cert.c_str()), 0);
-	ASSERT_EQ(criusec_ctx_add_recipient(c.get(), k3_->cert.c_str()), 0);
-	auto h3 = exported(c.get());
-	EXPECT_EQ(h3.n_recipients, 3u);
-	EXPECT_EQ(h1.n_recipients, 1u);
-	expect_imports(c.get(), h1, *k1_); /* h1's pointers are still alive (ASan checks this) */
-	expect_imports(c.get(), h3, *k3_);
-	EXPECT_NE(std::memcmp(h1.mac, h3.mac, 32), 0);
+	/* Recipients and parent are signed with the header: no change after sealing. */
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k2_->cert.c_str()), -EINVAL);
+	auto p = make({k1_});
+	exported(p.get());
+	EXPECT_EQ(criusec_ctx_set_parent(c.get(), p.get()), -EINVAL);
+	/* Sealing again (a new manifest digest) gives a new MAC over the same stanzas. */
+	OwnedHeader first(h1);
+	const uint8_t other_digest[CRIUSEC_DIGEST_LEN] = {0x42};
+	ASSERT_EQ(criusec_ctx_seal_header(c.get(), nullptr, other_digest), 0);
+	criusec_header h2;
+	ASSERT_EQ(criusec_ctx_export(c.get(), &h2), 0);
+	EXPECT_NE(std::memcmp(first.hdr.mac, h2.mac, 32), 0);
+	expect_imports(c.get(), h2, *k1_);
+	expect_imports(c.get(), first.hdr, *k1_);
 }
 
 TEST_F(Header, DuplicateRecipientIsRefused)
@@ -214,7 +345,16 @@ TEST_F(Header, EveryTamperedFieldIsRefused)
 	const char *auth = "header authentication failed";
 	/* The importing key is k2, the middle stanza (index 1). */
 	std::vector<Tamper> cases = {
-		{"version 2", [](auto &t) { t.hdr.version = 2; }, "unsupported cipher.img header version 2"},
+		{"version 3", [](auto &t) { t.hdr.version = 3; }, "unsupported cipher.img header version 3"},
+		{"version 1", [](auto &t) { t.hdr.version = 1; }, "version-1 header with format-2 fields"},
+		{"created", [](auto &t) { t.hdr.created += 1; }, auth},
+		{"created earlier", [](auto &t) { t.hdr.created -= 86400; }, auth},
+		{"manifest digest", [](auto &t) { t.hdr.manifest_digest[31] ^= 1; }, auth},
+		{"signature on an unsigned header", [](auto &t) { t.signature.assign(64, 1); t.fixup(); },
+		 "unsigned header with a signature"},
+		{"sig_alg on an unsigned header", [](auto &t) { t.hdr.sig_alg = 5; },
+		 "signed header needs 1..8 signer certificates"},
+		{"unknown sig_alg", [](auto &t) { t.hdr.sig_alg = 99; }, "unknown signature algorithm 99"},
 		{"version 0", [](auto &t) { t.hdr.version = 0; }, "unsupported cipher.img header version 0"},
 		{"ckpt id", [](auto &t) { t.hdr.ckpt_id[0] ^= 1; }, auth},
 		{"ckpt id last", [](auto &t) { t.hdr.ckpt_id[15] ^= 0x80; }, auth},

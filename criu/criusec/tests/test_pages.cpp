@@ -25,7 +25,7 @@ Ctx make_ctx(uint8_t seed)
 	std::vector<uint8_t> mk(32, seed);
 	Id id;
 	id.fill(static_cast<uint8_t>(seed + 1));
-	auto c = Ctx::from_master_key(mk, id, std::nullopt, AeadAlg::Aes256Gcm, 65536);
+	auto c = Ctx::from_master_key(mk, id, AeadAlg::Aes256Gcm, 65536);
 	EXPECT_TRUE(c.ok());
 	return std::move(c).value();
 }

@@ -160,7 +160,7 @@ const KeyFiles &test_key(const std::string &name, unsigned bits, KeyType type, b
 
 criusec_ctx *make_ctx(AeadAlg aead, uint32_t chunk_size)
 {
-	auto c = Ctx::create(aead, std::nullopt, chunk_size);
+	auto c = Ctx::create(aead, chunk_size);
 	if (!c.ok())
 		throw std::runtime_error(c.status().message());
 	return new criusec_ctx(std::move(c).value());
@@ -172,6 +172,9 @@ OwnedHeader::OwnedHeader(const criusec_header &h) : hdr(h)
 		recipients.push_back(h.recipients[i]);
 		wrapped.emplace_back(h.recipients[i].wrapped, h.recipients[i].wrapped + h.recipients[i].wrapped_len);
 	}
+	for (size_t i = 0; i < h.n_signer_certs; i++)
+		certs.emplace_back(h.signer_certs[i].data, h.signer_certs[i].data + h.signer_certs[i].len);
+	signature.assign(h.signature.data, h.signature.data + h.signature.len);
 	fixup();
 }
 
@@ -183,6 +186,12 @@ void OwnedHeader::fixup()
 	}
 	hdr.recipients = recipients.data();
 	hdr.n_recipients = recipients.size();
+	cert_blobs.clear();
+	for (const auto &c : certs)
+		cert_blobs.push_back({c.data(), c.size()});
+	hdr.signer_certs = cert_blobs.data();
+	hdr.n_signer_certs = cert_blobs.size();
+	hdr.signature = {signature.data(), signature.size()};
 }
 
 std::vector<uint8_t> read_fd_all(int fd)

@@ -54,7 +54,10 @@ struct OwnedHeader {
 	criusec_header hdr;
 	std::vector<criusec_recipient> recipients;
 	std::vector<std::vector<uint8_t>> wrapped;
-	/* Re-point hdr at recipients/wrapped after editing the vectors. */
+	std::vector<std::vector<uint8_t>> certs;
+	std::vector<criusec_blob> cert_blobs;
+	std::vector<uint8_t> signature;
+	/* Re-point hdr at recipients/wrapped/certs/signature after editing the vectors. */
 	void fixup();
 };
 

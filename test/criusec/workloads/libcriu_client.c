@@ -3,8 +3,8 @@
  * A libcriu client, as crun is one: dump a task with encryption turned on
  * through the library's setters, or restore it with a private key.
  *
- *   libcriu_client dump    IMGDIR CRIU CERT PID
- *   libcriu_client restore IMGDIR CRIU KEY
+ *   libcriu_client dump    IMGDIR CRIU CERT PID [SIGN_KEY SIGN_CERT]
+ *   libcriu_client restore IMGDIR CRIU KEY [TRUST [MAX_AGE]]
  *
  * Prints "dump 0" or "restore PID" (criu_restore's result) and exits 0 on
  * success; anything else exits 1 with the library's return value.
@@ -24,8 +24,11 @@ int main(int argc, char **argv)
 	int dfd, ret;
 
 	if (argc < 5 || (strcmp(argv[1], "dump") && strcmp(argv[1], "restore")) ||
-	    (!strcmp(argv[1], "dump") && argc != 6)) {
-		fprintf(stderr, "usage: %s dump IMGDIR CRIU CERT PID | restore IMGDIR CRIU KEY\n", argv[0]);
+	    (!strcmp(argv[1], "dump") && argc != 6 && argc != 8) || (!strcmp(argv[1], "restore") && argc > 7)) {
+		fprintf(stderr,
+			"usage: %s dump IMGDIR CRIU CERT PID [SIGN_KEY SIGN_CERT] | "
+			"restore IMGDIR CRIU KEY [TRUST [MAX_AGE]]\n",
+			argv[0]);
 		return 2;
 	}
 	dump = !strcmp(argv[1], "dump");
@@ -51,6 +54,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "criu_add_encrypt_cert failed\n");
 			return 1;
 		}
+		if (argc == 8 && (criu_set_sign_key(argv[6]) || criu_set_sign_cert(argv[7]))) {
+			fprintf(stderr, "criu_set_sign_key/criu_set_sign_cert failed\n");
+			return 1;
+		}
 		ret = criu_dump();
 		printf("dump %d\n", ret);
 		return ret == 0 ? 0 : 1;
@@ -59,6 +66,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "criu_set_tls_key failed\n");
 		return 1;
 	}
+	if (argc >= 6 && criu_add_trust(argv[5])) {
+		fprintf(stderr, "criu_add_trust failed\n");
+		return 1;
+	}
+	if (argc == 7)
+		criu_set_max_age(strtoull(argv[6], NULL, 10));
 	ret = criu_restore();
 	printf("restore %d\n", ret);
 	return ret > 0 ? 0 : 1;

@@ -1,0 +1,448 @@
+"""Signed checkpoints and the restore policy (format 2): a checkpoint forged
+with only the recipient's public certificate, a plaintext one, one without
+cipher.img, one signed by an untrusted or expired signer, or too old, is
+refused before any task runs, with nothing changed; the genuine signed
+checkpoint restores.  Through the command line, a config file, the default
+trust file, the encryption-required marker, swrk RPC and libcriu."""
+import datetime
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from conftest import CRIU, REPO, wait_gone
+from test_encrypt import MAGIC, dir_digest, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
+from test_libcriu import client, log_tail, run_client  # noqa: F401 (client is a fixture)
+
+SRC = REPO / "build" / "src"
+MARKER = pathlib.Path("/etc/criu/encryption-required")  # on the tests' private tmpfs (conftest)
+DEFAULT_TRUST = pathlib.Path("/etc/criu/trusted-signers.pem")
+DEFAULT_CONF = pathlib.Path("/etc/criu/default.conf")
+
+
+# ---- a test PKI (python3-cryptography: any validity window and key usage) ----
+
+class Pki:
+    """Keys and certificates written as PEM files under a directory."""
+
+    def __init__(self, d):
+        self.d = pathlib.Path(d)
+
+    def _write(self, name, key, cert):
+        kp, cp = self.d / f"{name}-key.pem", self.d / f"{name}-cert.pem"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        kp.chmod(0o600)
+        cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return str(cp), str(kp)
+
+    @staticmethod
+    def _key(kind):
+        if kind == "rsa":
+            return rsa.generate_private_key(65537, 2048)
+        if kind == "p256":
+            return ec.generate_private_key(ec.SECP256R1())
+        if kind == "p384":
+            return ec.generate_private_key(ec.SECP384R1())
+        return ed25519.Ed25519PrivateKey.generate()
+
+    def make(self, name, kind="rsa", issuer=None, ca=False, usage=("sign", "encipher"),
+             not_before=None, not_after=None):
+        """A certificate: self-signed, or issued by issuer = (cert, key) objects."""
+        key = self._key(kind)
+        now = datetime.datetime.utcnow()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        b = (x509.CertificateBuilder()
+             .subject_name(subject)
+             .issuer_name(issuer[0].subject if issuer else subject)
+             .public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(not_before or now - datetime.timedelta(hours=1))
+             .not_valid_after(not_after or now + datetime.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature="sign" in usage, content_commitment=False,
+                                          key_encipherment="encipher" in usage, data_encipherment=False,
+                                          key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                                          encipher_only=False, decipher_only=False), critical=True))
+        signer = issuer[1] if issuer else key
+        alg = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+        cert = b.sign(signer, alg)
+        self.objs = getattr(self, "objs", {})
+        self.objs[name] = (cert, key)
+        return self._write(name, key, cert)
+
+    def chain(self, name, *names):
+        """A PEM file with the certificates of name, then names (its issuers)."""
+        p = self.d / f"{name}-chain.pem"
+        p.write_bytes(b"".join((self.d / f"{n}-cert.pem").read_bytes() for n in (name, *names)))
+        return str(p)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    p = Pki(tmp_path_factory.mktemp("pki"))
+    p.ca = p.make("fleet-ca", "p256", ca=True)
+    p.node = p.make("node-1", "rsa", issuer=p.objs["fleet-ca"])                  # recipient and signer
+    p.node_ec = p.make("node-2", "p384", issuer=p.objs["fleet-ca"], usage=("sign",))
+    p.other_ca = p.make("other-ca", "rsa", ca=True)
+    p.foreign = p.make("node-x", "p256", issuer=p.objs["other-ca"], usage=("sign",))
+    p.ed = p.make("pinned-ed25519", "ed25519", usage=("sign",))
+    p.encipher_only = p.make("no-sign", "rsa", usage=("encipher",))
+    return p
+
+
+def sign_args(cert, key):
+    return ["--sign-key", key, "--sign-cert", cert]
+
+
+def signed_dump(workloads, criu, img, recipient_cert, signer=None, extra=()):
+    """A workload holding a canary, dumped encrypted for recipient_cert, signed by signer (cert, key)."""
+    canary = new_canary()
+    wl = workloads("secrets", env={"CANARY": canary})
+    assert wl.report() == "secrets OK"
+    args = ["--encrypt", "--tls-cert", recipient_cert, *extra]
+    if signer:
+        args += sign_args(*signer)
+    criu.dump(wl, img, *args)
+    assert files_with(img, canary.encode()) == []
+    return wl
+
+
+def refused(criu, img, pid, *args, expect=()):
+    """criu restore must fail with each of expect in its log, leave no task, change no image."""
+    before = dir_digest(img)
+    r = criu.restore(img, *args, check=False)
+    log = (img / "restore.log").read_text(errors="replace")
+    assert r.returncode != 0, f"restored a checkpoint that must be refused:\n{log[-3000:]}"
+    wait_gone([pid], timeout=10)
+    assert dir_digest(img) == before, "a refused restore changed the images"
+    for e in expect:
+        assert e in log, f"no {e!r} in the refusal:\n{log[-3000:]}"
+    return log
+
+
+def swap_in(genuine, forged):
+    """Put forged's files in place of the genuine checkpoint's (as an attacker with write access would)."""
+    for p in genuine.iterdir():
+        if p.is_file():
+            p.unlink()
+    for p in forged.iterdir():
+        if p.is_file() and not p.name.endswith(".log"):
+            shutil.copy2(p, genuine / p.name)
+
+
+# ---- the signature ----
+
+def test_signed_checkpoint_restores_under_trust(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    wl = signed_dump(workloads, criu, tmp_path / "img", alice[0], alice)
+    dlog = (tmp_path / "img" / "dump.log").read_text()
+    assert "Signing as CN=criusec" in dlog
+    criu.restore(tmp_path / "img", "--tls-key", alice[1], "--trust", alice[0])
+    rlog = (tmp_path / "img" / "restore.log").read_text()
+    assert "signed by CN=criusec" in rlog and "(pinned)" in rlog
+    assert wl.report() == "secrets OK"
+
+
+@pytest.mark.parametrize("how", ["unsigned", "signed by the attacker"])
+def test_checkpoint_forged_with_the_public_certificate_is_refused(workloads, criu, tmp_path, keys, how):
+    """The attacker has alice's certificate (public), not her key: a checkpoint of the attacker's
+    own process, encrypted for alice, put in place of a genuine one."""
+    alice, mallory = keys["alice"], keys["mallory"]
+    genuine = tmp_path / "genuine"
+    wl = signed_dump(workloads, criu, genuine, alice[0], alice)
+    keep = tmp_path / "genuine-copy"
+    shutil.copytree(genuine, keep)
+
+    evil = signed_dump(workloads, criu, tmp_path / "forged", alice[0],
+                       mallory if how != "unsigned" else None)
+    swap_in(genuine, tmp_path / "forged")
+    expect = ["only restores checkpoints signed by a trusted signer", "sign-key"] if how == "unsigned" else \
+        ["is not trusted", "trust PEM"]
+    refused(criu, genuine, evil.pid, "--tls-key", alice[1], "--trust", alice[0], expect=expect)
+    swap_in(genuine, keep)
+    criu.restore(genuine, "--tls-key", alice[1], "--trust", alice[0])
+    assert wl.report() == "secrets OK"
+
+
+def test_plaintext_and_headerless_checkpoints_are_refused_under_trust(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    criu.dump(wl, tmp_path / "plain")
+    refused(criu, tmp_path / "plain", wl.pid, "--tls-key", alice[1], "--trust", alice[0],
+            expect=["not encrypted (no cipher.img)", "--trust"])
+
+    wl2 = signed_dump(workloads, criu, tmp_path / "signed", alice[0], alice)
+    cut = tmp_path / "no-header"
+    shutil.copytree(tmp_path / "signed", cut)
+    (cut / "cipher.img").unlink()
+    refused(criu, cut, wl2.pid, "--tls-key", alice[1], "--trust", alice[0], expect=["not encrypted"])
+    # The plain one still restores where no protection is configured.
+    criu.restore(tmp_path / "plain")
+    assert wl.report() == "secrets OK"
+    criu.restore(tmp_path / "signed", "--tls-key", alice[1], "--trust", alice[0])
+    assert wl2.report() == "secrets OK"
+
+
+def test_tampered_signed_header_is_refused_even_without_trust(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    img = tmp_path / "img"
+    wl = signed_dump(workloads, criu, img, alice[0], alice)
+    sys.path.insert(0, str(SRC / "lib"))
+    from pycriu import images
+    raw = (img / "cipher.img").read_bytes()
+    hdr = images.loads(raw)
+    entry = hdr["entries"][0]
+    entry["created"] = str(int(entry["created"]) - 1) if isinstance(entry["created"], str) else \
+        entry["created"] - 1
+    bad = tmp_path / "bad"
+    shutil.copytree(img, bad)
+    (bad / "cipher.img").write_bytes(images.dumps(hdr))
+    refused(criu, bad, wl.pid, "--tls-key", alice[1], expect=["the signature does not verify"])
+    criu.restore(img, "--tls-key", alice[1])
+    assert wl.report() == "secrets OK"
+
+
+# ---- the signer's certificate ----
+
+def test_ca_issued_signers(workloads, criu, tmp_path, pki):
+    node = pki.node
+    for name, signer, extra in [("rsa", node, ()), ("p384", pki.node_ec, ()), ("ed25519", pki.ed, ())]:
+        img = tmp_path / name
+        wl = signed_dump(workloads, criu, img, node[0], signer, extra)
+        trust = pki.ed[0] if name == "ed25519" else pki.ca[0]
+        criu.restore(img, "--tls-key", node[1], "--trust", trust)
+        log = (img / "restore.log").read_text()
+        assert "(CA CN=fleet-ca)" in log or "(pinned)" in log, log[-2000:]
+        assert wl.report() == "secrets OK"
+
+    # A signer from another CA, and a trust file that does not hold the signer's CA.
+    img = tmp_path / "foreign"
+    wl = signed_dump(workloads, criu, img, node[0], pki.foreign)
+    refused(criu, img, wl.pid, "--tls-key", node[1], "--trust", pki.ca[0], expect=["is not trusted"])
+    criu.restore(img, "--tls-key", node[1], "--trust", pki.other_ca[0], "--trust", pki.ca[0])
+    assert wl.report() == "secrets OK"
+
+
+def test_a_chain_file_carries_the_intermediate(workloads, criu, tmp_path, pki):
+    inter = pki.make("fleet-intermediate", "p256", issuer=pki.objs["fleet-ca"], ca=True)
+    leaf = pki.make("node-3", "p256", issuer=pki.objs["fleet-intermediate"], usage=("sign",))
+    chain = pki.chain("node-3", "fleet-intermediate")
+    img = tmp_path / "img"
+    wl = signed_dump(workloads, criu, img, pki.node[0], (chain, leaf[1]))
+    criu.restore(img, "--tls-key", pki.node[1], "--trust", pki.ca[0])
+    assert wl.report() == "secrets OK"
+    assert inter
+
+
+def test_unusable_signing_identities_are_refused_before_anything_is_frozen(workloads, criu, tmp_path, pki, keys):
+    wl = workloads("counter")
+    now = datetime.datetime.utcnow()
+    expired = pki.make("expired", "p256", usage=("sign",), not_before=now - datetime.timedelta(days=9),
+                       not_after=now - datetime.timedelta(days=1))
+    future = pki.make("future", "p256", usage=("sign",), not_before=now + datetime.timedelta(days=1))
+    cases = [
+        (sign_args(*pki.encipher_only), "not allowed to sign"),
+        (sign_args(*expired), "expired"),
+        (sign_args(*future), "not yet valid"),
+        (["--sign-key", pki.node[1], "--sign-cert", pki.node_ec[0]], "sign-cert"),
+        (["--sign-key", pki.node[1]], "needs both a key and its certificate"),
+    ]
+    for i, (args, expect) in enumerate(cases):
+        img = tmp_path / f"bad-{i}"
+        r = criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0], *args, check=False)
+        log = (img / "dump.log").read_text()
+        assert r.returncode != 0, f"case {i}: dumped with an unusable signing identity"
+        assert expect in log, f"case {i}: no {expect!r} in:\n{log[-2000:]}"
+        assert "Freezing" not in log and "Seizing" not in log, f"case {i}: the task was frozen first"
+        assert os.path.exists(f"/proc/{wl.pid}"), "a refused dump must leave the task running"
+
+
+def test_signer_expired_since_the_dump_is_refused(workloads, criu, tmp_path, pki):
+    now = datetime.datetime.utcnow().replace(microsecond=0)
+    short = pki.make("short-lived", "p256", usage=("sign",), issuer=pki.objs["fleet-ca"],
+                     not_after=now + datetime.timedelta(seconds=20))
+    img = tmp_path / "img"
+    wl = signed_dump(workloads, criu, img, pki.node[0], short)
+    while datetime.datetime.utcnow() <= now + datetime.timedelta(seconds=21):
+        time.sleep(0.5)
+    refused(criu, img, wl.pid, "--tls-key", pki.node[1], "--trust", pki.ca[0], expect=["expired"])
+
+
+def test_max_age(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    img = tmp_path / "img"
+    wl = signed_dump(workloads, criu, img, alice[0], alice)
+    time.sleep(2.2)
+    refused(criu, img, wl.pid, "--tls-key", alice[1], "--max-age", "1", expect=["more than the maximum age"])
+    unsigned = tmp_path / "unsigned"
+    wl2 = signed_dump(workloads, criu, unsigned, alice[0])
+    refused(criu, unsigned, wl2.pid, "--tls-key", alice[1], "--max-age", "3600",
+            expect=["age cannot be trusted"])
+    criu.restore(img, "--tls-key", alice[1], "--max-age", "3600")
+    assert wl.report() == "secrets OK"
+
+
+# ---- host-wide policy: the marker, the default trust file, config lines ----
+
+def test_marker_alone_requires_encryption_and_a_trusted_signature(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    wl_plain = workloads("secrets", env={"CANARY": new_canary()})
+    criu.dump(wl_plain, tmp_path / "plain")
+    wl_unsigned = signed_dump(workloads, criu, tmp_path / "unsigned", alice[0])
+    wl_signed = signed_dump(workloads, criu, tmp_path / "signed", alice[0], alice)
+    MARKER.touch()
+    try:
+        refused(criu, tmp_path / "plain", wl_plain.pid, "--tls-key", alice[1],
+                expect=["not encrypted", "encryption-required exists"])
+        refused(criu, tmp_path / "unsigned", wl_unsigned.pid, "--tls-key", alice[1],
+                expect=["unsigned", "no trusted signer is configured", "trust PEM"])
+        # Signed, but nothing configured to trust it.
+        refused(criu, tmp_path / "signed", wl_signed.pid, "--tls-key", alice[1],
+                expect=["no trusted signer is configured"])
+        # Dumps need a signing identity on such a host.
+        wl = workloads("counter")
+        r = criu.dump(wl, tmp_path / "nokey", "--encrypt", "--tls-cert", alice[0], check=False)
+        assert r.returncode != 0
+        assert "has no signing key" in (tmp_path / "nokey" / "dump.log").read_text()
+        assert os.path.exists(f"/proc/{wl.pid}")
+        criu.restore(tmp_path / "signed", "--tls-key", alice[1], "--trust", alice[0])
+        assert wl_signed.report() == "secrets OK"
+    finally:
+        MARKER.unlink()
+
+
+def test_marker_that_is_a_dangling_link_counts(workloads, criu, tmp_path, keys):
+    wl = workloads("counter")
+    MARKER.symlink_to("/nonexistent/target")
+    try:
+        r = criu.dump(wl, tmp_path / "img", check=False)
+    finally:
+        MARKER.unlink()
+    assert r.returncode != 0
+    assert "Encryption is required" in (tmp_path / "img" / "dump.log").read_text()
+
+
+def test_default_trust_file_and_check(workloads, criu, tmp_path, keys):
+    alice = keys["alice"]
+    wl_unsigned = signed_dump(workloads, criu, tmp_path / "unsigned", alice[0])
+    wl_signed = signed_dump(workloads, criu, tmp_path / "signed", alice[0], alice)
+    shutil.copy(alice[0], DEFAULT_TRUST)
+    try:
+        r = subprocess.run([CRIU, "check", "--feature", "criusec"], capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert "a restore trusts 1 certificate(s) from /etc/criu/trusted-signers.pem" in out, out
+        assert "CN=criusec" in out and "refuses checkpoints that are not encrypted and signed" in out, out
+        refused(criu, tmp_path / "unsigned", wl_unsigned.pid, "--tls-key", alice[1],
+                expect=["unsigned", "/etc/criu/trusted-signers.pem"])
+        criu.restore(tmp_path / "signed", "--tls-key", alice[1])
+        assert wl_signed.report() == "secrets OK"
+    finally:
+        DEFAULT_TRUST.unlink()
+
+
+def test_check_names_the_signing_identity(keys):
+    alice = keys["alice"]
+    r = subprocess.run([CRIU, "check", "--feature", "criusec", *sign_args(*alice)], capture_output=True,
+                       text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"a dump would be signed by CN=criusec" in out and alice[1] in out, out
+    assert "a restore accepts plaintext and unsigned checkpoints" in out, out
+    r = subprocess.run([CRIU, "check", "--feature", "criusec"], capture_output=True, text=True, timeout=60)
+    assert "a dump would be unsigned" in r.stdout + r.stderr
+
+
+def test_config_file_lines(workloads, criu, tmp_path, keys):
+    alice, mallory = keys["alice"], keys["mallory"]
+    DEFAULT_CONF.write_text(f"encrypt\ntls-cert {alice[0]}\nsign-key {alice[1]}\nsign-cert {alice[0]}\n"
+                            f"tls-key {alice[1]}\ntrust {alice[0]}\nmax-age 3600\n")
+    try:
+        wl = workloads("secrets", env={"CANARY": new_canary()})
+        criu.dump(wl, tmp_path / "img")
+        assert (tmp_path / "img" / "cipher.img").exists()
+        assert "Signing as CN=criusec" in (tmp_path / "img" / "dump.log").read_text()
+        # A checkpoint the attacker made for alice is refused by the same config.
+        DEFAULT_CONF.write_text(f"encrypt\ntls-cert {alice[0]}\nsign-key {mallory[1]}\nsign-cert {mallory[0]}\n")
+        evil = workloads("secrets", env={"CANARY": new_canary()})
+        criu.dump(evil, tmp_path / "evil")
+        DEFAULT_CONF.write_text(f"tls-key {alice[1]}\ntrust {alice[0]}\nmax-age 3600\n")
+        refused(criu, tmp_path / "evil", evil.pid, expect=["is not trusted"])
+        criu.restore(tmp_path / "img")
+        assert wl.report() == "secrets OK"
+    finally:
+        DEFAULT_CONF.unlink()
+
+
+# ---- swrk RPC and libcriu ----
+
+def test_rpc_fields(workloads, criu, tmp_path, keys):
+    sys.path.insert(0, str(SRC / "lib"))
+    import pycriu
+
+    alice, mallory = keys["alice"], keys["mallory"]
+
+    def rpc(action, img, **fields):
+        c = pycriu.criu()
+        c.use_binary(CRIU)
+        c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+        c.opts.log_file = f"{action}.log"
+        c.opts.log_level = 4
+        for k, v in fields.items():
+            if isinstance(v, list):
+                getattr(c.opts, k).extend(v)
+            else:
+                setattr(c.opts, k, v)
+        try:
+            return getattr(c, action)()
+        finally:
+            os.close(c.opts.images_dir_fd)
+
+    dumps = {}
+    for who in ("alice", "mallory"):
+        wl = workloads("secrets", env={"CANARY": new_canary()})
+        img = tmp_path / who
+        img.mkdir()
+        rpc("dump", img, pid=wl.pid, encrypt=True, encrypt_certs=[alice[0]], sign_key=keys[who][1],
+            sign_cert=keys[who][0])
+        wait_gone([wl.pid])
+        dumps[who] = (wl, img)
+
+    wl, img = dumps["mallory"]
+    before = dir_digest(img)
+    with pytest.raises(pycriu.CRIUException):
+        rpc("restore", img, tls_key=alice[1], trust=[alice[0]], max_age=3600)
+    assert "is not trusted" in (img / "restore.log").read_text()
+    assert dir_digest(img) == before
+    wait_gone([wl.pid])
+
+    wl, img = dumps["alice"]
+    criu.restore(img, "--tls-key", alice[1], "--trust", alice[0])
+    assert wl.report() == "secrets OK"
+
+
+def test_libcriu_setters(client, workloads, tmp_path, keys):  # noqa: F811 (client is a fixture)
+    alice, mallory = keys["alice"], keys["mallory"]
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    assert wl.report() == "secrets OK"
+    img = tmp_path / "img"
+    img.mkdir()
+    r = run_client(client, "dump", img, CRIU, alice[0], wl.pid, alice[1], alice[0])
+    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{log_tail(img / 'dump.log')}"
+    assert "Signing as CN=criusec" in log_tail(img / "dump.log") or \
+        "Signing as" in (img / "dump.log").read_text()
+    wait_gone([wl.pid])
+    r = run_client(client, "restore", img, CRIU, alice[1], mallory[0])
+    assert r.returncode != 0 and "is not trusted" in log_tail(img / "restore.log")
+    assert not os.path.exists(f"/proc/{wl.pid}")
+    r = run_client(client, "restore", img, CRIU, alice[1], alice[0], "3600")
+    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{log_tail(img / 'restore.log')}"
+    assert wl.report() == "secrets OK"
