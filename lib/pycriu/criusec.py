@@ -1115,7 +1115,8 @@ def read_cipher_img(path):
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FormatError("cipher.img: not a regular file")
-        data = f.read(1 << 20)
+        # 1024 stanzas of up to 16 KiB each, 8 certificates and a signature fit
+        data = f.read(1 << 25)
     return decode_cipher_img(data)
 
 
