@@ -1260,12 +1260,17 @@ class Checkpoint:
                 refused = str(e)
             return {"encrypted": False, "refused": refused}
         _need_crypto()
-        h = self._read_header()
-        r = self.policy.evaluate(h)
+        # What was checked already is shown as it was checked.
+        h = self.header if self.header is not None else self._read_header()
+        r = self.report if self.report is not None else self.policy.evaluate(h)
         mac = "not checked (no private key of a recipient)"
         mine = {}
         if r["refusal"] is not None:
             mac = "not checked (refused)"  # no secret is used for a refused checkpoint
+        elif self.mk is not None:
+            mac = "verified"
+            if self.key_path:
+                mine[fingerprint(load_private_key(self.key_path).public_key())] = self.key_path
         else:
             for path in self.keys:
                 try:
