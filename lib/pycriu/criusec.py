@@ -6,34 +6,49 @@ module implements them with Python's ``cryptography`` (Debian:
 python3-cryptography) and is the reference reader the engine's test suite
 cross-checks against (criu/criusec/tests/criusec_ref.py).
 
-Two layers:
+Three layers:
 
-* primitives, on bytes: the cipher.img header (``canonical``,
-  ``header_mac``, ``import_header``), image streams (``stream_seal``,
-  ``stream_open``) and memory pages (``PageCipher``);
+* primitives, on bytes: the cipher.img header of format 1 and 2
+  (``canonical``, ``canonical2``, ``header_mac``, ``import_header``,
+  ``parent_binding``, ``seal_header``), signatures (``Signer``,
+  ``verify_signature``), image streams (``stream_seal``, ``stream_open``)
+  and memory pages (``PageCipher``);
+* trust: ``TrustStore`` (pinned signers and CA anchors, path validation)
+  and ``Policy``, the restore policy of section 10.8;
 * ``Checkpoint``: an image directory.  It finds ``cipher.img`` beside the
-  images, unwraps the checkpoint's key with a recipient's private key, and
-  serves every image as the plaintext CRIU wrote, checked as criu checks it
-  on restore (header MAC, manifest, stream AAD, chunk order, final chunk,
-  page tags).  On a plain checkpoint it just reads the files.
+  images, applies the policy, verifies the signature, unwraps the
+  checkpoint's key with a recipient's private key, and serves every image
+  as the plaintext CRIU wrote, checked as criu checks it on restore
+  (header MAC, manifest digest, each image's size and digest, stream AAD,
+  chunk order, final chunk, page tags, the parent's binding).  On a plain
+  checkpoint it just reads the files, where the policy allows.  It also
+  edits a checkpoint and seals it again (``write_image``, ``write_pages``,
+  ``reseal``), and makes new ones (``Checkpoint.create``).
 
 Every failure raises ``CriusecError`` (or a subclass) whose message starts
-with the name of the image at fault.
+with the name of the image at fault (cipher.img for the header).
 """
+import calendar
+import datetime
+import errno
 import hashlib
 import hmac
 import io
 import os
 import re
+import stat
 import struct
+import tempfile
+import time
 
 try:
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
     from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-    from cryptography.exceptions import InvalidTag
+    from cryptography.exceptions import InvalidSignature, InvalidTag
     HAVE_CRYPTOGRAPHY = True
 except ImportError:  # plain checkpoints are still readable
     HAVE_CRYPTOGRAPHY = False
@@ -45,12 +60,24 @@ ID_LEN = 16
 FPR_LEN = 32
 MAC_LEN = 32
 MK_LEN = 32
+DIGEST_LEN = 32
 PAGE_SIZE = 4096
 PAGE_TAG_LEN = 16
 MAX_COUNTER = (1 << 64) - 1
 AEAD_NAMES = {1: "aes-256-gcm", 2: "chacha20-poly1305"}
+# sig_alg of a format-2 header (section 10.3)
+SIG_ALGS = {0: "unsigned", 1: "rsa-pss-sha256", 2: "rsa-pkcs1-sha256", 3: "ecdsa-p256-sha256",
+            4: "ecdsa-p384-sha384", 5: "ed25519"}
+MAX_SIGNER_CERTS = 8
+MAX_CERT_LEN = 16384
+MAX_SIG_LEN = 16384
+# How far in the future a signed creation time may be under --max-age.
+FUTURE_SLACK = 300
+V2_FIELDS = ("parent_binding", "created", "manifest_digest", "sig_alg", "signer_certs", "signature")
 
 DEFAULT_KEY = "/etc/pki/criu/private/key.pem"
+TRUSTED_SIGNERS = "/etc/criu/trusted-signers.pem"
+REQUIRED_MARKER = "/etc/criu/encryption-required"
 CIPHER_IMG = "cipher.img"
 MANIFEST_IMG = "cipher-manifest.img"
 # The stream kind of an image is CRIU's imgset template format string.
@@ -59,6 +86,13 @@ PAGE_TAGS_KIND = "pagetags"
 # Written in plaintext under --encrypt (Documentation/criusec.md).
 PLAIN_BY_DESIGN = (CIPHER_IMG, "stats-dump", "stats-restore")
 PAGES_RE = re.compile(r"^pages-(\d+)\.img$")
+
+# What a reader refused by the policy can do about it (pycriu and crit
+# read no criu config file; criu itself also takes 'trust PATH' lines).
+HOW_TO_TRUST = "pass --trust PEM (pycriu: trust=) or put it in %s" % TRUSTED_SIGNERS
+HOW_TO_SIGN = ("dump it signed: criu --sign-key KEY --sign-cert CERT, or 'sign-key PATH' and "
+               "'sign-cert PATH' in /etc/criu/default.conf")
+HOW_TO_ENCRYPT = "dump it with --encrypt (or 'encrypt' in /etc/criu/default.conf)"
 
 # pagemap entry flags (criu/include/pagemap.h)
 PE_PARENT = 1 << 0
@@ -82,6 +116,16 @@ class PrivateKeyError(CriusecError):
     """A private key that cannot be used (missing, unreadable, not a recipient)."""
 
 
+class PolicyError(CriusecError):
+    """A checkpoint the restore policy refuses (section 10.8): not
+    encrypted, unsigned, untrusted signer, too old.  The message says what
+    configuration or dump option changes that."""
+
+
+class UntrustedSignerError(PolicyError):
+    """A signer the trust store does not accept (section 10.4)."""
+
+
 def _need_crypto():
     if not HAVE_CRYPTOGRAPHY:
         raise CriusecError("reading encrypted images needs Python's cryptography module "
@@ -97,6 +141,27 @@ def _label(s, what):
     if not 1 <= len(s) <= 4096 or b"\x00" in s:
         raise CriusecError("bad %s %r: 1..4096 bytes, no NUL" % (what, s))
     return s
+
+
+def _exists(path):
+    """lstat() semantics of the marker (section 10.8): anything but ENOENT
+    counts as existing, so a dangling or unreadable marker fails closed."""
+    try:
+        os.lstat(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _now(now=None):
+    return int(time.time()) if now is None else int(now)
+
+
+def _utc(t):
+    return datetime.datetime.utcfromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S UTC") \
+        if 0 <= t < 253402300800 else "%d s after the epoch" % t
 
 
 # ---- keys (format section 2) ----
@@ -115,25 +180,63 @@ def stream_key(prk, kind, name, salt):
     return derive(prk, b"criusec v1 stream\x00" + _b(kind) + b"\x00" + _b(name) + b"\x00" + salt, 32)
 
 
-# ---- the cipher.img header (section 3) ----
+# ---- the cipher.img header (sections 3 and 10) ----
 #
 # A header is a dict: version, ckpt_id, has_parent, parent_id, aead,
-# chunk_size, recipients (a list of (fingerprint, wrap_alg, wrapped)), mac.
+# chunk_size, recipients (a list of (fingerprint, wrap_alg, wrapped)), mac;
+# format 2 adds created, parent_binding, manifest_digest, sig_alg,
+# signer_certs (a list of DER certificates), signature.  decode_cipher_img()
+# also lists in v2_fields the format-2 fields that were present on disk.
 
-def canonical(h):
-    out = b"criusec-header-v1\x00" + struct.pack(">I", h["version"]) + h["ckpt_id"]
-    if h["has_parent"]:
-        out += b"\x01" + h["parent_id"]
-    else:
-        out += b"\x00"
-    out += struct.pack(">III", h["aead"], h["chunk_size"], len(h["recipients"]))
+def _recipients(h):
+    out = struct.pack(">I", len(h["recipients"]))
     for fpr, alg, wrapped in h["recipients"]:
         out += fpr + struct.pack(">II", alg, len(wrapped)) + wrapped
     return out
 
 
+def canonical(h):
+    """Section 3.2: the bytes a version-1 header's MAC covers."""
+    out = b"criusec-header-v1\x00" + struct.pack(">I", h["version"]) + h["ckpt_id"]
+    if h["has_parent"]:
+        out += b"\x01" + h["parent_id"]
+    else:
+        out += b"\x00"
+    return out + struct.pack(">II", h["aead"], h["chunk_size"]) + _recipients(h)
+
+
+def canonical2(h):
+    """Section 10.2: the bytes a version-2 header's signature covers."""
+    out = b"criusec-header-v2\x00" + struct.pack(">I", h["version"]) + h["ckpt_id"] + struct.pack(">Q", h["created"])
+    if h["has_parent"]:
+        out += b"\x01" + h["parent_id"] + h["parent_binding"]
+    else:
+        out += b"\x00"
+    out += struct.pack(">II", h["aead"], h["chunk_size"]) + h["manifest_digest"] + _recipients(h)
+    certs = h.get("signer_certs") or []
+    out += struct.pack(">II", h.get("sig_alg") or 0, len(certs))
+    for der in certs:
+        out += struct.pack(">I", len(der)) + der
+    return out
+
+
+def mac_input(h):
+    """What the header MAC covers: canonical (format 1), or canonical2 followed
+    by the length-prefixed signature (format 2)."""
+    if h["version"] == 1:
+        return canonical(h)
+    sig = h.get("signature") or b""
+    return canonical2(h) + struct.pack(">I", len(sig)) + sig
+
+
 def header_mac(prk, h):
-    return hmac.new(derive(prk, b"criusec v1 header mac", 32), canonical(h), hashlib.sha256).digest()
+    return hmac.new(derive(prk, b"criusec v1 header mac", 32), mac_input(h), hashlib.sha256).digest()
+
+
+def parent_binding(parent_prk, parent_id, ckpt_id):
+    """Section 10.5: what only holders of the parent's keys can compute."""
+    key = derive(parent_prk, b"criusec v1 child binding", 32)
+    return hmac.new(key, b"criusec-child-v1\x00" + parent_id + ckpt_id, hashlib.sha256).digest()
 
 
 def fingerprint(pub):
@@ -147,8 +250,9 @@ def valid_chunk_size(c):
 
 
 def check_header(h):
-    """Steps 1-4 of section 3.4: the fields, before any key is used."""
-    if h["version"] != 1:
+    """Steps 1-4 of section 3.4 and the constraints of 10.1: the fields,
+    before any key is used."""
+    if h["version"] not in (1, 2):
         raise FormatError("unsupported cipher.img header version %d" % h["version"])
     if h["aead"] not in AEAD_NAMES:
         raise FormatError("unknown AEAD %d in cipher.img header" % h["aead"])
@@ -164,12 +268,33 @@ def check_header(h):
     if len(h["ckpt_id"]) != ID_LEN or len(h["mac"]) != MAC_LEN or \
             (h["has_parent"] and len(h["parent_id"]) != ID_LEN):
         raise FormatError("malformed cipher.img header")
+    if h["version"] == 1:
+        if h.get("v2_fields"):
+            raise FormatError("malformed cipher.img header (version 1 with format-2 fields: %s)"
+                              % ", ".join(h["v2_fields"]))
+        return
+    if h.get("created") is None or not 0 <= h["created"] < 1 << 64:
+        raise FormatError("malformed cipher.img header (version 2 without its creation time)")
+    if len(h.get("manifest_digest") or b"") != DIGEST_LEN:
+        raise FormatError("malformed cipher.img header (version 2 without a manifest digest)")
+    if h["has_parent"] and len(h.get("parent_binding") or b"") != DIGEST_LEN:
+        raise FormatError("malformed cipher.img header (a parent without its binding)")
+    if not h["has_parent"] and h.get("parent_binding") is not None:
+        raise FormatError("malformed cipher.img header (a parent binding without a parent)")
+    alg, certs, sig = h.get("sig_alg") or 0, h.get("signer_certs") or [], h.get("signature") or b""
+    if alg not in SIG_ALGS:
+        raise FormatError("unsupported signature algorithm %d in cipher.img header" % alg)
+    if len(certs) > MAX_SIGNER_CERTS or any(not 1 <= len(c) <= MAX_CERT_LEN for c in certs) or \
+            len(sig) > MAX_SIG_LEN:
+        raise FormatError("malformed cipher.img header (signer certificates or signature too large)")
+    if alg == 0 and (certs or sig):
+        raise FormatError("malformed cipher.img header (unsigned, but with a signature or signer certificates)")
+    if alg != 0 and (not certs or not sig):
+        raise FormatError("malformed cipher.img header (signed, but without signature or signer certificate)")
 
 
-def import_header(h, priv):
-    """Section 3.4: unwrap and return the master key, or raise FormatError."""
-    _need_crypto()
-    check_header(h)
+def _unwrap(h, priv):
+    """Section 3.4 steps 5-6: MK, or random bytes on any unwrap failure."""
     fpr = fingerprint(priv.public_key())
     mine = [r for r in h["recipients"] if r[0] == fpr]
     if not mine:
@@ -185,10 +310,525 @@ def import_header(h, priv):
     if len(mk) != MK_LEN:
         # Implicit rejection: no distinct error for a bad unwrap (step 6).
         mk = os.urandom(MK_LEN)
-    prk = prk_of(mk, h["ckpt_id"])
-    if not hmac.compare_digest(header_mac(prk, h), h["mac"]):
+    return mk
+
+
+def import_header(h, priv):
+    """Section 3.4 (and 10.7 step 3): unwrap and return the master key, or
+    raise FormatError.  The signature of a format-2 header is checked by
+    Policy.check(), which must come first."""
+    _need_crypto()
+    check_header(h)
+    mk = _unwrap(h, priv)
+    if not hmac.compare_digest(header_mac(prk_of(mk, h["ckpt_id"]), h), h["mac"]):
         raise FormatError("cipher.img header authentication failed (altered, or not for this key)")
     return mk
+
+
+def recipient_stanza(mk, recipient):
+    """(fingerprint, wrap_alg 1, wrapped MK) for an RSA public key or certificate."""
+    _need_crypto()
+    pub = recipient.public_key() if hasattr(recipient, "public_key") else recipient
+    if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size < 2048:
+        raise CriusecError("recipients must be RSA keys of at least 2048 bits")
+    return (fingerprint(pub), 1, pub.encrypt(mk, padding.PKCS1v15()))
+
+
+def new_header(mk, ckpt_id, recipients, aead=1, chunk_size=65536, created=None, parent=None,
+               manifest_digest=bytes(DIGEST_LEN)):
+    """A format-2 header dict, not yet sealed (see seal_header).
+
+    recipients: RSA public keys or certificates (MK is wrapped for each), or
+    ready stanzas (fingerprint, wrap_alg, wrapped).  parent: None, a
+    Checkpoint (its id and the binding under its key), or
+    (parent_id, parent_binding) as bytes."""
+    h = {"version": 2, "ckpt_id": bytes(ckpt_id), "aead": aead, "chunk_size": chunk_size,
+         "created": _now(created), "manifest_digest": bytes(manifest_digest), "mac": bytes(MAC_LEN),
+         "recipients": [r if isinstance(r, tuple) else recipient_stanza(mk, r) for r in recipients]}
+    _set_parent(h, parent)
+    return h
+
+
+def _set_parent(h, parent):
+    if parent is None or parent is False:
+        h.update(has_parent=0, parent_id=b"", parent_binding=None)
+    elif isinstance(parent, tuple):
+        h.update(has_parent=1, parent_id=bytes(parent[0]), parent_binding=bytes(parent[1]))
+    else:
+        h.update(has_parent=1, parent_id=parent.ckpt_id,
+                 parent_binding=parent_binding(parent.prk, parent.ckpt_id, h["ckpt_id"]))
+
+
+def seal_header(h, mk, signer=None):
+    """Sign (with a Signer; None: unsigned) and MAC a format-2 header in place; returns it."""
+    h["version"] = 2
+    h.pop("v2_fields", None)
+    if signer is None:
+        h.update(sig_alg=0, signer_certs=[], signature=b"")
+    else:
+        h.update(sig_alg=signer.alg, signer_certs=list(signer.chain), signature=b"")
+        h["signature"] = signer.sign(canonical2(h))
+    check_header(h)
+    h["mac"] = header_mac(prk_of(mk, h["ckpt_id"]), h)
+    return h
+
+
+def _one_entry(data, magic_name, message):
+    """The protobuf message of a CRIU image holding exactly one entry, or None."""
+    from .images import magic
+    try:
+        m1, m2, size = struct.unpack_from("<iiI", data, 0)
+        if m1 != magic.by_name["IMG_COMMON"] or m2 != magic.by_name[magic_name] or len(data) != 12 + size:
+            return None
+        e = message()
+        e.ParseFromString(bytes(data[12:]))
+        return e
+    except Exception:
+        return None
+
+
+def _image_of(magic_name, message):
+    """A CRIU image of one entry (as criu's pb_write_one writes it)."""
+    from .images import magic
+    body = message.SerializeToString()
+    return struct.pack("<iiI", magic.by_name["IMG_COMMON"], magic.by_name[magic_name], len(body)) + body
+
+
+def decode_cipher_img(data):
+    """cipher.img (a plain CRIU image of one cipher_entry) as a header dict."""
+    from .images import pb
+    ce = _one_entry(data, "CIPHER", pb.cipher_entry)
+    if ce is None:
+        raise FormatError("cipher.img: malformed header")
+    present = [f for f in V2_FIELDS if (len(getattr(ce, f)) if f == "signer_certs" else ce.HasField(f))]
+    return {
+        "version": ce.version, "ckpt_id": ce.ckpt_id, "has_parent": 1 if ce.HasField("parent_id") else 0,
+        "parent_id": ce.parent_id, "aead": ce.aead, "chunk_size": ce.chunk_size,
+        "recipients": [(r.fingerprint, r.wrap_alg, r.wrapped_key) for r in ce.recipients], "mac": ce.mac,
+        "created": ce.created if ce.HasField("created") else None,
+        "parent_binding": ce.parent_binding if ce.HasField("parent_binding") else None,
+        "manifest_digest": ce.manifest_digest if ce.HasField("manifest_digest") else None,
+        "sig_alg": ce.sig_alg, "signer_certs": list(ce.signer_certs), "signature": ce.signature,
+        "v2_fields": present,
+    }
+
+
+def encode_cipher_img(h):
+    """The cipher.img file of a header dict.  Format 2 always writes created,
+    manifest_digest and sig_alg; signer_certs and signature only when signed."""
+    from .images import pb
+    ce = pb.cipher_entry(version=h["version"], ckpt_id=h["ckpt_id"], aead=h["aead"], chunk_size=h["chunk_size"],
+                         mac=h["mac"])
+    if h["has_parent"]:
+        ce.parent_id = h["parent_id"]
+    for fpr, alg, wrapped in h["recipients"]:
+        ce.recipients.add(fingerprint=fpr, wrap_alg=alg, wrapped_key=wrapped)
+    if h["version"] >= 2:
+        if h["has_parent"]:
+            ce.parent_binding = h["parent_binding"]
+        ce.created = h["created"]
+        ce.manifest_digest = h["manifest_digest"]
+        ce.sig_alg = h.get("sig_alg") or 0
+        ce.signer_certs.extend(h.get("signer_certs") or [])
+        if h.get("signature"):
+            ce.signature = h["signature"]
+    return _image_of("CIPHER", ce)
+
+
+# ---- signatures (section 10.3) ----
+
+def _cert(der, what="signer certificate"):
+    _need_crypto()
+    try:
+        return x509.load_der_x509_certificate(bytes(der))
+    except ValueError:
+        raise FormatError("cipher.img: %s is not a DER X.509 certificate" % what) from None
+
+
+def cert_subject(cert):
+    """RFC 4514 subject of a certificate (object or DER)."""
+    if isinstance(cert, (bytes, bytearray)):
+        cert = _cert(cert)
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def _ts(dt):
+    return calendar.timegm(dt.utctimetuple())
+
+
+def _key_name(pub):
+    if isinstance(pub, rsa.RSAPublicKey):
+        return "RSA-%d" % pub.key_size
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return "EC %s" % pub.curve.name
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    return type(pub).__name__
+
+
+def alg_matches_key(alg, pub):
+    """Whether sig_alg `alg` is the one for the type (and curve) of public key pub."""
+    if alg in (1, 2):
+        return isinstance(pub, rsa.RSAPublicKey) and pub.key_size >= 2048
+    if alg in (3, 4):
+        return isinstance(pub, ec.EllipticCurvePublicKey) and \
+            pub.curve.name == ("secp256r1" if alg == 3 else "secp384r1")
+    return alg == 5 and isinstance(pub, ed25519.Ed25519PublicKey)
+
+
+def _pss():
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+
+
+def verify_signature(alg, leaf_der, data, sig):
+    """Verify sig over data with the key of the DER certificate leaf_der
+    under sig_alg alg (section 10.3).  No trust decision (TrustStore).
+    Raises FormatError."""
+    pub = _cert(leaf_der).public_key()
+    if alg not in SIG_ALGS or alg == 0:
+        raise FormatError("cipher.img: unsupported signature algorithm %d" % alg)
+    if not alg_matches_key(alg, pub):
+        raise FormatError("cipher.img: signature algorithm %s does not match the signer's %s key"
+                          % (SIG_ALGS[alg], _key_name(pub)))
+    try:
+        if alg == 1:
+            pub.verify(bytes(sig), bytes(data), _pss(), hashes.SHA256())
+        elif alg == 2:
+            pub.verify(bytes(sig), bytes(data), padding.PKCS1v15(), hashes.SHA256())
+        elif alg in (3, 4):
+            pub.verify(bytes(sig), bytes(data), ec.ECDSA(hashes.SHA256() if alg == 3 else hashes.SHA384()))
+        else:
+            pub.verify(bytes(sig), bytes(data))
+    except InvalidSignature:
+        raise FormatError("cipher.img: the signature does not verify (header altered, or not signed "
+                          "by its signer certificate's key)") from None
+
+
+def _ext(cert, cls):
+    """The value of a certificate's extension, or None."""
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _validity_problem(cert, now, what):
+    if now < _ts(cert.not_valid_before):
+        return "%s is not yet valid (notBefore %s)" % (what, _utc(_ts(cert.not_valid_before)))
+    if now > _ts(cert.not_valid_after):
+        return "%s has expired (notAfter %s)" % (what, _utc(_ts(cert.not_valid_after)))
+    return None
+
+
+def _signing_cert_problem(cert, now):
+    """Section 10.4 steps 2-3 for a signer certificate: a reason, or None."""
+    what = "signer certificate %s" % cert_subject(cert)
+    ku = _ext(cert, x509.KeyUsage)
+    if ku is not None and not ku.digital_signature:
+        return "%s is not allowed to sign (its keyUsage lacks digitalSignature)" % what
+    return _validity_problem(cert, now, what)
+
+
+def _pem_certs(data, origin):
+    """The certificates of a PEM buffer, in order."""
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S)
+    if not blocks:
+        raise CriusecError("%s holds no PEM certificate" % origin)
+    try:
+        return [x509.load_pem_x509_certificate(b) for b in blocks]
+    except ValueError:
+        raise CriusecError("%s: a PEM certificate that cannot be parsed" % origin) from None
+
+
+def _read_file(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CriusecError("%s %s: %s" % (what, path, e.strerror)) from None
+
+
+def load_signing_key(path):
+    """A PEM private key of any type of section 10.3."""
+    _need_crypto()
+    data = _read_file(path, "signing key")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CriusecError("signing key %s is password-protected; give an unencrypted PEM key" % path) from None
+    except ValueError:
+        raise CriusecError("%s is not a PEM private key" % path) from None
+
+
+class Signer:
+    """A signing key and its certificate chain (the signer's first), as a
+    dump signs (section 10.3): sig_alg by the key's type (RSA: PSS, or
+    alg=2 for PKCS#1 v1.5), after checking that the certificate is the
+    key's and may sign at `now`."""
+
+    def __init__(self, key, chain, alg=None, now=None):
+        _need_crypto()
+        certs = [c if isinstance(c, x509.Certificate) else x509.load_der_x509_certificate(bytes(c)) for c in chain]
+        if not 1 <= len(certs) <= MAX_SIGNER_CERTS:
+            raise CriusecError("a signer chain has 1..%d certificates, not %d" % (MAX_SIGNER_CERTS, len(certs)))
+        pub = key.public_key()
+        leaf_pub = certs[0].public_key()
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if leaf_pub.public_bytes(serialization.Encoding.DER, spki) != \
+                pub.public_bytes(serialization.Encoding.DER, spki):
+            raise CriusecError("signer certificate %s is not the signing key's" % cert_subject(certs[0]))
+        if alg is None:
+            alg = next((a for a in (1, 3, 4, 5) if alg_matches_key(a, pub)), None)
+        if alg is None or not alg_matches_key(alg, pub):
+            raise CriusecError("a %s key cannot sign a checkpoint%s (RSA >= 2048 bits, EC P-256 or P-384, "
+                               "Ed25519)" % (_key_name(pub), "" if alg is None else " with " + SIG_ALGS[alg]))
+        problem = _signing_cert_problem(certs[0], _now(now))
+        if problem:
+            raise CriusecError(problem)
+        self.key, self.alg = key, alg
+        self.chain = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        self.subject = cert_subject(certs[0])
+
+    @classmethod
+    def from_files(cls, key_path, cert_path, alg=None, now=None):
+        key = load_signing_key(key_path)
+        return cls(key, _pem_certs(_read_file(cert_path, "signer certificate"), cert_path), alg, now)
+
+    def sign(self, data):
+        data = bytes(data)
+        if self.alg == 1:
+            return self.key.sign(data, _pss(), hashes.SHA256())
+        if self.alg == 2:
+            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        if self.alg in (3, 4):
+            return self.key.sign(data, ec.ECDSA(hashes.SHA256() if self.alg == 3 else hashes.SHA384()))
+        return self.key.sign(data)
+
+
+# ---- trust (section 10.4) ----
+
+def _cert_signed_by(cert, issuer):
+    """Whether issuer's key made cert's signature.  Certificates signed with
+    RSA PKCS#1 v1.5, ECDSA (SHA-2) or Ed25519 only: cryptography 38 has no
+    path validation, and this module checks only what it can check."""
+    from cryptography.x509.oid import SignatureAlgorithmOID as S
+    oid, pub = cert.signature_algorithm_oid, issuer.public_key()
+    what = "certificate %s" % cert_subject(cert)
+    if oid == S.RSASSA_PSS:
+        raise UntrustedSignerError("%s is signed with RSA-PSS, which is not supported by pycriu" % what)
+    if oid in (S.RSA_WITH_MD5, S.RSA_WITH_SHA1, S.ECDSA_WITH_SHA1, S.DSA_WITH_SHA1):
+        raise UntrustedSignerError("%s is signed with a weak algorithm (%s)" % (what, oid._name))
+    try:
+        if oid in (S.RSA_WITH_SHA224, S.RSA_WITH_SHA256, S.RSA_WITH_SHA384, S.RSA_WITH_SHA512):
+            if not isinstance(pub, rsa.RSAPublicKey):
+                return False
+            pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
+        elif oid in (S.ECDSA_WITH_SHA224, S.ECDSA_WITH_SHA256, S.ECDSA_WITH_SHA384, S.ECDSA_WITH_SHA512):
+            if not isinstance(pub, ec.EllipticCurvePublicKey):
+                return False
+            pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        elif oid == S.ED25519:
+            if not isinstance(pub, ed25519.Ed25519PublicKey):
+                return False
+            pub.verify(cert.signature, cert.tbs_certificate_bytes)
+        else:
+            raise UntrustedSignerError("%s is signed with %s, which is not supported by pycriu"
+                                       % (what, getattr(oid, "_name", oid.dotted_string)))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _issuer_problem(ca, now, below):
+    """Why ca may not issue a certificate with `below` intermediates under it, or None."""
+    what = "issuer %s" % cert_subject(ca)
+    bc, ku = _ext(ca, x509.BasicConstraints), _ext(ca, x509.KeyUsage)
+    if bc is None or not bc.ca:
+        return "%s is not a CA (basicConstraints CA:TRUE)" % what
+    if bc.path_length is not None and below > bc.path_length:
+        return "%s allows %d intermediate CAs under it, the chain has %d" % (what, bc.path_length, below)
+    if ku is not None and not ku.key_cert_sign:
+        return "%s is not allowed to sign certificates (keyUsage lacks keyCertSign)" % what
+    return _validity_problem(ca, now, what)
+
+
+def _is_ca(cert):
+    bc = _ext(cert, x509.BasicConstraints)
+    return bool(bc and bc.ca)
+
+
+class TrustStore:
+    """Trusted certificates from PEM files (section 10.4).  Each one is a
+    pinned signer (accepted when it is the signer's certificate, byte for
+    byte); the CAs among them (basicConstraints CA:TRUE) are also anchors
+    for the signer's chain."""
+
+    def __init__(self, paths=()):
+        _need_crypto()
+        self.paths = []
+        self.certs = []  # (DER, certificate)
+        for p in paths:
+            self.add_file(p)
+
+    def add_file(self, path):
+        path = os.fspath(path)
+        self.add_pem(_read_file(path, "trust file"), "trust file %s" % path)
+        self.paths.append(path)
+
+    def add_pem(self, data, origin="trust file"):
+        for c in _pem_certs(data, origin):
+            self.certs.append((c.public_bytes(serialization.Encoding.DER), c))
+
+    def subjects(self):
+        return [cert_subject(c) for _, c in self.certs]
+
+    def __len__(self):
+        return len(self.certs)
+
+    def verify(self, chain, now=None):
+        """How the chain (DER, the signer's first) is trusted at `now`:
+        "pinned" or "CA <anchor subject>"; else UntrustedSignerError with
+        the reason."""
+        now = _now(now)
+        certs = [_cert(d, "signer certificate %d" % i) for i, d in enumerate(chain)]
+        if not certs:
+            raise UntrustedSignerError("the checkpoint is unsigned")
+        problem = _signing_cert_problem(certs[0], now)
+        if problem:
+            raise UntrustedSignerError(problem)
+        if any(bytes(chain[0]) == der for der, _ in self.certs):
+            return "pinned"
+        anchors = [c for _, c in self.certs if _is_ca(c)]
+        cur = certs[0]
+        for depth in range(len(certs)):
+            for ca in anchors:
+                if ca.subject == cur.issuer and _cert_signed_by(cur, ca):
+                    problem = _issuer_problem(ca, now, depth)
+                    if problem:
+                        raise UntrustedSignerError("trust anchor: " + problem)
+                    return "CA " + cert_subject(ca)
+            if depth + 1 == len(certs):
+                break
+            nxt = certs[depth + 1]
+            if nxt.subject != cur.issuer or not _cert_signed_by(cur, nxt):
+                raise UntrustedSignerError("signer chain: %s is not issued by the next certificate, %s"
+                                           % (cert_subject(cur), cert_subject(nxt)))
+            problem = _issuer_problem(nxt, now, depth)
+            if problem:
+                raise UntrustedSignerError("signer chain: " + problem)
+            cur = nxt
+        if not anchors:
+            raise UntrustedSignerError("unknown signer %s (not a pinned certificate, and the trust files hold no CA)"
+                                       % cert_subject(certs[0]))
+        raise UntrustedSignerError("signer %s is not signed by a trusted CA (its chain ends at %s, issued by %s)"
+                                   % (cert_subject(certs[0]), cert_subject(cur), cur.issuer.rfc4514_string()))
+
+
+# ---- the restore policy (section 10.8) ----
+
+class Policy:
+    """Which checkpoints a reader accepts.
+
+    trust: PEM file path(s) of trusted signers, or a TrustStore; None (or
+    []): TRUSTED_SIGNERS when it exists.  The reader then *requires
+    protection*, as it also does while REQUIRED_MARKER exists (or when
+    required=True).  max_age: refuse checkpoints signed more than that many
+    seconds ago (or more than FUTURE_SLACK in the future), and unsigned
+    ones.  now: the time of the checks (default: each check's)."""
+
+    def __init__(self, trust=None, max_age=None, now=None, required=None):
+        if isinstance(trust, TrustStore):
+            self.store = trust
+        else:
+            if isinstance(trust, (str, bytes, os.PathLike)):
+                trust = [trust]
+            paths = [os.fspath(p) for p in trust or []]
+            if not paths and _exists(TRUSTED_SIGNERS):
+                paths = [TRUSTED_SIGNERS]
+            self.store = TrustStore(paths) if paths else None
+        self.marker = _exists(REQUIRED_MARKER)
+        self.required = bool(self.store) or self.marker if required is None else bool(required)
+        self.max_age = max_age
+        self.now = now
+
+    @classmethod
+    def permissive(cls):
+        """No trust, nothing required, whatever the host configures."""
+        return cls(trust=TrustStore(), required=False)
+
+    def why_required(self):
+        if self.store:
+            return "signers are trusted from %s" % ", ".join(self.store.paths or ["a trust store"])
+        if self.marker:
+            return "%s exists" % REQUIRED_MARKER
+        return "protection is required"
+
+    def check_plain(self, what):
+        """A checkpoint without cipher.img."""
+        if self.required:
+            raise PolicyError("%s: not an encrypted checkpoint (no %s), refused because %s: %s"
+                              % (what, CIPHER_IMG, self.why_required(), HOW_TO_ENCRYPT))
+
+    def evaluate(self, h):
+        """What the policy makes of a checked header (check_header): a dict
+        with signature ("unsigned", "verified" or "failed"), signer, chain
+        (subjects), alg, trusted ("pinned", "CA ..." or None), trust (why
+        not trusted), created, and refusal: the exception that refuses the
+        checkpoint, or None."""
+        r = {"signature": "unsigned", "alg": SIG_ALGS[h.get("sig_alg") or 0], "signer": None, "chain": [],
+             "trusted": None, "trust": None, "created": h.get("created"), "refusal": None}
+        now = _now(self.now)
+
+        def refuse(exc):
+            if r["refusal"] is None:
+                r["refusal"] = exc
+
+        if self.required and not self.store:
+            refuse(PolicyError("cipher.img: %s requires trusted signatures, but no signer is trusted: %s"
+                               % (REQUIRED_MARKER, HOW_TO_TRUST)))
+        certs = h.get("signer_certs") or []
+        if h["version"] == 1 or not h.get("sig_alg"):
+            what = "format-1 checkpoint (no signature)" if h["version"] == 1 else "unsigned checkpoint"
+            r["trust"] = "unsigned"
+            if self.required:
+                refuse(PolicyError("cipher.img: %s refused because %s: %s" % (what, self.why_required(), HOW_TO_SIGN)))
+            if self.max_age is not None:
+                refuse(PolicyError("cipher.img: %s refused: a maximum age needs a signed creation time: %s"
+                                   % (what, HOW_TO_SIGN)))
+            return r
+        try:
+            r["chain"] = [cert_subject(d) for d in certs]
+            r["signer"] = r["chain"][0]
+            verify_signature(h["sig_alg"], certs[0], canonical2(h), h["signature"])
+            r["signature"] = "verified"
+        except FormatError as e:
+            r["signature"] = "failed"
+            r["refusal"] = e  # tampering comes before any policy reason
+            return r
+        if self.store:
+            try:
+                r["trusted"] = self.store.verify(certs, now)
+            except UntrustedSignerError as e:
+                r["trust"] = str(e)
+                refuse(UntrustedSignerError("cipher.img: untrusted signer: %s; to trust it, %s" % (e, HOW_TO_TRUST)))
+        else:
+            r["trust"] = "no trust configured"
+        if self.max_age is not None:
+            age = now - h["created"]
+            if age > self.max_age:
+                refuse(PolicyError("cipher.img: the checkpoint was signed %d s ago (%s), more than the maximum "
+                                   "age of %d s" % (age, _utc(h["created"]), self.max_age)))
+            elif -age > FUTURE_SLACK:
+                refuse(PolicyError("cipher.img: the checkpoint's creation time is %d s in the future (%s)"
+                                   % (-age, _utc(h["created"]))))
+        return r
+
+    def check(self, h):
+        """evaluate(h), raising its refusal."""
+        r = self.evaluate(h)
+        if r["refusal"] is not None:
+            raise r["refusal"]
+        return r
 
 
 # ---- streams (section 4) ----
@@ -391,72 +1031,188 @@ def default_keys(keys):
     return [os.fspath(k) for k in keys]
 
 
+
+# ---- files ----
+
+def replace_file(path, data, mode=0o600):
+    """Write data as the file path, atomically: a fresh temporary file in
+    the same directory (mkstemp: O_EXCL | O_NOFOLLOW, created 0600) renamed
+    over path, so that nothing planted in a writable image directory is
+    followed or overwritten in place."""
+    d, name = os.path.split(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % name[:64], suffix=".crit-tmp", dir=d or ".")
+    try:
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _check_name(name):
+    """Image names are plain file names of the image directory (issue 11.2):
+    a manifest must not make a reader open another path."""
+    if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name in (".", "..") or \
+            len(name) > 255:
+        raise FormatError("%s: image name %r is not a plain file name" % (MANIFEST_IMG, name))
+    return name
+
+
+# ---- the manifest (section 10.6) ----
+
+def decode_manifest(pt):
+    """The plaintext of cipher-manifest.img: [(name, kind, size, digest)]
+    (size and digest None when the manifest has none: format 1)."""
+    from .images import pb
+    e = _one_entry(pt, "CIPHER_MANIFEST", pb.cipher_manifest_entry)
+    if e is None:
+        raise FormatError("%s: malformed" % MANIFEST_IMG)
+    names, kinds, sizes, digests = list(e.images), list(e.kinds), list(e.sizes), list(e.digests)
+    if len(names) != len(kinds):
+        raise FormatError("%s: malformed (%d images, %d kinds)" % (MANIFEST_IMG, len(names), len(kinds)))
+    if not sizes and not digests:
+        return [(_check_name(n), k, None, None) for n, k in zip(names, kinds)]
+    if len(sizes) != len(names) or len(digests) != len(names):
+        raise FormatError("%s: malformed (%d images, %d sizes, %d digests)"
+                          % (MANIFEST_IMG, len(names), len(sizes), len(digests)))
+    out = []
+    for n, k, s, d in zip(names, kinds, sizes, digests):
+        # size 0 and no digest: an image the dump did not seal (a page server's)
+        if len(d) != DIGEST_LEN and (s, d) != (0, b""):
+            raise FormatError("%s: malformed digest of %s" % (MANIFEST_IMG, n))
+        out.append((_check_name(n), k, s, d))
+    return out
+
+
+def encode_manifest(entries):
+    """cipher-manifest.img's plaintext for [(name, kind, size, digest)]."""
+    from .images import pb
+    e = pb.cipher_manifest_entry()
+    for name, kind, size, digest in entries:
+        e.images.append(name)
+        e.kinds.append(kind)
+        e.sizes.append(size)
+        e.digests.append(digest)
+    return _image_of("CIPHER_MANIFEST", e)
+
+
 # ---- checkpoints ----
 
-def _read_cipher_entry(path):
-    """cipher.img (a plain CRIU image of one CipherEntry) as a header dict."""
-    from .images import magic, pb
-    with open(path, "rb") as f:
-        data = f.read()
+def read_cipher_img(path):
+    """decode_cipher_img() of a file, never through a symbolic link."""
     try:
-        m1, m2, size = struct.unpack_from("<iii", data, 0)
-        if m1 != magic.by_name["IMG_COMMON"] or m2 != magic.by_name["CIPHER"] or len(data) != 12 + size:
-            raise ValueError
-        ce = pb.cipher_entry()
-        ce.ParseFromString(data[12:])
-    except Exception:
-        raise FormatError("cipher.img: malformed header") from None
-    return {
-        "version": ce.version, "ckpt_id": ce.ckpt_id, "has_parent": 1 if ce.HasField("parent_id") else 0,
-        "parent_id": ce.parent_id, "aead": ce.aead, "chunk_size": ce.chunk_size,
-        "recipients": [(r.fingerprint, r.wrap_alg, r.wrapped_key) for r in ce.recipients], "mac": ce.mac,
-    }
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError("cipher.img: a symbolic link, not the checkpoint's header") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError("cipher.img: not a regular file")
+        # 1024 stanzas of up to 16 KiB each, 8 certificates and a signature fit
+        data = f.read(1 << 25)
+    return decode_cipher_img(data)
+
+
+def _hex(b):
+    return bytes(b).hex()
 
 
 class Checkpoint:
     """An image directory, plain or encrypted.
 
-        ck = Checkpoint("/var/lib/ckpt", keys="key.pem")
+        ck = Checkpoint("/var/lib/ckpt", keys="key.pem", trust="signers.pem")
         core = ck.load("core-1234.img")             # like pycriu.images.load
         argv = ck.read_memory(1234, addr, 4096)     # decrypted, tag-checked
 
     keys: a path or a list of paths to PEM private keys; the one whose
     public key is a recipient of the checkpoint is used.  None: CRIU's
-    default key, when readable.  Nothing is read until it is needed, and a
-    plain checkpoint needs no key.
+    default key, when readable.  trust, max_age: the restore policy
+    (Policy; policy= gives one directly).  Nothing is read until it is
+    needed, and a plain checkpoint needs no key.  The policy is applied,
+    and a signature verified, before anything but cipher.img is read.
     """
 
-    def __init__(self, imgdir, keys=None):
+    def __init__(self, imgdir, keys=None, trust=None, max_age=None, policy=None):
         self.dir = os.fspath(imgdir)
         self.keys = default_keys(keys)
-        self.encrypted = os.path.exists(os.path.join(self.dir, CIPHER_IMG))
-        self.header = None
+        self.policy = policy if policy is not None else Policy(trust, max_age)
+        # lexists: a dangling cipher.img link is no way to make images plain
+        self.encrypted = os.path.lexists(os.path.join(self.dir, CIPHER_IMG))
         self.mk = None
         self.key_path = None
-        self._manifest = None
+        self._reset()
+
+    def _reset(self):
+        self.header = None      # checked, and accepted by the policy
+        self.report = None      # Policy.evaluate() of the header
+        self._manifest = None   # [(kind, name)]
+        self._entries = None    # name -> [kind, size, digest]
         self._kinds = None
         self._tags = {}
         self._plain = {}
         self._pagemaps = {}
         self._parent = None
 
+    @classmethod
+    def create(cls, imgdir, recipients, keys=None, aead=1, chunk_size=65536, mk=None, ckpt_id=None, policy=None):
+        """A new, empty encrypted checkpoint in imgdir, for recipients (RSA
+        public keys or certificates).  Add images with write_image() and
+        write_pages(); reseal() then writes its manifest and cipher.img."""
+        os.makedirs(imgdir, exist_ok=True)
+        ck = cls(imgdir, keys, policy=policy if policy is not None else Policy.permissive())
+        if ck.encrypted:
+            raise CriusecError("%s: already has a %s" % (ck.dir, CIPHER_IMG))
+        ck.encrypted = True
+        ck.mk = os.urandom(MK_LEN) if mk is None else bytes(mk)
+        ck.header = new_header(ck.mk, os.urandom(ID_LEN) if ckpt_id is None else ckpt_id, recipients, aead,
+                               chunk_size)
+        ck._manifest, ck._entries, ck._kinds = [], {}, {}
+        return ck
+
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    # -- the key --
+    # -- the header, the policy and the key --
 
-    def unlock(self, for_image=None):
-        """Import cipher.img with one of the keys (section 3.4).  Errors
-        name for_image, the image wanted, or else the directory."""
-        if self.mk is not None or not self.encrypted:
-            return
-        _need_crypto()
-        if self.header is None:
-            self.header = _read_cipher_entry(self.path(CIPHER_IMG))
+    def _read_header(self):
+        h = read_cipher_img(self.path(CIPHER_IMG))
         try:
-            check_header(self.header)
+            check_header(h)
         except FormatError as e:
             raise FormatError("cipher.img: %s" % str(e).replace("cipher.img ", "")) from None
+        return h
+
+    def load_header(self):
+        """Section 10.7 steps 1-2: parse cipher.img, check it, apply the
+        policy and verify the signature.  Nothing secret is used."""
+        if self.header is not None or not self.encrypted:
+            return
+        _need_crypto()
+        h = self._read_header()
+        self.report = self.policy.check(h)
+        self.header = h
+
+    def check_plain(self, what=None):
+        """The policy's word on a checkpoint without cipher.img."""
+        if not self.encrypted:
+            self.policy.check_plain(what or self.dir)
+
+    def unlock(self, for_image=None):
+        """Load the header (load_header) and import it with one of the keys
+        (section 3.4).  Errors name for_image, the image wanted, or else the
+        directory."""
+        if not self.encrypted:
+            return
+        self.load_header()
+        if self.mk is not None:
+            return
         if not self.keys:
             raise EncryptedImageError("%s: encrypted %s; pass --tls-key (no readable key at %s)"
                                       % (for_image or self.dir, "image" if for_image else "checkpoint",
@@ -487,25 +1243,109 @@ class Checkpoint:
         self.unlock()
         return prk_of(self.mk, self.header["ckpt_id"])
 
+    @property
+    def signed(self):
+        self.load_header()
+        return bool(self.encrypted and self.header.get("sig_alg"))
+
+    def describe(self):
+        """The checkpoint's header and what this reader makes of it (crit
+        info DIR, crit x DIR ps), as a dict.  Raises only for a malformed
+        header: a refusal is reported in "refused"."""
+        if not self.encrypted:
+            try:
+                self.policy.check_plain(self.dir)
+                refused = None
+            except PolicyError as e:
+                refused = str(e)
+            return {"encrypted": False, "refused": refused}
+        _need_crypto()
+        # What was checked already is shown as it was checked.
+        h = self.header if self.header is not None else self._read_header()
+        r = self.report if self.report is not None else self.policy.evaluate(h)
+        mac = "not checked (no private key of a recipient)"
+        mine = {}
+        if r["refusal"] is not None:
+            mac = "not checked (refused)"  # no secret is used for a refused checkpoint
+        elif self.mk is not None:
+            mac = "verified"
+            if self.key_path:
+                mine[fingerprint(load_private_key(self.key_path).public_key())] = self.key_path
+        else:
+            for path in self.keys:
+                try:
+                    priv = load_private_key(path)
+                except PrivateKeyError:
+                    continue
+                fpr = fingerprint(priv.public_key())
+                if any(fpr == s[0] for s in h["recipients"]):
+                    mine[fpr] = path
+                    try:
+                        import_header(h, priv)
+                        mac = "verified"
+                    except CriusecError as e:
+                        mac = "failed (%s)" % e
+                    break
+        return {
+            "encrypted": True, "format": h["version"], "ckpt_id": _hex(h["ckpt_id"]),
+            "aead": AEAD_NAMES[h["aead"]], "chunk_size": h["chunk_size"],
+            "created": h.get("created"), "created_utc": _utc(h["created"]) if h.get("created") is not None else None,
+            "recipients": [{"fingerprint": "SHA256:" + _hex(f), "key": mine.get(f)} for f, _, _ in h["recipients"]],
+            "parent_id": _hex(h["parent_id"]) if h["has_parent"] else None,
+            "signature": r["signature"], "sig_alg": r["alg"], "signer": r["signer"], "chain": r["chain"],
+            "trusted": r["trusted"], "trust": r["trust"], "mac": mac,
+            "refused": str(r["refusal"]) if r["refusal"] is not None else None,
+        }
+
+    def summary(self):
+        """describe() as lines of text, for people."""
+        d = self.describe()
+        if not d["encrypted"]:
+            return ["checkpoint  plain (no cipher.img)" + ("; refused: " + d["refused"] if d["refused"] else "")]
+        out = ["checkpoint  %s (criusec format %d, %s)" % (d["ckpt_id"], d["format"], d["aead"])]
+        if d["created"] is not None:
+            out.append("created     %s" % d["created_utc"])
+        for r in d["recipients"]:
+            out.append("recipient   %s%s" % (r["fingerprint"], " (key %s)" % r["key"] if r["key"] else ""))
+        out.append("parent      %s" % (d["parent_id"] or "none"))
+        if d["signer"]:
+            out.append("signer      %s (%s)" % (d["signer"], d["sig_alg"]))
+            out += ["  issued by %s" % s for s in d["chain"][1:]]
+        out.append("signature   %s" % d["signature"])
+        if d["trusted"]:
+            out.append("trusted     yes (%s)" % d["trusted"])
+        elif d["trust"] == "no trust configured":
+            out.append("trusted     not checked: no trust configured (--trust PEM)")
+        elif d["signature"] == "verified":
+            out.append("trusted     no: %s" % d["trust"])
+        out.append("header MAC  %s" % d["mac"])
+        if d["refused"]:
+            out.append("refused     %s" % d["refused"])
+        return out
+
     # -- the manifest --
 
     def manifest(self):
-        """[(kind, name)] of every stream image the dump wrote."""
+        """[(kind, name)] of every stream image the dump wrote.  In format 2
+        the manifest's digest must be the header's (section 10.6)."""
         if self._manifest is None:
             self.unlock(MANIFEST_IMG)
             pt = self._open_stream_file(MANIFEST_KIND, MANIFEST_IMG)
-            from . import images
-            try:
-                img = images.loads(pt)
-                if img["magic"] != "CIPHER_MANIFEST" or len(img["entries"]) != 1:
-                    raise ValueError
-                e = img["entries"][0]
-                if len(e.get("images", [])) != len(e.get("kinds", [])):
-                    raise ValueError
-            except Exception:
-                raise FormatError("%s: malformed" % MANIFEST_IMG) from None
-            self._manifest = list(zip(e.get("kinds", []), e.get("images", [])))
-            self._kinds = {n: k for k, n in self._manifest}
+            if self.header["version"] >= 2 and \
+                    not hmac.compare_digest(hashlib.sha256(pt).digest(), self.header["manifest_digest"]):
+                raise FormatError("%s: not the manifest this checkpoint was sealed with (its digest is not "
+                                  "the one in cipher.img)" % MANIFEST_IMG)
+            entries = {}
+            for name, kind, size, digest in decode_manifest(pt):
+                if name in entries or name in (CIPHER_IMG, MANIFEST_IMG) or PAGES_RE.match(name):
+                    raise FormatError("%s: lists %s twice, or an image it must not list" % (MANIFEST_IMG, name))
+                _label(kind, "kind")
+                if self.header["version"] >= 2 and size is None:
+                    raise FormatError("%s: format 2 without image sizes and digests" % MANIFEST_IMG)
+                entries[name] = [kind, size, digest]
+            self._entries = entries
+            self._manifest = [(e[0], n) for n, e in entries.items()]
+            self._kinds = {n: e[0] for n, e in entries.items()}
         return self._manifest
 
     def kind_of(self, name):
@@ -518,15 +1358,40 @@ class Checkpoint:
 
     # -- streams --
 
-    def _open_stream_file(self, kind, name):
+    def _open_file(self, name):
+        """An image file, never through a symbolic link, and only a regular
+        file (a FIFO would block): (file, size)."""
         try:
-            with open(self.path(name), "rb") as f:
-                data = f.read()
+            fd = os.open(self.path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise FormatError("%s: a symbolic link, not an image file" % name) from None
+            raise
+        f = os.fdopen(fd, "rb")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            f.close()
+            raise FormatError("%s: not a regular file" % name)
+        return f, st.st_size
+
+    def _open_stream_file(self, kind, name):
+        entry = self._entries.get(name) if self._entries is not None else None
+        try:
+            f, size = self._open_file(name)
         except FileNotFoundError:
             raise FormatError("%s: missing from the encrypted checkpoint (its manifest lists it)" % name) \
                 if name != MANIFEST_IMG else \
                 FormatError("%s is missing: the dump did not finish, or images were removed" % name) from None
-        return self.open_stream(name, data, kind)
+        with f:
+            # A file of another size than recorded is refused unread.
+            if entry is not None and entry[1] and size != entry[1]:
+                raise FormatError("%s: %d bytes, but the manifest records %d (truncated, extended or replaced)"
+                                  % (name, size, entry[1]))
+            data = f.read()
+        pt = self.open_stream(name, data, kind)
+        if entry is not None and entry[2] and not hmac.compare_digest(hashlib.sha256(pt).digest(), entry[2]):
+            raise FormatError("%s: its plaintext is not the one the manifest records (digest mismatch)" % name)
+        return pt
 
     def open_stream(self, name, data, kind=None):
         """Authenticate and decrypt the bytes of the stream image `name`."""
@@ -540,7 +1405,8 @@ class Checkpoint:
             raise FormatError("%s: %s" % (name, e)) from None
 
     def seal(self, name, plaintext):
-        """Encrypt plaintext as the image `name` of this checkpoint (a fresh stream salt)."""
+        """Encrypt plaintext as the image `name` of this checkpoint (a fresh
+        stream salt).  write_image() also records it in the manifest."""
         self.unlock(name)
         h = self.header
         return stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], self.kind_of(name), name, plaintext)
@@ -557,12 +1423,16 @@ class Checkpoint:
                 return self.pages_image(int(m.group(1)))
             self.unlock(name)
             if name not in self._manifest_names():
-                if not os.path.exists(self.path(name)):
+                if not os.path.lexists(self.path(name)):
                     raise FileNotFoundError(2, "No such file or directory", self.path(name))
                 self.kind_of(name)  # raises: not in the manifest
             if name not in self._plain:
                 self._plain[name] = self._open_stream_file(self.kind_of(name), name)
             return self._plain[name]
+        if self.encrypted:
+            self.load_header()  # the policy covers the plain files of an encrypted checkpoint too
+        else:
+            self.check_plain(name)
         with open(self.path(name), "rb") as f:
             data = f.read()
         if is_stream(data) and not self.encrypted:
@@ -593,23 +1463,17 @@ class Checkpoint:
         return data
 
     def write(self, name, data):
-        """Replace the file `name` by data (already sealed), atomically, owner-only."""
-        tmp = self.path(".%s.crit-tmp" % name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path(name))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Replace the file `name` by data as it is (already sealed),
+        atomically, owner-only.  See write_image() to keep an encrypted
+        checkpoint consistent."""
+        replace_file(self.path(_check_name(name)), data)
 
     def verify(self):
         """Authenticate every image the manifest lists, as criu restore does
         before it uses any; the number of images.  (Their plaintexts are
         kept for read().)"""
         if not self.encrypted:
+            self.check_plain(self.dir)
             return 0
         self.unlock()
         for kind, name in self.manifest():
@@ -617,20 +1481,170 @@ class Checkpoint:
                 self._plain[name] = self._open_stream_file(kind, name)
         return len(self._manifest)
 
+    # -- editing, and sealing again --
+
+    def _record(self, name, kind, size, digest):
+        if name not in self._entries:
+            self._manifest.append((kind, name))
+        self._entries[name] = [kind, size, digest]
+        self._kinds[name] = kind
+
+    def write_image(self, name, plaintext, kind=None):
+        """Replace the image `name` by plaintext (or add it, given its kind):
+        sealed under a fresh stream key and recorded in the manifest with
+        its size and digest.  reseal() must follow the last change, or the
+        checkpoint no longer opens."""
+        _check_name(name)
+        plaintext = bytes(plaintext)
+        self._pagemaps.pop(name, None)
+        if not self.encrypted or name in PLAIN_BY_DESIGN:
+            self.write(name, plaintext)
+            return
+        if PAGES_RE.match(name):
+            raise CriusecError("%s: pages are written with write_pages()" % name)
+        self.verify()
+        e = self._entries.get(name)
+        if e is not None and kind is not None and kind != e[0]:
+            raise CriusecError("%s: its kind is %s, not %s" % (name, e[0], kind))
+        if e is None and kind is None:
+            raise CriusecError("%s: not an image of this checkpoint; give its kind to add it" % name)
+        kind = e[0] if e is not None else kind
+        h = self.header
+        sealed = stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, plaintext)
+        self.write(name, sealed)
+        self._record(name, kind, len(sealed), hashlib.sha256(plaintext).digest())
+        self._plain[name] = plaintext
+        self._tags.clear()
+
+    def remove_image(self, name):
+        """Remove an image and its manifest entry (reseal() follows)."""
+        if self.encrypted and name not in PLAIN_BY_DESIGN:
+            self.verify()
+            self._entries.pop(name, None)
+            self._manifest = [(k, n) for k, n in self._manifest if n != name]
+            self._kinds.pop(name, None)
+            self._plain.pop(name, None)
+        try:
+            os.unlink(self.path(_check_name(name)))
+        except FileNotFoundError:
+            pass
+
+    def write_pages(self, pagemap, entries, pages, kind=None, magic_name=None):
+        """Rewrite the pagemap image `pagemap` as entries [(vaddr, nr_pages,
+        flags)] and the pages of its present entries (not PE_PARENT) from
+        pages ({vaddr: 4096 bytes}), in a page image of a new id (so that no
+        page key and position ever encrypts two contents), with its tags.
+        The old page image is removed.  reseal() follows."""
+        from . import images
+        old = self.pagemap(pagemap)[0] if os.path.lexists(self.path(pagemap)) else None
+        if magic_name is None:
+            magic_name = self.load(pagemap)["magic"] if old is not None else "PAGEMAP"
+        ids = [int(m.group(1)) for m in map(PAGES_RE.match, os.listdir(self.dir)) if m]
+        pid = old if old is not None and not self.encrypted else max(ids + [old or 0, 0]) + 1
+        name = "pages-%d.img" % pid
+        pc = PageCipher(self.prk, name) if self.encrypted else None
+        data, tags, index = [], [], 0
+        for vaddr, nr, flags in entries:
+            if not flags & PE_PRESENT or flags & PE_PARENT:
+                continue
+            for k in range(nr):
+                page = bytes(pages[vaddr + k * PAGE_SIZE])
+                if pc is None:
+                    data.append(page)
+                else:
+                    ct, tag = pc.seal(vaddr + k * PAGE_SIZE, index, page)
+                    data.append(ct)
+                    tags.append(tag)
+                index += 1
+        self.write(name, b"".join(data))
+        if self.encrypted:
+            self.write_image("pagetags-%d.img" % pid, b"".join(tags), PAGE_TAGS_KIND)
+            if old is not None and old != pid:
+                self.remove_image("pagetags-%d.img" % old)
+        if old is not None and old != pid:
+            self.remove_image("pages-%d.img" % old)
+        img = {"magic": magic_name, "entries": [{"pages_id": pid}] + [
+            {"vaddr": v, "compat_nr_pages": 0, "nr_pages": n, "flags": f} for v, n, f in entries]}
+        self.write_image(pagemap, images.dumps(img), kind)
+        self._pagemaps.pop(pagemap, None)
+        self._tags.clear()
+
+    def reseal(self, signer=None, created=None, parent=None, recipients=None):
+        """Seal the checkpoint again, in format 2, after edits (or to turn a
+        format-1 checkpoint into format 2): every image is verified, the
+        manifest written with every image's size and digest, and a new
+        header made: signed by signer (a Signer) or unsigned, created at
+        `created` (default now), for the same recipients (or new ones: RSA
+        public keys or certificates), with the same parent (parent=: a
+        parent Checkpoint, (parent_id, binding), or False for none).
+
+        An edited checkpoint is no longer what its original signer signed:
+        unless signer is given, the new header is unsigned, which a trust
+        policy refuses.  Returns the new header."""
+        if not self.encrypted:
+            raise CriusecError("%s: not an encrypted checkpoint" % self.dir)
+        self.verify()
+        h = self.header
+        for name, e in self._entries.items():
+            if e[1] is None:  # from a format-1 manifest
+                e[1] = os.lstat(self.path(name)).st_size
+                e[2] = hashlib.sha256(self._plain[name]).digest()
+        mpt = encode_manifest([(n, e[0], e[1], e[2]) for n, e in self._entries.items()])
+        self.write(MANIFEST_IMG, stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], MANIFEST_KIND,
+                                             MANIFEST_IMG, mpt))
+        nh = new_header(self.mk, h["ckpt_id"], h["recipients"] if recipients is None else recipients, h["aead"],
+                        h["chunk_size"], created, manifest_digest=hashlib.sha256(mpt).digest())
+        if parent is not None:
+            _set_parent(nh, parent)
+        elif h["has_parent"]:
+            if h.get("parent_binding") is None:
+                raise CriusecError("%s: a format-1 child has no parent binding: give its parent (parent=) to "
+                                   "bind it" % self.dir)
+            _set_parent(nh, (h["parent_id"], h["parent_binding"]))
+        seal_header(nh, self.mk, signer)
+        self.write(CIPHER_IMG, encode_cipher_img(nh))
+        # Read back as any reader would (the policy included); the key stays.
+        self._reset()
+        return nh
+
     # -- pages --
 
     def parent(self):
-        """The pre-dump parent (the "parent" link), checked to be the checkpoint this one was dumped on."""
+        """The pre-dump parent (the "parent" link), checked to be the
+        checkpoint this one was dumped against (section 10.5) before any of
+        its images is read.  An encrypted parent is opened only for a
+        format-2 child whose header is authenticated (and accepted by the
+        policy), never for a plain or format-1 one."""
         if self._parent is None:
             pdir = self.path("parent")
             if not os.path.isdir(pdir):
                 raise CriusecError("%s: pages are in the parent checkpoint, which is missing" % self.dir)
-            p = Checkpoint(pdir, self.keys)
-            if self.encrypted:
+            p = Checkpoint(pdir, self.keys, policy=self.policy)
+            if not self.encrypted:
+                self.check_plain(self.dir)
+                if p.encrypted:
+                    raise FormatError("%s: an encrypted parent is never opened for a plain checkpoint (%s has no "
+                                      "%s)" % (pdir, self.dir, CIPHER_IMG))
+            else:
                 self.unlock()
-                if not self.header["has_parent"] or not p.encrypted or p.ckpt_id != self.header["parent_id"]:
+                h = self.header
+                if not h["has_parent"] or not p.encrypted:
                     raise FormatError("%s: the parent images are not the checkpoint these images were dumped "
                                       "against" % pdir)
+                if h["version"] < 2:
+                    raise FormatError("%s: not opened for a format-1 checkpoint, which has no parent binding "
+                                      "(section 10.5)" % pdir)
+                try:
+                    p.unlock()
+                except CriusecError as e:
+                    raise type(e)("%s: %s" % (pdir, e)) from None
+                if p.header["ckpt_id"] != h["parent_id"]:
+                    raise FormatError("%s: the parent images are not the checkpoint these images were dumped "
+                                      "against" % pdir)
+                if not hmac.compare_digest(parent_binding(p.prk, h["parent_id"], h["ckpt_id"]),
+                                           h["parent_binding"]):
+                    raise FormatError("%s: the parent binding does not verify (a parent forged with its id, or "
+                                      "a child not made from this parent)" % pdir)
             self._parent = p
         return self._parent
 
@@ -664,7 +1678,7 @@ class Checkpoint:
             self.manifest()
             if self._kinds.get(tname) != PAGE_TAGS_KIND:
                 raise FormatError("pages-%d.img: its page tags (%s) are not in the checkpoint" % (pages_id, tname))
-            self._tags[pages_id] = self._open_stream_file(PAGE_TAGS_KIND, tname)
+            self._tags[pages_id] = self._plain.get(tname) or self._open_stream_file(PAGE_TAGS_KIND, tname)
         tags = self._tags[pages_id]
         if len(tags) != npages * PAGE_TAG_LEN:
             raise FormatError("pages-%d.img: %d pages, but pagetags-%d.img holds %d tags"
@@ -674,13 +1688,17 @@ class Checkpoint:
     def _read_pages(self, pages_id, index, vaddr, n):
         """n consecutive pages of pages-<id>.img from page `index`, whose first is at vaddr."""
         name = "pages-%d.img" % pages_id
+        if self.encrypted:
+            self.unlock(name)
+        else:
+            self.check_plain(name)
         try:
-            with open(self.path(name), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(index * PAGE_SIZE)
-                data = f.read(n * PAGE_SIZE)
+            f, size = self._open_file(name)
         except FileNotFoundError:
             raise FormatError("%s: missing from the checkpoint (a pagemap refers to it)" % name) from None
+        with f:
+            f.seek(index * PAGE_SIZE)
+            data = f.read(n * PAGE_SIZE)
         if len(data) != n * PAGE_SIZE or size % PAGE_SIZE:
             raise FormatError("%s: truncated (%d bytes, page %d wanted)" % (name, size, index + n - 1))
         if not self.encrypted:
@@ -692,6 +1710,7 @@ class Checkpoint:
     def pages_image(self, pages_id):
         """The whole plaintext of pages-<id>.img, in file order."""
         if not self.encrypted:
+            self.check_plain("pages-%d.img" % pages_id)
             with open(self.path("pages-%d.img" % pages_id), "rb") as f:
                 return f.read()
         pm = self._pagemap_of_pages(pages_id)

@@ -29,8 +29,8 @@ CKPT = bytes(range(0x10, 0x20))
 SALT = bytes(range(0xa0, 0xb0))
 
 
-def crit(*args, check=True):
-    r = subprocess.run(["/usr/bin/python3", "-m", "crit", *map(str, args)], env=CRIT_ENV,
+def crit(*args, check=True, stdin=None):
+    r = subprocess.run(["/usr/bin/python3", "-m", "crit", *map(str, args)], env=CRIT_ENV, stdin=stdin,
                        capture_output=True, text=True, timeout=120)
     if check and r.returncode != 0:
         raise AssertionError(f"crit {args} failed ({r.returncode}): {r.stderr}")
@@ -199,7 +199,8 @@ def image(magic_name, entries):
     return pycriu.images.dumps({"magic": magic_name, "entries": entries})
 
 
-def write_cipher_img(d, mk, ckpt_id, pub, parent_id=None, aead=1, chunk=65536):
+def write_cipher_img_v1(d, mk, ckpt_id, pub, parent_id=None, aead=1, chunk=65536):
+    """A format-1 header, as criusec 1.0 wrote it."""
     h = {"version": 1, "ckpt_id": ckpt_id, "has_parent": 1 if parent_id else 0, "parent_id": parent_id or b"",
          "aead": aead, "chunk_size": chunk,
          "recipients": [(criusec.fingerprint(pub), 1, pub.encrypt(mk, padding.PKCS1v15()))]}
@@ -214,16 +215,38 @@ def write_cipher_img(d, mk, ckpt_id, pub, parent_id=None, aead=1, chunk=65536):
     (d / "cipher.img").write_bytes(struct.pack("<iii", m["IMG_COMMON"], m["CIPHER"], len(body)) + body)
 
 
+def manifest_bytes(entries):
+    """cipher-manifest.img's plaintext, built here with protobuf: [(kind, name, size, digest)];
+    size None: format 1 (no sizes, no digests)."""
+    e = pycriu.images.pb.cipher_manifest_entry()
+    for kind, name, size, digest in entries:
+        e.images.append(name)
+        e.kinds.append(kind)
+        if size is not None:
+            e.sizes.append(size)
+            e.digests.append(digest)
+    m = pycriu.images.magic.by_name
+    body = e.SerializeToString()
+    return struct.pack("<iii", m["IMG_COMMON"], m["CIPHER_MANIFEST"], len(body)) + body
+
+
 class Synth:
     """An encrypted checkpoint of one task (pid 42) whose pagemap is
     `layout`: [(vaddr, nr_pages, flags)].  Present pages get contents
     page_of(vaddr); pages-1.img and pagetags-1.img are made with
-    spec_page(), not with the module under test."""
+    spec_page(), not with the module under test.
 
-    def __init__(self, d, key, layout, parent_id=None, tags=True, aead=1):
+    Format 2 (version=2): signed by signer (a criusec.Signer) or unsigned;
+    parent: the parent Synth (bound with its key), or (parent_id, binding)
+    as a forger would write them.  recipients: more public keys."""
+
+    def __init__(self, d, key, layout, parent=None, tags=True, aead=1, version=2, signer=None, ckpt_id=None,
+                 created=None, recipients=()):
         d.mkdir(parents=True, exist_ok=True)
-        self.dir, self.mk, self.ckpt_id = d, os.urandom(32), os.urandom(16)
-        write_cipher_img(d, self.mk, self.ckpt_id, key.public_key(), parent_id, aead)
+        self.dir, self.mk, self.ckpt_id = d, os.urandom(32), ckpt_id or os.urandom(16)
+        self.version, self.pubs = version, [key.public_key(), *recipients]
+        if version == 1:
+            write_cipher_img_v1(d, self.mk, self.ckpt_id, key.public_key(), parent and parent.ckpt_id, aead)
         self.aead = aead
         self.manifest = []
         self.plain = {}
@@ -244,13 +267,36 @@ class Synth:
         self.stream("pagemap-%lu.img", "pagemap-42.img", image("PAGEMAP", [{"pages_id": 1}] + [
             {"vaddr": v, "compat_nr_pages": 0, "nr_pages": n, "flags": f} for v, n, f in layout]))
         self.stream("pstree.img", "pstree.img", image("PSTREE", [{"pid": 42, "ppid": 0, "pgid": 42, "sid": 42}]))
-        mf = {"images": [n for _, n in self.manifest], "kinds": [k for k, _ in self.manifest]}
-        self.stream("cipher-manifest.img", "cipher-manifest.img", image("CIPHER_MANIFEST", [mf]), listed=False)
+        self.stream("core-%u.img", "core-42.img", image("CORE", [{"mtype": "X86_64", "tc": {
+            "task_state": 1, "exit_code": 0, "personality": 0, "flags": 0, "blk_sigset": 0, "comm": "synth"}}]))
+        self.mf = manifest_bytes([(k, n, s if version >= 2 else None, hashlib.sha256(pt).digest())
+                                  for k, n, s, pt in self.manifest])
+        self.stream("cipher-manifest.img", "cipher-manifest.img", self.mf, listed=False)
+        if version >= 2:
+            if isinstance(parent, Synth):
+                parent = (parent.ckpt_id, criusec.parent_binding(criusec.prk_of(parent.mk, parent.ckpt_id),
+                                                                 parent.ckpt_id, self.ckpt_id))
+            self.header = criusec.new_header(self.mk, self.ckpt_id, self.pubs, aead, 65536, created, parent,
+                                             hashlib.sha256(self.mf).digest())
+            self.seal(signer)
+
+    def seal(self, signer=None, **fields):
+        """(Re)write cipher.img: the header with fields changed, signed by
+        signer, MAC'd with the checkpoint's key (what a recipient can do)."""
+        self.header.update(fields)
+        criusec.seal_header(self.header, self.mk, signer)
+        self.write_header()
+
+    def write_header(self, **fields):
+        """cipher.img as it is, with fields changed and nothing recomputed."""
+        self.header.update(fields)
+        (self.dir / "cipher.img").write_bytes(criusec.encode_cipher_img(self.header))
 
     def stream(self, kind, name, pt, listed=True):
-        (self.dir / name).write_bytes(criusec.stream_seal(self.mk, self.ckpt_id, self.aead, 65536, kind, name, pt))
+        sealed = criusec.stream_seal(self.mk, self.ckpt_id, self.aead, 65536, kind, name, pt)
+        (self.dir / name).write_bytes(sealed)
         if listed:
-            self.manifest.append((kind, name))
+            self.manifest.append((kind, name, len(sealed), pt))
 
 
 P = criusec.PE_PRESENT
@@ -261,7 +307,7 @@ LAYOUT = [(0x10000, 2, P), (0x20000, 1, criusec.PE_PARENT), (0x30000, 3, P), (0x
 def chain(tmp_path, rsa_keys):
     key, _ = rsa_keys["alice"]
     parent = Synth(tmp_path / "parent", key, [(0x20000, 1, P), (0x30000, 1, P)])
-    child = Synth(tmp_path / "child", key, LAYOUT, parent_id=parent.ckpt_id, aead=2)
+    child = Synth(tmp_path / "child", key, LAYOUT, parent=parent, aead=2)
     os.symlink("../parent", tmp_path / "child" / "parent")
     return parent, child
 
@@ -343,7 +389,7 @@ def test_page_tags_from_another_checkpoint_are_refused(tmp_path, rsa_keys):
 def test_parent_must_be_the_one_dumped_against(tmp_path, rsa_keys):
     key, path = rsa_keys["alice"]
     Synth(tmp_path / "other", key, [(0x20000, 1, P)])
-    child = Synth(tmp_path / "child", key, LAYOUT, parent_id=os.urandom(16))
+    child = Synth(tmp_path / "child", key, LAYOUT, parent=(os.urandom(16), os.urandom(32)))
     os.symlink("../other", child.dir / "parent")
     ck = criusec.Checkpoint(child.dir, path)
     assert ck.read_memory(42, 0x10000, 10) == child.plain[0x10000][:10]

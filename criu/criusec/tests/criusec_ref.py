@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Cross-check of the C++ engine against an independent implementation of
-the criusec v1 formats, written from Documentation/criusec-format.md with
+the criusec formats (1 and 2), written from Documentation/criusec-format.md with
 python3-cryptography (OpenSSL): pycriu's lib/pycriu/criusec.py.
 
     criusec_ref.py --helper PATH/criusec-format-helper
@@ -40,6 +40,7 @@ ref = load_reference()
 FormatError = ref.CriusecError
 prk_of, derive, stream_key = ref.prk_of, ref.derive, ref.stream_key
 canonical, header_mac, fingerprint = ref.canonical, ref.header_mac, ref.fingerprint
+canonical2, parent_binding, verify_signature = ref.canonical2, ref.parent_binding, ref.verify_signature
 import_header, stream_seal, stream_open = ref.import_header, ref.stream_seal, ref.stream_open
 
 
@@ -100,8 +101,10 @@ def read_header_txt(path):
         k, *v = line.split()
         if k == "recipient":
             h["recipients"].append((bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2])))
-        elif k in ("version", "has_parent", "aead", "chunk_size"):
+        elif k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg"):
             h[k] = int(v[0])
+        elif k == "signer_cert":
+            h.setdefault("signer_certs", []).append(bytes.fromhex(v[0]))
         else:
             h[k] = bytes.fromhex(v[0])
     return h
@@ -129,6 +132,55 @@ def doc_vectors():
     return v
 
 
+# ---- format 2 (section 10.9) ----
+
+def vector_signer():
+    """The Ed25519 key (seed 60..7f) and self-signed certificate of the
+    format-2 vectors.  Ed25519 signatures are deterministic, and so is this
+    certificate's DER (fixed serial, dates and extensions)."""
+    import datetime
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(0x60, 0x80)))
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "criusec test vector signer")])
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(0x0c51).not_valid_before(datetime.datetime(2026, 1, 1))
+            .not_valid_after(datetime.datetime(2036, 1, 1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True).sign(key, None))
+    return key, cert.public_bytes(serialization.Encoding.DER)
+
+
+def doc_vectors2():
+    """Section 10.9: an unsigned header without parent, and an Ed25519-signed
+    header of a child, with its parent binding."""
+    mk, ckpt = bytes(range(32)), bytes(range(0x10, 0x20))
+    parent_mk, parent_id = bytes(range(0x40, 0x60)), bytes(range(0x30, 0x40))
+    prk, parent_prk = prk_of(mk, ckpt), prk_of(parent_mk, parent_id)
+    v = {"parent_prk": parent_prk.hex(),
+         "binding_key": derive(parent_prk, b"criusec v1 child binding", 32).hex(),
+         "parent_binding": parent_binding(parent_prk, parent_id, ckpt).hex()}
+    h = {"version": 2, "ckpt_id": ckpt, "created": 1767225600, "has_parent": 0, "parent_id": b"",
+         "parent_binding": None, "aead": 1, "chunk_size": 65536, "manifest_digest": bytes(range(0xc0, 0xe0)),
+         "recipients": [(bytes([0xf0]) * 32, 1, bytes([0x55]) * 8)], "sig_alg": 0, "signer_certs": [],
+         "signature": b""}
+    v["unsigned_canonical2"] = canonical2(h).hex()
+    v["unsigned_mac"] = header_mac(prk, h).hex()
+    key, der = vector_signer()
+    h.update(has_parent=1, parent_id=parent_id, parent_binding=bytes.fromhex(v["parent_binding"]), sig_alg=5,
+             signer_certs=[der])
+    c2 = canonical2(h)
+    h["signature"] = key.sign(c2)
+    verify_signature(5, der, c2, h["signature"])
+    v.update(signer_cert=der.hex(), signed_canonical2_len=str(len(c2)),
+             signed_canonical2_sha256=hashlib.sha256(c2).hexdigest(),
+             signed_canonical2_head=c2[:c2.index(der)].hex(), signature=h["signature"].hex(),
+             signed_mac=header_mac(prk, h).hex())
+    return v
+
+
 # ---- the cross-check ----
 
 def main():
@@ -137,7 +189,7 @@ def main():
     ap.add_argument("--print-vectors", action="store_true")
     args = ap.parse_args()
     if args.print_vectors:
-        for k, v in doc_vectors().items():
+        for k, v in list(doc_vectors().items()) + list(doc_vectors2().items()):
             if isinstance(v, str):
                 print(k, v)
         return 0
