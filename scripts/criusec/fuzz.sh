@@ -13,11 +13,13 @@ CC=clang CXX=clang++ cmake -S "$src" -B "$out" -DCRIUSEC_FUZZ=ON -DCRIUSEC_TESTS
 cmake --build "$out" -j"$(nproc)"
 mkdir -p "$out/corpus"
 "$out/criusec-fuzz-seeds" "$out/corpus"
-for t in fuzz_stream_open fuzz_header_import fuzz_grant; do
+"$out/criusec-fuzz-trust-seeds" "$out/corpus/trust"
+for t in fuzz_stream_open fuzz_header_import fuzz_grant fuzz_trust; do
 	case $t in
 	fuzz_stream_open) c="$out/corpus/stream" ;;
 	fuzz_header_import) c="$out/corpus/header" ;;
 	fuzz_grant) c="$out/corpus/grant" ;;
+	fuzz_trust) c="$out/corpus/trust" ;;
 	esac
 	mkdir -p "$c" "$out/artifacts"
 	echo "== $t: ${secs}s"

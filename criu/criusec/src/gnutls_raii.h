@@ -41,6 +41,8 @@ public:
 		return &h_;
 	}
 	explicit operator bool() const noexcept { return h_ != nullptr; }
+	/* Hand the handle to GnuTLS (e.g. a trust list that takes ownership). */
+	T release() noexcept { return std::exchange(h_, nullptr); }
 
 	void reset() noexcept
 	{
@@ -59,6 +61,10 @@ using PubKey = Handle<gnutls_pubkey_t, gnutls_pubkey_deinit>;
 using PrivKey = Handle<gnutls_privkey_t, gnutls_privkey_deinit>;
 using X509Crt = Handle<gnutls_x509_crt_t, gnutls_x509_crt_deinit>;
 using X509PrivKey = Handle<gnutls_x509_privkey_t, gnutls_x509_privkey_deinit>;
+
+/* A trust list owns the certificates added to it: release them with it. */
+inline void trust_list_deinit_all(gnutls_x509_trust_list_t l) noexcept { gnutls_x509_trust_list_deinit(l, 1); }
+using TrustList = Handle<gnutls_x509_trust_list_t, trust_list_deinit_all>;
 
 /*
  * A gnutls_datum_t whose data GnuTLS allocated; freed with gnutls_free.

@@ -4,22 +4,31 @@
 
 namespace criusec {
 
-Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
+Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err)
 {
 	X509Crt crt;
 	int rc = gnutls_x509_crt_init(crt.out());
 	if (rc < 0)
 		return gnutls_status("certificate", rc);
-	gnutls_datum_t d = as_datum(pem.data(), pem.size());
-	rc = gnutls_x509_crt_import(crt.get(), &d, GNUTLS_X509_FMT_PEM);
+	gnutls_datum_t d = as_datum(data.data(), data.size());
+	rc = gnutls_x509_crt_import(crt.get(), &d, fmt);
 	if (rc < 0)
-		return Status::error(EINVAL, std::string("not a PEM X.509 certificate: ") + gnutls_strerror(rc));
+		return Status::error(err, std::string(fmt == GNUTLS_X509_FMT_PEM ? "not a PEM" : "not a DER") +
+						  " X.509 certificate: " + gnutls_strerror(rc));
+	return crt;
+}
+
+Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
+{
+	auto crt = crt_import(pem, GNUTLS_X509_FMT_PEM, EINVAL);
+	if (!crt.ok())
+		return std::move(crt).status();
 
 	PubKey pub;
-	rc = gnutls_pubkey_init(pub.out());
+	int rc = gnutls_pubkey_init(pub.out());
 	if (rc < 0)
 		return gnutls_status("public key", rc);
-	rc = gnutls_pubkey_import_x509(pub.get(), crt.get(), 0);
+	rc = gnutls_pubkey_import_x509(pub.get(), crt.value().get(), 0);
 	if (rc < 0)
 		return Status::error(EINVAL, std::string("certificate public key: ") + gnutls_strerror(rc));
 
@@ -32,7 +41,7 @@ Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
 	return pub;
 }
 
-Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem)
+Result<PrivKey> privkey_load_pem(std::span<const uint8_t> pem)
 {
 	PrivKey priv;
 	int rc = gnutls_privkey_init(priv.out());
@@ -44,7 +53,13 @@ Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem)
 		return Status::error(EINVAL, std::string("cannot load PEM private key (password-protected keys are "
 							 "not supported): ") +
 						     gnutls_strerror(rc));
-	if (gnutls_privkey_get_pk_algorithm(priv.get(), nullptr) != GNUTLS_PK_RSA)
+	return priv;
+}
+
+Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem)
+{
+	auto priv = privkey_load_pem(pem);
+	if (priv.ok() && gnutls_privkey_get_pk_algorithm(priv.value().get(), nullptr) != GNUTLS_PK_RSA)
 		return unsupported("private key is not RSA");
 	return priv;
 }

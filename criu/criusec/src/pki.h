@@ -21,9 +21,19 @@ using Fingerprint = std::array<uint8_t, kFprLen>;
 /* Smallest RSA modulus accepted for a new recipient. */
 constexpr unsigned kMinRsaBits = 2048;
 
+/* One certificate (the first of a PEM buffer); a failure is err. */
+[[nodiscard]] Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err);
 /* The RSA public key of the first certificate in a PEM buffer. */
 [[nodiscard]] Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem);
-/* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM. */
+/*
+ * The one function that loads private keys, for signing and for
+ * unwrapping alike (a PKCS#11 URL branch joins here, issue 15): any key
+ * GnuTLS reads from unencrypted PEM, i.e. RSA (PKCS#1 or PKCS#8), EC (SEC1
+ * or PKCS#8) and Ed25519 (PKCS#8).  Whether the type suits its use is the
+ * caller's check (Signer::create, privkey_from_pem).
+ */
+[[nodiscard]] Result<PrivKey> privkey_load_pem(std::span<const uint8_t> pem);
+/* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM (recipients are RSA only). */
 [[nodiscard]] Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem);
 [[nodiscard]] Result<PubKey> pubkey_from_privkey(const PrivKey &priv);
 /*

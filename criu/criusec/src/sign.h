@@ -45,9 +45,20 @@ using Der = std::vector<uint8_t>;
 /*
  * The leaf checks of section 10.4 steps 2 and 3 at time now (seconds
  * since the epoch): validity period and keyUsage digitalSignature.
- * what names the certificate in the error ("signer certificate CN=...").
+ * Errors are EKEYREJECTED and name the certificate ("signer certificate
+ * CN=... expired on ...").
  */
 [[nodiscard]] Status check_signing_cert(std::span<const uint8_t> der, uint64_t now);
+
+/* Building blocks shared with TrustStore. */
+/* One DER certificate of 1..kMaxCertLen bytes (EBADMSG otherwise). */
+[[nodiscard]] Result<X509Crt> crt_from_der(std::span<const uint8_t> der);
+[[nodiscard]] Result<std::string> crt_subject(gnutls_x509_crt_t crt);
+[[nodiscard]] Result<Der> crt_der(gnutls_x509_crt_t crt);
+/* Every certificate of a PEM buffer (any number, possibly none). */
+[[nodiscard]] Result<std::vector<X509Crt>> crts_from_pem(std::span<const uint8_t> pem);
+/* notBefore <= now <= notAfter, else EKEYREJECTED naming who. */
+[[nodiscard]] Status check_validity(gnutls_x509_crt_t crt, const std::string &who, uint64_t now);
 
 class Signer {
 public:
@@ -55,7 +66,10 @@ public:
 	 * A private key (any of section 10.3's types) and its certificate
 	 * chain (PEM, the signer's certificate first).  Checks that the first
 	 * certificate's public key is the key's, that it may sign now
-	 * (check_signing_cert), and picks sig_alg by the key type.
+	 * (check_signing_cert), and picks sig_alg by the key type.  sig_alg is
+	 * part of what is signed, so the PSS -> PKCS#1 v1.5 fallback for keys
+	 * that cannot do PSS (hardware tokens) is decided here, by a probe
+	 * signature that must also verify with the certificate's key.
 	 */
 	[[nodiscard]] static Result<Signer> create(PrivKey key, std::span<const uint8_t> chain_pem, uint64_t now);
 
@@ -63,7 +77,7 @@ public:
 	const std::vector<Der> &chain() const noexcept { return chain_; }
 	const std::string &subject() const noexcept { return subject_; }
 
-	/* sign(data) under alg(); falls back from PSS to PKCS#1 v1.5 only if the key cannot do PSS. */
+	/* sign(data) under alg(). */
 	[[nodiscard]] Result<std::vector<uint8_t>> sign(std::span<const uint8_t> data);
 
 private:
@@ -76,8 +90,9 @@ private:
 
 /*
  * Verify sig over data with the public key of the DER certificate leaf,
- * under alg, which must match the key's type and curve.  No trust
- * decision: see TrustStore.
+ * under alg, which must match the key's type and curve (an RSA key: PSS or
+ * PKCS#1 v1.5).  Every failure is EBADMSG (tampering).  No trust
+ * decision, no validity or keyUsage check: see TrustStore.
  */
 [[nodiscard]] Status verify_signature(SigAlg alg, std::span<const uint8_t> leaf_der, std::span<const uint8_t> data,
 				      std::span<const uint8_t> sig);

@@ -37,15 +37,20 @@ public:
 	std::vector<std::string> subjects() const;
 
 	/*
-	 * Section 10.4 at time now: the chain (signer first) is trusted, or a
-	 * Status (EKEYREJECTED) that says why not.
+	 * Section 10.4 at time now (seconds since the epoch): the chain
+	 * (signer first) is trusted, or a Status (EKEYREJECTED) that says why
+	 * not.  Every certificate of the chain and the anchor must be valid
+	 * at now; GnuTLS's own clock is not used (see trust.cpp).
 	 */
 	[[nodiscard]] Result<TrustVerdict> verify(std::span<const Der> chain, uint64_t now) const;
 
 private:
-	std::vector<Der> certs_;
-	gnutls_x509_trust_list_t cas_ = nullptr; /* the CA certificates */
-	size_t n_cas_ = 0;
+	[[nodiscard]] Result<std::string> find_anchor(const std::vector<X509Crt> &crts, std::span<const Der> chain,
+						      const std::string &signer, uint64_t now) const;
+
+	std::vector<Der> certs_;   /* every trusted certificate: the pins */
+	std::vector<Der> ca_ders_; /* the CAs among them */
+	TrustList cas_;            /* the same CAs, for GnuTLS (made with the first) */
 };
 
 } /* namespace criusec */

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <gnutls/gnutls.h>
 
 #include "criusec.h"
 #include "aead.h"
@@ -63,5 +66,45 @@ struct OwnedHeader {
 
 std::vector<uint8_t> read_fd_all(int fd);
 void write_all(int fd, const std::vector<uint8_t> &data);
+
+/*
+ * An in-process test PKI for signing and trust (GnuTLS x509 APIs only).
+ * Keys are generated once and cached like test_key(); certificates are
+ * made fresh, with validity relative to the current time.
+ */
+enum class PkType { Rsa2048, Rsa1024, EcP256, EcP384, EcP521, Ed25519 };
+
+/* The PKCS#8 PEM private key called name, of type t. */
+const std::string &test_privkey_pem(const std::string &name, PkType t);
+
+struct TestCert {
+	std::vector<uint8_t> der;
+	std::string pem;
+	std::string key_pem; /* its private key */
+};
+
+constexpr unsigned kCaUsage = GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN;
+
+struct CertSpec {
+	std::string cn;
+	PkType type = PkType::EcP256;
+	std::string key_name; /* which cached key; empty: the CN */
+	bool ca = false; /* basicConstraints CA:TRUE (else CA:FALSE) */
+	bool basic_constraints = true; /* false: no basicConstraints extension */
+	int64_t not_before = -3600; /* seconds from now */
+	int64_t not_after = 365 * 86400; /* seconds from now */
+	unsigned key_usage = GNUTLS_KEY_DIGITAL_SIGNATURE; /* 0: no keyUsage extension */
+	size_t padding = 0; /* bytes of an extra, opaque extension (to make a big certificate) */
+	const TestCert *issuer = nullptr; /* nullptr: self-signed */
+};
+
+TestCert make_cert(const CertSpec &spec);
+/* The same for a given private key (PEM); spec.type and spec.key_name are not used. */
+TestCert make_cert_with_key(const CertSpec &spec, const std::string &key_pem);
+/* A CA certificate: CA:TRUE, keyCertSign and cRLSign. */
+TestCert make_ca(const std::string &cn, const TestCert *issuer = nullptr, PkType type = PkType::EcP256,
+		 int64_t not_after = 10 * 365 * 86400);
+
+std::span<const uint8_t> bytes_of(const std::string &s);
 
 } /* namespace criusec::test */
