@@ -158,6 +158,55 @@ struct criusec_trust {
 	std::vector<std::string> subjects; /* for criusec_trust_subject() */
 };
 
+Status header_view(const criusec_header *hdr, HeaderView &v)
+{
+	if (!hdr)
+		return invalid_argument("NULL header");
+	/* Memory safety first: never walk an implausible array. */
+	if (hdr->n_recipients > kMaxRecipients)
+		return bad_data("cipher.img header has too many recipients");
+	if (hdr->n_recipients && !hdr->recipients)
+		return invalid_argument("NULL recipient array");
+	if (hdr->n_signer_certs > kMaxSignerCerts)
+		return bad_data("cipher.img header has too many signer certificates");
+	if (hdr->n_signer_certs && !hdr->signer_certs)
+		return invalid_argument("NULL signer certificate array");
+	if (hdr->has_parent != 0 && hdr->has_parent != 1)
+		return bad_data("cipher.img header: has_parent must be 0 or 1");
+
+	v.version = hdr->version;
+	std::memcpy(v.ckpt_id.data(), hdr->ckpt_id, kIdLen);
+	if (hdr->has_parent) {
+		v.parent.emplace();
+		std::memcpy(v.parent->data(), hdr->parent_id, kIdLen);
+		std::memcpy(v.parent_binding.data(), hdr->parent_binding, kMacLen);
+	}
+	v.aead = hdr->aead;
+	v.chunk_size = hdr->chunk_size;
+	v.created = hdr->created;
+	std::memcpy(v.manifest_digest.data(), hdr->manifest_digest, kSha256Len);
+	std::memcpy(v.mac.data(), hdr->mac, kMacLen);
+	v.recipients.reserve(hdr->n_recipients);
+	for (size_t i = 0; i < hdr->n_recipients; i++) {
+		const criusec_recipient &r = hdr->recipients[i];
+		if (r.wrapped_len && !r.wrapped)
+			return invalid_argument("NULL wrapped key");
+		v.recipients.push_back({std::span<const uint8_t, kFprLen>(r.fingerprint, kFprLen), r.wrap_alg,
+					std::span<const uint8_t>(r.wrapped, r.wrapped ? r.wrapped_len : 0)});
+	}
+	v.sig_alg = hdr->sig_alg;
+	for (size_t i = 0; i < hdr->n_signer_certs; i++) {
+		const criusec_blob &b = hdr->signer_certs[i];
+		if (b.len && !b.data)
+			return invalid_argument("NULL signer certificate");
+		v.signer_certs.emplace_back(b.data, b.data ? b.len : 0);
+	}
+	if (hdr->signature.len && !hdr->signature.data)
+		return invalid_argument("NULL signature");
+	v.signature = {hdr->signature.data, hdr->signature.data ? hdr->signature.len : 0};
+	return {};
+}
+
 /*
  * The library is built with -fvisibility=hidden; only the C API is public,
  * so that it can be re-exported if libcriusec.a ever goes into a .so.
@@ -317,55 +366,6 @@ int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr)
 		std::memcpy(hdr->mac, v.mac.data(), kMacLen);
 		return {};
 	});
-}
-
-Status header_view(const criusec_header *hdr, HeaderView &v)
-{
-	if (!hdr)
-		return invalid_argument("NULL header");
-	/* Memory safety first: never walk an implausible array. */
-	if (hdr->n_recipients > kMaxRecipients)
-		return bad_data("cipher.img header has too many recipients");
-	if (hdr->n_recipients && !hdr->recipients)
-		return invalid_argument("NULL recipient array");
-	if (hdr->n_signer_certs > kMaxSignerCerts)
-		return bad_data("cipher.img header has too many signer certificates");
-	if (hdr->n_signer_certs && !hdr->signer_certs)
-		return invalid_argument("NULL signer certificate array");
-	if (hdr->has_parent != 0 && hdr->has_parent != 1)
-		return bad_data("cipher.img header: has_parent must be 0 or 1");
-
-	v.version = hdr->version;
-	std::memcpy(v.ckpt_id.data(), hdr->ckpt_id, kIdLen);
-	if (hdr->has_parent) {
-		v.parent.emplace();
-		std::memcpy(v.parent->data(), hdr->parent_id, kIdLen);
-		std::memcpy(v.parent_binding.data(), hdr->parent_binding, kMacLen);
-	}
-	v.aead = hdr->aead;
-	v.chunk_size = hdr->chunk_size;
-	v.created = hdr->created;
-	std::memcpy(v.manifest_digest.data(), hdr->manifest_digest, kSha256Len);
-	std::memcpy(v.mac.data(), hdr->mac, kMacLen);
-	v.recipients.reserve(hdr->n_recipients);
-	for (size_t i = 0; i < hdr->n_recipients; i++) {
-		const criusec_recipient &r = hdr->recipients[i];
-		if (r.wrapped_len && !r.wrapped)
-			return invalid_argument("NULL wrapped key");
-		v.recipients.push_back({std::span<const uint8_t, kFprLen>(r.fingerprint, kFprLen), r.wrap_alg,
-					std::span<const uint8_t>(r.wrapped, r.wrapped ? r.wrapped_len : 0)});
-	}
-	v.sig_alg = hdr->sig_alg;
-	for (size_t i = 0; i < hdr->n_signer_certs; i++) {
-		const criusec_blob &b = hdr->signer_certs[i];
-		if (b.len && !b.data)
-			return invalid_argument("NULL signer certificate");
-		v.signer_certs.emplace_back(b.data, b.data ? b.len : 0);
-	}
-	if (hdr->signature.len && !hdr->signature.data)
-		return invalid_argument("NULL signature");
-	v.signature = {hdr->signature.data, hdr->signature.data ? hdr->signature.len : 0};
-	return {};
 }
 
 struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path)

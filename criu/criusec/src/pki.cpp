@@ -1,5 +1,6 @@
 #include "pki.h"
 
+#include "io.h"
 #include "kdf.h"
 
 namespace criusec {
@@ -104,6 +105,17 @@ Status rsa_unwrap(const PrivKey &priv, std::span<const uint8_t> wrapped, std::sp
 	if (rc < 0)
 		return bad_data("key unwrap failed");
 	return {};
+}
+
+Result<PrivKey> load_private_key(std::string_view ref)
+{
+	/* Certificates and keys are a few KiB; anything near this is not one. */
+	constexpr size_t kMaxKeyFile = 1 << 20;
+	std::string path(ref);
+	auto pem = read_small_file(path.c_str(), kMaxKeyFile);
+	if (!pem.ok())
+		return std::move(pem).status();
+	return privkey_load_pem(pem.value().span());
 }
 
 } /* namespace criusec */
