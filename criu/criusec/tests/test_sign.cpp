@@ -380,18 +380,24 @@ int no_pss_info(gnutls_privkey_t, unsigned flags, void *)
 	return -1;
 }
 
+/* An external key in front of backing (which must outlive it). */
+PrivKey no_pss_key(NoPssKey &backing)
+{
+	PrivKey ext;
+	EXPECT_EQ(gnutls_privkey_init(ext.out()), 0);
+	EXPECT_EQ(gnutls_privkey_import_ext4(ext.get(), &backing, nullptr, no_pss_sign_hash, nullptr, nullptr,
+					     no_pss_info, 0),
+		  0);
+	return ext;
+}
+
 } /* namespace */
 
 TEST(Sign, RsaFallsBackToPkcs1WhenTheKeyCannotDoPss)
 {
 	TestCert c = leaf("token signer", PkType::Rsa2048);
 	NoPssKey backing{load(c.key_pem)};
-	PrivKey ext;
-	ASSERT_EQ(gnutls_privkey_init(ext.out()), 0);
-	ASSERT_EQ(gnutls_privkey_import_ext4(ext.get(), &backing, nullptr, no_pss_sign_hash, nullptr, nullptr,
-					     no_pss_info, 0),
-		  0);
-	auto s = Signer::create(std::move(ext), bytes_of(c.pem), now_s());
+	auto s = Signer::create(no_pss_key(backing), bytes_of(c.pem), now_s());
 	ASSERT_TRUE(s.ok()) << s.status().message();
 	EXPECT_EQ(s.value().alg(), SigAlg::RsaPkcs1Sha256);
 	EXPECT_EQ(backing.pss_attempts, 1); /* tried once, in create() */
@@ -403,12 +409,7 @@ TEST(Sign, RsaFallsBackToPkcs1WhenTheKeyCannotDoPss)
 	/* Such a key that is not the certificate's is still refused (by the probe). */
 	TestCert other = leaf("not the token's", PkType::Rsa2048);
 	NoPssKey backing2{load(c.key_pem)};
-	PrivKey ext2;
-	ASSERT_EQ(gnutls_privkey_init(ext2.out()), 0);
-	ASSERT_EQ(gnutls_privkey_import_ext4(ext2.get(), &backing2, nullptr, no_pss_sign_hash, nullptr, nullptr,
-					     no_pss_info, 0),
-		  0);
-	auto bad = Signer::create(std::move(ext2), bytes_of(other.pem), now_s());
+	auto bad = Signer::create(no_pss_key(backing2), bytes_of(other.pem), now_s());
 	ASSERT_FALSE(bad.ok());
 	EXPECT_NE(bad.status().message().find("not the key of its certificate"), std::string::npos)
 		<< bad.status().message();
