@@ -42,6 +42,7 @@ prk_of, derive, stream_key = ref.prk_of, ref.derive, ref.stream_key
 canonical, header_mac, fingerprint = ref.canonical, ref.header_mac, ref.fingerprint
 canonical2, parent_binding, verify_signature = ref.canonical2, ref.parent_binding, ref.verify_signature
 import_header, stream_seal, stream_open = ref.import_header, ref.stream_seal, ref.stream_open
+new_header, seal_header = ref.new_header, ref.seal_header
 
 
 # ---- the page cipher ----
@@ -106,8 +107,51 @@ def read_header_txt(path):
         elif k == "signer_cert":
             h.setdefault("signer_certs", []).append(bytes.fromhex(v[0]))
         else:
-            h[k] = bytes.fromhex(v[0])
+            h[k] = bytes.fromhex(v[0]) if v else b""
+    if not h.get("has_parent"):  # the engine exports zeros there (criusec.h)
+        h["parent_binding"] = None
     return h
+
+
+def write_header_txt(path, h):
+    """The inverse of read_header_txt, for the engine's helper."""
+    with open(path, "w") as f:
+        for k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg"):
+            f.write("%s %d\n" % (k, h[k]))
+        for k in ("ckpt_id", "parent_id", "manifest_digest", "mac"):
+            f.write("%s %s\n" % (k, bytes(h[k] or b"").hex()))
+        f.write("parent_binding %s\n" % bytes(h.get("parent_binding") or b"").hex())
+        for fpr, alg, wrapped in h["recipients"]:
+            f.write("recipient %s %d %s\n" % (fpr.hex(), alg, wrapped.hex()))
+        for c in h.get("signer_certs", []):
+            f.write("signer_cert %s\n" % c.hex())
+        f.write("signature %s\n" % bytes(h["signature"]).hex())
+
+
+SIG_OF = {"rsa": 1, "p256": 3, "p384": 4, "ed25519": 5}
+
+
+def make_signers(d):
+    """A self-signed signing certificate of each key type: name -> (cert path, key path)."""
+    import datetime
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    now = datetime.datetime.utcnow()
+    out = {}
+    for kind, k in (("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                    ("p256", ec.generate_private_key(ec.SECP256R1())),
+                    ("p384", ec.generate_private_key(ec.SECP384R1())),
+                    ("ed25519", ed25519.Ed25519PrivateKey.generate())):
+        name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "criusec ref " + kind)])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .sign(k, None if kind == "ed25519" else hashes.SHA256()))
+        cp, kp = "%s/sign-%s-cert.pem" % (d, kind), "%s/sign-%s-key.pem" % (d, kind)
+        open(cp, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+        open(kp, "wb").write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+        out[kind] = (cp, kp)
+    return out
 
 
 # ---- the documented test vectors ----
@@ -206,11 +250,27 @@ def main():
         open(d + "/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM,
                                                            serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
-        for aead in ("aes-256-gcm", "chacha20-poly1305"):
-            out = d + "/" + aead
+        signers = make_signers(d)
+        for aead, signer in (("aes-256-gcm", None), ("chacha20-poly1305", "p256"), ("aes-256-gcm", "p384"),
+                             ("aes-256-gcm", "ed25519"), ("aes-256-gcm", "rsa")):
+            out = d + "/" + aead + "-" + str(signer)
             os.mkdir(out)
-            subprocess.run([args.helper, "export", out, aead, d + "/cert.pem"], check=True)
+            sign = [signers[signer][1], signers[signer][0]] if signer else []
+            subprocess.run([args.helper, "export", out, aead, d + "/cert.pem", *sign], check=True)
             h = read_header_txt(out + "/header.txt")
+            assert h["version"] == 2 and h["manifest_digest"] == bytes(range(0xc0, 0xe0))
+            if signer:
+                # The engine's signature, verified by the reference (and a flipped bit refused).
+                assert h["sig_alg"] == SIG_OF[signer], (signer, h["sig_alg"])
+                verify_signature(h["sig_alg"], h["signer_certs"][0], canonical2(h), h["signature"])
+                bad = dict(h, created=h["created"] + 1)
+                try:
+                    verify_signature(h["sig_alg"], h["signer_certs"][0], canonical2(bad), h["signature"])
+                    raise AssertionError("a changed header verified")
+                except FormatError:
+                    pass
+            else:
+                assert h["sig_alg"] == 0 and not h.get("signer_certs") and h["signature"] == b""
             mk = import_header(h, key)
             n = 0
             for f in sorted(os.listdir(out)):
@@ -239,7 +299,19 @@ def main():
                 subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",
                                 out + "/ref.img", out + "/ref.out"], check=True)
                 assert open(out + "/ref.out", "rb").read() == pt, length
-            print(aead, "ok")
+            # and a header the reference made and signed, checked (and trusted) by the engine
+            if signer:
+                own = new_header(mk, h["ckpt_id"], [cert], aead=h["aead"], manifest_digest=bytes(32))
+                seal_header(own, mk, ref.Signer.from_files(signers[signer][1], signers[signer][0]))
+                write_header_txt(out + "/header.txt", own)
+                subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",
+                                out + "/ref.img", out + "/ref.out", signers[signer][0]], check=True)
+                own["created"] += 1
+                write_header_txt(out + "/header.txt", own)
+                r = subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",
+                                    out + "/ref.img", out + "/ref.out"], capture_output=True, text=True)
+                assert r.returncode != 0 and "does not verify" in r.stderr, r.stderr
+            print(aead, signer or "unsigned", "ok")
         # the documented vectors, checked by the engine
         v = doc_vectors()
         for aead in (1, 2):
@@ -247,6 +319,15 @@ def main():
         subprocess.run([args.helper, "vectors", v["stream1"], v["stream2"], d + "/big1.img", d + "/big2.img",
                         v["canonical"], v["header_mac"]], check=True)
         print("documented vectors ok")
+        v2 = doc_vectors2()
+        vkey, _ = vector_signer()
+        open(d + "/vector-key.pem", "wb").write(vkey.private_bytes(serialization.Encoding.PEM,
+                                                                   serialization.PrivateFormat.PKCS8,
+                                                                   serialization.NoEncryption()))
+        subprocess.run([args.helper, "vectors2", d + "/vector-key.pem", v2["parent_binding"],
+                        v2["unsigned_canonical2"], v2["unsigned_mac"], v2["signer_cert"],
+                        v2["signed_canonical2_sha256"], v2["signature"], v2["signed_mac"]], check=True)
+        print("documented format-2 vectors ok")
         check_pages(args.helper, d)
         print("pages ok")
     return 0

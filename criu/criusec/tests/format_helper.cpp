@@ -3,10 +3,13 @@
  * (tests/criusec_ref.py).  Uses the C API except for the documented test
  * vectors, which need a fixed master key.
  *
- *   export DIR AEAD CERT     new checkpoint for CERT: DIR/header.txt and
+ *   export DIR AEAD CERT [SIGN_KEY SIGN_CERT]   new checkpoint for CERT (signed
+ *                            with SIGN_KEY if given): DIR/header.txt and
  *                            DIR/{stream,plain,label}-N
- *   open DIR KEY KIND NAME IN OUT   import DIR/header.txt with KEY, open IN
+ *   open DIR KEY KIND NAME IN OUT [TRUST]   check DIR/header.txt (signature;
+ *                            with TRUST, trusted), import it with KEY, open IN
  *   vectors STREAM1 STREAM2 BIG1 BIG2 CANONICAL MAC   check the doc vectors
+ *   vectors2 KEY V...        check the format-2 doc vectors (section 10.9)
  *   pages seal|open NAME VADDR INDEX IN OUT TAGS   the page cipher under the
  *                            doc vectors' master key (open reads TAGS)
  */
@@ -24,6 +27,8 @@
 #include "criusec.h"
 #include "ctx.h"
 #include "pages.h"
+#include "pki.h"
+#include "sign.h"
 #include "stream.h"
 #include "test_util.h"
 
@@ -51,7 +56,8 @@ std::vector<uint8_t> read_file(const std::string &path)
 	return {std::istreambuf_iterator<char>(f), {}};
 }
 
-int do_export(const std::string &dir, const char *aead_name, const char *cert)
+int do_export(const std::string &dir, const char *aead_name, const char *cert, const char *sign_key,
+	      const char *sign_cert)
 {
 	criusec_aead aead;
 	if (criusec_aead_parse(aead_name, &aead))
@@ -60,8 +66,13 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 	if (!ctx || criusec_ctx_add_recipient(ctx, cert))
 		return die(criusec_last_error());
 	criusec_header h;
-	const uint8_t no_manifest[CRIUSEC_DIGEST_LEN] = {};
-	if (criusec_ctx_seal_header(ctx, nullptr, no_manifest) || criusec_ctx_export(ctx, &h))
+	uint8_t manifest[CRIUSEC_DIGEST_LEN];
+	for (size_t i = 0; i < sizeof(manifest); i++)
+		manifest[i] = static_cast<uint8_t>(0xc0 + i);
+	criusec_signer *signer = nullptr;
+	if (sign_key && !(signer = criusec_signer_load(sign_key, sign_cert)))
+		return die(criusec_last_error());
+	if (criusec_ctx_seal_header(ctx, signer, manifest) || criusec_ctx_export(ctx, &h))
 		return die(criusec_last_error());
 	std::ofstream f(dir + "/header.txt");
 	f << "version " << h.version << "\n"
@@ -115,15 +126,17 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert)
 		write_file(dir + "/label-" + sfx, label.data(), label.size());
 	}
 	criusec_ctx_free(ctx);
+	criusec_signer_free(signer);
 	return 0;
 }
 
 int do_open(const std::string &dir, const char *key, const char *kind, const char *name, const char *in_path,
-	    const char *out_path)
+	    const char *out_path, const char *trust_path)
 {
 	criusec_header h{};
 	std::vector<criusec_recipient> rs;
-	std::vector<std::vector<uint8_t>> wrapped;
+	std::vector<std::vector<uint8_t>> wrapped, certs;
+	std::vector<uint8_t> signature;
 	std::ifstream f(dir + "/header.txt");
 	std::string line;
 	while (std::getline(f, line)) {
@@ -148,6 +161,18 @@ int do_open(const std::string &dir, const char *key, const char *kind, const cha
 			h.chunk_size = static_cast<uint32_t>(std::stoul(v));
 		else if (k == "mac")
 			copy(h.mac, 32);
+		else if (k == "created")
+			h.created = std::stoull(v);
+		else if (k == "manifest_digest")
+			copy(h.manifest_digest, 32);
+		else if (k == "parent_binding")
+			copy(h.parent_binding, 32);
+		else if (k == "sig_alg")
+			h.sig_alg = static_cast<uint32_t>(std::stoul(v));
+		else if (k == "signer_cert")
+			certs.push_back(hex(v));
+		else if (k == "signature")
+			signature = hex(v);
 		else if (k == "recipient") {
 			criusec_recipient r{};
 			copy(r.fingerprint, 32);
@@ -164,6 +189,24 @@ int do_open(const std::string &dir, const char *key, const char *kind, const cha
 	}
 	h.recipients = rs.data();
 	h.n_recipients = rs.size();
+	std::vector<criusec_blob> blobs;
+	for (const auto &c : certs)
+		blobs.push_back({c.data(), c.size()});
+	h.signer_certs = blobs.data();
+	h.n_signer_certs = blobs.size();
+	h.signature = {signature.data(), signature.size()};
+
+	criusec_policy policy{};
+	criusec_trust *trust = criusec_trust_new();
+	if (trust_path && criusec_trust_add_file(trust, trust_path))
+		return die(criusec_last_error());
+	policy.trust = trust;
+	criusec_verdict verdict;
+	if (criusec_header_check(&h, &policy, &verdict))
+		return die(criusec_last_error());
+	if (trust_path && !verdict.trusted)
+		return die("not trusted");
+	criusec_trust_free(trust);
 	criusec_ctx *ctx = criusec_ctx_import(&h, key);
 	if (!ctx)
 		return die(criusec_last_error());
@@ -237,6 +280,86 @@ int do_vectors(char **v)
 	return 0;
 }
 
+/*
+ * Section 10.9: v = parent_binding, unsigned_canonical2, unsigned_mac,
+ * signer_cert, signed_canonical2_sha256, signature, signed_mac; key is the
+ * vector signer's Ed25519 key (PEM), whose signatures are deterministic.
+ */
+int do_vectors2(const char *key, char **v)
+{
+	std::vector<uint8_t> mk;
+	Id id;
+	doc_key(mk, id);
+	std::vector<uint8_t> pmk(32);
+	Id pid;
+	for (size_t i = 0; i < 32; i++)
+		pmk[i] = static_cast<uint8_t>(0x40 + i);
+	for (size_t i = 0; i < 16; i++)
+		pid[i] = static_cast<uint8_t>(0x30 + i);
+	auto parent = Ctx::from_master_key(pmk, pid, AeadAlg::Aes256Gcm, 65536);
+	auto child = Ctx::from_master_key(mk, id, AeadAlg::Aes256Gcm, 65536);
+	if (!parent.ok() || !child.ok())
+		return die("contexts");
+	if (!child.value().set_parent(parent.value()).ok())
+		return die("binding");
+	HeaderView hv = child.value().header();
+	if (to_hex(hv.parent_binding.data(), 32) != v[0])
+		return die("parent binding differs: " + to_hex(hv.parent_binding.data(), 32));
+
+	std::array<uint8_t, 32> fpr;
+	fpr.fill(0xf0);
+	std::vector<uint8_t> wrapped(8, 0x55);
+	HeaderView u;
+	u.version = 2;
+	u.ckpt_id = id;
+	u.created = 1767225600;
+	u.aead = 1;
+	u.chunk_size = 65536;
+	for (size_t i = 0; i < 32; i++)
+		u.manifest_digest[i] = static_cast<uint8_t>(0xc0 + i);
+	u.recipients.push_back({fpr, 1, wrapped});
+	auto canon = canonical_header(u);
+	if (to_hex(canon.data(), canon.size()) != v[1])
+		return die("unsigned canonical2 differs: " + to_hex(canon.data(), canon.size()));
+	auto mac = child.value().mac_over(u);
+	if (!mac.ok() || to_hex(mac.value().data(), 32) != v[2])
+		return die("unsigned MAC differs");
+
+	/* The signed child: the engine's own signer must give the documented bytes. */
+	auto pem = read_file(key);
+	auto priv = privkey_load_pem(pem);
+	if (!priv.ok())
+		return die(priv.status().message());
+	auto cert_der = hex(v[3]);
+	gnutls_datum_t der = {cert_der.data(), static_cast<unsigned>(cert_der.size())};
+	Datum cert_pem;
+	if (gnutls_pem_base64_encode2("CERTIFICATE", &der, cert_pem.out()) < 0)
+		return die("PEM encoding");
+	/* The certificate is valid 2026-2036: sign as of its first day. */
+	auto signer = Signer::create(std::move(priv).value(), {cert_pem.data(), cert_pem.size()}, 1767225600);
+	if (!signer.ok())
+		return die(signer.status().message());
+	HeaderView s = u;
+	s.parent = pid;
+	s.parent_binding = hv.parent_binding;
+	s.sig_alg = static_cast<uint32_t>(signer.value().alg());
+	s.signer_certs.emplace_back(signer.value().chain().front());
+	auto sc = canonical_header(s);
+	Digest d;
+	if (!sha256(sc, d).ok() || to_hex(d.data(), 32) != v[4])
+		return die("signed canonical2 differs");
+	auto sig = signer.value().sign(sc);
+	if (!sig.ok() || to_hex(sig.value().data(), sig.value().size()) != v[5])
+		return die("Ed25519 signature differs");
+	s.signature = sig.value();
+	if (!verify_signature(SigAlg::Ed25519, cert_der, sc, s.signature).ok())
+		return die("the signature does not verify");
+	auto smac = child.value().mac_over(s);
+	if (!smac.ok() || to_hex(smac.value().data(), 32) != v[6])
+		return die("signed MAC differs");
+	return 0;
+}
+
 int do_pages(const std::string &op, const char *name, const char *vaddr, const char *index, const char *in,
 	     const char *out, const char *tags_path)
 {
@@ -271,14 +394,16 @@ int do_pages(const std::string &op, const char *name, const char *vaddr, const c
 int main(int argc, char **argv)
 {
 	std::string mode = argc > 1 ? argv[1] : "";
-	if (mode == "export" && argc == 5)
-		return do_export(argv[2], argv[3], argv[4]);
-	if (mode == "open" && argc == 8)
-		return do_open(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7]);
+	if (mode == "export" && (argc == 5 || argc == 7))
+		return do_export(argv[2], argv[3], argv[4], argc == 7 ? argv[5] : nullptr, argc == 7 ? argv[6] : nullptr);
+	if (mode == "open" && (argc == 8 || argc == 9))
+		return do_open(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argc == 9 ? argv[8] : nullptr);
+	if (mode == "vectors2" && argc == 10)
+		return do_vectors2(argv[2], argv + 3);
 	if (mode == "vectors" && argc == 8)
 		return do_vectors(argv + 2);
 	if (mode == "pages" && argc == 9)
 		return do_pages(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argv[8]);
-	return die("usage: export DIR AEAD CERT | open DIR KEY KIND NAME IN OUT | vectors S1 S2 B1 B2 CANON MAC"
-		   " | pages seal|open NAME VADDR INDEX IN OUT TAGS");
+	return die("usage: export DIR AEAD CERT [SIGN_KEY SIGN_CERT] | open DIR KEY KIND NAME IN OUT [TRUST] |"
+		   " vectors S1 S2 B1 B2 CANON MAC | vectors2 KEY V1..V7 | pages seal|open NAME VADDR INDEX IN OUT TAGS");
 }
