@@ -211,7 +211,11 @@ def workloads(workload_bin, tmp_path):
     started = []
 
     def start(mode, *args, env=None):
-        wl = Workload(workload_bin, mode, tmp_path, args, env)
+        # Each workload in a directory of its own: two "secrets" share no FIFO or status file.
+        n = sum(1 for w in started if w.mode == mode)
+        workdir = tmp_path if n == 0 else tmp_path / f"{mode}-{n}"
+        workdir.mkdir(exist_ok=True)
+        wl = Workload(workload_bin, mode, workdir, args, env)
         started.append(wl)
         return wl
 

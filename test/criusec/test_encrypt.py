@@ -182,7 +182,8 @@ def test_refuses_plaintext_substitute(pristine, workloads, criu, tmp_path, keys)
     criu.dump(wl2, tmp_path / "plain")
     d = damaged_copy(tmp_path, img, "plainsub")
     shutil.copy(tmp_path / "plain" / "pstree.img", d / "pstree.img")
-    refused(criu, d, wl.pid, keys["alice"][1], "pstree.img: not an encrypted image")
+    # Format 2: the manifest records pstree.img's size, so the substitute is refused unread.
+    refused(criu, d, wl.pid, keys["alice"][1], "pstree.img: 26 bytes, but the dump wrote")
 
 
 def test_pristine_still_restores_after_refusals(pristine, criu, keys):

@@ -30,7 +30,7 @@ def test_config_file_read_twice(workloads, criu, tmp_path, keys):
         del os.environ["CRIU_CONFIG_FILE"]
     header = crit_show(tmp_path / "img" / "cipher.img")
     entry = header["entries"][0]
-    assert entry["version"] == 1
+    assert entry["version"] == 2
     assert len(entry["recipients"]) == 1, "a config file read twice added a recipient twice"
     assert (tmp_path / "img" / "pstree.img").read_bytes()[:8] == MAGIC
     criu.restore(tmp_path / "img", "--tls-key", keys["alice"][1])

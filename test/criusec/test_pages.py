@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -177,20 +178,30 @@ def test_auto_dedup_restore(pristine, criu, tmp_path, keys):
 
 def test_dedup_then_restore(memcanary, criu, tmp_path, keys):
     """criu dedup over an encrypted parent.  Pre-dump chains cannot be made on
-    this kernel (no soft-dirty tracking: criu pre-dump fails), so the parent
-    link is made by hand between two full dumps of the same process: dedup
-    then punches out of the parent every page the child holds again."""
+    this kernel (no soft-dirty tracking: criu pre-dump fails), so the chain
+    is made from two full dumps of the same process: the second is bound to
+    the first (pycriu, with the parent's key) and linked to it.  dedup then
+    punches out of the parent every page the child holds again."""
     wl, _ = memcanary("dedup")
     a, b = tmp_path / "a", tmp_path / "b"
     criu.run("dump", a, "-t", wl.pid, "--leave-running", "--encrypt", "--tls-cert", keys["alice"][0])
     criu.dump(wl, b, "--encrypt", "--tls-cert", keys["alice"][0])
-    (b / "parent").symlink_to("../a")
+    bind_to_parent(b, a, keys["alice"][1])
     name = biggest_pages(a)
     blocks = (a / name).stat().st_blocks
     criu.run("dedup", b, "--tls-key", keys["alice"][1])
     assert (a / name).stat().st_blocks < blocks, "dedup punched nothing from the parent"
     criu.restore(b, "--tls-key", keys["alice"][1])
     assert wl.report() == "memcanary OK 0"
+
+
+def bind_to_parent(child, parent, key, signer=None):
+    """Make the full dump child an increment over parent: its header binds
+    parent (format 10.5), and its parent link points there."""
+    sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
+    from pycriu import criusec
+    criusec.Checkpoint(child, keys=key).reseal(signer=signer, parent=criusec.Checkpoint(parent, keys=key))
+    (child / "parent").symlink_to(os.path.relpath(parent, child))
 
 
 def test_dump_with_auto_dedup(memcanary, criu, tmp_path, keys):

@@ -505,17 +505,16 @@ int criusec_header_check(const struct criusec_header *hdr, const struct criusec_
 		p.trust = policy->trust ? &policy->trust->store : nullptr;
 		p.required = policy->required != 0;
 		p.max_age = policy->max_age;
-		auto r = check_header(view, p, static_cast<uint64_t>(std::time(nullptr)));
-		if (!r.ok())
-			return std::move(r).status();
+		Verdict r;
+		Status st = check_header(view, p, static_cast<uint64_t>(std::time(nullptr)), r);
 		if (v) {
-			v->is_signed = r.value().is_signed;
-			v->trusted = r.value().trusted;
-			v->created = r.value().created;
-			std::snprintf(v->signer, sizeof(v->signer), "%s", r.value().signer.c_str());
-			std::snprintf(v->how, sizeof(v->how), "%s", r.value().how.c_str());
+			v->is_signed = r.is_signed;
+			v->trusted = r.trusted;
+			v->created = r.created;
+			std::snprintf(v->signer, sizeof(v->signer), "%s", r.signer.c_str());
+			std::snprintf(v->how, sizeof(v->how), "%s", r.how.c_str());
 		}
-		return {};
+		return st;
 	});
 }
 

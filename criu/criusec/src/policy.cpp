@@ -23,13 +23,13 @@ std::string utc(uint64_t t)
 
 } /* namespace */
 
-Result<Verdict> check_header(const HeaderView &hdr, const Policy &policy, uint64_t now)
+Status check_header(const HeaderView &hdr, const Policy &policy, uint64_t now, Verdict &v)
 {
+	v = Verdict{};
 	CRIUSEC_TRY(check_structure(hdr));
 	const bool have_trust = policy.trust && policy.trust->size() > 0;
 	const bool protect = have_trust || policy.required;
 
-	Verdict v;
 	v.created = hdr.created;
 	if (hdr.sig_alg != 0) {
 		std::vector<Der> chain;
@@ -46,8 +46,10 @@ Result<Verdict> check_header(const HeaderView &hdr, const Policy &policy, uint64
 		v.is_signed = true;
 		if (have_trust) {
 			auto t = policy.trust->verify(chain, now);
-			if (!t.ok())
+			if (!t.ok()) {
+				v.how = t.status().message();
 				return std::move(t).status();
+			}
 			v.trusted = true;
 			v.how = t.value().how;
 		} else {
@@ -76,7 +78,7 @@ Result<Verdict> check_header(const HeaderView &hdr, const Policy &policy, uint64
 					std::to_string(now - hdr.created) + " s ago, more than the maximum age (" +
 					std::to_string(policy.max_age) + " s)");
 	}
-	return v;
+	return {};
 }
 
 } /* namespace criusec */

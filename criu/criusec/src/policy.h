@@ -35,7 +35,8 @@ constexpr uint64_t kMaxClockSkew = 300;
 /*
  * EBADMSG: damaged header or false signature (refused under any policy);
  * EKEYREJECTED: the policy refuses it (unsigned, untrusted, too old).
+ * v says what was found so far, on failure too (who signed, for the hint).
  */
-[[nodiscard]] Result<Verdict> check_header(const HeaderView &hdr, const Policy &policy, uint64_t now);
+[[nodiscard]] Status check_header(const HeaderView &hdr, const Policy &policy, uint64_t now, Verdict &v);
 
 } /* namespace criusec */
