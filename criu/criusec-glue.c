@@ -455,7 +455,7 @@ out:
  * would: the policy, the key, every image): its pagemaps say which pages
  * need not be written again, and its key makes the binding.
  */
-static struct dir_state *dir_load(int dfd, enum dir_role role);
+static struct dir_state *dir_load(int dfd, enum dir_role role, struct dir_state *child);
 
 static int dump_parent(struct dir_state **pd)
 {
@@ -467,7 +467,7 @@ static int dump_parent(struct dir_state **pd)
 	pfd = openat(get_service_fd(IMG_FD_OFF), CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
 	if (pfd < 0)
 		return 0; /* CRIU says it, and dumps in full */
-	*pd = dir_load(pfd, DIR_PARENT);
+	*pd = dir_load(pfd, DIR_PARENT, NULL);
 	close(pfd);
 	if (!*pd) {
 		pr_err("The incremental dump can't read its parent checkpoint %s (see above); give a key that is "
@@ -1024,7 +1024,10 @@ static const char *restore_key(void)
 	return opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
 }
 
-/* An encrypted child's parent: loaded and checked before any image of it is used. */
+/*
+ * An encrypted child's parent: loaded (its header checked against the
+ * child's binding before any of its images is read, see load_dir()).
+ */
 static int load_parent(int dfd, struct dir_state *d)
 {
 	struct dir_state *pd;
@@ -1033,7 +1036,7 @@ static int load_parent(int dfd, struct dir_state *d)
 	pfd = openat(dfd, CR_PARENT_LINK, O_RDONLY | O_DIRECTORY);
 	if (pfd < 0)
 		return 0; /* no parent images here: CRIU fails if it needs one */
-	pd = dir_load(pfd, DIR_PARENT);
+	pd = dir_load(pfd, DIR_PARENT, d);
 	close(pfd);
 	if (!pd)
 		return -1;
@@ -1042,14 +1045,24 @@ static int load_parent(int dfd, struct dir_state *d)
 		       "dumped against\n");
 		return -1;
 	}
-	if (criusec_ctx_check_parent(d->ctx, pd->ctx)) {
+	return 0;
+}
+
+static int check_binding(struct dir_state *child, struct dir_state *parent)
+{
+	if (child && criusec_ctx_check_parent(child->ctx, parent->ctx)) {
 		pr_err("parent: %s\n", criusec_last_error());
 		return -1;
 	}
 	return 0;
 }
 
-static int load_dir(int dfd, struct dir_state *d, enum dir_role role)
+/*
+ * child: the verified checkpoint this directory is loaded as the parent of
+ * (NULL for the images directory, and for a dump's parent, which the dump
+ * binds itself).
+ */
+static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir_state *child)
 {
 	const char *key = restore_key();
 	struct criusec_policy pol;
@@ -1100,6 +1113,9 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role)
 	}
 	pb_header_free(&ph);
 	cipher_entry__free_unpacked(ce, NULL);
+	/* A parent is the child's, by key, before any image of it is read. */
+	if (check_binding(child, d))
+		return -1;
 
 	/* The manifest: open_read() checks it against the header (manifest_of_header()). */
 	d->loading = true;
@@ -1129,7 +1145,7 @@ err:
  * The state of the directory dfd, loaded (and every image authenticated)
  * the first time; NULL if it must not be used (said why, once).
  */
-static struct dir_state *dir_load(int dfd, enum dir_role role)
+static struct dir_state *dir_load(int dfd, enum dir_role role, struct dir_state *child)
 {
 	struct dir_state *d;
 	dev_t dev;
@@ -1137,9 +1153,14 @@ static struct dir_state *dir_load(int dfd, enum dir_role role)
 
 	if (same_dir(dfd, &dev, &ino))
 		return NULL;
-	for (d = dirs; d; d = d->next)
-		if (d->dev == dev && d->ino == ino)
-			return d->encrypted && !d->ctx && !d->loading ? NULL : d;
+	for (d = dirs; d; d = d->next) {
+		if (d->dev != dev || d->ino != ino)
+			continue;
+		if (d->encrypted && !d->ctx && !d->loading)
+			return NULL;
+		/* Loaded before: the binding is still this child's to check. */
+		return d->ctx && check_binding(child, d) ? NULL : d;
+	}
 	d = xzalloc(sizeof(*d));
 	if (!d)
 		return NULL;
@@ -1147,7 +1168,7 @@ static struct dir_state *dir_load(int dfd, enum dir_role role)
 	d->ino = ino;
 	d->next = dirs;
 	dirs = d;
-	if (load_dir(dfd, d, role)) {
+	if (load_dir(dfd, d, role, child)) {
 		/* Keep the failure: later opens of this directory fail too. */
 		d->encrypted = true;
 		criusec_ctx_free(d->ctx);
@@ -1160,7 +1181,7 @@ static struct dir_state *dir_load(int dfd, enum dir_role role)
 
 static struct dir_state *dir_lookup(int dfd)
 {
-	return dir_load(dfd, is_imgdir(dfd) ? DIR_IMAGES : DIR_OTHER);
+	return dir_load(dfd, is_imgdir(dfd) ? DIR_IMAGES : DIR_OTHER, NULL);
 }
 
 static int open_read(int dfd, int type, const char *path, int *fd)
