@@ -17,7 +17,7 @@ CRIU		:= $(SRC)/criu/criu
 
 .PHONY: all help deps fetch tree criu engine install demo test test-unit \
 	test-integration test-zdtm zdtm-full patch-tree patches-export reset-tree \
-	clean distclean fuzz bench deb
+	clean distclean fuzz bench deb test-engines
 
 all: criu
 
@@ -33,6 +33,7 @@ help:
 	@echo "make patches-export write build/src's commits back to patches/"
 	@echo "make install        install like Debian's criu packages (DESTDIR, PREFIX)"
 	@echo "make deb            Debian packages in build/deb/ that install over Debian's criu"
+	@echo "make test-engines   Podman, Docker, containerd checkpoint/restore through the package"
 
 deps:
 	@scripts/criusec/deps.sh
@@ -82,6 +83,11 @@ install: criu
 # build/pkg; the .deb files land in build/deb.
 deb: $(TARBALL)
 	@scripts/criusec/deb.sh $(TARBALL) $(BUILD) $(CURDIR) $(JOBS)
+
+# Podman, Docker and containerd through the package (installed for the run,
+# then Debian's criu as before); see scripts/criusec/test-engines.sh.
+test-engines: deb
+	@scripts/criusec/test-engines.sh $(CURDIR)
 
 demo: criu
 	@scripts/criusec/demo.sh $(CRIU) $(BUILD)/demo-keys
