@@ -169,23 +169,23 @@ def need(*programs):
 
 
 class CriuHost:
-    """criu's configuration as the engines' criu sees it: config files only."""
-    conf = pathlib.Path("/etc/criu/default.conf")
-    marker = pathlib.Path("/etc/criu/encryption-required")
+    """criu's configuration as the engines' criu sees it: files in /etc/criu
+    (the session's private tmpfs) only.  other_cert/other_key: a pair that
+    is not the host's (a wrong key; an untrusted signer)."""
+    etc = pathlib.Path("/etc/criu")
+    conf = etc / "default.conf"
+    marker = etc / "encryption-required"
     cert = pathlib.Path("/etc/pki/criu/cert.pem")
     key = pathlib.Path("/etc/pki/criu/private/key.pem")
 
-    def __init__(self, other_key):
-        self.other_key = other_key
+    def __init__(self, other_cert, other_key):
+        self.other_cert, self.other_key = other_cert, other_key
 
     def config(self, *lines):
         self.conf.write_text("".join(line + "\n" for line in lines))
 
-    def require_encryption(self, on=True):
-        if on:
-            self.marker.touch()
-        else:
-            self.marker.unlink(missing_ok=True)
+    def require_encryption(self):
+        self.marker.touch()
 
     @contextlib.contextmanager
     def key_hidden(self):
@@ -197,8 +197,11 @@ class CriuHost:
             hidden.rename(self.key)
 
     def reset(self):
+        """Nothing but an empty default.conf: whatever a test put in
+        /etc/criu (marker, trust files) is gone."""
+        for p in self.etc.iterdir():
+            p.unlink()
         self.config()
-        self.require_encryption(False)
 
 
 def keygen():
@@ -217,7 +220,7 @@ def criu_host():
     subprocess.run([keygen(), "--default"], check=True, capture_output=True)
     keys = STATE / "keys"
     subprocess.run([keygen(), str(keys), "other"], check=True, capture_output=True)
-    host = CriuHost(str(keys / "other-key.pem"))
+    host = CriuHost(str(keys / "other-cert.pem"), str(keys / "other-key.pem"))
     host.reset()
     return host
 

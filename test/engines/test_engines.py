@@ -7,8 +7,11 @@ container's PID 1 holds three canaries (engines.WORKLOAD): in its memory, in
 the environment of a child, unread in a pipe.
 
 To add a case: a refusal is one more method of TestEncrypted that changes
-criu_host (for example a trust file), calls restore_refused(), and leaves the
-checkpoint for test_restore_with_key_carries_on, which runs last.
+criu_host (for example /etc/criu/trusted-signers.pem holding
+criu_host.other_cert: a checkpoint whose signer is not trusted) and calls
+restore_refused(); test_restore_with_key_carries_on, defined last, runs last.
+Sizes: SIZES has the plain and encrypted Podman exports of the same workload,
+the baseline for a compressed export.
 """
 import os
 import re
