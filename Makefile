@@ -17,7 +17,7 @@ CRIU		:= $(SRC)/criu/criu
 
 .PHONY: all help deps fetch tree criu engine install demo test test-unit \
 	test-integration test-zdtm zdtm-full patch-tree patches-export reset-tree \
-	clean distclean fuzz bench
+	clean distclean fuzz bench deb test-engines
 
 all: criu
 
@@ -32,6 +32,8 @@ help:
 	@echo "make patch-tree     build/src as a git work tree (one commit per patch)"
 	@echo "make patches-export write build/src's commits back to patches/"
 	@echo "make install        install like Debian's criu packages (DESTDIR, PREFIX)"
+	@echo "make deb            Debian packages in build/deb/ that install over Debian's criu"
+	@echo "make test-engines   Podman, Docker, containerd checkpoint/restore through the package"
 
 deps:
 	@scripts/criusec/deps.sh
@@ -75,6 +77,17 @@ install: criu
 	$(MAKE) -C $(SRC) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) SKIP_PIP_INSTALL=0 \
 		PIPFLAGS="--ignore-installed --no-build-isolation --no-deps --no-index --progress-bar off --break-system-packages" \
 		install-criu install-lib install-crit install-compel install-man
+	install -D -m 755 pki/criusec-keygen $(DESTDIR)$(PREFIX)/sbin/criusec-keygen
+
+# Debian packages (packaging/debian) built with dpkg-buildpackage in
+# build/pkg; the .deb files land in build/deb.
+deb: $(TARBALL)
+	@scripts/criusec/deb.sh $(TARBALL) $(BUILD) $(CURDIR) $(JOBS)
+
+# Podman, Docker and containerd through the package (installed for the run,
+# then Debian's criu as before); see scripts/criusec/test-engines.sh.
+test-engines: deb
+	@scripts/criusec/test-engines.sh $(CURDIR)
 
 demo: criu
 	@scripts/criusec/demo.sh $(CRIU) $(BUILD)/demo-keys
