@@ -21,7 +21,7 @@ deb=$repo/packaging/debian
 version=$(dpkg-parsechangelog -l "$deb/changelog" -S Version 2>/dev/null) ||
 	die "dpkg-parsechangelog failed (apt-get install dpkg-dev)"
 # The package's version names the upstream CRIU and the criusec engine it
-# holds: 4.2.1+criusec1.0.0-1 sorts above every Debian revision of criu
+# holds: 4.2.1+criusec1.1.0-1 sorts above every Debian revision of criu
 # 4.2.1 (and bookworm's 3.17.1), below a future upstream 4.2.2.
 criu_v=$(sed -n 's/^CRIU_VERSION[[:space:]]*:=[[:space:]]*//p' "$repo/Makefile")
 engine_v=$(sed -n 's/^project(criusec VERSION \([0-9.]*\).*/\1/p' "$repo/criu/criusec/CMakeLists.txt")

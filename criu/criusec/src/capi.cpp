@@ -218,7 +218,8 @@ extern "C" {
 
 const char *criusec_version(void)
 {
-	return "criusec 1.1.0 (format 2, reads 1)";
+	/* Writes format 2, reads 1 and 2. */
+	return "criusec " CRIUSEC_ENGINE_VERSION " (formats 1, 2)";
 }
 
 const char *criusec_last_error(void)
