@@ -147,7 +147,8 @@ struct criusec_verdict {
  * Before any key is used: the header's structure, its signature (which
  * must verify whenever there is one) and the policy.  Fails with
  * EKEYREJECTED when the policy refuses the checkpoint, EBADMSG when the
- * header is damaged or the signature false.  v may be NULL.
+ * header is damaged or the signature false.  v (may be NULL) says what was
+ * found, also on failure (who signed a checkpoint the trust refuses).
  */
 int criusec_header_check(const struct criusec_header *hdr, const struct criusec_policy *policy,
 			 struct criusec_verdict *v);

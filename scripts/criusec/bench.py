@@ -2,10 +2,11 @@
 """make bench: plain CRIU vs criusec, and post-hoc encryption, side by side.
 
 For each size (MiB of random anonymous memory in one process), repeated
-REPEAT times: criu dump and criu restore -d, plain and --encrypt, then the
-plain image directory encrypted after the fact (tar | age, gpg, openssl),
-the way checkpoints are usually protected today.  Prints medians and the
-ratios.  A benchmark, not a test: nothing here passes or fails on time.
+REPEAT times: criu dump and criu restore -d, plain, --encrypt (unsigned)
+and --encrypt signed (restored under --trust), then the plain image
+directory encrypted after the fact (tar | age, gpg, openssl), the way
+checkpoints are usually protected today.  Prints medians and the ratios.
+A benchmark, not a test: nothing here passes or fails on time.
 
     bench.py CRIU WORKLOAD_SRC [MiB ...]     (REPEAT=n in the environment)
 """
@@ -79,16 +80,24 @@ class Bench:
         return run([self.criu, action, "-D", str(img), "-o", f"{action}.log", *args],
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def cycle(self, mib, img, enc):
+    def cycle(self, mib, img, mode):
+        """mode: "plain", "enc" (unsigned) or "sig" (signed, restored under --trust)."""
         shutil.rmtree(img, ignore_errors=True)
         img.mkdir()
         pid = self.start(mib)
+        dump_args, restore_args = [], []
+        if mode != "plain":
+            dump_args = ["--encrypt", "--tls-cert", str(self.cert)]
+            restore_args = ["--tls-key", str(self.key)]
+        if mode == "sig":
+            dump_args += ["--sign-key", str(self.key), "--sign-cert", str(self.cert)]
+            restore_args += ["--trust", str(self.cert)]
         # Start each timed step with no dirty pages of an earlier one to write back.
         os.sync()
-        dump = self.criu_run("dump", img, "-t", str(pid), *(["--encrypt", "--tls-cert", str(self.cert)] if enc else []))
+        dump = self.criu_run("dump", img, "-t", str(pid), *dump_args)
         gone(pid)
         os.sync()
-        restore = self.criu_run("restore", img, "-d", *(["--tls-key", str(self.key)] if enc else []))
+        restore = self.criu_run("restore", img, "-d", *restore_args)
         os.kill(pid, signal.SIGKILL)
         gone(pid)
         return dump, restore
@@ -116,6 +125,10 @@ def main():
     repeat = int(os.environ.get("REPEAT", "3"))
     if os.geteuid() != 0:
         sys.exit("bench: needs root (criu dump/restore)")
+    # The host's criu config and default keys must not change what is measured.
+    sys.path.insert(0, str(REPO / "test" / "criusec"))
+    from hermetic import private_config_dirs
+    private_config_dirs()
     with tempfile.TemporaryDirectory(prefix="criusec-bench-", dir=os.environ.get("BENCH_DIR")) as w:
         work = pathlib.Path(w)
         (work / "gnupg").mkdir(mode=0o700)
@@ -126,26 +139,29 @@ def main():
         aead = [ln.split("AEAD ")[-1] for ln in check.splitlines() if "AEAD " in ln]
         print(f"criusec bench: {repeat} runs per size, medians in seconds; AEAD {aead[0] if aead else '?'}; "
               f"{os.cpu_count()} CPUs")
-        hdr = (f"{'MiB':>6} {'dump':>7} {'dump-enc':>8} {'ratio':>6} {'restore':>8} {'rst-enc':>8} {'ratio':>6} "
-               f"{'age':>6} {'gpg':>6} {'openssl':>7} {'dump+age/enc':>12}")
+        hdr = (f"{'MiB':>6} {'dump':>7} {'dump-enc':>8} {'dump-sig':>8} {'ratio':>6} {'restore':>8} {'rst-enc':>8} "
+               f"{'rst-sig':>8} {'ratio':>6} {'age':>6} {'gpg':>6} {'openssl':>7} {'dump+age/sig':>12}")
         print(hdr)
+        modes = ("plain", "enc", "sig")
         for mib in sizes:
-            r = {k: [] for k in ("d", "de", "r", "re", "age", "gpg", "openssl")}
-            for _ in range(repeat):
-                # Alternate the order so that neither side always runs on a warmer cache.
-                for enc in (False, True) if _ % 2 == 0 else (True, False):
-                    d, rs = b.cycle(mib, work / ("enc" if enc else "plain"), enc)
-                    r["de" if enc else "d"].append(d)
-                    r["re" if enc else "r"].append(rs)
+            r = {k: [] for k in ("d-plain", "d-enc", "d-sig", "r-plain", "r-enc", "r-sig", "age", "gpg", "openssl")}
+            for i in range(repeat):
+                # Rotate the order so that no mode always runs on a warmer cache.
+                for mode in modes[i % 3:] + modes[:i % 3]:
+                    d, rs = b.cycle(mib, work / mode, mode)
+                    r["d-" + mode].append(d)
+                    r["r-" + mode].append(rs)
                 for k, t in b.posthoc(work / "plain").items():
                     r[k].append(t)
             m = {k: statistics.median(v) for k, v in r.items()}
-            print(f"{mib:>6} {m['d']:>7.3f} {m['de']:>8.3f} {m['de'] / m['d']:>5.2f}x {m['r']:>8.3f} "
-                  f"{m['re']:>8.3f} {m['re'] / m['r']:>5.2f}x {m['age']:>6.2f} {m['gpg']:>6.2f} "
-                  f"{m['openssl']:>7.2f} {(m['d'] + m['age']) / m['de']:>11.2f}x")
+            print(f"{mib:>6} {m['d-plain']:>7.3f} {m['d-enc']:>8.3f} {m['d-sig']:>8.3f} "
+                  f"{m['d-sig'] / m['d-plain']:>5.2f}x {m['r-plain']:>8.3f} {m['r-enc']:>8.3f} {m['r-sig']:>8.3f} "
+                  f"{m['r-sig'] / m['r-plain']:>5.2f}x {m['age']:>6.2f} {m['gpg']:>6.2f} {m['openssl']:>7.2f} "
+                  f"{(m['d-plain'] + m['age']) / m['d-sig']:>11.2f}x")
             sys.stdout.flush()
-        print("ratio: criusec / plain CRIU (lower is better); dump+age/enc: plain dump then tar|age, "
-              "against criusec's encrypted dump (higher means criusec is faster).")
+        print("enc: --encrypt, unsigned; sig: --encrypt signed by the host (RSA-3072, PSS), restored under --trust.")
+        print("ratio: criusec signed / plain CRIU (lower is better); dump+age/sig: plain dump then tar|age, "
+              "against criusec's signed encrypted dump (higher means criusec is faster).")
 
 
 if __name__ == "__main__":

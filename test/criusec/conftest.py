@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from hermetic import private_config_dirs
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CRIU = os.environ.get("CRIU") or str(REPO / "build" / "src" / "criu" / "criu")
@@ -22,33 +24,12 @@ CRIU_TIMEOUT = 180
 PR_SET_CHILD_SUBREAPER = 36
 
 
-CLONE_NEWNS = 0x00020000
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
-# What the host configures for criu, hidden from the tests: a config line
-# "encrypt", the marker or a trust file there would change every run, and
-# the tests that create them must not change the host (or a concurrent run).
-HOST_CONFIG_DIRS = ("/etc/criu", "/etc/pki/criu")
-
-
-def private_config_dirs(libc):
-    """A mount namespace of our own (inherited by criu and the workloads)
-    with an empty tmpfs over each of HOST_CONFIG_DIRS."""
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-    for d in HOST_CONFIG_DIRS:
-        os.makedirs(d, exist_ok=True)
-        if libc.mount(b"tmpfs", d.encode(), b"tmpfs", 0, b"mode=0755") != 0:
-            raise OSError(ctypes.get_errno(), f"mount tmpfs on {d}")
-
-
 def pytest_configure(config):
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     if os.geteuid() == 0:
-        private_config_dirs(libc)
+        private_config_dirs()
         # Lazy pages through userfaultfd, and big pipes for remote lazy
         # pages (BRIEF.md; zdtm.sh sets the same): a fresh machine has neither.
         for knob, value in (("vm/unprivileged_userfaultfd", "1"), ("fs/pipe-max-size", "4194304")):

@@ -293,6 +293,21 @@ def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
         daemon.kill()
 
 
+@needs_uffd
+def test_lazy_pages_apply_the_restore_policy(pristine, criu, tmp_path, keys):
+    """The lazy-pages daemon is a reader like restore: under --trust it
+    serves no page of an unsigned checkpoint (the task never gets them)."""
+    wl, img = pristine
+    r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path, "--trust", keys["alice"][0])
+    try:
+        assert daemon.wait(timeout=60) != 0, "the lazy-pages daemon served an unsigned checkpoint under --trust"
+        log = (img / "lazy-pages.log").read_text()
+        assert "the checkpoint is unsigned" in log, log[-3000:]
+        touched_and_killed(wl)
+    finally:
+        daemon.kill()
+
+
 def start_page_server(img, tmp_path, *args):
     """criu page-server on a free port, once it listens."""
     port = str(free_port())
@@ -307,9 +322,9 @@ def start_page_server(img, tmp_path, *args):
     return server, port
 
 
-def remote_lazy_restore(criu, img, key, tmp_path):
+def remote_lazy_restore(criu, img, key, tmp_path, *server_args):
     """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
-    server, port = start_page_server(img, tmp_path, "--lazy-pages", "--tls-key", key)
+    server, port = start_page_server(img, tmp_path, "--lazy-pages", "--tls-key", key, *server_args)
     r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
     return r, daemon, server
 
@@ -320,6 +335,22 @@ def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, key
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
         lazy_restored(wl, img, r, daemon)
+    finally:
+        daemon.kill()
+        server.kill()
+
+
+@needs_uffd
+def test_page_server_applies_the_restore_policy(pristine, criu, tmp_path, keys):
+    """criu page-server --lazy-pages serving an unsigned checkpoint under --trust: no page leaves."""
+    wl, img = pristine
+    r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path, "--trust", keys["alice"][0])
+    try:
+        assert server.wait(timeout=60) != 0, "the page server served an unsigned checkpoint under --trust"
+        log = (img / "page-server.log").read_text()
+        assert "the checkpoint is unsigned" in log, log[-3000:]
+        daemon.wait(timeout=60)
+        touched_and_killed(wl)
     finally:
         daemon.kill()
         server.kill()
