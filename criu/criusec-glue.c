@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -34,6 +35,7 @@
 #include "image.h"
 #include "image-desc.h"
 #include "log.h"
+#include "pagemap.h"
 #include "protobuf.h"
 #include "servicefd.h"
 #include "tls.h"
@@ -41,6 +43,8 @@
 #include "common/xmalloc.h"
 
 #include "images/cipher.pb-c.h"
+#include "images/pagemap.pb-c.h"
+#include "magic.h"
 
 #undef LOG_PREFIX
 #define LOG_PREFIX "criusec: "
@@ -60,13 +64,19 @@
 #define MANIFEST_BYTES (4 << 20)
 struct manifest_rec {
 	struct criusec_stream_info info; /* has_size 0: not sealed here (page server) */
-	unsigned short klen, nlen;	 /* with their NULs */
-	char names[];			 /* "kind\0name\0" */
+	bool has_entries;		 /* a page server's pagemap: the digest of its entries */
+	uint8_t entries[CRIUSEC_DIGEST_LEN];
+	unsigned short klen, nlen; /* with their NULs */
+	char names[];		   /* "kind\0name\0" */
 };
+#define MAX_PS_IMAGES 4096
 struct manifest_shm {
 	unsigned int used; /* bytes of recs[] in use */
 	int failed;	   /* a seal failed somewhere: the dump must fail */
-	char recs[];	   /* struct manifest_rec, one after another, aligned */
+	/* pages image ids the page server answered: none may come twice */
+	unsigned int nr_ps_ids;
+	uint32_t ps_ids[MAX_PS_IMAGES];
+	char recs[]; /* struct manifest_rec, one after another, aligned */
 };
 
 static struct criusec_ctx *dump_ctx;
@@ -98,7 +108,11 @@ static struct pending_img *pending;
  * checked, and tasks that open images from inside a user namespace never
  * need to read the (owner-only) files themselves.
  */
-/* Memory, not a descriptor: restored tasks close every inherited fd. */
+/*
+ * A shared mapping of a memfd, not a descriptor: restored tasks close every
+ * inherited fd, and the restorer unmaps what criu mapped.  Left out of core
+ * dumps, locked where the limit allows, wiped when restore is done.
+ */
 struct plain_img {
 	uint8_t *data;
 	size_t len;
@@ -107,6 +121,7 @@ struct plain_img {
 struct dir_state {
 	dev_t dev;
 	ino_t ino;
+	int dfd; /* to punch its page images when restore is done */
 	bool encrypted;
 	bool loading; /* reading its own manifest */
 	struct criusec_ctx *ctx;
@@ -127,6 +142,8 @@ enum dir_role {
 	DIR_OTHER,
 };
 
+static void punches_init(void);
+
 /*
  * A page image under the page cipher, found by its descriptor.  Dump
  * appends pages (encrypted in batches) and collects one tag per page,
@@ -141,6 +158,10 @@ struct page_img {
 	struct criusec_pages *pc;
 	uint8_t *tags;	/* one CRIUSEC_PAGE_TAG_LEN tag per page */
 	size_t nr_tags; /* dump: pages written; restore: pages the tags cover */
+	struct dir_state *dir; /* restore: where it is */
+	/* dump through a page server: the pagemap it writes, and its entries */
+	char *pm_kind, *pm_name;
+	struct criusec_pagemap_digest *pmd;
 	size_t cap;	/* dump: tags allocated */
 	int dfd;	/* dump: where the tags go */
 	bool in_imgdir;
@@ -174,6 +195,18 @@ static bool marker_present(void)
 	struct stat st;
 
 	return lstat(CRIUSEC_REQUIRED_MARKER, &st) == 0 || errno != ENOENT;
+}
+
+/*
+ * While criu holds key material or plaintext: no core dump (criu's cwd may
+ * be the images directory) and no ptrace by anyone but root.  For the rest
+ * of the process: a core written after restore would still hold what the
+ * images described.
+ */
+static void holding_keys(void)
+{
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0))
+		pr_perror("Can't make criu non-dumpable");
 }
 
 /*
@@ -503,9 +536,16 @@ int criusec_dump_start(void)
 		pr_err("--encrypt with --page-server needs --tls\n");
 		return -1;
 	}
-	if (opts.lazy_pages && !opts.tls)
+	if (opts.lazy_pages && !opts.tls) {
 		/* They are served from memory, never written: nothing to encrypt them into. */
+		if (marker_present()) {
+			pr_err("Encryption is required on this host (%s exists): --lazy-pages needs --tls, or the lazy "
+			       "pages leave it unencrypted\n",
+			       CRIUSEC_REQUIRED_MARKER);
+			return -1;
+		}
 		pr_warn("--lazy-pages without --tls: the lazy pages leave this host unencrypted\n");
+	}
 	if (opts.encrypt_aead && criusec_aead_parse(opts.encrypt_aead, &aead)) {
 		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
 		return -1;
@@ -529,6 +569,7 @@ int criusec_dump_start(void)
 	if (dump_parent(&parent))
 		goto err;
 
+	holding_keys();
 	dump_ctx = criusec_ctx_new(aead);
 	if (!dump_ctx) {
 		pr_err("Can't make the checkpoint key: %s\n", criusec_last_error());
@@ -540,10 +581,16 @@ int criusec_dump_start(void)
 	}
 	if (opts.nr_encrypt_certs == 0 && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
 		goto err;
+	if (opts.unchecked_recipients)
+		pr_warn("--unchecked-recipients: recipient certificates are not checked for validity and key usage\n");
 	for (i = 0; i < opts.nr_encrypt_certs; i++) {
-		if (criusec_ctx_add_recipient(dump_ctx, opts.encrypt_certs[i])) {
-			pr_err("Recipient %s (--tls-cert, or a 'tls-cert PATH' line in %s): %s\n",
-			       opts.encrypt_certs[i], CRIUSEC_DEFAULT_CONF, criusec_last_error());
+		int rc = criusec_ctx_add_recipient(dump_ctx, opts.encrypt_certs[i],
+						   opts.unchecked_recipients ? CRIUSEC_RECIPIENT_UNCHECKED : 0);
+
+		if (rc) {
+			pr_err("Recipient %s (--tls-cert, or a 'tls-cert PATH' line in %s): %s%s\n",
+			       opts.encrypt_certs[i], CRIUSEC_DEFAULT_CONF, criusec_last_error(),
+			       rc == -EKEYREJECTED ? " (--unchecked-recipients takes it anyway, for test setups)" : "");
 			goto err;
 		}
 		pr_info("Encrypting for %s\n", opts.encrypt_certs[i]);
@@ -566,8 +613,12 @@ err:
 	return -1;
 }
 
-/* info NULL: an image this dump did not seal (a page server's pagemap). */
-static void manifest_add(const char *kind, const char *name, const struct criusec_stream_info *info)
+/*
+ * info NULL: an image this dump did not seal (a page server's pagemap),
+ * of which entries (may be NULL) is the digest of what it was sent.
+ */
+static void manifest_add(const char *kind, const char *name, const struct criusec_stream_info *info,
+			 const uint8_t *entries)
 {
 	size_t klen = strlen(kind) + 1, nlen = strlen(name) + 1;
 	size_t len = ALIGN(sizeof(struct manifest_rec) + klen + nlen, 8);
@@ -585,6 +636,9 @@ static void manifest_add(const char *kind, const char *name, const struct criuse
 		r->info = *info;
 	else
 		memset(&r->info, 0, sizeof(r->info));
+	r->has_entries = entries != NULL;
+	if (entries)
+		memcpy(r->entries, entries, CRIUSEC_DIGEST_LEN);
 	r->klen = klen;
 	r->nlen = nlen;
 	memcpy(r->names, kind, klen);
@@ -617,7 +671,8 @@ static int write_manifest(void)
 	me.kinds = xmalloc(sizeof(*me.kinds) * (n ?: 1));
 	me.sizes = xmalloc(sizeof(*me.sizes) * (n ?: 1));
 	me.digests = xmalloc(sizeof(*me.digests) * (n ?: 1));
-	if (!me.images || !me.kinds || !me.sizes || !me.digests)
+	me.entries = xmalloc(sizeof(*me.entries) * (n ?: 1));
+	if (!me.images || !me.kinds || !me.sizes || !me.digests || !me.entries)
 		goto out;
 	for (off = 0; (r = manifest_next(&off)); me.n_images++) {
 		me.kinds[me.n_images] = r->names;
@@ -625,8 +680,10 @@ static int write_manifest(void)
 		me.sizes[me.n_images] = r->info.has_size ? r->info.size : 0;
 		me.digests[me.n_images].data = r->info.digest;
 		me.digests[me.n_images].len = r->info.has_size ? CRIUSEC_DIGEST_LEN : 0;
+		me.entries[me.n_images].data = r->entries;
+		me.entries[me.n_images].len = r->has_entries ? CRIUSEC_DIGEST_LEN : 0;
 	}
-	me.n_kinds = me.n_sizes = me.n_digests = me.n_images;
+	me.n_kinds = me.n_sizes = me.n_digests = me.n_entries = me.n_images;
 	img = open_image(CR_FD_CIPHER_MANIFEST, O_DUMP);
 	if (img) {
 		ret = pb_write_one(img, &me, PB_CIPHER_MANIFEST);
@@ -637,6 +694,7 @@ out:
 	xfree(me.kinds);
 	xfree(me.sizes);
 	xfree(me.digests);
+	xfree(me.entries);
 	return ret;
 }
 
@@ -688,7 +746,8 @@ static int open_write(int dfd, int type, const char *path, int *fd, uint8_t *gra
 	struct pending_img *p;
 	int memfd;
 
-	memfd = memfd_create(path, 0);
+	/* CLOEXEC: helpers (tar, iptables-save) get it by dup2(), never another image by inheritance. */
+	memfd = memfd_create(path, MFD_CLOEXEC);
 	if (memfd < 0) {
 		pr_perror("%s: can't make a memfd", path);
 		return -1;
@@ -696,7 +755,7 @@ static int open_write(int dfd, int type, const char *path, int *fd, uint8_t *gra
 	p = xzalloc(sizeof(*p));
 	if (p)
 		p->name = xstrdup(path);
-	if (!p || !p->name || (p->memfd = dup(memfd)) < 0) {
+	if (!p || !p->name || (p->memfd = fcntl(memfd, F_DUPFD_CLOEXEC, 0)) < 0) {
 		close(memfd);
 		if (p)
 			xfree(p->name);
@@ -756,7 +815,7 @@ void criusec_img_closed(int fd)
 		} else if (p->type == CR_FD_CIPHER_MANIFEST) {
 			manifest_info = info;
 		} else if (p->in_imgdir && still_linked(p->real_fd)) {
-			manifest_add(kind_of(p->type), p->name, &info);
+			manifest_add(kind_of(p->type), p->name, &info, NULL);
 		}
 	}
 	close(p->memfd);
@@ -782,12 +841,13 @@ static int plain_copy(const struct plain_img *p, const char *name)
 {
 	int fd;
 
-	fd = memfd_create(name, 0);
+	/* CLOEXEC: a helper criu starts gets an image by dup2(), never another's by inheritance. */
+	fd = memfd_create(name, MFD_CLOEXEC);
 	if (fd < 0) {
 		pr_perror("%s: can't make a memfd", name);
 		return -1;
 	}
-	if (write_all(fd, p->data, p->len) != (ssize_t)p->len) {
+	if (p->len && write_all(fd, p->data, p->len) != (ssize_t)p->len) {
 		pr_perror("%s: can't copy", name);
 		close(fd);
 		return -1;
@@ -801,55 +861,103 @@ static int plain_copy(const struct plain_img *p, const char *name)
 }
 
 /*
- * Authenticate a whole image file into memory; expect (may be NULL) is
- * what the manifest records of it.
+ * Authenticate an image file into a new memfd (at offset 0), chunk by
+ * chunk: memory holds two chunks and the plaintext, whatever the file
+ * claims.  expect (may be NULL) is what the manifest records of it: a file
+ * of another size is refused before it is read.
  */
-static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *name, int fd, struct plain_img *p,
-		      const struct criusec_stream_info *expect)
+static int verify_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
+			   const struct criusec_stream_info *expect)
 {
 	struct stat st;
-	uint8_t *raw;
-	int ret;
+	int memfd;
 
 	if (fstat(fd, &st)) {
 		pr_perror("%s: fstat", name);
 		return -1;
 	}
+	if (!S_ISREG(st.st_mode)) {
+		pr_err("%s: not a regular file\n", name);
+		return -1;
+	}
 	if (expect && expect->has_size && (uint64_t)st.st_size != expect->size) {
-		/* Refused unread: it is not the file the dump wrote. */
 		pr_err("%s: %lld bytes, but the dump wrote %llu: truncated, extended or replaced\n", name,
 		       (long long)st.st_size, (unsigned long long)expect->size);
 		return -1;
 	}
-	raw = xmalloc(st.st_size ?: 1);
-	if (!raw)
-		return -1;
-	if (read_all(fd, raw, st.st_size) != st.st_size) {
-		pr_perror("%s: read", name);
-		xfree(raw);
+	memfd = memfd_create(name, MFD_CLOEXEC);
+	if (memfd < 0) {
+		pr_perror("%s: can't make a memfd", name);
 		return -1;
 	}
-	ret = criusec_stream_open_buf(ctx, kind, name, raw, st.st_size, &p->data, &p->len, expect);
-	xfree(raw);
-	if (ret) {
+	if (criusec_stream_open_fd(ctx, kind, name, fd, memfd, expect)) {
 		pr_err("%s: %s\n", name, criusec_last_error());
+		close(memfd);
 		return -1;
 	}
-	return 0;
+	if (lseek(memfd, 0, SEEK_SET)) {
+		pr_perror("%s: lseek", name);
+		close(memfd);
+		return -1;
+	}
+	return memfd;
+}
+
+/* Plaintext that holds secrets: never in a core dump, out of swap where allowed. */
+static void *map_secret(int fd, size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_DONTDUMP);
+	mlock(p, len); /* best effort: RLIMIT_MEMLOCK may not allow it */
+	return p;
+}
+
+static void plain_free(struct plain_img *p)
+{
+	if (p->data) {
+		explicit_bzero(p->data, p->len);
+		munlock(p->data, p->len);
+		munmap(p->data, p->len);
+	}
+	p->data = NULL;
+	p->len = 0;
+}
+
+/* Authenticate a whole image file into a mapping (see struct plain_img). */
+static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *name, int fd, struct plain_img *p,
+		      const struct criusec_stream_info *expect)
+{
+	struct stat st;
+	int memfd, ret = 0;
+
+	memfd = verify_to_memfd(ctx, kind, name, fd, expect);
+	if (memfd < 0)
+		return -1;
+	p->data = NULL;
+	p->len = 0;
+	if (fstat(memfd, &st)) {
+		pr_perror("%s: fstat", name);
+		ret = -1;
+	} else if (st.st_size) {
+		p->len = st.st_size;
+		p->data = map_secret(memfd, p->len);
+		if (!p->data) {
+			pr_perror("%s: can't map the verified plaintext", name);
+			ret = -1;
+		}
+	}
+	close(memfd);
+	return ret;
 }
 
 /* Authenticate a whole stream into a new memfd, or say why not. */
 static int open_stream(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
 		       const struct criusec_stream_info *expect)
 {
-	struct plain_img p;
-	int memfd;
-
-	if (load_plain(ctx, kind, name, fd, &p, expect))
-		return -1;
-	memfd = plain_copy(&p, name);
-	free(p.data);
-	return memfd;
+	return verify_to_memfd(ctx, kind, name, fd, expect);
 }
 
 /* cipher.img's protobuf as the engine's header; the arrays are the caller's to free. */
@@ -952,28 +1060,180 @@ static const struct criusec_stream_info *manifest_of_header(struct dir_state *d,
 }
 
 /*
- * Authenticate every image the manifest lists before any is used, so a
- * damaged or missing image stops the restore before it starts, even one
- * that would have been read late, or never.
+ * The pattern a name of this kind must match: an image kind is CRIU's
+ * printf-style template of its file names ("core-%u.img"); NULL for a kind
+ * CRIU does not write through the stream layer.
  */
-static int verify_all(int dfd, struct dir_state *d)
+static const char *kind_pattern(const char *kind)
 {
-	CipherManifestEntry *m = d->manifest;
-	bool v2 = criusec_ctx_manifest_digest(d->ctx) != NULL;
-	size_t i;
-	int fd;
+	int type;
 
-	if (m->n_kinds != m->n_images ||
-	    (v2 && (m->n_sizes != m->n_images || m->n_digests != m->n_images))) {
+	if (!strcmp(kind, PAGE_TAGS_KIND))
+		return "pagetags-%u.img";
+	for (type = 0; type < CR_FD_MAX; type++)
+		if (imgset_template[type].fmt && !strcmp(kind, imgset_template[type].fmt) && stream_covered(type))
+			return kind;
+	return NULL;
+}
+
+static bool is_pagemap_kind(const char *kind)
+{
+	return !strcmp(kind, kind_of(CR_FD_PAGEMAP)) || !strcmp(kind, kind_of(CR_FD_SHMEM_PAGEMAP));
+}
+
+/* The manifest's entries: well formed, and names that are plain file names of their kinds. */
+static int check_manifest(CipherManifestEntry *m, bool v2)
+{
+	size_t i;
+
+	if (m->n_kinds != m->n_images || (v2 && (m->n_sizes != m->n_images || m->n_digests != m->n_images)) ||
+	    (m->n_entries && m->n_entries != m->n_images)) {
 		pr_err("cipher-manifest.img: malformed\n");
 		return -1;
 	}
-	for (i = 0; v2 && i < m->n_images; i++) {
-		if (m->digests[i].len != CRIUSEC_DIGEST_LEN && (m->digests[i].len || m->sizes[i])) {
+	for (i = 0; i < m->n_images; i++) {
+		const char *pattern = kind_pattern(m->kinds[i]);
+
+		if (!pattern || !criusec_name_matches(pattern, m->images[i])) {
+			pr_err("cipher-manifest.img: \"%s\" is not an image name of the kind %s\n", m->images[i],
+			       m->kinds[i]);
+			return -1;
+		}
+		if (v2 && m->digests[i].len != CRIUSEC_DIGEST_LEN && (m->digests[i].len || m->sizes[i])) {
+			pr_err("cipher-manifest.img: malformed entry for %s\n", m->images[i]);
+			return -1;
+		}
+		if (m->n_entries && m->entries[i].len && (m->entries[i].len != CRIUSEC_DIGEST_LEN ||
+							  !is_pagemap_kind(m->kinds[i]))) {
 			pr_err("cipher-manifest.img: malformed entry for %s\n", m->images[i]);
 			return -1;
 		}
 	}
+	return 0;
+}
+
+/*
+ * A pagemap's plaintext (CRIU's image: two magics, then u32-sized
+ * protobufs, PagemapHead first): its pages image id, how many pages that
+ * image holds for it, and the digest of its entries.
+ */
+static int pagemap_scan(const struct plain_img *p, const char *name, uint32_t *pages_id, uint64_t *present,
+			uint8_t digest[CRIUSEC_DIGEST_LEN])
+{
+	struct criusec_pagemap_digest *pd = NULL;
+	size_t off = 2 * sizeof(uint32_t);
+	bool head = true;
+	uint32_t magic[2];
+
+	*present = 0;
+	if (p->len < off)
+		goto bad;
+	memcpy(magic, p->data, sizeof(magic));
+	if (magic[0] != IMG_COMMON_MAGIC || magic[1] != PAGEMAP_MAGIC)
+		goto bad;
+	while (off < p->len) {
+		uint32_t sz;
+
+		if (p->len - off < sizeof(sz))
+			goto bad;
+		memcpy(&sz, p->data + off, sizeof(sz));
+		off += sizeof(sz);
+		if (sz > p->len - off)
+			goto bad;
+		if (head) {
+			PagemapHead *h = pagemap_head__unpack(NULL, sz, p->data + off);
+
+			if (!h)
+				goto bad;
+			*pages_id = h->pages_id;
+			pagemap_head__free_unpacked(h, NULL);
+			pd = criusec_pagemap_digest_new(*pages_id);
+			if (!pd)
+				goto bad;
+			head = false;
+		} else {
+			PagemapEntry *e = pagemap_entry__unpack(NULL, sz, p->data + off);
+			uint32_t nr, flags;
+			int ret;
+
+			if (!e)
+				goto bad;
+			/* Entries of older CRIUs have no flags (pycriu normalises them the same way). */
+			nr = e->has_nr_pages ? e->nr_pages : e->compat_nr_pages;
+			flags = e->has_flags ? e->flags : (e->has_in_parent && e->in_parent ? PE_PARENT : PE_PRESENT);
+			ret = criusec_pagemap_digest_add(pd, e->vaddr, nr, flags);
+			pagemap_entry__free_unpacked(e, NULL);
+			if (ret)
+				goto bad;
+			if (flags & PE_PRESENT)
+				*present += nr;
+		}
+		off += sz;
+	}
+	if (head)
+		goto bad;
+	return criusec_pagemap_digest_final(pd, digest) ? -1 : 0;
+bad:
+	criusec_pagemap_digest_final(pd, NULL);
+	pr_err("%s: not a pagemap image\n", name);
+	return -1;
+}
+
+/*
+ * Every pagemap covers exactly the pages its page image has tags for, and
+ * one a page server wrote holds exactly the entries the dump sent it: a
+ * page server that drops, adds or moves an entry is caught here.
+ */
+static int check_pagemaps(struct dir_state *d)
+{
+	CipherManifestEntry *m = d->manifest;
+	uint8_t digest[CRIUSEC_DIGEST_LEN];
+	char tname[64];
+	uint32_t id;
+	uint64_t present;
+	size_t i;
+	int t;
+
+	for (i = 0; i < m->n_images; i++) {
+		if (!is_pagemap_kind(m->kinds[i]))
+			continue;
+		if (pagemap_scan(&d->plain[i], m->images[i], &id, &present, digest))
+			return -1;
+		if (m->n_entries && m->entries[i].len && memcmp(digest, m->entries[i].data, CRIUSEC_DIGEST_LEN)) {
+			pr_err("%s: its entries are not the ones the dump sent the page server\n", m->images[i]);
+			return -1;
+		}
+		snprintf(tname, sizeof(tname), "pagetags-%u.img", id);
+		t = manifest_index(d, tname);
+		if (t < 0 && present) {
+			pr_err("%s: its %llu pages have no tags (%s)\n", m->images[i], (unsigned long long)present,
+			       tname);
+			return -1;
+		}
+		if (t >= 0 && d->plain[t].len != present * CRIUSEC_PAGE_TAG_LEN) {
+			pr_err("%s: covers %llu pages, but %s holds %zu tags\n", m->images[i],
+			       (unsigned long long)present, tname, d->plain[t].len / CRIUSEC_PAGE_TAG_LEN);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Authenticate every image the manifest lists before any is used, so a
+ * damaged or missing image stops the restore before it starts, even one
+ * that would have been read late, or never.  Names are plain file names
+ * of their kinds, and only regular files are read (never through a link,
+ * never blocking on a FIFO).
+ */
+static int verify_all(int dfd, struct dir_state *d)
+{
+	CipherManifestEntry *m = d->manifest;
+	size_t i;
+	int fd;
+
+	if (check_manifest(m, criusec_ctx_manifest_digest(d->ctx) != NULL))
+		return -1;
 	d->plain = xzalloc(sizeof(*d->plain) * (m->n_images ?: 1));
 	if (!d->plain)
 		return -1;
@@ -981,7 +1241,7 @@ static int verify_all(int dfd, struct dir_state *d)
 		struct criusec_stream_info buf;
 		int ret;
 
-		fd = openat(dfd, m->images[i], O_RDONLY);
+		fd = openat(dfd, m->images[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (fd < 0) {
 			pr_perror("%s: missing from the encrypted checkpoint (its manifest lists it)", m->images[i]);
 			return -1;
@@ -991,6 +1251,8 @@ static int verify_all(int dfd, struct dir_state *d)
 		if (ret)
 			return -1;
 	}
+	if (check_pagemaps(d))
+		return -1;
 	pr_info("All %zu images of the checkpoint authenticated\n", m->n_images);
 	return 0;
 }
@@ -1088,6 +1350,7 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 		return 0;
 	}
 	d->encrypted = true;
+	punches_init();
 	if (role == DIR_OTHER) {
 		pr_err("An encrypted checkpoint is read only as the images directory or as the verified parent "
 		       "of one: refusing to open it here (a parent link under a plaintext checkpoint?)\n");
@@ -1105,6 +1368,7 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 		       CRIUSEC_DEFAULT_CONF, key, strerror(errno));
 		goto err;
 	}
+	holding_keys();
 	d->ctx = criusec_ctx_import(&ph.h, key);
 	if (!d->ctx) {
 		pr_err("cipher.img: %s (key %s, from --tls-key or a 'tls-key' line in %s)\n", criusec_last_error(),
@@ -1141,6 +1405,23 @@ err:
 	return -1;
 }
 
+/* Wipe what a directory's checkpoint revealed: its plaintexts and its key. */
+static void dir_forget_secrets(struct dir_state *d)
+{
+	size_t i;
+
+	if (d->plain)
+		for (i = 0; d->manifest && i < d->manifest->n_images; i++)
+			plain_free(&d->plain[i]);
+	xfree(d->plain);
+	d->plain = NULL;
+	if (d->manifest)
+		cipher_manifest_entry__free_unpacked(d->manifest, NULL);
+	d->manifest = NULL;
+	criusec_ctx_free(d->ctx);
+	d->ctx = NULL;
+}
+
 /*
  * The state of the directory dfd, loaded (and every image authenticated)
  * the first time; NULL if it must not be used (said why, once).
@@ -1166,14 +1447,13 @@ static struct dir_state *dir_load(int dfd, enum dir_role role, struct dir_state 
 		return NULL;
 	d->dev = dev;
 	d->ino = ino;
+	d->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
 	d->next = dirs;
 	dirs = d;
-	if (load_dir(dfd, d, role, child)) {
+	if (d->dfd < 0 || load_dir(dfd, d, role, child)) {
 		/* Keep the failure: later opens of this directory fail too. */
+		dir_forget_secrets(d);
 		d->encrypted = true;
-		criusec_ctx_free(d->ctx);
-		d->ctx = NULL;
-		d->manifest = NULL;
 		return NULL;
 	}
 	return d;
@@ -1304,6 +1584,9 @@ static void page_free(struct page_img *p)
 		xfree(p->tags);
 	if (p->dfd >= 0)
 		close(p->dfd);
+	criusec_pagemap_digest_final(p->pmd, NULL);
+	xfree(p->pm_kind);
+	xfree(p->pm_name);
 	xfree(p->name);
 	xfree(p);
 }
@@ -1396,6 +1679,7 @@ static int page_open_read(int dfd, const char *path, int fd)
 	p = page_new(fd, path, d->ctx);
 	if (!p)
 		return -1;
+	p->dir = d;
 	/* Tags stay in the directory's verified copy; shared, never freed here. */
 	p->tags = d->plain[i].data;
 	p->nr_tags = d->plain[i].len / CRIUSEC_PAGE_TAG_LEN;
@@ -1443,7 +1727,7 @@ static int page_tags_write(struct page_img *p)
 		goto out;
 	}
 	if (p->in_imgdir)
-		manifest_add(PAGE_TAGS_KIND, tname, &info);
+		manifest_add(PAGE_TAGS_KIND, tname, &info, NULL);
 	ret = 0;
 out:
 	if (fd >= 0)
@@ -1467,6 +1751,16 @@ static int page_img_closed(int fd)
 	*pp = p->next;
 	if (p->dfd >= 0 && page_tags_write(p))
 		manifest->failed = 1;
+	if (p->pmd) {
+		uint8_t entries[CRIUSEC_DIGEST_LEN];
+
+		/* The page server sealed it; the manifest records what it was sent. */
+		if (criusec_pagemap_digest_final(p->pmd, entries))
+			manifest->failed = 1;
+		else
+			manifest_add(p->pm_kind, p->pm_name, NULL, entries);
+		p->pmd = NULL;
+	}
 	page_free(p);
 	return 1;
 }
@@ -1479,13 +1773,131 @@ bool criusec_pages_sealed(int fd)
 #define PAGE_BATCH (1 << 20)
 
 /* One staging buffer for checked plaintext pages on their way out (restore, page server). */
+static uint8_t *page_batch;
+
 static uint8_t *page_batch_buf(void)
 {
-	static uint8_t *buf;
+	if (!page_batch) {
+		page_batch = mmap(NULL, PAGE_BATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (page_batch == MAP_FAILED) {
+			pr_perror("Can't map a page buffer");
+			page_batch = NULL;
+			return NULL;
+		}
+		madvise(page_batch, PAGE_BATCH, MADV_DONTDUMP);
+	}
+	return page_batch;
+}
 
-	if (!buf)
-		buf = xmalloc(PAGE_BATCH);
-	return buf;
+/*
+ * restore --auto-dedup: the pages criu read (and checked) are punched out
+ * of their images only once the whole restore succeeded, so a refused
+ * restore changes no byte.  Tasks read their pages in processes of their
+ * own, hence shared memory, made before any is forked.
+ */
+#define PUNCH_RECS 32768
+struct punch_rec {
+	dev_t dev; /* the directory */
+	ino_t ino;
+	char name[32]; /* pages-N.img */
+	uint64_t off, len;
+};
+static struct punch_shm {
+	unsigned int used;
+	int overflow; /* too many: punch nothing (only a saving is lost) */
+	struct punch_rec r[PUNCH_RECS];
+} *punches;
+
+static void punches_init(void)
+{
+	if (punches || !opts.auto_dedup || opts.mode != CR_RESTORE)
+		return;
+	punches = mmap(NULL, sizeof(*punches), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (punches == MAP_FAILED) {
+		pr_perror("Can't map the auto-dedup list");
+		punches = NULL;
+	}
+}
+
+int criusec_defer_punch(int fd, off_t off, unsigned long len)
+{
+	struct page_img *p = page_lookup(fd);
+	struct punch_rec *r;
+	unsigned int i;
+
+	if (!p || !p->dir || opts.mode != CR_RESTORE)
+		return 0;
+	if (!punches)
+		return 1; /* no list: punch nothing rather than too early */
+	i = __atomic_fetch_add(&punches->used, 1, __ATOMIC_SEQ_CST);
+	if (i >= PUNCH_RECS) {
+		punches->overflow = 1;
+		return 1;
+	}
+	r = &punches->r[i];
+	r->dev = p->dir->dev;
+	r->ino = p->dir->ino;
+	snprintf(r->name, sizeof(r->name), "%s", p->name);
+	r->off = off;
+	r->len = len;
+	return 1;
+}
+
+static void punch_deferred(void)
+{
+	struct dir_state *d;
+	unsigned int i;
+
+	if (!punches)
+		return;
+	if (punches->overflow) {
+		pr_warn("Too many pages to punch after the restore: --auto-dedup punched nothing\n");
+		return;
+	}
+	for (i = 0; i < punches->used; i++) {
+		struct punch_rec *r = &punches->r[i];
+		int fd;
+
+		for (d = dirs; d; d = d->next)
+			if (d->dev == r->dev && d->ino == r->ino)
+				break;
+		fd = d ? openat(d->dfd, r->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC) : -1;
+		if (fd < 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->off, r->len))
+			pr_perror("%s: can't punch the pages read", r->name);
+		if (fd >= 0)
+			close(fd);
+	}
+	pr_info("Punched %u runs of restored pages out of their images\n", punches->used);
+}
+
+void criusec_restore_finish(bool ok)
+{
+	struct dir_state *d, *next;
+	struct page_img *p, *pn;
+
+	if (ok)
+		punch_deferred();
+	if (punches)
+		munmap(punches, sizeof(*punches));
+	punches = NULL;
+	for (d = dirs; d; d = next) {
+		next = d->next;
+		dir_forget_secrets(d);
+		if (d->dfd >= 0)
+			close(d->dfd);
+		xfree(d);
+	}
+	dirs = NULL;
+	for (p = page_imgs; p; p = pn) {
+		pn = p->next;
+		page_free(p);
+	}
+	page_imgs = NULL;
+	if (page_batch) {
+		explicit_bzero(page_batch, PAGE_BATCH);
+		munmap(page_batch, PAGE_BATCH);
+		page_batch = NULL;
+	}
 }
 
 /* The page server's connection is TLS when --tls is given. */
@@ -1594,6 +2006,12 @@ int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long l
 
 	if (!p)
 		return 0;
+	if (!opts.tls && marker_present()) {
+		/* What leaves here is decrypted: only over TLS on such a host. */
+		pr_err("Encryption is required on this host (%s exists): serving decrypted pages needs --tls\n",
+		       CRIUSEC_REQUIRED_MARKER);
+		return -1;
+	}
 	buf = page_batch_buf();
 	if (!buf)
 		return -1;
@@ -1713,9 +2131,23 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 {
 	char name[sizeof(ps_grant.name)], pages[64];
 	struct page_img *p;
+	unsigned int i;
 
 	if (pagemap_name(fd_type, img_id, name, sizeof(name)))
 		return -1;
+	/* Two images under one id would share a page key, tweaks and GMAC nonces. */
+	for (i = 0; i < manifest->nr_ps_ids; i++) {
+		if (manifest->ps_ids[i] == pages_id) {
+			pr_err("The page server answered pages image %u twice in this dump\n", pages_id);
+			return -1;
+		}
+	}
+	i = __atomic_fetch_add(&manifest->nr_ps_ids, 1, __ATOMIC_SEQ_CST);
+	if (i >= MAX_PS_IMAGES) {
+		pr_err("Too many page server images\n");
+		return -1;
+	}
+	manifest->ps_ids[i] = pages_id;
 	snprintf(pages, sizeof(pages), imgset_template[CR_FD_PAGES].fmt, pages_id);
 	page_forget(sk);
 	p = page_new(sk, pages, dump_ctx);
@@ -1724,13 +2156,28 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 	p->in_imgdir = true;
 	p->remote = true;
 	p->dfd = fcntl(get_service_fd(IMG_FD_OFF), F_DUPFD_CLOEXEC, 0);
-	if (p->dfd < 0) {
-		pr_perror("%s: dup", pages);
+	p->pm_kind = xstrdup(kind_of(fd_type));
+	p->pm_name = xstrdup(name);
+	p->pmd = criusec_pagemap_digest_new(pages_id);
+	if (p->dfd < 0 || !p->pm_kind || !p->pm_name || !p->pmd) {
+		pr_perror("%s: can't follow the page server's images", pages);
 		page_forget(sk);
 		return -1;
 	}
-	manifest_add(kind_of(fd_type), name, NULL); /* sealed by the page server: no size or digest here */
 	pr_info("Page server writes %s and %s (sealed for it)\n", name, pages);
+	return 0;
+}
+
+int criusec_ps_entry(int sk, uint64_t vaddr, uint32_t nr_pages, uint32_t flags)
+{
+	struct page_img *p = page_lookup(sk);
+
+	if (!p || !p->pmd)
+		return 0;
+	if (criusec_pagemap_digest_add(p->pmd, vaddr, nr_pages, flags)) {
+		pr_err("%s: %s\n", p->pm_name, criusec_last_error());
+		return -1;
+	}
 	return 0;
 }
 
@@ -1746,6 +2193,7 @@ int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *gran
 	ps_grant.grant = NULL;
 	if (pagemap_name(fd_type, img_id, ps_grant.name, sizeof(ps_grant.name)))
 		return -1;
+	holding_keys();
 	ps_grant.grant = xmalloc(len ?: 1);
 	if (!ps_grant.grant)
 		return -1;
@@ -1803,6 +2251,14 @@ int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, i
 		if (*fd < 0)
 			return 0;
 		ret = dump_ctx ? 1 : ps_grant_take(type, path, &grant, &grant_len);
+		if (ret == 0 && opts.mode == CR_PAGE_SERVER && marker_present() &&
+		    (type == CR_FD_PAGEMAP || type == CR_FD_SHMEM_PAGEMAP)) {
+			/* No grant: the dump is not encrypted, and its pages would land here in clear. */
+			pr_err("Encryption is required on this host (%s exists): the page server refuses the images of "
+			       "a dump without --encrypt\n",
+			       CRIUSEC_REQUIRED_MARKER);
+			ret = -1;
+		}
 		if (ret > 0) {
 			/*
 			 * Owner-only, though ciphertext.  Restore reads these files in

@@ -62,8 +62,19 @@ extern int criusec_pages_plain_end(int fd, int memfd);
 
 extern int criusec_ps_grant(int fd_type, unsigned long img_id, uint8_t *grant, size_t *len);
 extern int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_id);
+/* Each pagemap entry the dump sends the page server on sk, for the manifest. */
+extern int criusec_ps_entry(int sk, uint64_t vaddr, uint32_t nr_pages, uint32_t flags);
 extern void criusec_ps_closed(int sk);
 extern int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *grant, size_t len);
 extern bool criusec_ps_grant_used(void);
+
+/*
+ * Restore: once it succeeded (ok) or failed, wipe every plaintext and key
+ * it held; punch the pages --auto-dedup deferred only if ok.
+ * criusec_defer_punch(): 1 when the range of an encrypted page image must
+ * not be punched now (it is, by criusec_restore_finish(true)), 0 else.
+ */
+extern void criusec_restore_finish(bool ok);
+extern int criusec_defer_punch(int fd, off_t off, unsigned long len);
 
 #endif /* __CR_CRIUSEC_GLUE_H__ */

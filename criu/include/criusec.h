@@ -161,8 +161,14 @@ struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead);
  * the parent's keys can compute.
  */
 int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *parent);
-/* Wrap the master key for the public key of the X.509 certificate (PEM file). */
-int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path);
+/*
+ * Wrap the master key for the public key of the X.509 certificate (PEM
+ * file).  The certificate must be valid now and, if it has a keyUsage
+ * extension, allow keyEncipherment; CRIUSEC_RECIPIENT_UNCHECKED skips that
+ * (for test setups).
+ */
+#define CRIUSEC_RECIPIENT_UNCHECKED 1u
+int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path, unsigned flags);
 /*
  * Complete the header once every image is written: the time, the digest
  * of the manifest's plaintext, the signature (signer may be NULL:
@@ -245,6 +251,22 @@ int criusec_stream_grant(struct criusec_ctx *ctx, const char *kind, const char *
 			 size_t *out_len);
 int criusec_stream_seal_granted_fd(const uint8_t *grant, size_t grant_len, const char *kind, const char *name,
 				   int in_fd, int out_fd);
+
+/*
+ * The manifest (Documentation/criusec-format.md, 10.6).  An image name a
+ * manifest lists must be a plain file name that its kind's printf-style
+ * pattern ("core-%u.img") produces: 1 if so, else 0.
+ */
+int criusec_name_matches(const char *pattern, const char *name);
+/*
+ * The digest of a pagemap image's entries, the same whether the dump sent
+ * them to a page server or a restore parses them: new, add each entry in
+ * order, then final (which frees it; NULL out only frees).
+ */
+struct criusec_pagemap_digest;
+struct criusec_pagemap_digest *criusec_pagemap_digest_new(uint64_t pages_id);
+int criusec_pagemap_digest_add(struct criusec_pagemap_digest *d, uint64_t vaddr, uint32_t nr_pages, uint32_t flags);
+int criusec_pagemap_digest_final(struct criusec_pagemap_digest *d, uint8_t out[CRIUSEC_DIGEST_LEN]);
 
 /* 1 if the first bytes of an image file are an encrypted stream's magic. */
 int criusec_is_stream(const void *head, size_t len);

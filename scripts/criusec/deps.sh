@@ -7,7 +7,7 @@ set -eu
 PKGS="build-essential pkg-config git xz-utils ca-certificates
 libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
 libnl-3-dev libnl-route-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev uuid-dev
-libgnutls28-dev libaio-dev libdrm-dev libbpf-dev
+libgnutls28-dev libgmp-dev libaio-dev libdrm-dev libbpf-dev
 python3 python3-protobuf python3-cryptography python3-yaml python3-pytest python3-pip
 cmake g++ googletest libgtest-dev clang libclang-rt-dev
 iproute2 iptables nftables procps psmisc util-linux tar gnutls-bin asciidoctor xmlto

@@ -221,7 +221,7 @@ def flip_a_page(img):
     return name
 
 
-def lazy_restore(criu, img, key, tmp_path, *daemon_args):
+def lazy_restore(criu, img, key, tmp_path, *daemon_args, restore_args=()):
     daemon = subprocess.Popen([CRIU, "lazy-pages", "-D", str(img), "-o", "lazy-pages.log", "-v4",
                                "--tls-key", key, *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,7 +230,7 @@ def lazy_restore(criu, img, key, tmp_path, *daemon_args):
         deadline = time.monotonic() + 20
         while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        r = criu.restore(img, "--lazy-pages", "--tls-key", key, check=False)
+        r = criu.restore(img, "--lazy-pages", "--tls-key", key, *restore_args, check=False)
         return r, daemon
     except Exception:
         daemon.kill()

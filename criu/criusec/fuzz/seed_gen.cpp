@@ -83,7 +83,7 @@ int main(int argc, char **argv)
 			criusec_header h;
 			/* Signed with a parent, unsigned without: both kinds of seeds. */
 			if (!ctx || (with_parent && criusec_ctx_set_parent(ctx, parent)) ||
-			    criusec_ctx_add_recipient(ctx, cert.c_str()) ||
+			    criusec_ctx_add_recipient(ctx, cert.c_str(), 0) ||
 			    criusec_ctx_seal_header(ctx, with_parent ? signer : nullptr, digest) ||
 			    criusec_ctx_export(ctx, &h))
 				return 1;

@@ -17,6 +17,7 @@
 #include "criusec.h"
 #include "ctx.h"
 #include "io.h"
+#include "manifest.h"
 #include "pages.h"
 #include "pki.h"
 #include "policy.h"
@@ -151,6 +152,11 @@ struct criusec_pages {
 
 struct criusec_signer {
 	Signer signer;
+};
+
+struct criusec_pagemap_digest {
+	explicit criusec_pagemap_digest(uint64_t id) : d(id) {}
+	PagemapDigest d;
 };
 
 struct criusec_trust {
@@ -300,7 +306,7 @@ int criusec_ctx_check_parent(const struct criusec_ctx *ctx, const struct criusec
 	});
 }
 
-int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path)
+int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path, unsigned flags)
 {
 	return guarded([&]() -> Status {
 		if (!ctx || !cert_pem_path)
@@ -308,7 +314,9 @@ int criusec_ctx_add_recipient(struct criusec_ctx *ctx, const char *cert_pem_path
 		auto pem = read_small_file(cert_pem_path, kMaxPemSize);
 		if (!pem.ok())
 			return std::move(pem).status();
-		return ctx->ctx.add_recipient(pem.value().span()).with_context(cert_pem_path);
+		auto now = static_cast<uint64_t>(std::time(nullptr));
+		return ctx->ctx.add_recipient(pem.value().span(), now, flags & CRIUSEC_RECIPIENT_UNCHECKED)
+			.with_context(cert_pem_path);
 	});
 }
 
@@ -606,6 +614,46 @@ int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const cha
 		*out = buf.release();
 		return {};
 	});
+}
+
+int criusec_name_matches(const char *pattern, const char *name)
+{
+	return pattern && name && name_matches(pattern, name) ? 1 : 0;
+}
+
+struct criusec_pagemap_digest *criusec_pagemap_digest_new(uint64_t pages_id)
+{
+	criusec_pagemap_digest *ret = nullptr;
+	guarded([&]() -> Status {
+		ret = new criusec_pagemap_digest(pages_id);
+		return {};
+	});
+	return ret;
+}
+
+int criusec_pagemap_digest_add(struct criusec_pagemap_digest *d, uint64_t vaddr, uint32_t nr_pages, uint32_t flags)
+{
+	return guarded([&]() -> Status {
+		if (!d)
+			return invalid_argument("NULL pagemap digest");
+		return d->d.add(vaddr, nr_pages, flags);
+	});
+}
+
+int criusec_pagemap_digest_final(struct criusec_pagemap_digest *d, uint8_t out[CRIUSEC_DIGEST_LEN])
+{
+	int ret = guarded([&]() -> Status {
+		if (!d)
+			return invalid_argument("NULL pagemap digest");
+		if (!out)
+			return {};
+		Digest dg;
+		CRIUSEC_TRY(d->d.finish(dg));
+		std::memcpy(out, dg.data(), dg.size());
+		return {};
+	});
+	delete d;
+	return ret;
 }
 
 int criusec_is_stream(const void *head, size_t len)

@@ -23,12 +23,6 @@ Result<Mac> compute_mac(const SecureBytes &prk, std::span<const uint8_t> input)
 	return mac;
 }
 
-void put_u64(std::vector<uint8_t> &v, uint64_t x)
-{
-	put_u32(v, static_cast<uint32_t>(x >> 32));
-	put_u32(v, static_cast<uint32_t>(x));
-}
-
 } /* namespace */
 
 bool valid_chunk_size(uint32_t c) noexcept
@@ -159,8 +153,17 @@ Result<Ctx> Ctx::from_master_key(std::span<const uint8_t> mk, const Id &id, Aead
 	return c;
 }
 
-Status Ctx::add_recipient(std::span<const uint8_t> cert_pem)
+Status Ctx::add_recipient(std::span<const uint8_t> cert_pem, uint64_t now, bool unchecked)
 {
+	if (!unchecked) {
+		auto crt = crt_import(cert_pem, GNUTLS_X509_FMT_PEM, EINVAL);
+		if (!crt.ok())
+			return std::move(crt).status();
+		auto der = crt_der(crt.value().get());
+		if (!der.ok())
+			return std::move(der).status();
+		CRIUSEC_TRY(check_cert_use(der.value(), now, CertUse::Encipher));
+	}
 	auto pub = pubkey_from_cert_pem(cert_pem);
 	if (!pub.ok())
 		return std::move(pub).status();
@@ -326,14 +329,14 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
 		return unsupported("unknown key wrap algorithm " + std::to_string(mine->wrap_alg));
 
 	/*
-	 * Implicit rejection: if the unwrap fails, carry on with a random key
-	 * so that the only observable outcome is the MAC failure below.  A
-	 * distinct "unwrap failed" error would be a PKCS#1 v1.5 padding oracle
-	 * (Bleichenbacher) for anyone who can feed us headers.
+	 * Implicit rejection: a wrapped key that does not unwrap gives a
+	 * substitute key, so that the only observable outcome is the MAC
+	 * failure below.  A distinct "unwrap failed" error, or a different
+	 * path, would be a PKCS#1 v1.5 padding oracle (Bleichenbacher) for
+	 * anyone who can feed us headers.
 	 */
 	SecureBytes mk(kMasterKeyLen);
-	if (!rsa_unwrap(priv.value(), mine->wrapped, mk.span()).ok())
-		CRIUSEC_TRY(random_bytes(mk.span()));
+	CRIUSEC_TRY(rsa_unwrap_implicit(priv.value(), mine->wrapped, mk.span()));
 
 	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, *aead, hdr.chunk_size);
 	if (!ctx.ok())

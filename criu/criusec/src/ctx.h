@@ -107,8 +107,11 @@ public:
 	 */
 	[[nodiscard]] static Result<Ctx> import(const HeaderView &hdr, std::span<const uint8_t> key_pem);
 
-	/* Wrap the master key for the RSA key of a PEM certificate. */
-	[[nodiscard]] Status add_recipient(std::span<const uint8_t> cert_pem);
+	/*
+	 * Wrap the master key for the RSA key of a PEM certificate, which must
+	 * be valid at now and allowed to encipher keys, unless unchecked.
+	 */
+	[[nodiscard]] Status add_recipient(std::span<const uint8_t> cert_pem, uint64_t now, bool unchecked = false);
 	/* This checkpoint is an increment over parent: its id and the binding (format 10.5). */
 	[[nodiscard]] Status set_parent(const Ctx &parent);
 	/* Restore: parent is the one this checkpoint was dumped over. */

@@ -185,8 +185,11 @@ public:
 	{
 		if (!p_) {
 			void *m = mmap(nullptr, kStageLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (m != MAP_FAILED)
+			if (m != MAP_FAILED) {
+				/* Plaintext pages pass through here: never in a core dump. */
+				madvise(m, kStageLen, MADV_DONTDUMP);
 				p_ = static_cast<uint8_t *>(m);
+			}
 		}
 		return p_;
 	}

@@ -1,5 +1,7 @@
 #include "pki.h"
 
+#include <cstring>
+
 #include "io.h"
 #include "kdf.h"
 
@@ -21,6 +23,7 @@ Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t 
 
 Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
 {
+	wipe_bignum_scratch(); /* wrapping pads the master key into a GMP number */
 	auto crt = crt_import(pem, GNUTLS_X509_FMT_PEM, EINVAL);
 	if (!crt.ok())
 		return std::move(crt).status();
@@ -44,6 +47,7 @@ Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
 
 Result<PrivKey> privkey_load_pem(std::span<const uint8_t> pem)
 {
+	wipe_bignum_scratch(); /* before any operation with the key */
 	PrivKey priv;
 	int rc = gnutls_privkey_init(priv.out());
 	if (rc < 0)
@@ -98,12 +102,54 @@ Result<std::vector<uint8_t>> rsa_wrap(const PubKey &pub, std::span<const uint8_t
 	return std::vector<uint8_t>(ct.data(), ct.data() + ct.size());
 }
 
-Status rsa_unwrap(const PrivKey &priv, std::span<const uint8_t> wrapped, std::span<uint8_t> out)
+namespace {
+
+constexpr std::string_view kRejectionKeyMsg = "criusec v1 implicit rejection key";
+
+/*
+ * The rejection key: SHA-256 over a PKCS#1 v1.5 signature of a fixed
+ * message, which is deterministic and needs no export of the key (a token
+ * key works too).  If the key cannot sign, a key random for this process:
+ * still the same answer for the same ciphertext, for as long as it runs.
+ */
+Result<SecureBytes> rejection_key(const PrivKey &priv)
 {
+	SecureBytes k(kSha256Len);
+	gnutls_datum_t msg = as_datum(kRejectionKeyMsg.data(), kRejectionKeyMsg.size());
+	SecretDatum sig;
+	if (gnutls_privkey_sign_data(priv.get(), GNUTLS_DIG_SHA256, 0, &msg, sig.out()) == 0) {
+		CRIUSEC_TRY(sha256({sig.data(), sig.size()}, std::span<uint8_t, kSha256Len>(k.data(), kSha256Len)));
+		return k;
+	}
+	static SecureBytes process_key = [] {
+		SecureBytes r(kSha256Len);
+		(void)random_bytes(r.span());
+		return r;
+	}();
+	std::memcpy(k.data(), process_key.data(), kSha256Len);
+	return k;
+}
+
+} /* namespace */
+
+Status rsa_unwrap_implicit(const PrivKey &priv, std::span<const uint8_t> wrapped, std::span<uint8_t> out)
+{
+	if (out.size() > kSha256Len)
+		return invalid_argument("implicit rejection covers keys of at most 32 bytes");
+	auto rk = rejection_key(priv);
+	if (!rk.ok())
+		return std::move(rk).status();
+	Digest substitute;
+	CRIUSEC_TRY(hmac_sha256(rk.value().span(), wrapped, substitute));
+
+	SecureBytes unwrapped(out.size());
 	gnutls_datum_t ct = as_datum(wrapped.data(), wrapped.size());
-	int rc = gnutls_privkey_decrypt_data2(priv.get(), 0, &ct, out.data(), out.size());
-	if (rc < 0)
-		return bad_data("key unwrap failed");
+	int rc = gnutls_privkey_decrypt_data2(priv.get(), 0, &ct, unwrapped.data(), unwrapped.size());
+	/* All ones when rc == 0, else all zeros: from the sign bit, no branch. */
+	uint8_t ok = static_cast<uint8_t>(((static_cast<uint32_t>(rc) | static_cast<uint32_t>(-rc)) >> 31) - 1);
+	for (size_t i = 0; i < out.size(); i++)
+		out[i] = static_cast<uint8_t>((unwrapped.data()[i] & ok) | (substitute[i] & ~ok));
+	gnutls_memset(substitute.data(), 0, substitute.size());
 	return {};
 }
 

@@ -48,10 +48,16 @@ constexpr unsigned kMinRsaBits = 2048;
 /* RSA PKCS#1 v1.5 encryption of a key. */
 [[nodiscard]] Result<std::vector<uint8_t>> rsa_wrap(const PubKey &pub, std::span<const uint8_t> key);
 /*
- * The inverse; fails unless the plaintext is exactly out.size() bytes.
- * Uses gnutls_privkey_decrypt_data2, GnuTLS's side-channel-hardened
- * fixed-length variant of gnutls_privkey_decrypt_data.
+ * Unwrap with implicit rejection (Documentation/criusec-format.md, 3.4
+ * step 6): out is the wrapped key when it unwraps to exactly out.size()
+ * bytes, else a substitute that only the private key determines, HMAC of
+ * the ciphertext under a rejection key.  Both are always computed and one
+ * is selected without a branch, so a bad padding looks and takes the same
+ * as a good one; only a later MAC check tells them apart.  Fails only when
+ * the rejection key cannot be made.  Uses gnutls_privkey_decrypt_data2,
+ * GnuTLS's side-channel-hardened fixed-length variant.
  */
-[[nodiscard]] Status rsa_unwrap(const PrivKey &priv, std::span<const uint8_t> wrapped, std::span<uint8_t> out);
+[[nodiscard]] Status rsa_unwrap_implicit(const PrivKey &priv, std::span<const uint8_t> wrapped,
+					 std::span<uint8_t> out);
 
 } /* namespace criusec */

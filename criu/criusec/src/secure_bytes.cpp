@@ -1,12 +1,77 @@
 #include "secure_bytes.h"
 
+#include <gmp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <new>
 
 #include <gnutls/gnutls.h>
 
 namespace criusec {
 
-SecureBytes::SecureBytes(size_t n) : p_(n ? new uint8_t[n]() : nullptr), n_(n) {}
+namespace {
+
+size_t mapped_size(size_t n) noexcept
+{
+	static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+	return (n + page - 1) / page * page;
+}
+
+/*
+ * Secrets get pages of their own: left out of core dumps (MADV_DONTDUMP)
+ * and, where RLIMIT_MEMLOCK allows, kept out of swap (mlock; a failure
+ * there is not an error).  The pages arrive zeroed.
+ */
+uint8_t *secret_alloc(size_t n)
+{
+	void *p = mmap(nullptr, mapped_size(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		throw std::bad_alloc();
+	madvise(p, mapped_size(n), MADV_DONTDUMP);
+	(void)mlock(p, mapped_size(n));
+	return static_cast<uint8_t *>(p);
+}
+
+/* GMP's allocators must not fail: it has no way to report it. */
+void *gmp_alloc(size_t n)
+{
+	void *p = std::malloc(n ? n : 1);
+	if (!p)
+		std::abort();
+	return p;
+}
+
+void gmp_free(void *p, size_t n)
+{
+	if (p) {
+		gnutls_memset(p, 0, n);
+		std::free(p);
+	}
+}
+
+void *gmp_realloc(void *p, size_t old, size_t n)
+{
+	void *q = gmp_alloc(n);
+	if (p) {
+		std::memcpy(q, p, old < n ? old : n);
+		gmp_free(p, old);
+	}
+	return q;
+}
+
+} /* namespace */
+
+void wipe_bignum_scratch()
+{
+	static std::once_flag once;
+	std::call_once(once, [] { mp_set_memory_functions(gmp_alloc, gmp_realloc, gmp_free); });
+}
+
+SecureBytes::SecureBytes(size_t n) : p_(n ? secret_alloc(n) : nullptr), n_(n) {}
 
 SecureBytes::SecureBytes(std::span<const uint8_t> src) : SecureBytes(src.size())
 {
@@ -17,9 +82,10 @@ SecureBytes::SecureBytes(std::span<const uint8_t> src) : SecureBytes(src.size())
 void SecureBytes::reset() noexcept
 {
 	if (p_) {
-		/* gnutls_memset is not optimized away, unlike a memset before delete. */
+		/* gnutls_memset is not optimized away, unlike a memset before a free. */
 		gnutls_memset(p_, 0, n_);
-		delete[] p_;
+		munlock(p_, mapped_size(n_));
+		munmap(p_, mapped_size(n_));
 	}
 	p_ = nullptr;
 	n_ = 0;

@@ -1,7 +1,9 @@
 /*
- * SecureBytes: a fixed-size heap buffer for secrets (master key, PRK,
- * subkeys, unwrapped keys, plaintext staging) that is wiped with
- * gnutls_memset, which the compiler may not elide, before it is freed.
+ * SecureBytes: a fixed-size buffer for secrets (master key, PRK,
+ * subkeys, unwrapped keys, plaintext staging) on pages of its own that
+ * core dumps leave out (and locked in memory where the limit allows),
+ * wiped with gnutls_memset, which the compiler may not elide, before it
+ * is freed.
  * Move-only, so a secret is never silently duplicated; clone() is explicit.
  */
 #pragma once
@@ -12,6 +14,15 @@
 #include <utility>
 
 namespace criusec {
+
+/*
+ * The scratch memory of RSA and EC operations (GMP numbers, under nettle
+ * and GnuTLS) is wiped when freed: a PKCS#1 block holding a wrapped master
+ * key, or a private key's blinded values, would otherwise stay in freed
+ * heap.  Process-wide, once; called before the engine's first operation
+ * with a key.
+ */
+void wipe_bignum_scratch();
 
 class SecureBytes {
 public:

@@ -241,15 +241,17 @@ Result<std::string> cert_subject(std::span<const uint8_t> der)
 	return crt_subject(crt.value().get());
 }
 
-Status check_signing_cert(std::span<const uint8_t> der, uint64_t now)
+Status check_cert_use(std::span<const uint8_t> der, uint64_t now, CertUse use)
 {
+	const bool sign = use == CertUse::Sign;
+	const char *role = sign ? "signer certificate" : "recipient certificate";
 	auto crt = crt_from_der(der);
 	if (!crt.ok())
-		return Status::error(EKEYREJECTED, "signer certificate: " + crt.status().message());
+		return Status::error(EKEYREJECTED, std::string(role) + ": " + crt.status().message());
 	auto subject = crt_subject(crt.value().get());
 	if (!subject.ok())
-		return Status::error(EKEYREJECTED, "signer certificate: " + subject.status().message());
-	std::string who = "signer certificate " + subject.value();
+		return Status::error(EKEYREJECTED, std::string(role) + ": " + subject.status().message());
+	std::string who = role + std::string(" ") + subject.value();
 	CRIUSEC_TRY(check_validity(crt.value().get(), who, now));
 
 	unsigned usage = 0, critical = 0;
@@ -258,9 +260,17 @@ Status check_signing_cert(std::span<const uint8_t> der, uint64_t now)
 		return {}; /* no keyUsage extension: any use */
 	if (rc < 0)
 		return Status::error(EKEYREJECTED, who + ": unreadable keyUsage: " + gnutls_strerror(rc));
-	if (!(usage & GNUTLS_KEY_DIGITAL_SIGNATURE))
+	if (sign && !(usage & GNUTLS_KEY_DIGITAL_SIGNATURE))
 		return Status::error(EKEYREJECTED, who + " is not allowed to sign (keyUsage lacks digitalSignature)");
+	if (!sign && !(usage & GNUTLS_KEY_KEY_ENCIPHERMENT))
+		return Status::error(EKEYREJECTED,
+				     who + " is not allowed to receive wrapped keys (keyUsage lacks keyEncipherment)");
 	return {};
+}
+
+Status check_signing_cert(std::span<const uint8_t> der, uint64_t now)
+{
+	return check_cert_use(der, now, CertUse::Sign);
 }
 
 Result<Signer> Signer::create(PrivKey key, std::span<const uint8_t> chain_pem, uint64_t now)

@@ -49,6 +49,12 @@ using Der = std::vector<uint8_t>;
  * CN=... expired on ...").
  */
 [[nodiscard]] Status check_signing_cert(std::span<const uint8_t> der, uint64_t now);
+/*
+ * The same for either use of a certificate: Sign (digitalSignature, as
+ * above) or Encipher (a recipient: keyEncipherment).
+ */
+enum class CertUse { Sign, Encipher };
+[[nodiscard]] Status check_cert_use(std::span<const uint8_t> der, uint64_t now, CertUse use);
 
 /* Building blocks shared with TrustStore. */
 /* One DER certificate of 1..kMaxCertLen bytes (EBADMSG otherwise). */

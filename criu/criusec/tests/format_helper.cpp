@@ -63,7 +63,7 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert, c
 	if (criusec_aead_parse(aead_name, &aead))
 		return die(criusec_last_error());
 	criusec_ctx *ctx = criusec_ctx_new(aead);
-	if (!ctx || criusec_ctx_add_recipient(ctx, cert))
+	if (!ctx || criusec_ctx_add_recipient(ctx, cert, 0))
 		return die(criusec_last_error());
 	criusec_header h;
 	uint8_t manifest[CRIUSEC_DIGEST_LEN];

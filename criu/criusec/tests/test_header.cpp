@@ -39,7 +39,7 @@ protected:
 		auto c = own(criusec_ctx_new(aead));
 		EXPECT_TRUE(c) << criusec_last_error();
 		for (auto *k : keys)
-			EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k->cert.c_str()), 0) << criusec_last_error();
+			EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k->cert.c_str(), 0), 0) << criusec_last_error();
 		return c;
 	}
 
@@ -91,7 +91,7 @@ TEST_F(Header, SealNeedsARecipientAndExportASeal)
 	const uint8_t digest[CRIUSEC_DIGEST_LEN] = {};
 	EXPECT_EQ(criusec_ctx_seal_header(c.get(), nullptr, digest), -EINVAL);
 	EXPECT_NE(std::string(criusec_last_error()).find("no recipient"), std::string::npos);
-	ASSERT_EQ(criusec_ctx_add_recipient(c.get(), k1_->cert.c_str()), 0);
+	ASSERT_EQ(criusec_ctx_add_recipient(c.get(), k1_->cert.c_str(), 0), 0);
 	EXPECT_EQ(criusec_ctx_export(c.get(), &h), -EINVAL);
 	EXPECT_NE(std::string(criusec_last_error()).find("not sealed"), std::string::npos);
 }
@@ -309,7 +309,7 @@ TEST_F(Header, SealedHeaderIsFinal)
 	auto c = make({k1_});
 	auto h1 = exported(c.get());
 	/* Recipients and parent are signed with the header: no change after sealing. */
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k2_->cert.c_str()), -EINVAL);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k2_->cert.c_str(), 0), -EINVAL);
 	auto p = make({k1_});
 	exported(p.get());
 	EXPECT_EQ(criusec_ctx_set_parent(c.get(), p.get()), -EINVAL);
@@ -327,7 +327,7 @@ TEST_F(Header, SealedHeaderIsFinal)
 TEST_F(Header, DuplicateRecipientIsRefused)
 {
 	auto c = make({k1_});
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k1_->cert.c_str()), -EEXIST);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k1_->cert.c_str(), 0), -EEXIST);
 }
 
 struct Tamper {
@@ -435,18 +435,18 @@ TEST_F(Header, EveryTamperedFieldIsRefused)
 TEST_F(Header, RecipientCertificateErrors)
 {
 	auto c = make({});
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), "/nonexistent/cert.pem"), -ENOENT);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), "/nonexistent/cert.pem", 0), -ENOENT);
 	EXPECT_NE(std::string(criusec_last_error()).find("/nonexistent/cert.pem"), std::string::npos);
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k1_->key.c_str()), -EINVAL); /* a key, not a cert */
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k1_->key.c_str(), 0), -EINVAL); /* a key, not a cert */
 	EXPECT_NE(std::string(criusec_last_error()).find("not a PEM X.509 certificate"), std::string::npos);
 	auto &ec = test_key("ecdsa", 256, KeyType::Ecdsa);
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), ec.cert.c_str()), -EOPNOTSUPP);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), ec.cert.c_str(), 0), -EOPNOTSUPP);
 	EXPECT_NE(std::string(criusec_last_error()).find("not RSA"), std::string::npos);
 	auto &weak = test_key("weak", 1024);
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), weak.cert.c_str()), -EINVAL);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), weak.cert.c_str(), 0), -EINVAL);
 	EXPECT_NE(std::string(criusec_last_error()).find("at least 2048"), std::string::npos);
-	EXPECT_EQ(criusec_ctx_add_recipient(nullptr, k1_->cert.c_str()), -EINVAL);
-	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), nullptr), -EINVAL);
+	EXPECT_EQ(criusec_ctx_add_recipient(nullptr, k1_->cert.c_str(), 0), -EINVAL);
+	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), nullptr, 0), -EINVAL);
 }
 
 TEST_F(Header, PrivateKeyErrors)
