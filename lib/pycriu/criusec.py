@@ -293,8 +293,21 @@ def check_header(h):
         raise FormatError("malformed cipher.img header (signed, but without signature or signer certificate)")
 
 
+def _rejection_key(priv):
+    """The key of implicit rejection (section 3.4 step 6), as the engine
+    derives it: SHA-256 of a PKCS#1 v1.5 signature of a fixed message, which
+    only the private key can make, and always the same."""
+    sig = priv.sign(b"criusec v1 implicit rejection key", padding.PKCS1v15(), hashes.SHA256())
+    return hashlib.sha256(sig).digest()
+
+
 def _unwrap(h, priv):
-    """Section 3.4 steps 5-6: MK, or random bytes on any unwrap failure."""
+    """Section 3.4 steps 5-6: MK, or on any unwrap failure a substitute that
+    depends only on the key and the ciphertext (the MAC check then fails
+    like any other tampering).  Both are computed every time.  Python
+    cannot make this constant-time: the library's decrypt raises on a bad
+    padding, and the exception costs some time; the engine's unwrap is
+    branch-free."""
     fpr = fingerprint(priv.public_key())
     mine = [r for r in h["recipients"] if r[0] == fpr]
     if not mine:
@@ -303,14 +316,17 @@ def _unwrap(h, priv):
         raise FormatError("more than one recipient stanza matches the private key")
     if mine[0][1] != 1:
         raise FormatError("unsupported key wrap algorithm %d" % mine[0][1])
+    wrapped = mine[0][2]
+    substitute = hmac.new(_rejection_key(priv), wrapped, hashlib.sha256).digest()[:MK_LEN]
     try:
-        mk = priv.decrypt(mine[0][2], padding.PKCS1v15())
+        mk = priv.decrypt(wrapped, padding.PKCS1v15())
     except ValueError:
         mk = b""
-    if len(mk) != MK_LEN:
-        # Implicit rejection: no distinct error for a bad unwrap (step 6).
-        mk = os.urandom(MK_LEN)
-    return mk
+    ok = len(mk) == MK_LEN
+    mk = (mk + bytes(MK_LEN))[:MK_LEN]
+    # Select byte by byte with a mask rather than with an if on the outcome.
+    mask = -int(ok) & 0xff
+    return bytes((a & mask) | (b & ~mask & 0xff) for a, b in zip(mk, substitute))
 
 
 def import_header(h, priv):
@@ -325,9 +341,19 @@ def import_header(h, priv):
     return mk
 
 
-def recipient_stanza(mk, recipient):
-    """(fingerprint, wrap_alg 1, wrapped MK) for an RSA public key or certificate."""
+def recipient_stanza(mk, recipient, now=None, unchecked=False):
+    """(fingerprint, wrap_alg 1, wrapped MK) for an RSA public key or
+    certificate.  A certificate must be valid at now and, if it has a
+    keyUsage extension, allow keyEncipherment, unless unchecked (issue 11.8)."""
     _need_crypto()
+    if hasattr(recipient, "public_key") and not unchecked:
+        problem = _validity_problem(recipient, _now(now), "recipient certificate %s" % cert_subject(recipient))
+        usage = _ext(recipient, x509.KeyUsage)
+        if not problem and usage is not None and not usage.key_encipherment:
+            problem = "recipient certificate %s is not allowed to receive wrapped keys (keyUsage lacks " \
+                      "keyEncipherment)" % cert_subject(recipient)
+        if problem:
+            raise PolicyError(problem)
     pub = recipient.public_key() if hasattr(recipient, "public_key") else recipient
     if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size < 2048:
         raise CriusecError("recipients must be RSA keys of at least 2048 bits")
@@ -1064,42 +1090,99 @@ def _check_name(name):
     return name
 
 
+_CONVERSIONS = {"u": "[0-9]+", "d": "-?[0-9]+", "x": "[0-9a-f]+", "s": ".+"}
+
+
+def name_matches(pattern, name):
+    """Whether name is a plain file name that the printf-style pattern of an
+    image kind ("core-%u.img") produces (section 10.6), as the engine's
+    criusec_name_matches() decides."""
+    try:
+        _check_name(name)
+    except FormatError:
+        return False
+    rx, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c != "%":
+            rx += re.escape(c)
+            i += 1
+            continue
+        if pattern[i + 1:i + 2] == "%":
+            rx += "%"
+            i += 2
+            continue
+        j = i + 1
+        while pattern[j:j + 1] == "l":
+            j += 1
+        conv = _CONVERSIONS.get(pattern[j:j + 1])
+        if conv is None:
+            return False
+        rx += conv
+        i = j + 1
+    return re.fullmatch(rx, name, re.S) is not None
+
+
+def kind_pattern(kind):
+    """The names images of this kind may have (page tags: pagetags-N.img)."""
+    return "pagetags-%u.img" if kind == PAGE_TAGS_KIND else kind
+
+
 # ---- the manifest (section 10.6) ----
 
-def decode_manifest(pt):
+def decode_manifest(pt, with_entries=False):
     """The plaintext of cipher-manifest.img: [(name, kind, size, digest)]
-    (size and digest None when the manifest has none: format 1)."""
+    (size and digest None when the manifest has none: format 1), and with
+    with_entries a fifth item, the digest of the entries of a pagemap a
+    page server wrote (None for every other image).  Every name must be a
+    plain file name of its kind."""
     from .images import pb
     e = _one_entry(pt, "CIPHER_MANIFEST", pb.cipher_manifest_entry)
     if e is None:
         raise FormatError("%s: malformed" % MANIFEST_IMG)
     names, kinds, sizes, digests = list(e.images), list(e.kinds), list(e.sizes), list(e.digests)
-    if len(names) != len(kinds):
+    pms = list(e.entries) or [b""] * len(names)
+    if len(names) != len(kinds) or len(pms) != len(names):
         raise FormatError("%s: malformed (%d images, %d kinds)" % (MANIFEST_IMG, len(names), len(kinds)))
+    for n, k, pm in zip(names, kinds, pms):
+        if not name_matches(kind_pattern(k), n):
+            raise FormatError("%s: %r is not an image name of the kind %s" % (MANIFEST_IMG, n, k))
+        if pm and (len(pm) != DIGEST_LEN or not k.startswith("pagemap-")):
+            raise FormatError("%s: malformed entry for %s" % (MANIFEST_IMG, n))
     if not sizes and not digests:
-        return [(_check_name(n), k, None, None) for n, k in zip(names, kinds)]
-    if len(sizes) != len(names) or len(digests) != len(names):
-        raise FormatError("%s: malformed (%d images, %d sizes, %d digests)"
-                          % (MANIFEST_IMG, len(names), len(sizes), len(digests)))
-    out = []
-    for n, k, s, d in zip(names, kinds, sizes, digests):
-        # size 0 and no digest: an image the dump did not seal (a page server's)
-        if len(d) != DIGEST_LEN and (s, d) != (0, b""):
-            raise FormatError("%s: malformed digest of %s" % (MANIFEST_IMG, n))
-        out.append((_check_name(n), k, s, d))
-    return out
+        out = [(n, k, None, None, pm or None) for n, k, pm in zip(names, kinds, pms)]
+    else:
+        if len(sizes) != len(names) or len(digests) != len(names):
+            raise FormatError("%s: malformed (%d images, %d sizes, %d digests)"
+                              % (MANIFEST_IMG, len(names), len(sizes), len(digests)))
+        out = []
+        for n, k, s, d, pm in zip(names, kinds, sizes, digests, pms):
+            # size 0 and no digest: an image the dump did not seal (a page server's)
+            if len(d) != DIGEST_LEN and (s, d) != (0, b""):
+                raise FormatError("%s: malformed digest of %s" % (MANIFEST_IMG, n))
+            out.append((n, k, s, d, pm or None))
+    return out if with_entries else [e[:4] for e in out]
 
 
 def encode_manifest(entries):
-    """cipher-manifest.img's plaintext for [(name, kind, size, digest)]."""
+    """cipher-manifest.img's plaintext for [(name, kind, size, digest[, entries])]."""
     from .images import pb
     e = pb.cipher_manifest_entry()
-    for name, kind, size, digest in entries:
+    for name, kind, size, digest, *pm in entries:
         e.images.append(name)
         e.kinds.append(kind)
         e.sizes.append(size)
         e.digests.append(digest)
+        e.entries.append((pm[0] if pm else None) or b"")
     return _image_of("CIPHER_MANIFEST", e)
+
+
+def pagemap_digest(pages_id, entries):
+    """SHA-256 over a pagemap's entries [(vaddr, nr_pages, flags)] (section 10.6)."""
+    h = hashlib.sha256(b"criusec-pagemap-v1\x00" + struct.pack(">Q", pages_id))
+    for vaddr, nr, flags in entries:
+        h.update(struct.pack(">QII", vaddr, nr, flags))
+    return h.digest()
 
 
 # ---- checkpoints ----
@@ -1336,13 +1419,13 @@ class Checkpoint:
                 raise FormatError("%s: not the manifest this checkpoint was sealed with (its digest is not "
                                   "the one in cipher.img)" % MANIFEST_IMG)
             entries = {}
-            for name, kind, size, digest in decode_manifest(pt):
+            for name, kind, size, digest, pm in decode_manifest(pt, with_entries=True):
                 if name in entries or name in (CIPHER_IMG, MANIFEST_IMG) or PAGES_RE.match(name):
                     raise FormatError("%s: lists %s twice, or an image it must not list" % (MANIFEST_IMG, name))
                 _label(kind, "kind")
                 if self.header["version"] >= 2 and size is None:
                     raise FormatError("%s: format 2 without image sizes and digests" % MANIFEST_IMG)
-                entries[name] = [kind, size, digest]
+                entries[name] = [kind, size, digest, pm]
             self._entries = entries
             self._manifest = [(e[0], n) for n, e in entries.items()]
             self._kinds = {n: e[0] for n, e in entries.items()}
@@ -1475,18 +1558,47 @@ class Checkpoint:
         if not self.encrypted:
             self.check_plain(self.dir)
             return 0
+        n = self._verify_images()
+        self._check_pagemaps()
+        return n
+
+    def _verify_images(self):
+        """verify() but for the pagemaps' coverage: what an edit in progress
+        (write_image, write_pages) relies on, before reseal() makes the
+        checkpoint whole again."""
         self.unlock()
         for kind, name in self.manifest():
             if name not in self._plain:
                 self._plain[name] = self._open_stream_file(kind, name)
         return len(self._manifest)
 
+    def _check_pagemaps(self):
+        """Every pagemap covers exactly the pages its page image has tags for,
+        and one a page server wrote holds exactly the entries the dump sent
+        it (section 10.6), as criu restore checks."""
+        for kind, name in self._manifest:
+            if not kind.startswith("pagemap-"):
+                continue
+            pages_id, entries = self.pagemap(name)
+            recorded = self._entries[name][3]
+            if recorded is not None and not hmac.compare_digest(pagemap_digest(pages_id, entries), recorded):
+                raise FormatError("%s: its entries are not the ones the dump sent the page server" % name)
+            present = sum(nr for _, nr, flags in entries if flags & PE_PRESENT and not flags & PE_PARENT)
+            tname = "pagetags-%d.img" % pages_id
+            if tname not in self._entries:
+                if present:
+                    raise FormatError("%s: its %d pages have no tags (%s)" % (name, present, tname))
+                continue
+            ntags = len(self.read(tname)) // PAGE_TAG_LEN
+            if ntags != present:
+                raise FormatError("%s: covers %d pages, but %s holds %d tags" % (name, present, tname, ntags))
+
     # -- editing, and sealing again --
 
     def _record(self, name, kind, size, digest):
         if name not in self._entries:
             self._manifest.append((kind, name))
-        self._entries[name] = [kind, size, digest]
+        self._entries[name] = [kind, size, digest, None]
         self._kinds[name] = kind
 
     def write_image(self, name, plaintext, kind=None):
@@ -1502,7 +1614,7 @@ class Checkpoint:
             return
         if PAGES_RE.match(name):
             raise CriusecError("%s: pages are written with write_pages()" % name)
-        self.verify()
+        self._verify_images()
         e = self._entries.get(name)
         if e is not None and kind is not None and kind != e[0]:
             raise CriusecError("%s: its kind is %s, not %s" % (name, e[0], kind))
@@ -1519,7 +1631,7 @@ class Checkpoint:
     def remove_image(self, name):
         """Remove an image and its manifest entry (reseal() follows)."""
         if self.encrypted and name not in PLAIN_BY_DESIGN:
-            self.verify()
+            self._verify_images()
             self._entries.pop(name, None)
             self._manifest = [(k, n) for k, n in self._manifest if n != name]
             self._kinds.pop(name, None)
@@ -1589,7 +1701,7 @@ class Checkpoint:
             if e[1] is None:  # from a format-1 manifest
                 e[1] = os.lstat(self.path(name)).st_size
                 e[2] = hashlib.sha256(self._plain[name]).digest()
-        mpt = encode_manifest([(n, e[0], e[1], e[2]) for n, e in self._entries.items()])
+        mpt = encode_manifest([(n, *e) for n, e in self._entries.items()])
         self.write(MANIFEST_IMG, stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], MANIFEST_KIND,
                                              MANIFEST_IMG, mpt))
         nh = new_header(self.mk, h["ckpt_id"], h["recipients"] if recipients is None else recipients, h["aead"],

@@ -11,6 +11,7 @@ checkpoint still restoring.
 - recipient certificates that are expired, not yet valid or may not encipher.
 """
 import datetime
+import hashlib
 import os
 import pathlib
 import resource
@@ -24,7 +25,7 @@ import time
 import pytest
 
 from conftest import CRIU, REPO, wait_gone
-from test_canary_paths import Run, canary_bin, key_pair, new_canary as hex_canary  # noqa: F401 (fixtures)
+from test_canary_paths import canary_bin, key_pair, new_canary as hex_canary, run  # noqa: F401 (fixtures)
 from test_encrypt import dir_digest, keys  # noqa: F401 (keys is a fixture)
 from test_pages import (dump_through_page_server, memcanary, memcanary_bin, merged, needs_uffd,  # noqa: F401
                         start_page_server, touched_and_killed)
@@ -64,7 +65,6 @@ def edit_manifest(img, key, edit):
     mpt = criusec.encode_manifest(entries)
     (img / criusec.MANIFEST_IMG).write_bytes(criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"],
                                                                  criusec.MANIFEST_KIND, criusec.MANIFEST_IMG, mpt))
-    import hashlib
     nh = criusec.new_header(ck.mk, h["ckpt_id"], h["recipients"], h["aead"], h["chunk_size"],
                             manifest_digest=hashlib.sha256(mpt).digest())
     criusec.seal_header(nh, ck.mk)
@@ -259,8 +259,8 @@ def test_a_crash_writes_no_core_file(memcanary, criu, tmp_path, keys):
 # ---- 4. helpers inherit no other image ----
 
 def test_helpers_inherit_no_plaintext(run, monkeypatch):
-    """tar (tmpfs archives) sees the one image it is given (its stdin or
-    stdout), and no other image's memfd."""
+    """tar (tmpfs archives) sees the one image it is given (stdin or stdout,
+    and criu's own descriptor of it), and no other image's memfd."""
     bindir = run.tmp / "bin"
     bindir.mkdir()
     real = shutil.which("tar")
@@ -278,11 +278,9 @@ def test_helpers_inherit_no_plaintext(run, monkeypatch):
     logs = list(run.tmp.glob("tar-fds.*"))
     assert len(logs) >= 2, "tar did not run on dump and restore through the wrapper"
     for log in logs:
-        for line in log.read_text().splitlines():
-            if "memfd:" not in line:
-                continue
-            fd = int(line.split("->")[0].split()[-1])
-            assert fd in (0, 1), f"tar inherited a memfd: {line}"
+        images = {line.split("memfd:")[1].split()[0] for line in log.read_text().splitlines() if "memfd:" in line}
+        assert len(images) <= 1 and all(i.startswith("tmpfs-dev-") for i in images), \
+            f"tar saw another image's plaintext: {sorted(images)}"
 
 
 # ---- 5. fail-closed gaps under the marker ----
@@ -394,3 +392,30 @@ def test_recipient_certificates_are_checked(workloads, criu, tmp_path, keys):
     criu.dump(wl, tmp_path / "lab", "--encrypt", "--tls-cert", cert, "--unchecked-recipients")
     criu.restore(tmp_path / "lab", "--tls-key", key)
     assert wl.report() == "secrets OK"
+
+
+# ---- 1. every pagemap covers exactly its tagged pages ----
+
+def test_a_pagemap_must_cover_exactly_its_tagged_pages(memcanary, criu, tmp_path, keys):
+    """A key holder's edit, sealed consistently (manifest, header): a pagemap
+    that lost an entry no longer covers the pages its image has tags for.
+    criu restore and pycriu refuse it."""
+    wl, _, img = genuine(memcanary, criu, tmp_path, keys)
+    keep = tmp_path / "keep"
+    shutil.copytree(img, keep)
+    from pycriu import images
+    ck = criusec.Checkpoint(img, keys=keys["alice"][1])
+    name = f"pagemap-{wl.pid}.img"
+    pm = images.loads(ck.read(name))
+    present = [i for i, e in enumerate(pm["entries"][1:], 1) if e.get("flags", 0) & criusec.PE_PRESENT]
+    del pm["entries"][present[0]]
+    pt = images.dumps(pm)
+    h = ck.header
+    sealed = criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"], ck.kind_of(name), name, pt)
+    (img / name).write_bytes(sealed)
+    edit_manifest(img, keys["alice"][1], lambda es: [(n, k, len(sealed), hashlib.sha256(pt).digest()) if n == name
+                                                     else (n, k, sz, d) for n, k, sz, d in es])
+    with pytest.raises(criusec.FormatError, match=f"{name}: covers .* pages, but pagetags-.* holds .* tags"):
+        criusec.Checkpoint(img, keys=keys["alice"][1]).verify()
+    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[f"{name}: covers"])
+    restored(criu, wl, keep, keys)

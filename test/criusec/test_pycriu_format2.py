@@ -671,12 +671,13 @@ def test_manifest_sizes_and_digests(family, rsa_keys, tmp_path):
 def test_manifest_names_are_plain_file_names(rsa_keys, tmp_path):
     """An unsigned checkpoint made by a recipient, whose manifest lists other paths."""
     key, path = rsa_keys["alice"]
-    for bad in ("../pstree.img", "/etc/shadow", "..", "a/b"):
+    # Paths, and plain names that are not names of the image's kind (issue 11.2).
+    for bad in ("../pstree.img", "/etc/shadow", "..", "a/b", "mm-1.img", "pstree.img.bak"):
         syn = Synth(tmp_path / bad.replace("/", "_").replace(".", "d"), key, [(0x10000, 1, P)])
         mf = manifest_bytes([("pstree.img", bad, 10, bytes(32))])
         syn.stream("cipher-manifest.img", "cipher-manifest.img", mf, listed=False)
         syn.seal(None, manifest_digest=hashlib.sha256(mf).digest())
-        with pytest.raises(criusec.FormatError, match="cipher-manifest.img: image name .* is not a plain file name"):
+        with pytest.raises(criusec.FormatError, match="cipher-manifest.img: .* is not an image name of the kind"):
             criusec.Checkpoint(syn.dir, path, policy=policy()).verify()
     # an image that is a symbolic link, or a FIFO, is not opened as one
     syn = Synth(tmp_path / "links", key, [(0x10000, 1, P)])

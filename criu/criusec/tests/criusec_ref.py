@@ -18,7 +18,7 @@ import tempfile
 try:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
 except ImportError:
     print("python3-cryptography missing: skipped")
     sys.exit(77)
@@ -328,6 +328,14 @@ def main():
                         v2["unsigned_canonical2"], v2["unsigned_mac"], v2["signer_cert"],
                         v2["signed_canonical2_sha256"], v2["signature"], v2["signed_mac"]], check=True)
         print("documented format-2 vectors ok")
+        # Implicit rejection: a bad wrapped key gives the same substitute in both.
+        wrapped = bytearray(key.public_key().encrypt(bytes(32), padding.PKCS1v15()))
+        wrapped[7] ^= 1
+        out = subprocess.run([args.helper, "reject", d + "/key.pem", bytes(wrapped).hex()], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        h = {"recipients": [(fingerprint(key.public_key()), 1, bytes(wrapped))]}
+        assert out == ref._unwrap(h, key).hex(), "the implicit-rejection substitutes differ"
+        print("implicit rejection ok")
         check_pages(args.helper, d)
         print("pages ok")
     return 0

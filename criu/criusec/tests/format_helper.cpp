@@ -10,6 +10,8 @@
  *                            with TRUST, trusted), import it with KEY, open IN
  *   vectors STREAM1 STREAM2 BIG1 BIG2 CANONICAL MAC   check the doc vectors
  *   vectors2 KEY V...        check the format-2 doc vectors (section 10.9)
+ *   reject KEY WRAPPED       print what an unwrap of WRAPPED (hex) gives
+ *                            (the implicit-rejection substitute of a bad one)
  *   pages seal|open NAME VADDR INDEX IN OUT TAGS   the page cipher under the
  *                            doc vectors' master key (open reads TAGS)
  */
@@ -360,6 +362,19 @@ int do_vectors2(const char *key, char **v)
 	return 0;
 }
 
+int do_reject(const char *key, const char *wrapped_hex)
+{
+	auto pem = read_file(key);
+	auto priv = privkey_load_pem(pem);
+	if (!priv.ok())
+		return die(priv.status().message());
+	std::array<uint8_t, 32> out{};
+	if (!rsa_unwrap_implicit(priv.value(), hex(wrapped_hex), out).ok())
+		return die("unwrap");
+	std::printf("%s\n", to_hex(out.data(), out.size()).c_str());
+	return 0;
+}
+
 int do_pages(const std::string &op, const char *name, const char *vaddr, const char *index, const char *in,
 	     const char *out, const char *tags_path)
 {
@@ -398,6 +413,8 @@ int main(int argc, char **argv)
 		return do_export(argv[2], argv[3], argv[4], argc == 7 ? argv[5] : nullptr, argc == 7 ? argv[6] : nullptr);
 	if (mode == "open" && (argc == 8 || argc == 9))
 		return do_open(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argc == 9 ? argv[8] : nullptr);
+	if (mode == "reject" && argc == 4)
+		return do_reject(argv[2], argv[3]);
 	if (mode == "vectors2" && argc == 10)
 		return do_vectors2(argv[2], argv + 3);
 	if (mode == "vectors" && argc == 8)
