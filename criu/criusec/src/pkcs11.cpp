@@ -226,7 +226,8 @@ Result<PrivKey> load_pkcs11_key(std::string_view url)
 		return Status::error(EACCES, "the token's PIN is locked (too many wrong PINs)");
 	case GNUTLS_E_PKCS11_PIN_EXPIRED:
 		return Status::error(EACCES, "the token's PIN has expired");
-	case GNUTLS_E_PKCS11_REQUESTED_OBJECT_NOT_AVAILBLE:
+	case GNUTLS_E_PKCS11_REQUESTED_OBJECT_NOT_AVAILBLE: /* no such token */
+	case GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE:	    /* a token without that key */
 		return Status::error(ENOENT, "no such PKCS#11 token or private key (is the token present, and "
 					     "its module registered with p11-kit?)");
 	case GNUTLS_E_PARSING_ERROR:
