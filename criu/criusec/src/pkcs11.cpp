@@ -26,8 +26,8 @@ constexpr size_t kMaxPinFile = 4096;
  */
 struct PinSpec {
 	enum class Kind { None, Value, Source } kind = Kind::None;
-	SecureBytes value; /* Kind::Value */
-	std::string source; /* Kind::Source: a file path */
+	SecureBytes value;   /* Kind::Value */
+	std::string source;  /* Kind::Source: a file path */
 	std::string failure; /* why the callback could not give a PIN, if it could not */
 };
 
