@@ -95,6 +95,16 @@ def test_node_installs_in_the_default_places(tmp_path, fleet):
     r = keygen("trust", fleet["node-a"].cert, check=False, env={"CRIUSEC_KEYGEN_ROOT": str(root)})
     assert r.returncode != 0 and "not a CA certificate" in r.stderr
 
+    # A node that trusts another CA already keeps its trust file (a fleet changing CA trusts two).
+    root2 = tmp_path / "root2"
+    keygen("trust", fleet["ca2"], env={"CRIUSEC_KEYGEN_ROOT": str(root2)})
+    r = keygen("node", "--ca", fleet["dir"] / "ca1", "node-d", env={"CRIUSEC_KEYGEN_ROOT": str(root2)})
+    assert "does not hold this CA" in r.stderr and "criusec-keygen trust" in r.stderr
+    assert (root2 / "etc/criu/trusted-signers.pem").read_bytes() == pathlib.Path(fleet["ca2"]).read_bytes()
+    keygen("trust", fleet["ca1"], fleet["ca2"], env={"CRIUSEC_KEYGEN_ROOT": str(root2)})
+    assert (root2 / "etc/criu/trusted-signers.pem").read_bytes() == \
+        pathlib.Path(fleet["ca1"]).read_bytes() + pathlib.Path(fleet["ca2"]).read_bytes()
+
 
 @pytest.fixture
 def trust_file():
