@@ -314,9 +314,9 @@ def test_rotation_from_a_file_key_to_a_token_key(workloads, criu, tmp_path, toke
 
 @pytest.fixture
 def token_checkpoint(workloads, criu, tmp_path, token, fleet):
-    """A checkpoint for the token's key, signed by node-b."""
+    """A checkpoint for the token's key and an escrow key (node-a's PEM file), signed by node-b."""
     img = tmp_path / "img"
-    wl = dump_as(workloads, criu, img, fleet["node-b"], token.node)
+    wl = dump_as(workloads, criu, img, fleet["node-b"], token.node, fleet["node-a"])
     return img, wl
 
 
@@ -365,6 +365,8 @@ def test_token_refusals_at_dump_freeze_nothing(workloads, criu, tmp_path, token,
 
 
 def test_crit_refuses_a_token_url_clearly(criu, tmp_path, token, fleet, token_checkpoint):
+    """crit and pycriu have no PKCS#11: a URL alone is refused in one line; with the escrow's
+    PEM key beside it, they read the checkpoint."""
     img, wl = token_checkpoint
     crit = ["/usr/bin/python3", "-m", "crit"]  # Debian's, as a user runs it (test_crit.py)
     env = {**os.environ, "PYTHONPATH": f"{SRC / 'lib'}:{SRC / 'crit'}"}
@@ -375,6 +377,18 @@ def test_crit_refuses_a_token_url_clearly(criu, tmp_path, token, fleet, token_ch
     assert r.returncode == 1, r.stdout + r.stderr
     assert "PKCS#11 URL" in r.stderr and "cannot use keys kept in a token" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and PIN not in r.stderr
+    assert dir_digest(img) == before
+    r = subprocess.run([*crit, "x", str(img), "ps", "--tls-key", secret_url, "--tls-key", fleet["node-a"].key,
+                        "--trust", fleet["ca1"]], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and str(wl.pid) in r.stdout, r.stdout + r.stderr
+
+    sys.path.insert(0, str(SRC / "lib"))
+    from pycriu import criusec
+    with pytest.raises(criusec.PrivateKeyError, match="cannot use keys kept in a token"):
+        criusec.Checkpoint(img, keys=[token.url], trust=fleet["ca1"]).verify()
+    criusec.Checkpoint(img, keys=[token.url, fleet["node-a"].key], trust=fleet["ca1"]).verify()
+    with pytest.raises(criusec.PrivateKeyError, match="cannot use keys kept in a token"):
+        criusec.load_signing_key(secret_url)
     assert dir_digest(img) == before
     criu.restore(img, "--tls-key", token.url, "--trust", fleet["ca1"])
     assert wl.report() == "secrets OK"
