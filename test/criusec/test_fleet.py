@@ -147,10 +147,12 @@ def test_rotation_old_and_new_keys(workloads, criu, tmp_path, fleet):
     wl_new = dump_as(workloads, criu, tmp_path / "for-new", b, new)
     both = ["--tls-key", new.key, "--tls-key", old.key, "--trust", fleet["ca1"]]
 
-    # Only the new key: the old checkpoint is not for it.
+    # One key alone: the other's checkpoint is not for it.
     refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
             expect=["no recipient stanza", new.key])
-    # Only the old one: the new checkpoint is not for it either; both keys: neither is, named.
+    refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
+            expect=["no recipient stanza", old.key])
+    # A checkpoint for neither: both keys are tried, and the error says none is a recipient.
     wl_b = dump_as(workloads, criu, tmp_path / "for-b", b, b)
     refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
 
