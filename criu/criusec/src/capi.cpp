@@ -427,6 +427,7 @@ int criusec_key_is_url(const char *ref)
 	return ref && is_pkcs11_url(ref) ? 1 : 0;
 }
 
+/* Not guarded(): the last error stays, to be printed beside the key it is about. */
 const char *criusec_key_display(const char *ref)
 {
 	thread_local char shown[1024];

@@ -141,7 +141,7 @@ int pin_callback(void *userdata, int attempt, const char *, const char *, unsign
 		} else {
 			auto r = read_small_file(spec->source.c_str(), kMaxPinFile);
 			if (!r.ok()) {
-				spec->failure = "pin-source " + spec->source + ": " + r.status().message();
+				spec->failure = "pin-source: " + r.status().message(); /* it names the file */
 				return GNUTLS_E_PKCS11_PIN_ERROR;
 			}
 			file = std::move(r).value();
