@@ -3,11 +3,13 @@ private keys kept in a token (a SoftHSM2 token made here, reached through a
 PKCS#11 URL), several private keys for rotation, several CAs in the trust
 file.  Every refusal is made on a real checkpoint, leaves no task and no
 changed image, and the genuine checkpoint restores afterwards."""
+import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -394,3 +396,123 @@ def test_crit_refuses_a_token_url_clearly(criu, tmp_path, token, fleet, token_ch
     assert dir_digest(img) == before
     criu.restore(img, "--tls-key", token.url, "--trust", fleet["ca1"])
     assert wl.report() == "secrets OK"
+
+
+# ---- through runc, configured as a node would be ----
+
+@pytest.fixture
+def system_token(token):
+    """The token's configuration where every process finds it, /etc/softhsm/softhsm2.conf (a tmpfs
+    over /etc/softhsm in the tests' own mount namespace): runc, like the engines, passes criu no
+    SOFTHSM2_CONF."""
+    etc = pathlib.Path("/etc/softhsm")
+    if not etc.is_dir():
+        pytest.skip("no /etc/softhsm (apt-get install softhsm2)")
+    subprocess.run(["mount", "-n", "-t", "tmpfs", "-o", "mode=0755", "criusec-test", str(etc)], check=True)
+    try:
+        (etc / "softhsm2.conf").write_text(pathlib.Path(os.environ["SOFTHSM2_CONF"]).read_text())
+        yield token
+    finally:
+        subprocess.run(["umount", "-n", str(etc)], check=True)
+
+
+class Runc:
+    """A busybox container run by runc (its own state directory), checkpointed with this criu."""
+
+    def __init__(self, d, canary):
+        self.d, self.id = d, f"criusec-fleet-{os.getpid()}"
+        rootfs = d / "bundle" / "rootfs"
+        for sub in ("bin", "tmp", "proc", "dev", "sys"):
+            (rootfs / sub).mkdir(parents=True)
+        shutil.copy2(shutil.which("busybox"), rootfs / "bin" / "busybox")
+        (rootfs / "bin" / "sh").symlink_to("busybox")
+        (rootfs / "bin" / "sleep").symlink_to("busybox")
+        self.run("spec", cwd=d / "bundle")
+        spec = json.loads((d / "bundle" / "config.json").read_text())
+        spec["process"].update(terminal=False, env=spec["process"]["env"] + [f"CANARY={canary}"],
+                               args=["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; "
+                                     "sleep 0.05; done"])
+        spec["root"]["readonly"] = False
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+        (d / "bundle" / "config.json").write_text(json.dumps(spec))
+        self.count_file = rootfs / "tmp" / "count"
+
+    def run(self, *args, check=True, cwd=None):
+        """runc as an engine runs it: no environment beyond PATH.  A detached container keeps the
+        standard streams it is given: /dev/null then, runc's errors in its --log."""
+        detach = "-d" in args
+        log = self.d / "runc.log"
+        log.unlink(missing_ok=True)
+        out = subprocess.DEVNULL if detach else subprocess.PIPE
+        r = subprocess.run(["runc", "--root", str(self.d / "state"), "--log", str(log), "--criu", CRIU, *args],
+                           cwd=cwd or self.d, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True, timeout=180)
+        r.stderr = (r.stderr or "") + (log.read_text() if log.exists() else "")
+        if check:
+            assert r.returncode == 0, f"runc {' '.join(args)}: {r.stderr}"
+        return r
+
+    def counting(self):
+        """The container's counter goes on."""
+        first = int(self.count_file.read_text() or 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if int(self.count_file.read_text() or 0) > first:
+                return True
+        return False
+
+    def status(self):
+        r = self.run("state", self.id, check=False)
+        return json.loads(r.stdout)["status"] if r.returncode == 0 else None
+
+    def remove(self):
+        self.run("kill", self.id, "KILL", check=False)
+        self.run("delete", "-f", self.id, check=False)
+
+
+def test_runc_with_the_key_in_a_token(tmp_path, system_token, fleet, trust_file):
+    """A node's whole configuration in /etc/criu (encrypt, the token's URL for signing and
+    unwrapping, the CA as trust, the encryption-required marker); runc checkpoints and restores a
+    container through it.  A wrong PIN in default.conf refuses the restore, container and
+    checkpoint unchanged; the genuine restore carries on counting."""
+    if shutil.which("runc") is None or shutil.which("busybox") is None:
+        pytest.skip("needs runc and busybox (apt-get install runc busybox-static)")
+    token = system_token
+    trust_file(fleet["ca1"])
+    marker = pathlib.Path("/etc/criu/encryption-required")
+    canary = new_canary()
+    rc = Runc(tmp_path, canary)
+    conf = (f"encrypt\ntls-cert {token.cert}\nsign-key {token.url}\nsign-cert {token.cert}\n"
+            f"tls-key {token.url}\n")
+    DEFAULT_CONF.write_text(conf)
+    marker.touch()
+    img = tmp_path / "img"
+    try:
+        rc.run("run", "-d", rc.id, cwd=tmp_path / "bundle")
+        assert rc.counting()
+        r = rc.run("checkpoint", "--image-path", str(img), rc.id, check=False)
+        assert r.returncode == 0, r.stderr + log_tail(img / "dump.log")
+        assert rc.status() is None  # checkpointed and stopped
+        assert (img / "cipher.img").exists() and files_with(img, canary.encode()) == []
+        assert "Signing as CN=node-t" in (img / "dump.log").read_text()
+
+        before = dir_digest(img)
+        DEFAULT_CONF.write_text(conf.replace(token.url, f"{token.base}?pin-value=99999999"))
+        r = rc.run("restore", "-d", "--image-path", str(img), "-b", str(tmp_path / "bundle"), rc.id, check=False)
+        assert r.returncode != 0
+        log = (img / "restore.log").read_text()
+        assert "the token refused the PIN" in log and "99999999" not in log, log[-2000:]
+        assert dir_digest(img) == before
+        assert rc.status() in (None, "stopped")
+        rc.run("delete", "-f", rc.id, check=False)
+
+        DEFAULT_CONF.write_text(conf)
+        r = rc.run("restore", "-d", "--image-path", str(img), "-b", str(tmp_path / "bundle"), rc.id, check=False)
+        assert r.returncode == 0, r.stderr + log_tail(img / "restore.log")
+        assert "signed by CN=node-t (CA CN=criusec test ca1)" in (img / "restore.log").read_text()
+        assert rc.status() == "running" and rc.counting()
+    finally:
+        rc.remove()
+        marker.unlink(missing_ok=True)
+        DEFAULT_CONF.unlink(missing_ok=True)
