@@ -234,7 +234,7 @@ static int load_signer(struct criusec_signer **s, const char **key_out, const ch
 	if (!*s) {
 		pr_err("Can't sign with %s and %s: %s (set --sign-key/--sign-cert, or the config lines "
 		       "'sign-key PATH' and 'sign-cert PATH' in %s)\n",
-		       key, cert, criusec_last_error(), CRIUSEC_DEFAULT_CONF);
+		       criusec_key_display(key), cert, criusec_last_error(), CRIUSEC_DEFAULT_CONF);
 		return -1;
 	}
 	if (key_out)
@@ -335,7 +335,7 @@ int check_criusec(void)
 		return -1;
 	if (s)
 		pr_msg("criusec: a dump would be signed by %s (key %s, certificate %s)\n",
-		       criusec_signer_subject(s), key, cert);
+		       criusec_signer_subject(s), criusec_key_display(key), cert);
 	else
 		pr_msg("criusec: a dump would be unsigned (no --sign-key/--sign-cert, and no readable %s and %s)\n",
 		       CRIUSEC_DEFAULT_KEY, CRIUSEC_DEFAULT_CERT);
@@ -1280,10 +1280,46 @@ static int check_header(const struct criusec_header *h)
 	return 0;
 }
 
-/* The restore's private key: --tls-key, or CRIU's default. */
-static const char *restore_key(void)
+/*
+ * The restore's private keys: every --tls-key (and 'tls-key' config line),
+ * in order, or CRIU's default.  Several keys let a node restore what was
+ * made for its old key while it rotates.  Each is a PEM file or a PKCS#11
+ * URL (the key stays in its token).  A key that is not a recipient gives
+ * way to the next; any other failure (an unreadable file, a wrong PIN, a
+ * missing token) stops the restore there, naming that key.
+ */
+static struct criusec_ctx *restore_import(const struct criusec_header *h)
 {
-	return opts.tls_key ?: CRIUSEC_DEFAULT_KEY;
+	static char *dflt[] = { CRIUSEC_DEFAULT_KEY };
+	char **keys = opts.nr_tls_keys ? opts.tls_keys : dflt;
+	int i, n = opts.nr_tls_keys ?: 1;
+	struct criusec_ctx *ctx;
+
+	for (i = 0; i < n; i++) {
+		if (!criusec_key_is_url(keys[i]) && access(keys[i], R_OK)) {
+			pr_err("The checkpoint is encrypted; pass the private key with --tls-key or a 'tls-key PATH' "
+			       "line in %s (%s: %s)\n",
+			       CRIUSEC_DEFAULT_CONF, keys[i], strerror(errno));
+			return NULL;
+		}
+		ctx = criusec_ctx_import(h, keys[i]);
+		if (ctx) {
+			pr_info("cipher.img: unlocked with %s\n", criusec_key_display(keys[i]));
+			return ctx;
+		}
+		if (criusec_last_errno() != -ENOKEY || i == n - 1)
+			break;
+		pr_info("%s is not a recipient of the checkpoint; trying the next key\n",
+			criusec_key_display(keys[i]));
+	}
+	if (n > 1 && criusec_last_errno() == -ENOKEY)
+		pr_err("cipher.img: none of the %d keys (--tls-key, or 'tls-key' lines in %s) is a recipient of "
+		       "the checkpoint\n",
+		       n, CRIUSEC_DEFAULT_CONF);
+	else
+		pr_err("cipher.img: %s (key %s, from --tls-key or a 'tls-key' line in %s)\n", criusec_last_error(),
+		       criusec_key_display(keys[i]), CRIUSEC_DEFAULT_CONF);
+	return NULL;
 }
 
 /*
@@ -1326,7 +1362,6 @@ static int check_binding(struct dir_state *child, struct dir_state *parent)
  */
 static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir_state *child)
 {
-	const char *key = restore_key();
 	struct criusec_policy pol;
 	struct pb_header ph;
 	struct cr_img *img;
@@ -1362,19 +1397,10 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 	}
 	if (check_header(&ph.h))
 		goto err;
-	if (access(key, R_OK)) {
-		pr_err("The checkpoint is encrypted; pass the private key with --tls-key or a 'tls-key PATH' line in "
-		       "%s (%s: %s)\n",
-		       CRIUSEC_DEFAULT_CONF, key, strerror(errno));
-		goto err;
-	}
 	holding_keys();
-	d->ctx = criusec_ctx_import(&ph.h, key);
-	if (!d->ctx) {
-		pr_err("cipher.img: %s (key %s, from --tls-key or a 'tls-key' line in %s)\n", criusec_last_error(),
-		       key, CRIUSEC_DEFAULT_CONF);
+	d->ctx = restore_import(&ph.h);
+	if (!d->ctx)
 		goto err;
-	}
 	pb_header_free(&ph);
 	cipher_entry__free_unpacked(ce, NULL);
 	/* A parent is the child's, by key, before any image of it is read. */

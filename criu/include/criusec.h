@@ -45,6 +45,8 @@ enum criusec_wrap {
 /* Library */
 const char *criusec_version(void);
 const char *criusec_last_error(void);
+/* The negative errno the last call returned, also for those that return NULL (0: success). */
+int criusec_last_errno(void);
 /* Known-answer tests of every primitive through the engine's wrappers. */
 int criusec_self_test(void);
 /* The AEAD this CPU should use: AES-GCM with AES-NI and PCLMUL, else ChaCha20. */
@@ -104,9 +106,23 @@ struct criusec_header {
 };
 
 /*
- * The dumping host's signing identity: a private key (PEM file) and its
- * certificate chain (PEM file, the signer's certificate first).  Load
- * fails unless the certificate is the key's, valid now and allowed to sign.
+ * Private keys are named by a reference: a PEM file path, or a PKCS#11 URL
+ * ("pkcs11:token=...;object=...", RFC 7512) whose key stays in its token
+ * (HSM, TPM, SoftHSM), which then unwraps and signs itself.  The token's
+ * PIN comes from the URL: pin-source=FILE (the PIN in a file, read when
+ * the token asks) or pin-value=PIN.  One attempt only; no prompt.
+ * criusec_key_display(): the reference as it may be logged or shown (a
+ * pin-value hidden); thread-local, valid until the next call.
+ */
+int criusec_key_is_url(const char *ref);
+const char *criusec_key_display(const char *ref);
+
+/*
+ * The dumping host's signing identity: a private key (a reference, above)
+ * and its certificate chain (PEM file, the signer's certificate first).
+ * Load fails unless the certificate is the key's, valid now and allowed
+ * to sign; a key that cannot be used (a wrong PIN, a token that cannot
+ * sign) fails here, by a probe signature.
  */
 struct criusec_signer;
 struct criusec_signer *criusec_signer_load(const char *key, const char *cert_path);
@@ -183,11 +199,13 @@ int criusec_ctx_seal_header(struct criusec_ctx *ctx, struct criusec_signer *sign
 int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr);
 
 /*
- * Restore side: find the stanza matching the private key (PEM file), unwrap
- * the master key, then check the header MAC before anything else is used.
- * (criusec_header_check() comes first.)
+ * Restore side: find the stanza matching the private key (an RSA key: a
+ * reference as above), unwrap the master key, then check the header MAC
+ * before anything else is used.  (criusec_header_check() comes first.)
+ * Fails with ENOKEY, and nothing else, when the key is not a recipient:
+ * a caller holding several keys tries the next one then.
  */
-struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path);
+struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key);
 void criusec_ctx_free(struct criusec_ctx *ctx);
 const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx);
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);

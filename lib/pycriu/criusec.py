@@ -576,6 +576,8 @@ def _read_file(path, what):
 
 def load_signing_key(path):
     """A PEM private key of any type of section 10.3."""
+    if is_pkcs11_url(path):
+        _no_pkcs11(path, "signing key")
     _need_crypto()
     data = _read_file(path, "signing key")
     try:
@@ -1025,7 +1027,22 @@ class PageCipher:
 _keys = {}
 
 
+def is_pkcs11_url(ref):
+    return isinstance(ref, str) and ref.startswith("pkcs11:")
+
+
+def _no_pkcs11(ref, what):
+    """crit and pycriu read keys with Python's cryptography, which has no
+    PKCS#11: a key in a token is for criu itself (Documentation/criusec.md)."""
+    shown = re.sub(r"pin-value=[^;?&]*", "pin-value=(hidden)", ref)
+    raise PrivateKeyError("%s %s: a PKCS#11 URL; crit and pycriu cannot use keys kept in a token (Python's "
+                          "cryptography has no PKCS#11): restore with criu, or read the checkpoint with the "
+                          "PEM key of another recipient (an escrow key)" % (what, shown))
+
+
 def load_private_key(path):
+    if is_pkcs11_url(path):
+        _no_pkcs11(path, "private key")
     _need_crypto()
     try:
         with open(path, "rb") as f:
@@ -1301,8 +1318,11 @@ class Checkpoint:
                                       % (for_image or self.dir, "image" if for_image else "checkpoint",
                                          DEFAULT_KEY))
         fprs = {r[0] for r in self.header["recipients"]}
-        tried = []
+        tried, tokens = [], []
         for path in self.keys:
+            if is_pkcs11_url(path):
+                tokens.append(path)  # refused below, unless a PEM key is a recipient
+                continue
             priv = load_private_key(path)
             if fingerprint(priv.public_key()) not in fprs:
                 tried.append(path)
@@ -1313,6 +1333,8 @@ class Checkpoint:
                 raise type(e)("cipher.img: %s (key %s)" % (str(e).replace("cipher.img ", ""), path)) from None
             self.key_path = path
             return
+        if tokens:
+            _no_pkcs11(tokens[0], "%s: private key" % (for_image or self.dir))
         raise PrivateKeyError("%s: no recipient stanza of cipher.img matches the private key %s"
                               % (for_image or self.dir, ", ".join(tried)))
 

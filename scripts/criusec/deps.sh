@@ -2,6 +2,7 @@
 # Install the Debian packages the build, the tests and the benchmarks need.
 # Idempotent: apt-get update runs only when a package is missing.
 # libbpf-dev: CRIU dumps BPF maps only when built with it.
+# softhsm2: a PKCS#11 token for the tests of private keys kept in a token.
 set -eu
 
 PKGS="build-essential pkg-config git xz-utils ca-certificates
@@ -11,7 +12,7 @@ libgnutls28-dev libgmp-dev libaio-dev libdrm-dev libbpf-dev
 python3 python3-protobuf python3-cryptography python3-yaml python3-pytest python3-pip
 cmake g++ googletest libgtest-dev clang libclang-rt-dev
 iproute2 iptables nftables procps psmisc util-linux tar gnutls-bin asciidoctor xmlto
-age gnupg openssl"
+age gnupg openssl softhsm2"
 
 missing=""
 for p in $PKGS; do

@@ -221,16 +221,21 @@ def flip_a_page(img):
     return name
 
 
+def key_args(key):
+    """--tls-key for a key, or for each of a list of keys (rotation)."""
+    return [a for k in ([key] if isinstance(key, str) else key) for a in ("--tls-key", k)]
+
+
 def lazy_restore(criu, img, key, tmp_path, *daemon_args, restore_args=()):
     daemon = subprocess.Popen([CRIU, "lazy-pages", "-D", str(img), "-o", "lazy-pages.log", "-v4",
-                               "--tls-key", key, *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               *key_args(key), *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         sock = img / "lazy-pages.socket"
         deadline = time.monotonic() + 20
         while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        r = criu.restore(img, "--lazy-pages", "--tls-key", key, *restore_args, check=False)
+        r = criu.restore(img, "--lazy-pages", *key_args(key), *restore_args, check=False)
         return r, daemon
     except Exception:
         daemon.kill()
@@ -324,7 +329,7 @@ def start_page_server(img, tmp_path, *args):
 
 def remote_lazy_restore(criu, img, key, tmp_path, *server_args):
     """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
-    server, port = start_page_server(img, tmp_path, "--lazy-pages", "--tls-key", key, *server_args)
+    server, port = start_page_server(img, tmp_path, "--lazy-pages", *key_args(key), *server_args)
     r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
     return r, daemon, server
 
@@ -335,6 +340,22 @@ def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, key
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
         lazy_restored(wl, img, r, daemon)
+    finally:
+        daemon.kill()
+        server.kill()
+
+
+@needs_uffd
+def test_remote_lazy_pages_with_several_keys(pristine, criu, tmp_path, keys):
+    """Rotation: page-server, lazy-pages and restore each hold a key that is not a
+    recipient (tried first) and the recipient's."""
+    wl, img = pristine
+    r, daemon, server = remote_lazy_restore(criu, img, [keys["bob"][1], keys["alice"][1]], tmp_path)
+    try:
+        lazy_restored(wl, img, r, daemon)
+        for log in ("page-server.log", "lazy-pages.log", "restore.log"):
+            text = (img / log).read_text()
+            assert f"unlocked with {keys['alice'][1]}" in text and "trying the next key" in text, log
     finally:
         daemon.kill()
         server.kill()

@@ -16,6 +16,7 @@ FILES = {
              "/usr/share/man/man8/criu.8.gz", "/usr/share/man/man1/crit.1.gz",
              "/usr/share/man/man1/compel.1.gz", "/usr/share/man/man1/criu-ns.1.gz",
              "/usr/share/doc/criu/criusec.md.gz", "/usr/share/doc/criu/criusec-format.md.gz",
+             "/usr/share/doc/criu/criusec-kubernetes.md.gz",
              "/usr/share/doc/criu/copyright"],
     "libcriu2": [f"/usr/lib/{MULTIARCH}/libcriu.so.2"],
     "libcriu-dev": ["/usr/include/criu/criu.h", f"/usr/lib/{MULTIARCH}/pkgconfig/criu.pc"],

@@ -19,6 +19,7 @@
 #include "io.h"
 #include "manifest.h"
 #include "pages.h"
+#include "pkcs11.h"
 #include "pki.h"
 #include "policy.h"
 #include "selftest.h"
@@ -32,6 +33,7 @@ namespace {
 constexpr size_t kMaxPemSize = 1 << 20;
 
 thread_local char g_last_error[512];
+thread_local int g_last_errno; /* what the last guarded() returned */
 
 void set_last_error(const char *msg) noexcept
 {
@@ -45,18 +47,18 @@ template <typename F> int guarded(F &&f) noexcept
 	try {
 		Status s = f();
 		if (s.ok())
-			return 0;
+			return g_last_errno = 0;
 		set_last_error(s.message().c_str());
-		return -s.err();
+		return g_last_errno = -s.err();
 	} catch (const std::bad_alloc &) {
 		set_last_error("out of memory");
-		return -ENOMEM;
+		return g_last_errno = -ENOMEM;
 	} catch (const std::exception &e) {
 		set_last_error(e.what());
-		return -EIO;
+		return g_last_errno = -EIO;
 	} catch (...) {
 		set_last_error("internal error");
-		return -EIO;
+		return g_last_errno = -EIO;
 	}
 }
 
@@ -233,6 +235,11 @@ const char *criusec_last_error(void)
 	return g_last_error;
 }
 
+int criusec_last_errno(void)
+{
+	return g_last_errno;
+}
+
 int criusec_self_test(void)
 {
 	return guarded([] { return self_test(); });
@@ -377,18 +384,20 @@ int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr)
 	});
 }
 
-struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key_pem_path)
+struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key)
 {
 	criusec_ctx *ret = nullptr;
 	guarded([&]() -> Status {
-		if (!hdr || !key_pem_path)
-			return invalid_argument("NULL header or key path");
+		if (!hdr || !key)
+			return invalid_argument("NULL header or key");
 		HeaderView v;
 		CRIUSEC_TRY(header_view(hdr, v));
-		auto pem = read_small_file(key_pem_path, kMaxPemSize);
-		if (!pem.ok())
-			return std::move(pem).status();
-		auto c = Ctx::import(v, pem.value().span());
+		/* Before the key is loaded: a token is not asked for a malformed header. */
+		CRIUSEC_TRY(check_structure(v));
+		auto priv = load_private_key(key);
+		if (!priv.ok())
+			return std::move(priv).status();
+		auto c = Ctx::import(v, priv.value());
 		if (!c.ok())
 			return std::move(c).status();
 		ret = new criusec_ctx(std::move(c).value());
@@ -419,7 +428,24 @@ const uint8_t *criusec_ctx_manifest_digest(const struct criusec_ctx *ctx)
 	return ctx->ctx.manifest_digest().data();
 }
 
-/* ---- signers, trust, policy ---- */
+/* ---- keys, signers, trust, policy ---- */
+
+int criusec_key_is_url(const char *ref)
+{
+	return ref && is_pkcs11_url(ref) ? 1 : 0;
+}
+
+/* Not guarded(): the last error stays, to be printed beside the key it is about. */
+const char *criusec_key_display(const char *ref)
+{
+	thread_local char shown[1024];
+	try {
+		std::snprintf(shown, sizeof(shown), "%s", ref ? key_ref_display(ref).c_str() : "(none)");
+	} catch (...) {
+		std::snprintf(shown, sizeof(shown), "%s", "(a key)");
+	}
+	return shown;
+}
 
 struct criusec_signer *criusec_signer_load(const char *key, const char *cert_path)
 {
@@ -429,7 +455,7 @@ struct criusec_signer *criusec_signer_load(const char *key, const char *cert_pat
 			return invalid_argument("NULL key or certificate path");
 		auto priv = load_private_key(key);
 		if (!priv.ok())
-			return std::move(priv).status().with_context(key);
+			return std::move(priv).status().with_context(key_ref_display(key));
 		auto pem = read_small_file(cert_path, kMaxPemSize);
 		if (!pem.ok())
 			return std::move(pem).status().with_context(cert_path);

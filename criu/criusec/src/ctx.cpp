@@ -299,16 +299,15 @@ Result<SecureBytes> Ctx::derive(std::span<const uint8_t> info, size_t len) const
 	return hkdf_expand(prk_.span(), info, len);
 }
 
-Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
+Result<Ctx> Ctx::import(const HeaderView &hdr, const PrivKey &priv)
 {
 	/* Structural checks first: they use nothing secret and give precise errors. */
 	CRIUSEC_TRY(check_structure(hdr));
 	auto aead = aead_from_wire(hdr.aead);
 
-	auto priv = privkey_from_pem(key_pem);
-	if (!priv.ok())
-		return std::move(priv).status();
-	auto pub = pubkey_from_privkey(priv.value());
+	CRIUSEC_TRY(require_rsa(priv));
+	/* A token key's public half comes from the token; the private half never leaves it. */
+	auto pub = pubkey_from_privkey(priv);
 	if (!pub.ok())
 		return std::move(pub).status();
 	auto fpr = fingerprint(pub.value());
@@ -336,7 +335,7 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, std::span<const uint8_t> key_pem)
 	 * anyone who can feed us headers.
 	 */
 	SecureBytes mk(kMasterKeyLen);
-	CRIUSEC_TRY(rsa_unwrap_implicit(priv.value(), mine->wrapped, mk.span()));
+	CRIUSEC_TRY(rsa_unwrap_implicit(priv, mine->wrapped, mk.span()));
 
 	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, *aead, hdr.chunk_size);
 	if (!ctx.ok())

@@ -101,11 +101,12 @@ public:
 	[[nodiscard]] static Result<Ctx> from_master_key(std::span<const uint8_t> mk, const Id &id, AeadAlg aead,
 							 uint32_t chunk_size);
 	/*
-	 * Restore side: pick the stanza of key_pem's key, unwrap the master
-	 * key and verify the header MAC before returning anything.  (The
-	 * signature and the policy are check_header()'s, before this.)
+	 * Restore side: pick the stanza of priv's key (RSA; a file's or a
+	 * token's), unwrap the master key and verify the header MAC before
+	 * returning anything.  (The signature and the policy are
+	 * check_header()'s, before this.)
 	 */
-	[[nodiscard]] static Result<Ctx> import(const HeaderView &hdr, std::span<const uint8_t> key_pem);
+	[[nodiscard]] static Result<Ctx> import(const HeaderView &hdr, const PrivKey &priv);
 
 	/*
 	 * Wrap the master key for the RSA key of a PEM certificate, which must

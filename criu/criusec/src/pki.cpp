@@ -4,6 +4,7 @@
 
 #include "io.h"
 #include "kdf.h"
+#include "pkcs11.h"
 
 namespace criusec {
 
@@ -61,11 +62,18 @@ Result<PrivKey> privkey_load_pem(std::span<const uint8_t> pem)
 	return priv;
 }
 
+Status require_rsa(const PrivKey &priv)
+{
+	if (gnutls_privkey_get_pk_algorithm(priv.get(), nullptr) != GNUTLS_PK_RSA)
+		return unsupported("private key is not RSA");
+	return {};
+}
+
 Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem)
 {
 	auto priv = privkey_load_pem(pem);
-	if (priv.ok() && gnutls_privkey_get_pk_algorithm(priv.value().get(), nullptr) != GNUTLS_PK_RSA)
-		return unsupported("private key is not RSA");
+	if (priv.ok())
+		CRIUSEC_TRY(require_rsa(priv.value()));
 	return priv;
 }
 
@@ -155,6 +163,8 @@ Status rsa_unwrap_implicit(const PrivKey &priv, std::span<const uint8_t> wrapped
 
 Result<PrivKey> load_private_key(std::string_view ref)
 {
+	if (is_pkcs11_url(ref))
+		return load_pkcs11_key(ref);
 	/* Certificates and keys are a few KiB; anything near this is not one. */
 	constexpr size_t kMaxKeyFile = 1 << 20;
 	std::string path(ref);

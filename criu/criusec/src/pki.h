@@ -26,19 +26,22 @@ constexpr unsigned kMinRsaBits = 2048;
 /* The RSA public key of the first certificate in a PEM buffer. */
 [[nodiscard]] Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem);
 /*
- * The one function that loads private keys, for signing and for
- * unwrapping alike (a PKCS#11 URL branch joins here, issue 15): any key
- * GnuTLS reads from unencrypted PEM, i.e. RSA (PKCS#1 or PKCS#8), EC (SEC1
- * or PKCS#8) and Ed25519 (PKCS#8).  Whether the type suits its use is the
- * caller's check (Signer::create, privkey_from_pem).
+ * The PEM loader of load_private_key(): any key GnuTLS reads from
+ * unencrypted PEM, i.e. RSA (PKCS#1 or PKCS#8), EC (SEC1 or PKCS#8) and
+ * Ed25519 (PKCS#8).  Whether the type suits its use is the caller's check
+ * (Signer::create, require_rsa).
  */
 [[nodiscard]] Result<PrivKey> privkey_load_pem(std::span<const uint8_t> pem);
-/* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM (recipients are RSA only). */
+/* Recipients are RSA only: unwrapping needs an RSA private key. */
+[[nodiscard]] Status require_rsa(const PrivKey &priv);
+/* An unencrypted RSA private key, PKCS#1 or PKCS#8 PEM. */
 [[nodiscard]] Result<PrivKey> privkey_from_pem(std::span<const uint8_t> pem);
 [[nodiscard]] Result<PubKey> pubkey_from_privkey(const PrivKey &priv);
 /*
- * A private key by reference, the one place keys are loaded from: a PEM
- * file path (any key type: signing keys may be EC or Ed25519).
+ * A private key by reference, the one place keys are loaded from, for
+ * signing and unwrapping alike: a PEM file path, or a PKCS#11 URL
+ * ("pkcs11:...", pkcs11.h), whose key stays in its token.  Any key type
+ * (signing keys may be EC or Ed25519).
  */
 [[nodiscard]] Result<PrivKey> load_private_key(std::string_view ref);
 
@@ -55,7 +58,9 @@ constexpr unsigned kMinRsaBits = 2048;
  * is selected without a branch, so a bad padding looks and takes the same
  * as a good one; only a later MAC check tells them apart.  Fails only when
  * the rejection key cannot be made.  Uses gnutls_privkey_decrypt_data2,
- * GnuTLS's side-channel-hardened fixed-length variant.
+ * GnuTLS's side-channel-hardened fixed-length variant (for a token key,
+ * GnuTLS 3.7.9 does C_Decrypt in the token, then the same fixed-length
+ * copy; a token's CKR_ENCRYPTED_DATA_INVALID is a failure like any other).
  */
 [[nodiscard]] Status rsa_unwrap_implicit(const PrivKey &priv, std::span<const uint8_t> wrapped,
 					 std::span<uint8_t> out);

@@ -274,6 +274,31 @@ TEST_F(Trust, ChainLimitsAndGarbage)
 	expect_refused(ts, {}, "names no signer certificate");
 }
 
+/*
+ * A fleet's trust file while it moves to a new CA holds both, maybe with
+ * the same name (a CA re-keyed): each CA's nodes are trusted, by their own
+ * CA, and nobody else's.
+ */
+TEST_F(Trust, SeveralCasInOneFile)
+{
+	const auto &p = *pki_;
+	TrustStore ts;
+	const TestCert third = make_ca("a third CA");
+	const TestCert from_third = make_cert({.cn = "leaf of the third CA", .issuer = &third});
+	ASSERT_TRUE(ts.add_pem(bytes_of(p.root.pem + p.other_root.pem), "/etc/criu/trusted-signers.pem").ok());
+	EXPECT_EQ(ts.size(), 2u);
+	expect_trusted(ts, chain({&p.direct}), "CN=direct leaf", "CA CN=trust root");
+	expect_trusted(ts, chain({&p.from_other}), "CN=leaf of the other root", "CA CN=trust root");
+	expect_trusted(ts, chain({&p.via_inter, &p.inter}), "CN=leaf via intermediate", "CA CN=trust root");
+	expect_refused(ts, chain({&from_third}), "is not trusted");
+
+	/* Three CAs, from one file and another, in either order. */
+	ASSERT_TRUE(ts.add_pem(bytes_of(third.pem), "new-ca.pem").ok());
+	EXPECT_EQ(ts.size(), 3u);
+	expect_trusted(ts, chain({&from_third}), "CN=leaf of the third CA", "CA CN=a third CA");
+	expect_trusted(ts, chain({&p.direct}), "CN=direct leaf", "CA CN=trust root");
+}
+
 TEST_F(Trust, AddPem)
 {
 	const auto &p = *pki_;

@@ -301,9 +301,14 @@ TestCert make_cert(const CertSpec &spec)
 
 TestCert make_cert_with_key(const CertSpec &spec, const std::string &key_pem)
 {
-	TestCert out;
+	TestCert out = make_cert_for(spec, import_privkey(key_pem));
 	out.key_pem = key_pem;
-	PrivKey key = import_privkey(out.key_pem);
+	return out;
+}
+
+TestCert make_cert_for(const CertSpec &spec, const PrivKey &key)
+{
+	TestCert out;
 	PubKey pub;
 	check(gnutls_pubkey_init(pub.out()), "pubkey_init");
 	check(gnutls_pubkey_import_privkey(pub.get(), key.get(), 0, 0), "pubkey of key");

@@ -11,6 +11,7 @@
 
 #include "criusec.h"
 #include "aead.h"
+#include "gnutls_raii.h"
 
 namespace criusec::test {
 
@@ -101,6 +102,8 @@ struct CertSpec {
 TestCert make_cert(const CertSpec &spec);
 /* The same for a given private key (PEM); spec.type and spec.key_name are not used. */
 TestCert make_cert_with_key(const CertSpec &spec, const std::string &key_pem);
+/* The same for a key loaded already (e.g. one in a token: key_pem stays empty). */
+TestCert make_cert_for(const CertSpec &spec, const PrivKey &key);
 /* A CA certificate: CA:TRUE, keyCertSign and cRLSign. */
 TestCert make_ca(const std::string &cn, const TestCert *issuer = nullptr, PkType type = PkType::EcP256,
 		 int64_t not_after = 10 * 365 * 86400);

@@ -27,7 +27,7 @@ int main(int argc, char **argv)
 	    (!strcmp(argv[1], "dump") && argc != 6 && argc != 8) || (!strcmp(argv[1], "restore") && argc > 7)) {
 		fprintf(stderr,
 			"usage: %s dump IMGDIR CRIU CERT PID [SIGN_KEY SIGN_CERT] | "
-			"restore IMGDIR CRIU KEY [TRUST [MAX_AGE]]\n",
+			"restore IMGDIR CRIU KEY[,KEY...] [TRUST [MAX_AGE]]\n",
 			argv[0]);
 		return 2;
 	}
@@ -62,10 +62,12 @@ int main(int argc, char **argv)
 		printf("dump %d\n", ret);
 		return ret == 0 ? 0 : 1;
 	}
-	if (criu_set_tls_key(argv[4])) {
-		fprintf(stderr, "criu_set_tls_key failed\n");
-		return 1;
-	}
+	/* KEY may be KEY1,KEY2,...: the first set, the others added (rotation). */
+	for (char *k = strtok(argv[4], ","), *first = k; k; k = strtok(NULL, ","))
+		if (k == first ? criu_set_tls_key(k) : criu_add_tls_key(k)) {
+			fprintf(stderr, "criu_set_tls_key/criu_add_tls_key failed\n");
+			return 1;
+		}
 	if (argc >= 6 && criu_add_trust(argv[5])) {
 		fprintf(stderr, "criu_add_trust failed\n");
 		return 1;
