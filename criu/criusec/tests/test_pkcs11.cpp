@@ -172,7 +172,7 @@ TEST_F(Pkcs11, SignsAndUnwrapsInTheToken)
 
 	criusec_ctx *c = criusec_ctx_new(CRIUSEC_AEAD_AES_256_GCM);
 	ASSERT_NE(c, nullptr);
-	ASSERT_EQ(criusec_ctx_add_recipient(c, cert.c_str()), 0) << criusec_last_error();
+	ASSERT_EQ(criusec_ctx_add_recipient(c, cert.c_str(), 0), 0) << criusec_last_error();
 	const uint8_t digest[CRIUSEC_DIGEST_LEN] = {0x15};
 	ASSERT_EQ(criusec_ctx_seal_header(c, s, digest), 0) << criusec_last_error();
 	criusec_header h;
@@ -232,7 +232,7 @@ TEST_F(Pkcs11, ImportFailsOnAWrongPin)
 	const std::string cert = cert_file();
 	criusec_ctx *c = criusec_ctx_new(CRIUSEC_AEAD_AES_256_GCM);
 	ASSERT_NE(c, nullptr);
-	ASSERT_EQ(criusec_ctx_add_recipient(c, cert.c_str()), 0) << criusec_last_error();
+	ASSERT_EQ(criusec_ctx_add_recipient(c, cert.c_str(), 0), 0) << criusec_last_error();
 	const uint8_t digest[CRIUSEC_DIGEST_LEN] = {};
 	ASSERT_EQ(criusec_ctx_seal_header(c, nullptr, digest), 0);
 	criusec_header h;
