@@ -176,6 +176,14 @@ static bool marker_present(void)
 	return lstat(CRIUSEC_REQUIRED_MARKER, &st) == 0 || errno != ENOENT;
 }
 
+/* criu works in its work directory (-W, else -D), and so do relative paths. */
+static const char *relative_hint(const char *a, const char *b)
+{
+	if ((a && a[0] != '/') || (b && b[0] != '/'))
+		return " (a relative path is taken from the work directory: -W, else -D)";
+	return "";
+}
+
 /*
  * The signing identity of a dump: --sign-key/--sign-cert (config lines
  * sign-key, sign-cert), else CRIU's host pair when both files are
@@ -199,9 +207,15 @@ static int load_signer(struct criusec_signer **s, const char **key_out, const ch
 	}
 	*s = criusec_signer_load(key, cert);
 	if (!*s) {
-		pr_err("Can't sign with %s and %s: %s (set --sign-key/--sign-cert, or the config lines "
-		       "'sign-key PATH' and 'sign-cert PATH' in %s)\n",
-		       key, cert, criusec_last_error(), CRIUSEC_DEFAULT_CONF);
+		/* The engine's reason names the file; say which setting gave it. */
+		if (opts.sign_key)
+			pr_err("Signing identity (--sign-key/--sign-cert, or the config lines 'sign-key PATH' and "
+			       "'sign-cert PATH' in %s): %s%s\n",
+			       CRIUSEC_DEFAULT_CONF, criusec_last_error(), relative_hint(key, cert));
+		else
+			pr_err("CRIU's default signing identity can't be used: %s (replace it, or set the config "
+			       "lines 'sign-key PATH' and 'sign-cert PATH' in %s, or --sign-key/--sign-cert)\n",
+			       criusec_last_error(), CRIUSEC_DEFAULT_CONF);
 		return -1;
 	}
 	if (key_out)
@@ -487,6 +501,7 @@ int criusec_dump_start(void)
 {
 	enum criusec_aead aead = CRIUSEC_AEAD_AUTO;
 	struct dir_state *parent;
+	bool default_cert;
 	int i;
 
 	if (!opts.encrypt) {
@@ -538,12 +553,20 @@ int criusec_dump_start(void)
 		pr_err("Can't bind the checkpoint to its parent: %s\n", criusec_last_error());
 		goto err;
 	}
-	if (opts.nr_encrypt_certs == 0 && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
+	default_cert = opts.nr_encrypt_certs == 0;
+	if (default_cert && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
 		goto err;
 	for (i = 0; i < opts.nr_encrypt_certs; i++) {
 		if (criusec_ctx_add_recipient(dump_ctx, opts.encrypt_certs[i])) {
-			pr_err("Recipient %s (--tls-cert, or a 'tls-cert PATH' line in %s): %s\n",
-			       opts.encrypt_certs[i], CRIUSEC_DEFAULT_CONF, criusec_last_error());
+			/* The engine's reason names the file; say which setting gave it. */
+			if (default_cert)
+				pr_err("No usable recipient: no --tls-cert or 'tls-cert PATH' line in %s, and CRIU's "
+				       "default %s (criusec-keygen --default makes one)\n",
+				       CRIUSEC_DEFAULT_CONF, criusec_last_error());
+			else
+				pr_err("Recipient certificate (--tls-cert, or a 'tls-cert PATH' line in %s): %s%s\n",
+				       CRIUSEC_DEFAULT_CONF, criusec_last_error(),
+				       relative_hint(opts.encrypt_certs[i], NULL));
 			goto err;
 		}
 		pr_info("Encrypting for %s\n", opts.encrypt_certs[i]);
