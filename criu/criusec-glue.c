@@ -281,21 +281,31 @@ static const char *policy_why(const struct criusec_policy *pol)
 	return CRIUSEC_REQUIRED_MARKER " exists";
 }
 
-/* After a policy refusal: the config line (or flag) that fixes it. */
-static void policy_hint(const struct criusec_policy *pol, const struct criusec_verdict *v)
+/*
+ * A policy refusal and the config line (or flag) that fixes it, in one
+ * line: RPC callers and syslog get the first error line only.
+ */
+static void policy_refusal(const char *why, const struct criusec_policy *pol, const struct criusec_verdict *v)
 {
-	if (!criusec_trust_count(pol->trust))
-		pr_err("This host requires checkpoints signed by a trusted signer (%s exists), but no trusted "
-		       "signer is configured: pass --trust PEM, add a line 'trust PEM' to %s, or install %s\n",
-		       CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_TRUST);
+	if (v->trusted || (v->is_signed && !policy_protects(pol)))
+		/* The signer is fine: the checkpoint's age is not. */
+		pr_err("%s (the limit is --max-age, or a 'max-age SECONDS' line in %s)\n", why, CRIUSEC_DEFAULT_CONF);
+	else if (!policy_protects(pol))
+		pr_err("%s: dump with a signing key ('sign-key'/'sign-cert' in the dumping host's %s, or "
+		       "--sign-key/--sign-cert), or restore without --max-age ('max-age' line)\n",
+		       why, CRIUSEC_DEFAULT_CONF);
+	else if (!criusec_trust_count(pol->trust))
+		pr_err("%s: %s exists, but no trusted signer is configured: pass --trust PEM, add a line "
+		       "'trust PEM' to %s, or install %s\n",
+		       why, CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_TRUST);
 	else if (!v->is_signed)
-		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): dump with a signing "
-		       "key ('sign-key'/'sign-cert' in the dumping host's %s, or --sign-key/--sign-cert)\n",
-		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+		pr_err("%s (%s): dump with a signing key ('sign-key'/'sign-cert' in the dumping host's %s, or "
+		       "--sign-key/--sign-cert)\n",
+		       why, policy_why(pol), CRIUSEC_DEFAULT_CONF);
 	else
-		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): add the signer's "
-		       "CA or certificate to a trust file (--trust PEM, or a line 'trust PEM' in %s)\n",
-		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+		pr_err("%s (%s): add the signer's CA or certificate to a trust file (--trust PEM, or a line "
+		       "'trust PEM' in %s)\n",
+		       why, policy_why(pol), CRIUSEC_DEFAULT_CONF);
 }
 
 int check_criusec(void)
@@ -1028,10 +1038,15 @@ static int check_header(const struct criusec_header *h)
 	if (get_policy(&pol))
 		return -1;
 	ret = criusec_header_check(h, &pol, &v);
+	if (ret == -EKEYREJECTED) {
+		char why[512]; /* the engine's next call clears its error */
+
+		snprintf(why, sizeof(why), "%s", criusec_last_error());
+		policy_refusal(why, &pol, &v);
+		return -1;
+	}
 	if (ret) {
 		pr_err("%s\n", criusec_last_error());
-		if (ret == -EKEYREJECTED)
-			policy_hint(&pol, &v);
 		return -1;
 	}
 	if (v.is_signed)
