@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import tempfile
 import traceback
 
@@ -25,31 +26,50 @@ def _mount(libc, src, dst, fstype, flags):
         raise OSError(ctypes.get_errno(), f"mount {src} on {dst}")
 
 
-def _private_dev_with_log(libc):
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE)
-    new = tempfile.mkdtemp(prefix="devlog-")
+def dev_with_log(new, libc=None):
+    """In the caller's own mount namespace (already private): a new /dev,
+    a tmpfs mounted on the empty directory new with the old one's entries
+    (devices as nodes, directories and other files bind-mounted) beside a
+    datagram socket "log", moved over /dev.  Returns
+    the bound socket: read it (drain()) before its queue fills, or senders
+    block."""
+    libc = libc or ctypes.CDLL(None, use_errno=True)
+    new = str(new)
     _mount(libc, "tmpfs", new, "tmpfs", 0)
     for name in os.listdir("/dev"):
         src, dst = os.path.join("/dev", name), os.path.join(new, name)
-        if os.path.islink(src):
+        if name == "log":
+            continue
+        st = os.lstat(src)
+        if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
-        elif os.path.isdir(src):
+        elif stat.S_ISDIR(st.st_mode):
             os.mkdir(dst)
             _mount(libc, src, dst, None, MS_BIND | MS_REC)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            # A node of its own, not a bind mount: /dev/ptmx finds its
+            # devpts as "pts" beside it, which a file's bind mount hides.
+            os.mknod(dst, st.st_mode, st.st_rdev)
+            os.chown(dst, st.st_uid, st.st_gid)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
         else:
             open(dst, "w").close()
             _mount(libc, src, dst, None, MS_BIND)
-    if os.path.exists(os.path.join(new, "log")):
-        os.unlink(os.path.join(new, "log"))
     sk = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sk.bind(os.path.join(new, "log"))
     _mount(libc, new, "/dev", None, MS_MOVE)
     return sk
 
 
-def _drain(sk):
+def _private_dev_with_log(new, libc):
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE)
+    return dev_with_log(new, libc)
+
+
+def drain(sk):
+    """The messages received so far."""
     sk.setblocking(False)
     msgs = []
     while True:
@@ -60,15 +80,23 @@ def _drain(sk):
 
 
 def run_with_devlog(fn, timeout=120):
+    new = tempfile.mkdtemp(prefix="devlog-")  # a mount point in the child's namespace only
+    try:
+        return _run_with_devlog(fn, new, timeout)
+    finally:
+        os.rmdir(new)
+
+
+def _run_with_devlog(fn, new, timeout):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.close(r)
-            sk = _private_dev_with_log(ctypes.CDLL(None, use_errno=True))
+            sk = _private_dev_with_log(new, ctypes.CDLL(None, use_errno=True))
             result = fn()
-            out = {"result": result, "syslog": _drain(sk)}
+            out = {"result": result, "syslog": drain(sk)}
             code = 0
         except BaseException:
             out = {"error": traceback.format_exc()}
