@@ -29,6 +29,19 @@ def pycriu():
     return mod
 
 
+def fill_opts(opts, img, log_file, **fields):
+    """criu_opts of a request on the images in img (a descriptor the caller
+    closes: opts.images_dir_fd), logging at -v4; list values are repeated fields."""
+    opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+    opts.log_file = log_file
+    opts.log_level = 4
+    for k, v in fields.items():
+        if isinstance(v, list):
+            getattr(opts, k).extend(v)
+        else:
+            setattr(opts, k, v)
+
+
 def rpc(typ, img, **fields):
     """One swrk request; the raw response (success, cr_errno, cr_errmsg)."""
     mod = pycriu()
@@ -36,14 +49,7 @@ def rpc(typ, img, **fields):
     c.use_binary(CRIU)
     req = mod.rpc_pb2.criu_req()
     req.type = typ
-    req.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
-    req.opts.log_file = f"{mod.rpc_pb2.criu_req_type.Name(typ).lower()}.log"
-    req.opts.log_level = 4
-    for k, v in fields.items():
-        if isinstance(v, list):
-            getattr(req.opts, k).extend(v)
-        else:
-            setattr(req.opts, k, v)
+    fill_opts(req.opts, img, f"{mod.rpc_pb2.criu_req_type.Name(typ).lower()}.log", **fields)
     try:
         return c._send_req_and_recv_resp(req)
     finally:
@@ -124,6 +130,13 @@ def test_unusable_certificates_are_one_line_before_anything_is_frozen(workloads,
             assert e in line, f"case {i}: no {e!r} in: {line}"
         assert "Freezing" not in log and "Seizing" not in log, f"case {i}: the task was frozen first"
         assert os.path.exists(f"/proc/{wl.pid}"), "a refused dump must leave the task running"
+    # pre-dump refuses the same way, before its tree has a root.
+    img = tmp_path / "pre-dump"
+    r = criu.run("pre-dump", img, "-t", wl.pid, "--encrypt", "--tls-cert", missing, check=False)
+    log = (img / "pre-dump.log").read_text()
+    errs = errors(log)
+    assert r.returncode != 0 and len(errs) == 2 and errs[1] == "Pre-dumping FAILED.", "\n".join(errs)
+    assert errs[0].startswith("criusec: Recipient certificate") and "Seizing" not in log
     assert wl.report().startswith("counter"), "the task no longer answers after the refused dumps"
 
 
@@ -137,16 +150,16 @@ def test_rpc_restore_refusal_reason_in_cr_errmsg_and_syslog(workloads, criu, tmp
 
     def refused_restore():
         resp = rpc(mod.rpc_pb2.RESTORE, img, tls_key=keys["mallory"][1])
+        c = mod.criu()
+        c.use_binary(CRIU)
+        fill_opts(c.opts, img, "restore-again.log", tls_key=keys["mallory"][1])
         try:
-            c = mod.criu()
-            c.use_binary(CRIU)
-            c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
-            c.opts.log_file = "restore-again.log"
-            c.opts.tls_key = keys["mallory"][1]
             c.restore()
             exc = None
         except mod.CRIUExceptionExternal as e:
             exc = str(e)
+        finally:
+            os.close(c.opts.images_dir_fd)
         return {"success": resp.success, "errmsg": resp.cr_errmsg, "exception": exc}
 
     out, syslog = run_with_devlog(refused_restore)
