@@ -197,6 +197,14 @@ static bool marker_present(void)
 	return lstat(CRIUSEC_REQUIRED_MARKER, &st) == 0 || errno != ENOENT;
 }
 
+/* criu works in its work directory (-W, else -D), and so do relative paths. */
+static const char *relative_hint(const char *a, const char *b)
+{
+	if ((a && a[0] != '/') || (b && b[0] != '/'))
+		return " (a relative path is taken from the work directory: -W, else -D)";
+	return "";
+}
+
 /*
  * While criu holds key material or plaintext: no core dump (criu's cwd may
  * be the images directory) and no ptrace by anyone but root.  For the rest
@@ -232,9 +240,15 @@ static int load_signer(struct criusec_signer **s, const char **key_out, const ch
 	}
 	*s = criusec_signer_load(key, cert);
 	if (!*s) {
-		pr_err("Can't sign with %s and %s: %s (set --sign-key/--sign-cert, or the config lines "
-		       "'sign-key PATH' and 'sign-cert PATH' in %s)\n",
-		       criusec_key_display(key), cert, criusec_last_error(), CRIUSEC_DEFAULT_CONF);
+		/* The engine's reason names the file; say which setting gave it. */
+		if (opts.sign_key)
+			pr_err("Signing identity (--sign-key/--sign-cert, or the config lines 'sign-key PATH' and "
+			       "'sign-cert PATH' in %s): %s%s\n",
+			       CRIUSEC_DEFAULT_CONF, criusec_last_error(), relative_hint(key, cert));
+		else
+			pr_err("CRIU's default signing identity can't be used: %s (replace it, or set the config "
+			       "lines 'sign-key PATH' and 'sign-cert PATH' in %s, or --sign-key/--sign-cert)\n",
+			       criusec_last_error(), CRIUSEC_DEFAULT_CONF);
 		return -1;
 	}
 	if (key_out)
@@ -300,21 +314,31 @@ static const char *policy_why(const struct criusec_policy *pol)
 	return CRIUSEC_REQUIRED_MARKER " exists";
 }
 
-/* After a policy refusal: the config line (or flag) that fixes it. */
-static void policy_hint(const struct criusec_policy *pol, const struct criusec_verdict *v)
+/*
+ * A policy refusal and the config line (or flag) that fixes it, in one
+ * line: RPC callers and syslog get the first error line only.
+ */
+static void policy_refusal(const char *why, const struct criusec_policy *pol, const struct criusec_verdict *v)
 {
-	if (!criusec_trust_count(pol->trust))
-		pr_err("This host requires checkpoints signed by a trusted signer (%s exists), but no trusted "
-		       "signer is configured: pass --trust PEM, add a line 'trust PEM' to %s, or install %s\n",
-		       CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_TRUST);
+	if (v->trusted || (v->is_signed && !policy_protects(pol)))
+		/* The signer is fine: the checkpoint's age is not. */
+		pr_err("%s (the limit is --max-age, or a 'max-age SECONDS' line in %s)\n", why, CRIUSEC_DEFAULT_CONF);
+	else if (!policy_protects(pol))
+		pr_err("%s: dump with a signing key ('sign-key'/'sign-cert' in the dumping host's %s, or "
+		       "--sign-key/--sign-cert), or restore without --max-age ('max-age' line)\n",
+		       why, CRIUSEC_DEFAULT_CONF);
+	else if (!criusec_trust_count(pol->trust))
+		pr_err("%s: %s exists, but no trusted signer is configured: pass --trust PEM, add a line "
+		       "'trust PEM' to %s, or install %s\n",
+		       why, CRIUSEC_REQUIRED_MARKER, CRIUSEC_DEFAULT_CONF, CRIUSEC_DEFAULT_TRUST);
 	else if (!v->is_signed)
-		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): dump with a signing "
-		       "key ('sign-key'/'sign-cert' in the dumping host's %s, or --sign-key/--sign-cert)\n",
-		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+		pr_err("%s (%s): dump with a signing key ('sign-key'/'sign-cert' in the dumping host's %s, or "
+		       "--sign-key/--sign-cert)\n",
+		       why, policy_why(pol), CRIUSEC_DEFAULT_CONF);
 	else
-		pr_err("Only checkpoints signed by a trusted signer are restored here (%s): add the signer's "
-		       "CA or certificate to a trust file (--trust PEM, or a line 'trust PEM' in %s)\n",
-		       policy_why(pol), CRIUSEC_DEFAULT_CONF);
+		pr_err("%s (%s): add the signer's CA or certificate to a trust file (--trust PEM, or a line "
+		       "'trust PEM' in %s)\n",
+		       why, policy_why(pol), CRIUSEC_DEFAULT_CONF);
 }
 
 int check_criusec(void)
@@ -520,6 +544,7 @@ int criusec_dump_start(void)
 {
 	enum criusec_aead aead = CRIUSEC_AEAD_AUTO;
 	struct dir_state *parent;
+	bool default_cert;
 	int i;
 
 	if (!opts.encrypt) {
@@ -579,7 +604,8 @@ int criusec_dump_start(void)
 		pr_err("Can't bind the checkpoint to its parent: %s\n", criusec_last_error());
 		goto err;
 	}
-	if (opts.nr_encrypt_certs == 0 && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
+	default_cert = opts.nr_encrypt_certs == 0;
+	if (default_cert && add_encrypt_cert(CRIUSEC_DEFAULT_CERT))
 		goto err;
 	if (opts.unchecked_recipients)
 		pr_warn("--unchecked-recipients: recipient certificates are not checked for validity and key usage\n");
@@ -588,9 +614,17 @@ int criusec_dump_start(void)
 						   opts.unchecked_recipients ? CRIUSEC_RECIPIENT_UNCHECKED : 0);
 
 		if (rc) {
-			pr_err("Recipient %s (--tls-cert, or a 'tls-cert PATH' line in %s): %s%s\n",
-			       opts.encrypt_certs[i], CRIUSEC_DEFAULT_CONF, criusec_last_error(),
-			       rc == -EKEYREJECTED ? " (--unchecked-recipients takes it anyway, for test setups)" : "");
+			/* The engine's reason names the file; say which setting gave it. */
+			if (default_cert)
+				pr_err("No usable recipient: no --tls-cert or 'tls-cert PATH' line in %s, and CRIU's "
+				       "default %s (criusec-keygen --default makes one)\n",
+				       CRIUSEC_DEFAULT_CONF, criusec_last_error());
+			else
+				pr_err("Recipient certificate (--tls-cert, or a 'tls-cert PATH' line in %s): %s%s%s\n",
+				       CRIUSEC_DEFAULT_CONF, criusec_last_error(),
+				       relative_hint(opts.encrypt_certs[i], NULL),
+				       rc == -EKEYREJECTED ? " (--unchecked-recipients takes it anyway, for test setups)" :
+							     "");
 			goto err;
 		}
 		pr_info("Encrypting for %s\n", opts.encrypt_certs[i]);
@@ -1267,10 +1301,15 @@ static int check_header(const struct criusec_header *h)
 	if (get_policy(&pol))
 		return -1;
 	ret = criusec_header_check(h, &pol, &v);
+	if (ret == -EKEYREJECTED) {
+		char why[512]; /* the engine's next call clears its error */
+
+		snprintf(why, sizeof(why), "%s", criusec_last_error());
+		policy_refusal(why, &pol, &v);
+		return -1;
+	}
 	if (ret) {
 		pr_err("%s\n", criusec_last_error());
-		if (ret == -EKEYREJECTED)
-			policy_hint(&pol, &v);
 		return -1;
 	}
 	if (v.is_signed)

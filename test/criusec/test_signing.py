@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from conftest import CRIU, REPO, wait_gone
 from test_encrypt import MAGIC, dir_digest, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
 from test_libcriu import client, log_tail, run_client  # noqa: F401 (client is a fixture)
+from test_messages import fill_opts
 
 SRC = REPO / "build" / "src"
 MARKER = pathlib.Path("/etc/criu/encryption-required")  # on the tests' private tmpfs (conftest)
@@ -393,14 +394,7 @@ def test_rpc_fields(workloads, criu, tmp_path, keys):
     def rpc(action, img, **fields):
         c = pycriu.criu()
         c.use_binary(CRIU)
-        c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
-        c.opts.log_file = f"{action}.log"
-        c.opts.log_level = 4
-        for k, v in fields.items():
-            if isinstance(v, list):
-                getattr(c.opts, k).extend(v)
-            else:
-                setattr(c.opts, k, v)
+        fill_opts(c.opts, img, f"{action}.log", **fields)
         try:
             return getattr(c, action)()
         finally:

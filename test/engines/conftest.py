@@ -19,6 +19,8 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -29,6 +31,8 @@ import isolation
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "test" / "criusec"))
+import devlog  # noqa: E402 (the integration tests' /dev/log of a test's own)
 STATE = pathlib.Path(isolation.STATE)
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -36,9 +40,18 @@ PR_SET_CHILD_SUBREAPER = 36
 TIMES = []
 # (what, bytes), printed at the end.
 SIZES = []
-# (engine, what, stderr, whether criu's log was there to read): what an
+# (engine, what, stderr, whether criu's log was there to read, whether the
+# engine's output names criusec's reason, criu's syslog line): what an
 # operator sees when criu refuses.
 MESSAGES = []
+# What reached /dev/log in the session's namespaces (criu under every
+# engine sends a failed request's reason there), in order.
+SYSLOG = []
+
+
+def _read_syslog(sk):
+    while True:
+        SYSLOG.append(sk.recv(65536).decode(errors="replace"))
 
 
 def record(engine, mode, action, seconds):
@@ -53,6 +66,11 @@ def pytest_configure(config):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     config.criusec_cgroups = isolation.cgroup_snapshot()
     isolation.isolate()
+    # A /dev/log of the run's own, read all along (a full queue would block
+    # whoever logs): criu's syslog line of a refusal, under every engine.
+    (STATE / "dev").mkdir()
+    sk = devlog.dev_with_log(STATE / "dev")
+    threading.Thread(target=_read_syslog, args=(sk,), daemon=True).start()
     # For test-engines.sh: after the run, no process may be left in it.
     if os.environ.get("CRIUSEC_ENGINES_NSFILE"):
         with open(os.environ["CRIUSEC_ENGINES_NSFILE"], "w") as f:
@@ -130,11 +148,13 @@ def pytest_terminal_summary(terminalreporter):
         for what, n in SIZES:
             terminalreporter.write_line(f"{what}: {n} bytes")
     if MESSAGES:
-        terminalreporter.section("what the engines print when criu refuses (last line)")
-        for engine, what, err, log in MESSAGES:
+        terminalreporter.section("what the engines print when criu refuses (last line), and syslog")
+        for engine, what, err, log, shown, line in MESSAGES:
             last = (err.strip().splitlines() or [""])[-1]
             log = "criu's log read" if log else "criu's log gone"
-            terminalreporter.write_line(f"{engine}, {what} ({log}): {last[:300]}")
+            shown = "shows criusec's reason" if shown else "no reason shown"
+            terminalreporter.write_line(f"{engine}, {what} ({log}; {shown}): {last[:300]}")
+            terminalreporter.write_line(f"    syslog: {line[:300]}")
 
 
 class Daemon:

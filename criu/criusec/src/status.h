@@ -32,10 +32,13 @@ public:
 	int err() const noexcept { return err_; }
 	const std::string &message() const noexcept { return msg_; }
 
-	/* "what: message", for context added on the way up. */
+	/*
+	 * "what: message", for context added on the way up; once only, so a
+	 * path an inner layer already named is not repeated.
+	 */
 	Status with_context(const std::string &what) &&
 	{
-		if (!ok())
+		if (!ok() && msg_.compare(0, what.size() + 2, what + ": ") != 0)
 			msg_ = what + ": " + msg_;
 		return std::move(*this);
 	}

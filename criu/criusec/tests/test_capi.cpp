@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "criusec.h"
+#include "test_util.h"
 
 /* tests/c_abi.c: calls made from C, where any int is a valid enum value. */
 extern "C" const char *c_aead_name_raw(int v);
@@ -89,6 +90,23 @@ TEST(Capi, LastErrorIsClearedBySuccessAndPerThread)
 	EXPECT_EQ(other, "");
 	EXPECT_EQ(criusec_aead_parse("auto", &a), 0);
 	EXPECT_STREQ(criusec_last_error(), "");
+}
+
+/* Each layer adds its context once: a missing file is named once, not per layer. */
+TEST(Capi, MissingSigningFilesAreNamedOnce)
+{
+	const auto &pair = criusec::test::test_key("named-once", 2048);
+	const std::string missing = "/nonexistent/signing.pem";
+	for (bool key_missing : {true, false}) {
+		EXPECT_EQ(criusec_signer_load(key_missing ? missing.c_str() : pair.key.c_str(),
+					      key_missing ? pair.cert.c_str() : missing.c_str()),
+			  nullptr);
+		std::string err = criusec_last_error();
+		auto at = err.find(missing);
+		ASSERT_NE(at, std::string::npos) << err;
+		EXPECT_EQ(err.find(missing, at + 1), std::string::npos) << "named twice: " << err;
+		EXPECT_NE(err.find("No such file"), std::string::npos) << err;
+	}
 }
 
 TEST(Capi, HeaderIsUsableFromC)

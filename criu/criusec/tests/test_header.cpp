@@ -436,7 +436,10 @@ TEST_F(Header, RecipientCertificateErrors)
 {
 	auto c = make({});
 	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), "/nonexistent/cert.pem", 0), -ENOENT);
-	EXPECT_NE(std::string(criusec_last_error()).find("/nonexistent/cert.pem"), std::string::npos);
+	std::string err = criusec_last_error();
+	auto at = err.find("/nonexistent/cert.pem");
+	EXPECT_NE(at, std::string::npos);
+	EXPECT_EQ(err.find("/nonexistent/cert.pem", at + 1), std::string::npos) << "path named twice: " << err;
 	EXPECT_EQ(criusec_ctx_add_recipient(c.get(), k1_->key.c_str(), 0), -EINVAL); /* a key, not a cert */
 	EXPECT_NE(std::string(criusec_last_error()).find("not a PEM X.509 certificate"), std::string::npos);
 	auto &ec = test_key("ecdsa", 256, KeyType::Ecdsa);
