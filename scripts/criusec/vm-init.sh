@@ -58,6 +58,8 @@ if [ "${1:-}" != stage2 ]; then
 fi
 
 bb=/run/vm/busybox
+# Plain "\n" on the console: the host shows it as it comes (no filter).
+$bb stty -onlcr
 echo /run/vm/modprobe >/proc/sys/kernel/modprobe
 $bb sysctl -q -w vm.unprivileged_userfaultfd=1 fs.pipe-max-size=4194304
 # criu's socket dumps and ZDTM's tun tests.

@@ -93,7 +93,7 @@ esac
 say "booting Debian's $(cat "$img/kernel.stamp") ($accel, timeout ${timeout}s), results in $results"
 start=$(date +%s)
 rc=0
-qemu "$timeout" "$@" | tr -d '\r' | tee "$results/console.log" || rc=$?
+qemu "$timeout" "$@" | tee "$results/console.log" || rc=$?
 say "guest ran $(($(date +%s) - start)) s"
 if [ -f "$results/rc" ]; then
 	exit "$(cat "$results/rc")"

@@ -147,6 +147,9 @@ def test_zdtm_chain_modes_without_tracking(tmp_path, mode):
     instead of exiting 0 having run (and reported) nothing."""
     tests = ["zdtm/static/env00", "zdtm/transition/fork"]
     env = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin:" + os.environ["PATH"])
+    # zdtm.py builds every test when it finds no libzdtmtst.a: it needs none here.
+    subprocess.run(["make", "-s", "-C", "zdtm/lib"], cwd=SRC / "test", env=env, check=True,
+                   capture_output=True, timeout=600)
     r = subprocess.run(["/usr/bin/python3", "zdtm.py", "run", *mode, "-f", "uns", "--keep-going",
                         "--report", str(tmp_path), *[a for t in tests for a in ("-t", t)]],
                        cwd=SRC / "test", env=env, capture_output=True, text=True, timeout=300)
