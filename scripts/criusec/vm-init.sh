@@ -23,7 +23,9 @@ if [ "${1:-}" != stage2 ]; then
 		die "cannot mount the host's root"
 	$bb mount -t tmpfs -o mode=0755 rw /rw
 	$bb mkdir /rw/upper /rw/work
-	$bb mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /newroot ||
+	# redirect_dir: directories from the host can be renamed too (ZDTM
+	# renames its dump directories, which a run on the host may have left).
+	$bb mount -t overlay -o redirect_dir=on,lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /newroot ||
 		die "cannot mount the overlay"
 	n=/newroot
 	$bb mount -t proc proc $n/proc
