@@ -3,15 +3,16 @@
 # sourced by run-tests.sh (make test) and vm-tests.sh (make test-vm, in the
 # guest).  Needs $repo, $src and $log (a directory for the layers' output).
 # A layer fails when it exits non-zero, fails a test, or passes none.
-tp=0 tf=0 ts=0 bad=""
+tp=0 tf=0 ts=0 bad="" since=$SECONDS
 
 count() { # FILE REGEX -> first number matched, or 0
 	n=$(grep -oE "$2" "$1" | tail -1 | grep -oE '[0-9]+' | head -1)
 	echo "${n:-0}"
 }
 
-layer() { # NAME PASSED FAILED SKIPPED RC
-	echo "== $1: $2 passed, $3 failed, $4 skipped"
+layer() { # NAME PASSED FAILED SKIPPED RC; with the seconds since the last layer
+	echo "== $1: $2 passed, $3 failed, $4 skipped ($((SECONDS - since)) s)"
+	since=$SECONDS
 	tp=$((tp + $2)) tf=$((tf + $3)) ts=$((ts + $4))
 	if [ "$5" -ne 0 ] || [ "$3" -ne 0 ] || [ "$2" -eq 0 ]; then bad="$bad $1"; fi
 }
