@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the Debian packages the build, the tests and the benchmarks need.
+# Install the Debian packages the build, the tests and the benchmarks need;
+# "deps.sh vm": those of the VM test layer (scripts/criusec/vm.sh) instead.
 # Idempotent: apt-get update runs only when a package is missing.
 # libbpf-dev: CRIU dumps BPF maps only when built with it.
 # softhsm2: a PKCS#11 token for the tests of private keys kept in a token.
@@ -13,6 +14,9 @@ python3 python3-protobuf python3-cryptography python3-yaml python3-pytest python
 cmake g++ googletest libgtest-dev clang libclang-rt-dev
 iproute2 iptables nftables procps psmisc util-linux tar gnutls-bin asciidoctor xmlto
 age gnupg openssl softhsm2"
+# QEMU, and the guest's initramfs (static busybox); the guest's kernel is
+# fetched by vm-image.sh, never installed.
+if [ "${1:-}" = vm ]; then PKGS="qemu-system-x86 busybox-static"; fi
 
 missing=""
 for p in $PKGS; do

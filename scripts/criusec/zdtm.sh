@@ -1,9 +1,10 @@
 #!/bin/sh
 # Run CRIU's own test suite (ZDTM) against the built tree.
 #   zdtm.sh SRC smoke [zdtm.py run options...]   the list in test/criusec/zdtm-smoke.list
+#   zdtm.sh SRC chain [zdtm.py run options...]   the list in test/criusec/zdtm-chain.list
 #   zdtm.sh SRC full  [zdtm.py run options...]   every test (long)
-# ZDTM_EXCLUDE="test ..." (with ZDTM_EXCLUDE_WHY) leaves tests of the smoke
-# list out; each is reported, and counted as skipped.
+# ZDTM_EXCLUDE="test ..." (with ZDTM_EXCLUDE_WHY) leaves tests of a list
+# out; each is reported, and counted as skipped.
 # Prints "zdtm: N passed, N failed, N skipped" from zdtm's TAP report; exits
 # non-zero when a test failed or none ran.
 set -eu
@@ -23,16 +24,16 @@ make -s -C zdtm -j"$(nproc)" >zdtm-build.log 2>&1 || { tail -30 zdtm-build.log; 
 
 report=$(mktemp -d /tmp/zdtm-report.XXXXXX)
 case "$set_name" in
-smoke)	# -t per test: --from would turn --keep-going (and so the report) off.
-	list=$(grep -v '^[[:space:]]*\(#\|$\)' criusec/zdtm-smoke.list)
+full)	sel="-a" ;;
+*)	# -t per test: --from would turn --keep-going (and so the report) off.
+	[ -f "criusec/zdtm-$set_name.list" ] || die "no list test/criusec/zdtm-$set_name.list"
+	list=$(grep -v '^[[:space:]]*\(#\|$\)' "criusec/zdtm-$set_name.list")
 	for t in ${ZDTM_EXCLUDE:-}; do
 		echo "zdtm: skip $t: ${ZDTM_EXCLUDE_WHY:-excluded}"
 		list=$(echo "$list" | grep -vx "$t")
 		excluded=$((${excluded:-0} + 1))
 	done
 	sel=$(echo "$list" | sed 's/^/-t /' | tr '\n' ' ') ;;
-full)	sel="-a" ;;
-*)	die "unknown set $set_name" ;;
 esac
 # Only the "uns" flavour works for most tests here: root lacks
 # CAP_SYS_RESOURCE, so h/ns cannot read rlimits of tests that switch uid.

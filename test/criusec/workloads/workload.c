@@ -7,7 +7,7 @@
  * kind of state the workload is about.
  *
  *   workload MODE STATUS_FILE [ARG]
- *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets
+ *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets, churn
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -80,6 +80,65 @@ static int run_memory(const char *mib_arg)
 		}
 		if (i == n)
 			status("memory OK %zu", len);
+	}
+}
+
+/*
+ * churn MIB: MIB of memory whose first eighth it keeps rewriting, a page
+ * at a time, for pre-dump chains.  Page p of generation g is page_fill(p,
+ * g); pages below the cursor are of generation gen, the rest of the
+ * eighth of gen - 1, all others of generation 0.  So every byte is known:
+ * on SIGUSR1 it checks them all and reports "churn OK GEN" (or where it
+ * found a wrong page).  The canary opens each MiB.
+ */
+#define PAGE 4096
+
+static void page_fill(uint64_t *w, size_t p, uint64_t g)
+{
+	uint64_t s = (p + 1) * 0x9e3779b97f4a7c15ULL ^ (g + 1) * 0xbf58476d1ce4e5b9ULL;
+
+	w[0] = g;
+	for (size_t i = 1; i < PAGE / sizeof(*w); i++)
+		w[i] = next_rand(&s);
+	if (p % 256 == 0)
+		memcpy((char *)w + 64, canary, strlen(canary));
+}
+
+static int run_churn(const char *mib_arg)
+{
+	size_t len = (size_t)atol(mib_arg ? mib_arg : "256") << 20, pages = len / PAGE;
+	size_t hot = pages / 8, cursor = 0, p;
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t gen = 1, want[PAGE / sizeof(uint64_t)];
+
+	if (mem == MAP_FAILED || hot == 0 || strlen(canary) > PAGE - 64)
+		return 2;
+	for (p = 0; p < pages; p++)
+		page_fill((uint64_t *)(mem + p * PAGE), p, 0);
+	status("ready %zu %zu", pages, hot);
+	for (;;) {
+		page_fill((uint64_t *)(mem + cursor * PAGE), cursor, gen);
+		if (++cursor == hot) {
+			cursor = 0;
+			gen++;
+		}
+		if (cursor % 256)
+			continue;
+		/* A MiB at a time, then a breath: the dumps need the CPU too. */
+		nap_ms(5);
+		if (!report_wanted)
+			continue;
+		report_wanted = 0;
+		for (p = 0; p < pages; p++) {
+			page_fill(want, p, p < cursor ? gen : p < hot ? gen - 1 : 0);
+			if (memcmp(want, mem + p * PAGE, PAGE))
+				break;
+		}
+		if (p == pages)
+			status("churn OK %llu", (unsigned long long)gen);
+		else
+			status("churn BAD page %zu of %zu (generation %llu, cursor %zu)", p, pages,
+			       (unsigned long long)gen, cursor);
 	}
 }
 
@@ -304,6 +363,8 @@ int main(int argc, char **argv)
 		return run_pipe2();
 	if (!strcmp(argv[1], "secrets"))
 		return run_secrets();
+	if (!strcmp(argv[1], "churn"))
+		return run_churn(argc > 3 ? argv[3] : NULL);
 	fprintf(stderr, "unknown mode %s\n", argv[1]);
 	return 1;
 }

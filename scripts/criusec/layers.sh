@@ -1,0 +1,46 @@
+# shellcheck shell=bash disable=SC2154
+# Test layers, each printing its own count, then the total and the verdict:
+# sourced by run-tests.sh (make test) and vm-tests.sh (make test-vm, in the
+# guest).  Needs $repo, $src and $log (a directory for the layers' output).
+# A layer fails when it exits non-zero, fails a test, or passes none.
+tp=0 tf=0 ts=0 bad="" since=$SECONDS
+
+count() { # FILE REGEX -> first number matched, or 0
+	n=$(grep -oE "$2" "$1" | tail -1 | grep -oE '[0-9]+' | head -1)
+	echo "${n:-0}"
+}
+
+layer() { # NAME PASSED FAILED SKIPPED RC; with the seconds since the last layer
+	echo "== $1: $2 passed, $3 failed, $4 skipped ($((SECONDS - since)) s)"
+	since=$SECONDS
+	tp=$((tp + $2)) tf=$((tf + $3)) ts=$((ts + $4))
+	if [ "$5" -ne 0 ] || [ "$3" -ne 0 ] || [ "$2" -eq 0 ]; then bad="$bad $1"; fi
+}
+
+pytest_layer() { # NAME [pytest arguments], in test/criusec, on the built criu
+	local name=$1 rc
+	shift
+	(cd "$repo/test/criusec" && CRIU="$src/criu/criu" /usr/bin/python3 -m pytest -v -rs -p no:cacheprovider "$@") 2>&1 | tee "$log/$name"
+	rc=$?
+	layer "$name" "$(count "$log/$name" '[0-9]+ passed')" \
+		"$(( $(count "$log/$name" '[0-9]+ failed') + $(count "$log/$name" '[0-9]+ errors?') ))" \
+		"$(count "$log/$name" '[0-9]+ skipped')" "$rc"
+}
+
+zdtm_layer() { # NAME SET [zdtm.py options]: see zdtm.sh
+	local name=$1 set=$2 rc
+	shift 2
+	echo "== $name (CRIU's own tests, test/criusec/zdtm-$set.list $*)"
+	"$repo/scripts/criusec/zdtm.sh" "$src" "$set" "$@" 2>&1 | tee "$log/$name"
+	rc=$?
+	layer "$name" "$(count "$log/$name" '[0-9]+ passed,')" "$(count "$log/$name" '[0-9]+ failed,')" \
+		"$(count "$log/$name" '[0-9]+ skipped$')" "$rc"
+}
+
+finish() { # WHAT: the total; non-zero when a layer failed
+	echo "$1: $tp passed, $tf failed, $ts skipped"
+	if [ -n "$bad" ]; then
+		echo "FAILED layers:$bad" >&2
+		return 1
+	fi
+}

@@ -1,0 +1,29 @@
+#!/bin/bash
+# make test-vm, inside the guest (vm.sh runs it under Debian 12's kernel):
+# the layers that need memory tracking, each with its count, then the total.
+# Exits non-zero if any layer fails or runs no test; the layers' output is
+# kept in $VM_RESULTS/logs for the host.
+# Usage: vm-tests.sh SRC
+set -u -o pipefail
+src=$(realpath "$1")
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+log=${VM_RESULTS:?run me through vm.sh}/logs
+mkdir -p "$log"
+# shellcheck source=scripts/criusec/layers.sh
+. "$repo/scripts/criusec/layers.sh"
+
+# Without tracking everything below would skip (and fail for passing
+# nothing): say why first.
+echo "== memory tracking (criu check --feature mem_dirty_track) on $(uname -r)"
+"$src/criu/criu" check --feature mem_dirty_track 2>&1 | tee "$log/tracking"
+rc=$?
+layer tracking $((rc == 0)) $((rc != 0)) 0 "$rc"
+
+echo "== pre-dump chains (pytest test_chains.py)"
+pytest_layer chains test_chains.py
+
+zdtm_layer zdtm-chain-pre chain --pre 2
+zdtm_layer zdtm-chain-snaps chain --pre 2 --snaps
+
+finish "criusec VM tests"
