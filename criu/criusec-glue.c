@@ -27,6 +27,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/keyctl.h>
 #include <unistd.h>
 
 #include "criusec.h"
@@ -54,6 +56,7 @@
 #define CRIUSEC_REQUIRED_MARKER GLOBAL_CONFIG_DIR "encryption-required"
 #define CRIUSEC_DEFAULT_TRUST	 GLOBAL_CONFIG_DIR "trusted-signers.pem"
 #define CRIUSEC_DEFAULT_CONF	 GLOBAL_CONFIG_DIR "default.conf"
+#define CHAIN_KEY_TTL		 (7 * 24 * 3600) /* see chain_key_store() */
 
 /*
  * Dump side.  The context is made before any image is written, so every
@@ -198,9 +201,14 @@ static bool marker_present(void)
 }
 
 /* criu works in its work directory (-W, else -D), and so do relative paths. */
+static bool relative_path(const char *p)
+{
+	return p && p[0] != '/' && !criusec_key_is_url(p);
+}
+
 static const char *relative_hint(const char *a, const char *b)
 {
-	if ((a && a[0] != '/') || (b && b[0] != '/'))
+	if (relative_path(a) || relative_path(b))
 		return " (a relative path is taken from the work directory: -W, else -D)";
 	return "";
 }
@@ -527,9 +535,10 @@ static int dump_parent(struct dir_state **pd)
 	*pd = dir_load(pfd, DIR_PARENT, NULL);
 	close(pfd);
 	if (!*pd) {
-		pr_err("The incremental dump can't read its parent checkpoint %s (see above); give a key that is "
-		       "a recipient of it (--tls-key, or a 'tls-key PATH' line in %s)\n",
-		       opts.img_parent, CRIUSEC_DEFAULT_CONF);
+		pr_err("The incremental dump can't read its parent checkpoint %s (see above): its chain key is not "
+		       "in this host's keyring (made elsewhere, or more than %d days ago), so give a key that is a "
+		       "recipient of it (--tls-key, or a 'tls-key PATH' line in %s)\n",
+		       opts.img_parent, CHAIN_KEY_TTL / 86400, CRIUSEC_DEFAULT_CONF);
 		return -1;
 	}
 	if (!(*pd)->encrypted) {
@@ -732,6 +741,81 @@ out:
 	return ret;
 }
 
+/*
+ * The chain keyring: after each encrypted dump, its chain secret waits in
+ * root's user keyring (never on disk, readable by root only, gone after
+ * CHAIN_KEY_TTL), so that a later incremental dump on this host reads it
+ * as its parent even when this host is not a recipient (it dumps for a
+ * target host and an escrow key).  --tls-key is the fallback.
+ */
+#define CHAIN_KEY_PERM 0x3f010000 /* possessor: all; user (root): view */
+
+static void chain_key_desc(const uint8_t id[CRIUSEC_ID_LEN], char *buf, size_t len)
+{
+	int i;
+
+	snprintf(buf, len, "criusec:");
+	for (i = 0; i < CRIUSEC_ID_LEN; i++)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%02x", id[i]);
+}
+
+static void chain_key_store(struct criusec_ctx *ctx)
+{
+	uint8_t secret[CRIUSEC_CHAIN_SECRET_LEN];
+	char desc[64];
+	long key;
+
+	if (criusec_ctx_chain_secret(ctx, secret))
+		return;
+	chain_key_desc(criusec_ctx_id(ctx), desc, sizeof(desc));
+	key = syscall(SYS_add_key, "user", desc, secret, sizeof(secret), KEY_SPEC_USER_KEYRING);
+	explicit_bzero(secret, sizeof(secret));
+	if (key < 0) {
+		pr_warn("Can't keep the chain key in the keyring (%s): an incremental dump over this checkpoint will "
+			"need --tls-key\n",
+			strerror(errno));
+		return;
+	}
+	if (syscall(SYS_keyctl, KEYCTL_SETPERM, key, CHAIN_KEY_PERM) ||
+	    syscall(SYS_keyctl, KEYCTL_SET_TIMEOUT, key, CHAIN_KEY_TTL))
+		pr_warn("Can't restrict the chain key %s: %s\n", desc, strerror(errno));
+	pr_info("The chain key %s is in root's keyring for %d days, for incremental dumps over this checkpoint\n",
+		desc, CHAIN_KEY_TTL / 86400);
+}
+
+/*
+ * The parent's context from the keyring, or NULL: *tried says whether a
+ * chain key was there (and failed: said why), else none was.
+ */
+static struct criusec_ctx *chain_key_import(const struct criusec_header *h, bool *tried)
+{
+	uint8_t secret[CRIUSEC_CHAIN_SECRET_LEN];
+	struct criusec_ctx *ctx;
+	char desc[64];
+	long key, n;
+
+	chain_key_desc(h->ckpt_id, desc, sizeof(desc));
+	key = syscall(SYS_keyctl, KEYCTL_SEARCH, KEY_SPEC_USER_KEYRING, "user", desc, 0);
+	if (key < 0) {
+		pr_info("No chain key %s in the keyring: trying --tls-key\n", desc);
+		return NULL;
+	}
+	n = syscall(SYS_keyctl, KEYCTL_READ, key, secret, sizeof(secret));
+	if (n != sizeof(secret)) {
+		explicit_bzero(secret, sizeof(secret));
+		pr_info("Can't read the chain key %s: trying --tls-key\n", desc);
+		return NULL;
+	}
+	*tried = true;
+	ctx = criusec_ctx_import_secret(h, secret);
+	explicit_bzero(secret, sizeof(secret));
+	if (!ctx)
+		pr_err("cipher.img: %s (with the chain key %s)\n", criusec_last_error(), desc);
+	else
+		pr_info("cipher.img: read with the chain key %s\n", desc);
+	return ctx;
+}
+
 int criusec_dump_finish(int ret)
 {
 	if (!dump_ctx)
@@ -746,6 +830,8 @@ int criusec_dump_finish(int ret)
 				pr_err("cipher.img: %s\n", criusec_last_error());
 			manifest->failed = 1;
 		}
+		if (!manifest->failed)
+			chain_key_store(dump_ctx);
 	}
 	ret = manifest->failed ? -1 : 0;
 	criusec_ctx_free(dump_ctx);
@@ -1437,7 +1523,16 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 	if (check_header(&ph.h))
 		goto err;
 	holding_keys();
-	d->ctx = restore_import(&ph.h);
+	if (role == DIR_PARENT && (opts.mode == CR_DUMP || opts.mode == CR_PRE_DUMP)) {
+		/* A dump reads its parent with the chain key it left, else a recipient's key. */
+		bool tried = false;
+
+		d->ctx = chain_key_import(&ph.h, &tried);
+		if (!d->ctx && tried)
+			goto err;
+	}
+	if (!d->ctx)
+		d->ctx = restore_import(&ph.h);
 	if (!d->ctx)
 		goto err;
 	pb_header_free(&ph);
@@ -2267,6 +2362,17 @@ int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *gran
 	ps_grant.type = fd_type;
 	pr_info("The dump grants the seal of %s\n", ps_grant.name);
 	return 0;
+}
+
+bool criusec_ps_parent_opaque(void)
+{
+	/*
+	 * The page server of an encrypted dump holds no key of the parent's
+	 * pagemaps (they were sealed under grants): it cannot read them, so it
+	 * neither checks the holes against them nor dedups them; restore
+	 * checks every hole, as every page.
+	 */
+	return opts.mode == CR_PAGE_SERVER && ps_grant.used;
 }
 
 bool criusec_ps_grant_used(void)

@@ -67,6 +67,8 @@ extern int criusec_ps_entry(int sk, uint64_t vaddr, uint32_t nr_pages, uint32_t 
 extern void criusec_ps_closed(int sk);
 extern int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *grant, size_t len);
 extern bool criusec_ps_grant_used(void);
+/* Page server: the dump now opened is encrypted, so its parent's pagemaps are not readable here. */
+extern bool criusec_ps_parent_opaque(void);
 
 /*
  * Restore: once it succeeded (ok) or failed, wipe every plaintext and key

@@ -206,6 +206,17 @@ int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr);
  * a caller holding several keys tries the next one then.
  */
 struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const char *key);
+/*
+ * Incremental dumps on a host that is not a recipient of its own
+ * checkpoints: criusec_ctx_chain_secret() gives what reads this checkpoint
+ * again (as secret as the checkpoint: the caller keeps it where only root
+ * reads it, and wipes its copy), criusec_ctx_import_secret() uses it
+ * instead of a private key.  The header MAC is checked the same way.
+ */
+#define CRIUSEC_CHAIN_SECRET_LEN 32
+int criusec_ctx_chain_secret(const struct criusec_ctx *ctx, uint8_t out[CRIUSEC_CHAIN_SECRET_LEN]);
+struct criusec_ctx *criusec_ctx_import_secret(const struct criusec_header *hdr,
+					      const uint8_t secret[CRIUSEC_CHAIN_SECRET_LEN]);
 void criusec_ctx_free(struct criusec_ctx *ctx);
 const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx);
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);

@@ -25,5 +25,9 @@ pytest_layer chains test_chains.py
 
 zdtm_layer zdtm-chain-pre chain --pre 2
 zdtm_layer zdtm-chain-snaps chain --pre 2 --snaps
+# The same encrypted: each dump signs, and reads its parent with the chain
+# key the earlier one left in the keyring (no --tls-key on the dumps).
+zdtm_layer zdtm-chain-pre-encrypt chain --pre 2 --encrypt
+zdtm_layer zdtm-chain-snaps-encrypt chain --pre 2 --snaps --encrypt
 
 finish "criusec VM tests"

@@ -406,6 +406,37 @@ struct criusec_ctx *criusec_ctx_import(const struct criusec_header *hdr, const c
 	return ret;
 }
 
+int criusec_ctx_chain_secret(const struct criusec_ctx *ctx, uint8_t out[CRIUSEC_CHAIN_SECRET_LEN])
+{
+	return guarded([&]() -> Status {
+		if (!ctx || !out)
+			return invalid_argument("NULL context or output");
+		auto sec = ctx->ctx.chain_secret();
+		if (sec.size() != CRIUSEC_CHAIN_SECRET_LEN)
+			return invalid_argument("the context has no chain secret");
+		std::memcpy(out, sec.data(), sec.size());
+		return {};
+	});
+}
+
+struct criusec_ctx *criusec_ctx_import_secret(const struct criusec_header *hdr,
+					      const uint8_t secret[CRIUSEC_CHAIN_SECRET_LEN])
+{
+	criusec_ctx *ret = nullptr;
+	guarded([&]() -> Status {
+		if (!hdr || !secret)
+			return invalid_argument("NULL header or secret");
+		HeaderView v;
+		CRIUSEC_TRY(header_view(hdr, v));
+		auto c = Ctx::import_secret(v, {secret, CRIUSEC_CHAIN_SECRET_LEN});
+		if (!c.ok())
+			return std::move(c).status();
+		ret = new criusec_ctx(std::move(c).value());
+		return {};
+	});
+	return ret;
+}
+
 void criusec_ctx_free(struct criusec_ctx *ctx)
 {
 	delete ctx; /* SecureBytes members wipe the keys */

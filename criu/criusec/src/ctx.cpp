@@ -340,8 +340,27 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, const PrivKey &priv)
 	auto ctx = from_master_key(mk.span(), hdr.ckpt_id, *aead, hdr.chunk_size);
 	if (!ctx.ok())
 		return ctx;
-	Ctx &c = ctx.value();
-	auto mac = c.mac_over(hdr);
+	CRIUSEC_TRY(ctx.value().adopt(hdr));
+	return ctx;
+}
+
+Result<Ctx> Ctx::import_secret(const HeaderView &hdr, std::span<const uint8_t> secret)
+{
+	CRIUSEC_TRY(check_structure(hdr));
+	if (secret.size() != kSha256Len)
+		return invalid_argument("a chain secret is 32 bytes");
+	Ctx c;
+	c.prk_ = SecureBytes(secret);
+	c.id_ = hdr.ckpt_id;
+	c.aead_ = *aead_from_wire(hdr.aead);
+	c.chunk_size_ = hdr.chunk_size;
+	CRIUSEC_TRY(c.adopt(hdr));
+	return c;
+}
+
+Status Ctx::adopt(const HeaderView &hdr)
+{
+	auto mac = mac_over(hdr);
 	if (!mac.ok())
 		return std::move(mac).status();
 	if (!ct_equal(mac.value(), hdr.mac))
@@ -354,20 +373,20 @@ Result<Ctx> Ctx::import(const HeaderView &hdr, const PrivKey &priv)
 		std::copy(r.fpr.begin(), r.fpr.end(), copy.fpr.begin());
 		copy.wrap_alg = r.wrap_alg;
 		copy.wrapped.assign(r.wrapped.begin(), r.wrapped.end());
-		c.recipients_.push_back(std::move(copy));
+		recipients_.push_back(std::move(copy));
 	}
-	c.version_ = hdr.version;
-	c.parent_ = hdr.parent;
-	c.parent_binding_ = hdr.parent_binding;
-	c.created_ = hdr.created;
-	c.manifest_digest_ = hdr.manifest_digest;
-	c.sig_alg_ = static_cast<SigAlg>(hdr.sig_alg);
+	version_ = hdr.version;
+	parent_ = hdr.parent;
+	parent_binding_ = hdr.parent_binding;
+	created_ = hdr.created;
+	manifest_digest_ = hdr.manifest_digest;
+	sig_alg_ = static_cast<SigAlg>(hdr.sig_alg);
 	for (const auto &d : hdr.signer_certs)
-		c.signer_certs_.emplace_back(d.begin(), d.end());
-	c.signature_.assign(hdr.signature.begin(), hdr.signature.end());
-	c.mac_ = hdr.mac;
-	c.sealed_ = true;
-	return ctx;
+		signer_certs_.emplace_back(d.begin(), d.end());
+	signature_.assign(hdr.signature.begin(), hdr.signature.end());
+	mac_ = hdr.mac;
+	sealed_ = true;
+	return {};
 }
 
 } /* namespace criusec */

@@ -107,6 +107,14 @@ public:
 	 * check_header()'s, before this.)
 	 */
 	[[nodiscard]] static Result<Ctx> import(const HeaderView &hdr, const PrivKey &priv);
+	/*
+	 * The same from a checkpoint's chain secret (its PRK, chain_secret())
+	 * instead of a recipient's key: how a dump reads a parent this host
+	 * made but cannot unwrap.  The header MAC is checked the same way.
+	 */
+	[[nodiscard]] static Result<Ctx> import_secret(const HeaderView &hdr, std::span<const uint8_t> secret);
+	/* What import_secret() needs: as secret as the checkpoint. */
+	std::span<const uint8_t> chain_secret() const noexcept { return prk_.span(); }
 
 	/*
 	 * Wrap the master key for the RSA key of a PEM certificate, which must
@@ -145,6 +153,8 @@ public:
 private:
 	Ctx() = default;
 	std::vector<RecipientView> recipient_views() const;
+	/* Check hdr's MAC under this key, then take its fields (import). */
+	[[nodiscard]] Status adopt(const HeaderView &hdr);
 	[[nodiscard]] Result<Mac> binding_for(const Id &child) const;
 
 	SecureBytes mk_;
