@@ -331,7 +331,7 @@ def test_lazy_dump_without_tls_is_refused_when_required(memcanary, criu, tmp_pat
 @needs_uffd
 def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanary, criu, tmp_path, keys, marker):
     """A signed checkpoint, trusted everywhere (the marker requires it); only --tls is missing."""
-    from test_pages import lazy_restore
+    from test_pages import lazy_restore, server_refused
     alice = keys["alice"]
     wl, _ = memcanary("lazy-ps")
     img = tmp_path / "img"
@@ -340,15 +340,7 @@ def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanar
     server, port = start_page_server(img, tmp_path, "--lazy-pages", "--tls-key", alice[1], *trust)
     r, daemon = lazy_restore(criu, img, alice[1], tmp_path, "--page-server", "--address", "127.0.0.1",
                              "--port", port, *trust, restore_args=trust)
-    try:
-        assert server.wait(timeout=60) != 0
-        log = (img / "page-server.log").read_text()
-        assert "serving decrypted pages needs --tls" in log, log[-2000:]
-        daemon.wait(timeout=60)
-        touched_and_killed(wl)
-    finally:
-        daemon.kill()
-        server.kill()
+    server_refused(wl, img, daemon, server, "serving decrypted pages needs --tls")
 
 
 # ---- 7. a refused --auto-dedup restore changes no byte ----
