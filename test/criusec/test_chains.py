@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import CRIU, REPO, wait_gone
+from conftest import CRIU, REPO
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))

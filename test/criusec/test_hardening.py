@@ -17,7 +17,6 @@ import pathlib
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -26,9 +25,9 @@ import pytest
 
 from conftest import CRIU, REPO, wait_gone
 from test_canary_paths import canary_bin, key_pair, new_canary as hex_canary, run  # noqa: F401 (fixtures)
-from test_encrypt import dir_digest, keys  # noqa: F401 (keys is a fixture)
+from test_encrypt import keys  # noqa: F401 (keys is a fixture)
 from test_pages import (dump_through_page_server, memcanary, memcanary_bin, merged, needs_uffd,  # noqa: F401
-                        start_page_server, touched_and_killed)
+                        start_page_server)
 from test_signing import Pki, refused
 
 SRC = REPO / "build" / "src"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import CRIU, HERE, REPO, Workload, free_port, tree_pids, wait_gone
+from conftest import CRIU, HERE, REPO, Workload, free_port, wait_gone
 from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
 
 REGIONS = ("heap", "stack", "shared", "memfd", "sysv")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from conftest import CRIU, REPO, wait_gone
-from test_encrypt import MAGIC, dir_digest, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
+from test_encrypt import dir_digest, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
 from test_libcriu import client, log_tail, run_client  # noqa: F401 (client is a fixture)
 from test_messages import fill_opts
 
@@ -356,7 +356,7 @@ def test_check_names_the_signing_identity(keys):
                        text=True, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert f"a dump would be signed by CN=criusec" in out and alice[1] in out, out
+    assert "a dump would be signed by CN=criusec" in out and alice[1] in out, out
     assert "a restore accepts plaintext and unsigned checkpoints" in out, out
     r = subprocess.run([CRIU, "check", "--feature", "criusec"], capture_output=True, text=True, timeout=60)
     assert "a dump would be unsigned" in r.stdout + r.stderr
@@ -389,7 +389,7 @@ def test_rpc_fields(workloads, criu, tmp_path, keys):
     sys.path.insert(0, str(SRC / "lib"))
     import pycriu
 
-    alice, mallory = keys["alice"], keys["mallory"]
+    alice = keys["alice"]
 
     def rpc(action, img, **fields):
         c = pycriu.criu()
