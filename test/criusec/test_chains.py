@@ -92,6 +92,16 @@ def chain_keys():
 
 
 @pytest.fixture(autouse=True)
+def images_freed(tmp_path):
+    """Chains are large and the VM's /tmp is a tmpfs: after each test only
+    the logs stay (pytest keeps every test's directory until the session ends)."""
+    yield
+    for p in sorted(tmp_path.rglob("*"), reverse=True):
+        if p.is_symlink() or (p.is_file() and not p.name.endswith(".log")):
+            p.unlink()
+
+
+@pytest.fixture(autouse=True)
 def own_chain_keys():
     before = set(chain_keys())
     yield
