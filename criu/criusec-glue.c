@@ -1607,16 +1607,30 @@ static struct dir_state *dir_load(int dfd, enum dir_role role, struct dir_state 
 		return NULL;
 	d->dev = dev;
 	d->ino = ino;
-	d->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+	d->dfd = -1;
 	d->next = dirs;
 	dirs = d;
-	if (d->dfd < 0 || load_dir(dfd, d, role, child)) {
-		/* Keep the failure: later opens of this directory fail too. */
-		dir_forget_secrets(d);
-		d->encrypted = true;
-		return NULL;
+	if (load_dir(dfd, d, role, child))
+		goto fail;
+	/*
+	 * Only an encrypted checkpoint needs its directory later (deferred
+	 * punches).  A plaintext parent is first read inside a restored task,
+	 * whose own files then take the lowest fds: keep none of them.  dfd
+	 * may be AT_FDCWD (the irmap cache in the work dir): reopen, not dup.
+	 */
+	if (d->encrypted) {
+		d->dfd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d->dfd < 0) {
+			pr_perror("Can't reopen an image directory");
+			goto fail;
+		}
 	}
 	return d;
+fail:
+	/* Keep the failure: later opens of this directory fail too. */
+	dir_forget_secrets(d);
+	d->encrypted = true;
+	return NULL;
 }
 
 static struct dir_state *dir_lookup(int dfd)
