@@ -41,6 +41,12 @@ extern int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf,
 /* Page server: read len bytes at the current offset, verified plaintext into pipe; 1 when done. */
 extern int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len);
 /*
+ * Dedup: punch len bytes of pages at off (page number * 4096) of an
+ * encrypted page image; a compressed region goes once all its pages did.
+ * 1 when done, 0 when fd is not one (punch it as usual), -1 on error.
+ */
+extern int criusec_pages_dedup(int fd, unsigned long off, unsigned long len);
+/*
  * For the restorer, which reads pages itself and cannot check them: a
  * memfd gets the verified plaintext at the same offsets, then replaces fd.
  */
