@@ -1467,6 +1467,7 @@ class Checkpoint:
         return {
             "encrypted": True, "format": h["version"], "ckpt_id": _hex(h["ckpt_id"]),
             "aead": AEAD_NAMES[h["aead"]], "chunk_size": h["chunk_size"],
+            "compress": COMPRESS_NAMES.get(h.get("compress") or 0),
             "created": h.get("created"), "created_utc": _utc(h["created"]) if h.get("created") is not None else None,
             "recipients": [{"fingerprint": "SHA256:" + _hex(f), "key": mine.get(f)} for f, _, _ in h["recipients"]],
             "parent_id": _hex(h["parent_id"]) if h["has_parent"] else None,

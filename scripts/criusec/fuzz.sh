@@ -14,12 +14,13 @@ cmake --build "$out" -j"$(nproc)"
 mkdir -p "$out/corpus"
 "$out/criusec-fuzz-seeds" "$out/corpus"
 "$out/criusec-fuzz-trust-seeds" "$out/corpus/trust"
-for t in fuzz_stream_open fuzz_header_import fuzz_grant fuzz_trust; do
+for t in fuzz_stream_open fuzz_header_import fuzz_grant fuzz_trust fuzz_decompress; do
 	case $t in
 	fuzz_stream_open) c="$out/corpus/stream" ;;
 	fuzz_header_import) c="$out/corpus/header" ;;
 	fuzz_grant) c="$out/corpus/grant" ;;
 	fuzz_trust) c="$out/corpus/trust" ;;
+	fuzz_decompress) c="$out/corpus/decompress" ;;
 	esac
 	mkdir -p "$c" "$out/artifacts"
 	echo "== $t: ${secs}s"

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import CRIU, REPO
 from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
-from test_pages import (BIG_MIB, REGIONS, biggest_pages, files_with, lazy_restore, lazy_restored,  # noqa: F401
-                        memcanary, memcanary_bin, needs_uffd, page_images)
+from test_pages import (biggest_pages, files_with, lazy_restore, memcanary, memcanary_bin,  # noqa: F401
+                        needs_uffd, page_images)
 
 ALGS = ("zstd", "lz4")
 RECORDS_MIB = 32
@@ -127,3 +127,242 @@ def test_section_11_vectors_open():
     bad[11] = 2
     with pytest.raises(criusec.FormatError):
         criusec.stream_open(mk, ckpt, 1, 4096, b"core", b"core-1.img", bytes(bad), 2)
+
+
+# ---- every page path ----
+
+@pytest.fixture
+def zpristine(memcanary, criu, tmp_path, keys):
+    """A compressed dump of the memcanary (heap, stack, MAP_SHARED, memfd, SysV; 16 MiB of random memory)."""
+    wl, canary = memcanary("zpristine", 16)
+    img = tmp_path / "zpristine"
+    criu.dump(wl, img, *enc(keys, "--compress"))
+    return wl, img, canary
+
+
+def test_memory_canaries_compressed(zpristine, criu, keys):
+    wl, img, canary = zpristine
+    assert files_with(img, canary.encode()) == []
+    h = header(img)
+    assert h["compress"] == 2 and h["sig_alg"] == 0
+    # Every stream image is compressed; page images are regions (no longer whole pages).
+    for p in img.iterdir():
+        if p.is_file() and p.read_bytes()[:8] == b"CRIUSEC\x01":
+            assert p.read_bytes()[11] == 2, p.name
+    assert any(p.stat().st_size % 4096 for p in page_images(img)), "no page image was compressed"
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "memcanary OK 16"
+
+
+def test_stream_canaries_compressed(workloads, criu, tmp_path, keys):
+    """Pipe, socket and FIFO queues and a ghost file, in compressed streams."""
+    canary = new_canary()
+    wl = workloads("secrets", env={"CANARY": canary})
+    assert wl.report() == "secrets OK"
+    img = tmp_path / "img"
+    criu.dump(wl, img, *enc(keys, "--compress", "--compress-alg", "lz4"))
+    assert files_with(img, canary.encode()) == []
+    streams = [p for p in img.iterdir() if p.is_file() and p.read_bytes()[:8] == b"CRIUSEC\x01"]
+    assert len(streams) > 10 and all(p.read_bytes()[11] == 1 for p in streams)
+    assert any(p.name.startswith("ghost-file") for p in streams) and any(p.name.startswith("pipes-data")
+                                                                         for p in streams)
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def pages_of(img, key, pagemap_prefix="pagemap-"):
+    """(pages image, pagetags name, regions) of the biggest page image."""
+    criusec = pycriu()
+    ck = criusec.Checkpoint(img, keys=key)
+    name = biggest_pages(img)
+    pid = int(name[len("pages-"):-len(".img")])
+    regions = criusec.parse_regions(ck.read("pagetags-%d.img" % pid))
+    return name, regions
+
+
+def test_auto_dedup_restore_compressed(zpristine, criu, keys):
+    wl, img, _ = zpristine
+    name = biggest_pages(img)
+    blocks = (img / name).stat().st_blocks
+    criu.restore(img, "--auto-dedup", "--tls-key", keys["alice"][1])
+    assert wl.report() == "memcanary OK 16"
+    assert (img / name).stat().st_blocks < blocks, "restore punched nothing"
+
+
+@needs_uffd
+def test_lazy_pages_compressed(zpristine, criu, tmp_path, keys):
+    wl, img, _ = zpristine
+    r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
+    try:
+        assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
+        assert wl.report() == "memcanary OK 16"
+        assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+    finally:
+        daemon.kill()
+
+
+def test_crit_and_pycriu_read_compressed(workloads, criu, tmp_path, keys):
+    wl, canary = records(workloads, "crit", 8)
+    img = tmp_path / "img"
+    criu.dump(wl, img, *enc(keys, "--compress"))
+    from test_crit import run_crit
+    code, out, err = run_crit("x", img, "ps", "--tls-key", keys["alice"][1])
+    assert code == 0 and str(wl.pid) in out, err
+    code, out, err = run_crit("info", img, "--tls-key", keys["alice"][1])
+    assert code == 0 and '"compress": "zstd"' in out, out
+    criusec = pycriu()
+    ck = criusec.Checkpoint(img, keys=keys["alice"][1])
+    assert ck.verify() > 5
+    # The heap, read at random through the regions: the canary is 64 bytes into each MiB.
+    pages_id, pm = ck.pagemap("pagemap-%d.img" % wl.pid)
+    runs = [e for e in pm if e[1] == 1024]  # criu cuts the 8 MiB mapping in runs of 4 MiB
+    assert len(runs) >= 2, pm
+    for vaddr, _, _ in runs:
+        assert ck.read_memory(wl.pid, vaddr + (1 << 20) + 64, len(canary)) == canary.encode()
+    assert len(ck.pages_image(pages_id)) >= 8 << 20
+    wl.kill()
+
+
+# ---- tampering with compressed regions ----
+
+@pytest.fixture
+def zrecords(workloads, criu, tmp_path, keys):
+    wl, _ = records(workloads, "ztamper", 8)
+    img = tmp_path / "zrecords"
+    criu.dump(wl, img, *enc(keys, "--compress"))
+    return wl, img
+
+
+def split_regions(img, name, key):
+    """[(record, bytes)] of a page image, from its pagetags records."""
+    criusec = pycriu()
+    tname = "pagetags-" + name[len("pages-"):]
+    idx = criusec.Checkpoint(img, keys=key).read(tname)
+    data = (img / name).read_bytes()
+    out, pos = [], 0
+    for first, n, stored, off, tags in criusec.parse_regions(idx):
+        size = stored or n * 4096
+        out.append((struct.pack(">II", n, stored) + tags, data[off:off + size]))
+    return out
+
+
+def rewrite_regions(img, name, key, regions):
+    """What a key holder can do: write the page image and its records, seal
+    the records again and the checkpoint (unsigned, as the dump was)."""
+    criusec = pycriu()
+    ck = criusec.Checkpoint(img, keys=key)
+    (img / name).write_bytes(b"".join(b for _, b in regions))
+    ck.write_image("pagetags-" + name[len("pages-"):], b"".join(r for r, _ in regions))
+    ck.reseal()
+
+
+def compressed_indexes(regions):
+    return [i for i, (r, _) in enumerate(regions) if struct.unpack(">II", r[:8])[1]]
+
+
+def test_refuses_flipped_byte_in_a_compressed_region(zrecords, criu, tmp_path, keys):
+    wl, img = zrecords
+    name = biggest_pages(img)
+    regions = split_regions(img, name, keys["alice"][1])
+    i = compressed_indexes(regions)[3]
+    off = sum(len(b) for _, b in regions[:i]) + len(regions[i][1]) // 2
+    d = damaged_copy(tmp_path, img, "zflip")
+    data = bytearray((d / name).read_bytes())
+    data[off] ^= 0x20
+    (d / name).write_bytes(bytes(data))
+    log = refused(criu, d, wl.pid, keys["alice"][1], f"region {i} ")
+    assert "failed authentication" in log and "pie: " not in log
+
+
+def test_refuses_swapped_compressed_regions(zrecords, criu, tmp_path, keys):
+    """Even by a key holder who rewrites the records to match."""
+    wl, img = zrecords
+    name = biggest_pages(img)
+    d = damaged_copy(tmp_path, img, "zswap")
+    regions = split_regions(d, name, keys["alice"][1])
+    i, j = compressed_indexes(regions)[2:4]
+    regions[i], regions[j] = regions[j], regions[i]
+    rewrite_regions(d, name, keys["alice"][1], regions)
+    log = refused(criu, d, wl.pid, keys["alice"][1], "failed authentication")
+    assert f"region {min(i, j)} " in log
+
+
+def test_refuses_region_moved_to_another_address(zrecords, criu, tmp_path, keys):
+    """The last compressed region of the heap put in place of the first
+    compressed region of another mapping (another address), records too."""
+    wl, img = zrecords
+    name = biggest_pages(img)
+    crit = pycriu().Checkpoint(img, keys=keys["alice"][1])
+    entries = crit.pagemap("pagemap-%d.img" % wl.pid)[1]
+    d = damaged_copy(tmp_path, img, "zmove")
+    regions = split_regions(d, name, keys["alice"][1])
+    comp = compressed_indexes(regions)
+    # Page number of each region's first page, and which pagemap run it is in.
+    firsts, f = [], 0
+    for r, _ in regions:
+        firsts.append(f)
+        f += struct.unpack(">I", r[:4])[0]
+    runs, p = [], 0
+    for vaddr, nr, flags in entries:
+        if flags & 4 and not flags & 1:
+            runs.append((p, p + nr, vaddr))
+            p += nr
+    run_of = {i: next(k for k, (a, b, _) in enumerate(runs) if a <= firsts[i] < b) for i in comp}
+    big = max(range(len(runs)), key=lambda k: runs[k][1] - runs[k][0])
+    src = [i for i in comp if run_of[i] == big][-1]
+    dst = next(i for i in comp if run_of[i] != big and
+               struct.unpack(">I", regions[i][0][:4])[0] == struct.unpack(">I", regions[src][0][:4])[0])
+    regions[dst] = regions[src]
+    rewrite_regions(d, name, keys["alice"][1], regions)
+    log = refused(criu, d, wl.pid, keys["alice"][1], f"region {dst} ")
+    assert "failed authentication" in log
+
+
+def test_refuses_truncated_region(zrecords, criu, tmp_path, keys):
+    wl, img = zrecords
+    name = biggest_pages(img)
+    # Without a key: the file cut short.
+    d = damaged_copy(tmp_path, img, "zcut")
+    data = (d / name).read_bytes()
+    (d / name).write_bytes(data[:-100])
+    refused(criu, d, wl.pid, keys["alice"][1], "truncated or extended")
+    # A key holder cuts a region and its record to match.
+    d = damaged_copy(tmp_path, img, "zcut2")
+    regions = split_regions(d, name, keys["alice"][1])
+    i = compressed_indexes(regions)[1]
+    rec, b = regions[i]
+    n, stored = struct.unpack(">II", rec[:8])
+    regions[i] = (struct.pack(">II", n, stored - 50), b[:-50])
+    rewrite_regions(d, name, keys["alice"][1], regions)
+    log = refused(criu, d, wl.pid, keys["alice"][1], f"region {i} ")
+    assert "failed authentication" in log
+
+
+def test_refuses_regions_of_another_checkpoint(workloads, criu, tmp_path, keys):
+    wl, _ = records(workloads, "ztwice", 8)
+    a, b = tmp_path / "a", tmp_path / "b"
+    criu.run("dump", a, "-t", wl.pid, "--leave-running", *enc(keys, "--compress"))
+    criu.dump(wl, b, *enc(keys, "--compress"))
+    name = biggest_pages(a)
+    tags = "pagetags-" + name[len("pages-"):]
+    d = damaged_copy(tmp_path, a, "zother")
+    shutil.copy(b / name, d / name)
+    refused(criu, d, wl.pid, keys["alice"][1], name)
+    d = damaged_copy(tmp_path, a, "zother-tags")
+    shutil.copy(b / name, d / name)
+    shutil.copy(b / tags, d / tags)
+    refused(criu, d, wl.pid, keys["alice"][1], tags)
+    criu.restore(a, "--tls-key", keys["alice"][1])
+    assert wl.report() == "records OK %d" % (8 << 20)
+
+
+def test_genuine_compressed_checkpoint_restores_after_refusals(zrecords, criu, tmp_path, keys):
+    wl, img = zrecords
+    d = damaged_copy(tmp_path, img, "zflip2")
+    name = biggest_pages(d)
+    data = bytearray((d / name).read_bytes())
+    data[len(data) // 3] ^= 1
+    (d / name).write_bytes(bytes(data))
+    refused(criu, d, wl.pid, keys["alice"][1], "failed authentication")
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "records OK %d" % (8 << 20)

@@ -159,6 +159,14 @@ struct criusec_trust {
 	std::vector<std::string> subjects; /* for criusec_trust_subject() */
 };
 
+static Status to_sink(criusec_pages_sink sink, void *sink_arg, std::span<const uint8_t> data)
+{
+	if (sink(sink_arg, data.data(), data.size()) == 0)
+		return {};
+	int e = errno;
+	return Status::error(e, "can't write pages: " + errno_string(e));
+}
+
 Status header_view(const criusec_header *hdr, HeaderView &v)
 {
 	if (!hdr)
@@ -725,18 +733,6 @@ int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_
 				       {tags, len / kPageSize * kPageTagLen});
 	});
 }
-
-namespace {
-
-Status to_sink(criusec_pages_sink sink, void *sink_arg, std::span<const uint8_t> data)
-{
-	if (sink(sink_arg, data.data(), data.size()) == 0)
-		return {};
-	int e = errno;
-	return Status::error(e, "can't write pages: " + errno_string(e));
-}
-
-} /* namespace */
 
 int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
 			    criusec_pages_sink sink, void *sink_arg)

@@ -165,6 +165,10 @@ Result<size_t> BlockCodec::decompress(std::span<const uint8_t> in, std::span<uin
 			return bad_data("LZ4 block does not decompress");
 		n = static_cast<size_t>(r);
 	} else {
+		/* Exactly one frame, all of the input (zstd would go on to decode a second). */
+		size_t frame = ZSTD_findFrameCompressedSize(in.data(), in.size());
+		if (ZSTD_isError(frame) || frame != in.size())
+			return bad_data("compressed block is not one zstd frame");
 		n = ZSTD_decompressDCtx(impl_->dctx, out.data(), out.size(), in.data(), in.size());
 		if (ZSTD_isError(n))
 			return bad_data(std::string("zstd block does not decompress (") + ZSTD_getErrorName(n) + ")");

@@ -170,6 +170,14 @@ Result<size_t> PageCipher::seal_region(uint64_t r, uint64_t vaddr, uint64_t firs
 	return n.value() + kAeadTagLen;
 }
 
+Status PageCipher::seal_raw_region_for_testing(uint64_t r, uint64_t vaddr, uint64_t first, size_t nr,
+					       std::span<const uint8_t> compressed, std::span<uint8_t> out)
+{
+	if (!region_ || out.size() != compressed.size() + kAeadTagLen)
+		return invalid_argument("seal_raw_region_for_testing");
+	return region_->seal(region_nonce(r), region_aad(vaddr, first, nr), compressed, out);
+}
+
 Status PageCipher::open_region(uint64_t r, uint64_t vaddr, uint64_t first, std::span<const uint8_t> stored,
 			       std::span<uint8_t> pages)
 {
@@ -831,7 +839,7 @@ Status PagePool::attach(std::span<const uint8_t> index, uint64_t file_size)
 				size_t t = size_t(rg.nr) * kPageTagLen;
 				if (index.size() - pos < t)
 					return bad_data(what + ": tags cut short");
-				rg.tags = tags_.size();
+				rg.tags = tags_.size() / kPageTagLen;
 				tags_.insert(tags_.end(), index.begin() + pos, index.begin() + pos + t);
 				pos += t;
 			}
@@ -952,6 +960,10 @@ Status PagePool::punch(int fd, uint64_t first, uint64_t nr)
 		return hole(first * kPageSize, nr * kPageSize);
 	if (nr == 0)
 		return {};
+	if (cache_) { /* what is punched reads as punched */
+		std::lock_guard<std::mutex> lk(cache_->mu);
+		cache_->r = std::numeric_limits<uint64_t>::max();
+	}
 	if (punched_.empty())
 		punched_.assign(pages_, 0);
 	auto it = std::upper_bound(regions_.begin(), regions_.end(), first,

@@ -83,6 +83,9 @@ public:
 	 */
 	[[nodiscard]] Status open_region(uint64_t r, uint64_t vaddr, uint64_t first, std::span<const uint8_t> stored,
 					 std::span<uint8_t> pages);
+	/* Tests and fuzzers only: seal any bytes as a region's compressed data, as a key holder could. */
+	[[nodiscard]] Status seal_raw_region_for_testing(uint64_t r, uint64_t vaddr, uint64_t first, size_t nr,
+							 std::span<const uint8_t> compressed, std::span<uint8_t> out);
 
 private:
 	PageCipher(Xts xts, AeadHandle gmac) noexcept : xts_(std::move(xts)), gmac_(std::move(gmac)) {}
