@@ -5,19 +5,18 @@ back byte for byte; canaries reach no file; every page and stream path
 the page server) works on compressed checkpoints; compressed regions that
 were flipped, swapped, moved, cut or taken from another checkpoint are
 refused before any task runs; crit and pycriu read them."""
-import os
 import pathlib
 import shutil
 import struct
-import subprocess
 import sys
 
 import pytest
 
-from conftest import CRIU, REPO
+from conftest import REPO
 from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
-from test_pages import (biggest_pages, files_with, lazy_restore, memcanary, memcanary_bin,  # noqa: F401
-                        needs_uffd, page_images)
+from test_pages import (biggest_pages, bind_to_parent, dump_through_page_server, files_with,  # noqa: F401
+                        lazy_restore, lazy_restored, memcanary, memcanary_bin, merged, needs_uffd,
+                        page_images, remote_lazy_restore)
 
 ALGS = ("zstd", "lz4")
 RECORDS_MIB = 32
@@ -194,9 +193,7 @@ def test_lazy_pages_compressed(zpristine, criu, tmp_path, keys):
     wl, img, _ = zpristine
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
-        assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
-        assert wl.report() == "memcanary OK 16"
-        assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
+        lazy_restored(wl, img, r, daemon, "memcanary OK 16")
     finally:
         daemon.kill()
 
@@ -239,7 +236,7 @@ def split_regions(img, name, key):
     tname = "pagetags-" + name[len("pages-"):]
     idx = criusec.Checkpoint(img, keys=key).read(tname)
     data = (img / name).read_bytes()
-    out, pos = [], 0
+    out = []
     for first, n, stored, off, tags in criusec.parse_regions(idx):
         size = stored or n * 4096
         out.append((struct.pack(">II", n, stored) + tags, data[off:off + size]))
@@ -365,4 +362,50 @@ def test_genuine_compressed_checkpoint_restores_after_refusals(zrecords, criu, t
     (d / name).write_bytes(bytes(data))
     refused(criu, d, wl.pid, keys["alice"][1], "failed authentication")
     criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "records OK %d" % (8 << 20)
+
+
+# ---- the page server, and dedup ----
+
+@needs_uffd
+def test_remote_lazy_pages_from_compressed_images(zpristine, criu, tmp_path, keys):
+    """criu page-server --lazy-pages reads compressed regions at random for lazy-pages."""
+    wl, img, _ = zpristine
+    r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
+    try:
+        lazy_restored(wl, img, r, daemon, "memcanary OK 16")
+    finally:
+        daemon.kill()
+        server.kill()
+
+
+def test_dump_through_page_server_with_compress(workloads, criu, tmp_path, keys):
+    """Pages through a page server are not compressed (it counts pages); the
+    dump's own images are, and the whole restores."""
+    wl, canary = records(workloads, "zps", 8)
+    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "zps", "--encrypt", "--compress")
+    assert r.returncode == 0, (dump / "dump.log").read_text()[-3000:]
+    assert page_images(srv) and all(p.stat().st_size % 4096 == 0 for p in page_images(srv))
+    for d in (srv, dump):
+        assert not files_with(d, canary.encode())
+    own = [p for p in dump.iterdir() if p.is_file() and p.read_bytes()[:8] == b"CRIUSEC\x01"]
+    assert own and all(p.read_bytes()[11] == 2 for p in own), "the dump's streams are not compressed"
+    img = merged(tmp_path / "zps", srv, dump)
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "records OK %d" % (8 << 20)
+
+
+def test_dedup_of_a_compressed_parent(workloads, criu, tmp_path, keys):
+    """criu dedup punches the compressed regions of the parent whose pages
+    the child holds again (whole regions), and the child still restores."""
+    wl, _ = records(workloads, "zdedup", 8)
+    a, b = tmp_path / "a", tmp_path / "b"
+    criu.run("dump", a, "-t", wl.pid, "--leave-running", *enc(keys, "--compress"))
+    criu.dump(wl, b, *enc(keys, "--compress"))
+    bind_to_parent(b, a, keys["alice"][1])
+    name = biggest_pages(a)
+    blocks = (a / name).stat().st_blocks
+    criu.run("dedup", b, "--tls-key", keys["alice"][1])
+    assert (a / name).stat().st_blocks < blocks * 0.5, "dedup punched few regions from the parent"
+    criu.restore(b, "--tls-key", keys["alice"][1])
     assert wl.report() == "records OK %d" % (8 << 20)
