@@ -182,25 +182,28 @@ Status PageCipher::open_region(uint64_t r, uint64_t vaddr, uint64_t first, std::
 			       std::span<uint8_t> pages)
 {
 	size_t nr = pages.size() / kPageSize;
+	/* On any failure the pages are zeroed: nothing half-decompressed is left behind. */
+	auto fail = [&](Status s) {
+		gnutls_memset(pages.data(), 0, pages.size());
+		return s;
+	};
 	if (!region_)
-		return invalid_argument("this checkpoint does not compress");
+		return fail(invalid_argument("this checkpoint does not compress"));
 	if (pages.empty() || pages.size() % kPageSize || pages.size() > kMaxCompressBlock ||
 	    stored.size() <= kAeadTagLen || stored.size() >= pages.size())
-		return bad_data(region_name(r, vaddr, first, nr) + ": bad stored length " +
-				std::to_string(stored.size()));
+		return fail(bad_data(region_name(r, vaddr, first, nr) + ": bad stored length " +
+				     std::to_string(stored.size())));
 	if (scratch_.size() < kMaxCompressBlock)
 		scratch_ = SecureBytes(kMaxCompressBlock);
 	auto comp = scratch_.span().first(stored.size() - kAeadTagLen);
 	auto aad = region_aad(vaddr, first, nr);
 	/* Authenticated first: nothing a forger wrote reaches the decompressor. */
 	if (!region_->open(region_nonce(r), aad, stored, comp).ok())
-		return bad_data(region_name(r, vaddr, first, nr) + " failed authentication");
+		return fail(bad_data(region_name(r, vaddr, first, nr) + " failed authentication"));
 	auto d = codec_->decompress(comp, pages, true);
 	gnutls_memset(comp.data(), 0, comp.size());
-	if (!d.ok()) {
-		gnutls_memset(pages.data(), 0, pages.size());
-		return std::move(d).status().with_context(region_name(r, vaddr, first, nr));
-	}
+	if (!d.ok())
+		return fail(std::move(d).status().with_context(region_name(r, vaddr, first, nr)));
 	return {};
 }
 
