@@ -20,6 +20,7 @@ here passes or fails on time.
 """
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import statistics
@@ -35,6 +36,19 @@ def run(cmd, **kw):
     t = time.monotonic()
     subprocess.run(cmd, check=True, **kw)
     return time.monotonic() - t
+
+
+def cpu_children():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_cpu(cmd, **kw):
+    """(wall seconds, CPU seconds of cmd and what it waited for): the CPU time
+    says more than the wall time on a machine shared with other work."""
+    c = cpu_children()
+    wall = run(cmd, **kw)
+    return wall, cpu_children() - c
 
 
 def wait_for(path, pred, timeout=120):
@@ -85,13 +99,13 @@ class Bench:
         return p.pid
 
     def criu_run(self, action, img, *args):
-        return run([self.criu, action, "-D", str(img), "-o", f"{action}.log", *args],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return run_cpu([self.criu, action, "-D", str(img), "-o", f"{action}.log", *args],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def cycle(self, mib, img, mode, workload):
         """mode: "plain", "enc" (unsigned), "sig" (signed, restored under
         --trust), "zstd" or "lz4" (--encrypt --compress, unsigned).
-        (dump seconds, restore seconds, bytes of the image directory)"""
+        ((dump wall, CPU seconds), (restore wall, CPU seconds), bytes of the image directory)"""
         shutil.rmtree(img, ignore_errors=True)
         img.mkdir()
         pid = self.start(mib, workload)
@@ -170,14 +184,16 @@ def main():
               f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the start")
         for wl in workloads:
             for mib in sizes:
-                r = {f"{x}-{m}": [] for x in "drs" for m in MODES}
+                r = {f"{x}-{m}": [] for x in ("d", "r", "s", "dc", "rc") for m in MODES}
                 post = {"age": [], "zstd-age": [], "zstd-size": []}
                 for i in range(repeat):
                     # Rotate the order so that no mode always runs on a warmer cache.
                     for mode in MODES[i % len(MODES):] + MODES[:i % len(MODES)]:
                         d, rs, size = b.cycle(mib, work / mode, mode, "memory" if wl == "random" else wl)
-                        r["d-" + mode].append(d)
-                        r["r-" + mode].append(rs)
+                        r["d-" + mode].append(d[0])
+                        r["r-" + mode].append(rs[0])
+                        r["dc-" + mode].append(d[1])
+                        r["rc-" + mode].append(rs[1])
                         r["s-" + mode].append(size)
                     for k, t in b.posthoc(work / "plain").items():
                         post[k].append(t)
@@ -189,7 +205,8 @@ def main():
                       f"  plain|zstd-1 {p['zstd-size'] / 2**20:.1f}")
                 print(f"  vs zstd-1  enc+zstd {m['s-zstd'] / p['zstd-size']:.2f}x  enc+lz4 "
                       f"{m['s-lz4'] / p['zstd-size']:.2f}x")
-                for x, what in (("d", "dump s    "), ("r", "restore s ")):
+                for x, what in (("d", "dump s    "), ("r", "restore s "), ("dc", "dump cpu s"),
+                                ("rc", "rst cpu s ")):
                     print(f"  {what} " + "  ".join(
                         f"{NAMES[k]} {m[x + '-' + k]:.3f}" +
                         (f" ({(m[x + '-' + k] - m[x + '-plain']) * 1000:+.0f} ms)" if k != "plain" else "")
@@ -203,18 +220,21 @@ def main():
                 sys.stdout.flush()
                 summary.append((wl, mib, m, p, floor))
         print("\nenc: --encrypt, unsigned; sig: signed by the host (RSA-3072, PSS), restored under --trust;")
-        print("enc+zstd, enc+lz4: --encrypt --compress [--compress-alg lz4], unsigned.\n")
+        print("enc+zstd, enc+lz4: --encrypt --compress [--compress-alg lz4], unsigned.")
+        print("s: wall seconds; cpu s: CPU seconds of criu (user + system, all its threads and children).\n")
         print("| workload | MiB | size plain | plain+zstd-1 | enc | enc+zstd | enc+lz4 | enc+zstd / zstd-1 | "
               "dump plain | enc | sig | enc+zstd | enc+lz4 | restore plain | enc | sig | enc+zstd | enc+lz4 | "
-              "dump+zstd+age | floor ms |")
-        print("|" + " --- |" * 20)
+              "dump+zstd+age | floor ms | dump cpu plain | enc | enc+zstd | restore cpu plain | enc | enc+zstd |")
+        print("|" + " --- |" * 26)
         for wl, mib, m, p, floor in summary:
             mb = [f"{m['s-' + k] / 2**20:.1f}" for k in MODES if k != "sig"]
             print(f"| {wl} | {mib} | {mb[0]} | {p['zstd-size'] / 2**20:.1f} | {mb[1]} | {mb[2]} | {mb[3]} | "
                   f"{m['s-zstd'] / p['zstd-size']:.2f}x | " +
                   " | ".join(f"{m['d-' + k]:.3f}" for k in MODES) + " | " +
                   " | ".join(f"{m['r-' + k]:.3f}" for k in MODES) +
-                  f" | {m['d-plain'] + p['zstd-age']:.2f} | {floor if floor is not None else float('nan'):.0f} |")
+                  f" | {m['d-plain'] + p['zstd-age']:.2f} | {floor if floor is not None else float('nan'):.0f} | " +
+                  " | ".join(f"{m['dc-' + k]:.2f}" for k in ("plain", "enc", "zstd")) + " | " +
+                  " | ".join(f"{m['rc-' + k]:.2f}" for k in ("plain", "enc", "zstd")) + " |")
 
 
 if __name__ == "__main__":
