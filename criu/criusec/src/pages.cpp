@@ -892,7 +892,10 @@ Status PagePool::read_region(PageCipher &c, int fd, const PageRegion &rg, uint64
 		return c.open(vaddr + from * kPageSize, rg.first + from, out,
 			      std::span<const uint8_t>(tags_).subspan((rg.tags + from) * kPageTagLen, n * kPageTagLen));
 	}
-	std::vector<uint8_t> stored(rg.stored);
+	/* Not zeroed first: it only ever holds what the file had. */
+	if (!c.stored_)
+		c.stored_.reset(new uint8_t[kMaxCompressBlock]);
+	std::span<uint8_t> stored(c.stored_.get(), rg.stored);
 	CRIUSEC_TRY(pread_all(fd, stored, rg.offset, region_name(rnum, vaddr, rg.first, rg.nr)));
 	if (n == rg.nr)
 		return c.open_region(rnum, vaddr, rg.first, stored, out);

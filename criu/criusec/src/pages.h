@@ -100,6 +100,7 @@ private:
 	Id id_{};
 	std::string name_;
 	SecureBytes scratch_; /* a region's compressed plaintext */
+	std::unique_ptr<uint8_t[]> stored_; /* restore: a region as read (ciphertext), kMaxCompressBlock */
 	friend class PagePool;
 };
 
