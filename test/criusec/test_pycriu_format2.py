@@ -891,7 +891,7 @@ def test_crit_info_and_x_ps_show_the_header(family, rsa_keys, pem):
     fprs = [criusec.fingerprint(k).hex() for k in child.pubs]
     assert info == {
         "encrypted": True, "format": 2, "ckpt_id": child.ckpt_id.hex(), "aead": "aes-256-gcm", "chunk_size": 65536,
-        "created": child.header["created"], "created_utc": criusec._utc(child.header["created"]),
+        "compress": "none", "created": child.header["created"], "created_utc": criusec._utc(child.header["created"]),
         "recipients": [{"fingerprint": "SHA256:" + fprs[0], "key": path},
                        {"fingerprint": "SHA256:" + fprs[1], "key": None}],
         "parent_id": child.header["parent_id"].hex(), "signature": "verified", "sig_alg": "ed25519",
