@@ -375,7 +375,7 @@ TEST_P(Regions, DedupPunchesWholeRegions)
 INSTANTIATE_TEST_SUITE_P(All, Regions, ::testing::Values(CompressAlg::Lz4, CompressAlg::Zstd),
 			 [](const auto &i) { return std::string(compress_name(i.param)); });
 
-TEST(Header, CompressIsAuthenticatedAndChecked)
+TEST(CompressHeader, IsAuthenticatedAndChecked)
 {
 	Ctx ctx = make_ctx(CompressAlg::Zstd);
 	HeaderView h = ctx.header();
