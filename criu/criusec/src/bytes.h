@@ -28,6 +28,12 @@ inline void put_u32(std::vector<uint8_t> &v, uint32_t x)
 		v.push_back(static_cast<uint8_t>(x >> shift));
 }
 
+inline void put_u64(std::vector<uint8_t> &v, uint64_t x)
+{
+	put_u32(v, static_cast<uint32_t>(x >> 32));
+	put_u32(v, static_cast<uint32_t>(x));
+}
+
 inline void put_bytes(std::vector<uint8_t> &v, std::span<const uint8_t> b) { put_raw(v, b.data(), b.size()); }
 
 inline void put_str(std::vector<uint8_t> &v, std::string_view s) { put_raw(v, s.data(), s.size()); }

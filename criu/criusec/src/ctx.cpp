@@ -23,12 +23,6 @@ Result<Mac> compute_mac(const SecureBytes &prk, std::span<const uint8_t> input)
 	return mac;
 }
 
-void put_u64(std::vector<uint8_t> &v, uint64_t x)
-{
-	put_u32(v, static_cast<uint32_t>(x >> 32));
-	put_u32(v, static_cast<uint32_t>(x));
-}
-
 } /* namespace */
 
 bool valid_chunk_size(uint32_t c) noexcept

@@ -107,12 +107,6 @@ namespace {
 
 constexpr std::string_view kRegionTag = "criusec-region-v1";
 
-void put_u64(std::vector<uint8_t> &v, uint64_t x)
-{
-	put_u32(v, static_cast<uint32_t>(x >> 32));
-	put_u32(v, static_cast<uint32_t>(x));
-}
-
 /* u88(r) || 0x00 */
 std::array<uint8_t, kAeadNonceLen> region_nonce(uint64_t r) noexcept
 {
