@@ -1792,7 +1792,12 @@ class Checkpoint:
                 if present:
                     raise FormatError("%s: its %d pages have no tags (%s)" % (name, present, tname))
                 continue
-            ntags = len(self.read(tname)) // PAGE_TAG_LEN
+            index = self.read(tname)
+            if self.header.get("compress"):
+                # one record per region (section 11.3)
+                ntags = sum(n for _, n, _, _, _ in parse_regions(index))
+            else:
+                ntags = len(index) // PAGE_TAG_LEN
             if ntags != present:
                 raise FormatError("%s: covers %d pages, but %s holds %d tags" % (name, present, tname, ntags))
 
