@@ -23,6 +23,18 @@ layer tracking $((rc == 0)) $((rc != 0)) 0 "$rc"
 echo "== pre-dump chains (pytest test_chains.py)"
 pytest_layer chains test_chains.py
 
+# Podman's --pre-checkpoint / --with-previous / --import-previous, encrypted
+# by runc.conf alone; Podman, runc and conmon are the host's (make
+# test-engines installs them).
+echo "== Podman's incremental checkpoint (pytest test/engines/test_podman_chain.py)"
+missing=""
+for p in podman runc conmon; do command -v "$p" >/dev/null || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+	skip_layer podman-chain "not installed on the host:$missing (make test-engines installs them)"
+else
+	engines_layer podman-chain test_podman_chain.py
+fi
+
 zdtm_layer zdtm-chain-pre chain --pre 2
 zdtm_layer zdtm-chain-snaps chain --pre 2 --snaps
 # The same encrypted: each dump signs, and reads its parent with the chain
