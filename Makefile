@@ -29,7 +29,7 @@ help:
 	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's kernel)"
 	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
 	@echo "make fuzz           bounded libFuzzer runs of the decoders"
-	@echo "make bench         plain vs --encrypt dump/restore, and post-hoc age/gpg/openssl (SIZES=MiB, REPEAT)"
+	@echo "make bench          plain, --encrypt, --compress: sizes, dump/restore times, crypto floor (SIZES=MiB, REPEAT)"
 	@echo "make patch-tree     build/src as a git work tree (one commit per patch)"
 	@echo "make patches-export write build/src's commits back to patches/"
 	@echo "make install        install like Debian's criu packages (DESTDIR, PREFIX)"
@@ -119,10 +119,12 @@ zdtm-full: criu
 fuzz: tree
 	@scripts/criusec/fuzz.sh $(SRC)/criu/criusec $(BUILD)/fuzz
 
-# make bench [SIZES="256 1024"] [REPEAT=3]: MiB of random memory per run
+# make bench [SIZES="256 1024"] [REPEAT=3] [WORKLOADS="random records"]: MiB per run
 SIZES		?= 256
 bench: criu
-	@REPEAT=$(or $(REPEAT),3) $(PYTHON) scripts/criusec/bench.py $(CRIU) test/criusec/workloads/workload.c $(SIZES)
+	cmake --build $(ENGINE_BUILD) --target criusec-bench-floor >/dev/null
+	@REPEAT=$(or $(REPEAT),3) FLOOR=$(ENGINE_BUILD)/criusec-bench-floor $(PYTHON) scripts/criusec/bench.py \
+		$(CRIU) test/criusec/workloads/workload.c $(SIZES)
 
 clean:
 	-[ -d $(SRC) ] && $(MAKE) -C $(SRC) clean

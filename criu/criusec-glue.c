@@ -149,23 +149,23 @@ static void punches_init(void);
 
 /*
  * A page image under the page cipher, found by its descriptor.  Dump
- * appends pages (encrypted in batches) and collects one tag per page,
- * sealed into pagetags-N.img when the image is closed; restore checks each
- * page read against the tags authenticated with the rest of the checkpoint.
+ * appends pages (encrypted, and compressed where that pays, in batches);
+ * the engine keeps their tags or region records, sealed into
+ * pagetags-N.img when the image is closed.  Restore checks each page read
+ * against what was authenticated with the rest of the checkpoint.  Pages
+ * are known by their number (logical offset / 4096), whatever the layout
+ * of a compressed image.
  */
 #define PAGE_TAGS_KIND "pagetags"
 struct page_img {
 	int fd;
 	pid_t owner;
 	char *name;
-	struct criusec_pages *pc;
-	uint8_t *tags;	/* one CRIUSEC_PAGE_TAG_LEN tag per page */
-	size_t nr_tags; /* dump: pages written; restore: pages the tags cover */
+	struct criusec_pages *pc; /* with the tags or region records */
 	struct dir_state *dir; /* restore: where it is */
 	/* dump through a page server: the pagemap it writes, and its entries */
 	char *pm_kind, *pm_name;
 	struct criusec_pagemap_digest *pmd;
-	size_t cap;	/* dump: tags allocated */
 	int dfd;	/* dump: where the tags go */
 	bool in_imgdir;
 	bool remote; /* dump: fd is the page server's socket */
@@ -495,6 +495,8 @@ static int write_cipher_img(struct criusec_ctx *ctx)
 	ce.manifest_digest.len = CRIUSEC_DIGEST_LEN;
 	ce.has_sig_alg = true;
 	ce.sig_alg = h.sig_alg;
+	ce.has_compress = true;
+	ce.compress = h.compress;
 	ce.n_signer_certs = h.n_signer_certs;
 	ce.signer_certs = certs;
 	if (h.signature.len) {
@@ -552,10 +554,17 @@ static int dump_parent(struct dir_state **pd)
 int criusec_dump_start(void)
 {
 	enum criusec_aead aead = CRIUSEC_AEAD_AUTO;
+	enum criusec_compress compress = CRIUSEC_COMPRESS_NONE;
 	struct dir_state *parent;
 	bool default_cert;
 	int i;
 
+	if (!opts.encrypt && opts.compress) {
+		/* Compression is part of the encrypted format; plain images stay CRIU's own. */
+		pr_err("--compress needs --encrypt: criusec compresses images inside its encrypted format "
+		       "(compress plain images afterwards, e.g. tar | zstd)\n");
+		return -1;
+	}
 	if (!opts.encrypt) {
 		if (marker_present()) {
 			pr_err("Encryption is required on this host (%s exists), but --encrypt was not given "
@@ -584,6 +593,13 @@ int criusec_dump_start(void)
 		pr_err("--encrypt-aead %s: %s\n", opts.encrypt_aead, criusec_last_error());
 		return -1;
 	}
+	if (opts.compress) {
+		compress = criusec_default_compress();
+		if (opts.compress_alg && criusec_compress_parse(opts.compress_alg, &compress)) {
+			pr_err("--compress-alg %s: %s\n", opts.compress_alg, criusec_last_error());
+			return -1;
+		}
+	}
 	/* Before any task is frozen: the identity, the parent, the recipients. */
 	if (load_signer(&dump_signer, NULL, NULL))
 		return -1;
@@ -607,6 +623,10 @@ int criusec_dump_start(void)
 	dump_ctx = criusec_ctx_new(aead);
 	if (!dump_ctx) {
 		pr_err("Can't make the checkpoint key: %s\n", criusec_last_error());
+		goto err;
+	}
+	if (criusec_ctx_set_compress(dump_ctx, compress)) {
+		pr_err("Can't compress: %s\n", criusec_last_error());
 		goto err;
 	}
 	if (parent && criusec_ctx_set_parent(dump_ctx, parent->ctx)) {
@@ -646,7 +666,8 @@ int criusec_dump_start(void)
 		goto err;
 	}
 	/* cipher.img is written last, when the manifest's digest is known. */
-	pr_info("Images are encrypted with %s\n", criusec_aead_name(criusec_ctx_aead(dump_ctx)));
+	pr_info("Images are encrypted with %s%s%s\n", criusec_aead_name(criusec_ctx_aead(dump_ctx)),
+		compress ? ", compressed with " : "", compress ? criusec_compress_name(compress) : "");
 	return 0;
 err:
 	criusec_ctx_free(dump_ctx);
@@ -1144,6 +1165,7 @@ static int header_from_pb(CipherEntry *ce, struct pb_header *ph)
 	if (ce->has_manifest_digest)
 		memcpy(h->manifest_digest, ce->manifest_digest.data, CRIUSEC_DIGEST_LEN);
 	h->sig_alg = ce->has_sig_alg ? ce->sig_alg : 0;
+	h->compress = ce->has_compress ? ce->compress : 0;
 	h->n_signer_certs = ce->n_signer_certs;
 	h->signer_certs = ph->certs;
 	if (ce->has_signature) {
@@ -1300,7 +1322,8 @@ bad:
 }
 
 /*
- * Every pagemap covers exactly the pages its page image has tags for, and
+ * Every pagemap covers exactly the pages its page image has tags (or
+ * regions) for, and
  * one a page server wrote holds exactly the entries the dump sent it: a
  * page server that drops, adds or moves an entry is caught here.
  */
@@ -1310,7 +1333,7 @@ static int check_pagemaps(struct dir_state *d)
 	uint8_t digest[CRIUSEC_DIGEST_LEN];
 	char tname[64];
 	uint32_t id;
-	uint64_t present;
+	uint64_t present, described;
 	size_t i;
 	int t;
 
@@ -1330,9 +1353,15 @@ static int check_pagemaps(struct dir_state *d)
 			       tname);
 			return -1;
 		}
-		if (t >= 0 && d->plain[t].len != present * CRIUSEC_PAGE_TAG_LEN) {
-			pr_err("%s: covers %llu pages, but %s holds %zu tags\n", m->images[i],
-			       (unsigned long long)present, tname, d->plain[t].len / CRIUSEC_PAGE_TAG_LEN);
+		if (t < 0)
+			continue;
+		if (criusec_pages_index_pages(d->ctx, d->plain[t].data, d->plain[t].len, &described)) {
+			pr_err("%s: %s\n", tname, criusec_last_error());
+			return -1;
+		}
+		if (described != present) {
+			pr_err("%s: covers %llu pages, but %s describes %llu\n", m->images[i],
+			       (unsigned long long)present, tname, (unsigned long long)described);
 			return -1;
 		}
 	}
@@ -1607,16 +1636,30 @@ static struct dir_state *dir_load(int dfd, enum dir_role role, struct dir_state 
 		return NULL;
 	d->dev = dev;
 	d->ino = ino;
-	d->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+	d->dfd = -1;
 	d->next = dirs;
 	dirs = d;
-	if (d->dfd < 0 || load_dir(dfd, d, role, child)) {
-		/* Keep the failure: later opens of this directory fail too. */
-		dir_forget_secrets(d);
-		d->encrypted = true;
-		return NULL;
+	if (load_dir(dfd, d, role, child))
+		goto fail;
+	/*
+	 * Only an encrypted checkpoint needs its directory later (deferred
+	 * punches).  A plaintext parent is first read inside a restored task,
+	 * whose own files then take the lowest fds: keep none of them.  dfd
+	 * may be AT_FDCWD (the irmap cache in the work dir): reopen, not dup.
+	 */
+	if (d->encrypted) {
+		d->dfd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d->dfd < 0) {
+			pr_perror("Can't reopen an image directory");
+			goto fail;
+		}
 	}
 	return d;
+fail:
+	/* Keep the failure: later opens of this directory fail too. */
+	dir_forget_secrets(d);
+	d->encrypted = true;
+	return NULL;
 }
 
 static struct dir_state *dir_lookup(int dfd)
@@ -1740,8 +1783,6 @@ static struct page_img *page_lookup(int fd)
 static void page_free(struct page_img *p)
 {
 	criusec_pages_free(p->pc);
-	if (p->cap)
-		xfree(p->tags);
 	if (p->dfd >= 0)
 		close(p->dfd);
 	criusec_pagemap_digest_final(p->pmd, NULL);
@@ -1840,17 +1881,13 @@ static int page_open_read(int dfd, const char *path, int fd)
 	if (!p)
 		return -1;
 	p->dir = d;
-	/* Tags stay in the directory's verified copy; shared, never freed here. */
-	p->tags = d->plain[i].data;
-	p->nr_tags = d->plain[i].len / CRIUSEC_PAGE_TAG_LEN;
-	/* Dedup punches holes but keeps the size: any other size is damage. */
 	if (fstat(fd, &st)) {
 		pr_perror("%s: fstat", path);
 		return -1;
 	}
-	if (st.st_size != (off_t)(p->nr_tags * CRIUSEC_PAGE_SIZE)) {
-		pr_err("%s: %lld bytes, but %zu pages were dumped: truncated or extended\n", path,
-		       (long long)st.st_size, p->nr_tags);
+	/* The engine keeps its own copy, and checks the file's size against it (dedup keeps the size). */
+	if (criusec_pages_attach(p->pc, d->plain[i].data, d->plain[i].len, st.st_size)) {
+		pr_err("%s: %s\n", path, criusec_last_error());
 		return -1;
 	}
 	return 0;
@@ -1868,15 +1905,17 @@ static int page_img_open(int dfd, unsigned long flags, const char *path, int fd)
 
 static int page_tags_write(struct page_img *p)
 {
-	size_t len = p->nr_tags * CRIUSEC_PAGE_TAG_LEN, out_len;
 	struct criusec_stream_info info;
 	char *tname = tags_name(p->name);
+	const uint8_t *index;
 	uint8_t *out = NULL;
+	size_t len, out_len;
 	int fd = -1, ret = -1;
 
 	if (!tname)
 		return -1;
-	if (criusec_stream_seal_buf(dump_ctx, PAGE_TAGS_KIND, tname, p->tags ?: (uint8_t *)"", len, &out, &out_len,
+	if (criusec_pages_index(p->pc, &index, &len) ||
+	    criusec_stream_seal_buf(dump_ctx, PAGE_TAGS_KIND, tname, index ?: (uint8_t *)"", len, &out, &out_len,
 				    &info)) {
 		pr_err("%s: can't seal: %s\n", tname, criusec_last_error());
 		goto out;
@@ -1979,20 +2018,24 @@ static void punches_init(void)
 	}
 }
 
-int criusec_defer_punch(int fd, off_t off, unsigned long len)
+static int punch_now(void *arg, uint64_t off, uint64_t len)
 {
-	struct page_img *p = page_lookup(fd);
+	return fallocate(*(int *)arg, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+}
+
+/* A range of the page image p to punch once the restore succeeded. */
+static int punch_later(void *arg, uint64_t off, uint64_t len)
+{
+	struct page_img *p = arg;
 	struct punch_rec *r;
 	unsigned int i;
 
-	if (!p || !p->dir || opts.mode != CR_RESTORE)
-		return 0;
 	if (!punches)
-		return 1; /* no list: punch nothing rather than too early */
+		return 0; /* no list: punch nothing rather than too early */
 	i = __atomic_fetch_add(&punches->used, 1, __ATOMIC_SEQ_CST);
 	if (i >= PUNCH_RECS) {
 		punches->overflow = 1;
-		return 1;
+		return 0;
 	}
 	r = &punches->r[i];
 	r->dev = p->dir->dev;
@@ -2000,6 +2043,24 @@ int criusec_defer_punch(int fd, off_t off, unsigned long len)
 	snprintf(r->name, sizeof(r->name), "%s", p->name);
 	r->off = off;
 	r->len = len;
+	return 0;
+}
+
+int criusec_punch(int fd, unsigned long off, unsigned long len)
+{
+	struct page_img *p = page_lookup(fd);
+	bool later;
+
+	if (!p || !p->dir)
+		return 0;
+	later = opts.mode == CR_RESTORE;
+	/* Offsets are page numbers: a compressed image's layout is the engine's. */
+	if (off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE ||
+	    criusec_pages_punch(p->pc, off / CRIUSEC_PAGE_SIZE, len / CRIUSEC_PAGE_SIZE,
+				later ? punch_later : punch_now, later ? (void *)p : (void *)&fd)) {
+		pr_err("%s: can't punch pages at %#lx+%lu: %s\n", p->name, off, len, criusec_last_error());
+		return -1;
+	}
 	return 1;
 }
 
@@ -2099,27 +2160,12 @@ static int page_sink_write(void *arg, const void *buf, size_t n)
 static int page_seal_pipe(struct page_img *p, int fd, int pipe, unsigned long len, unsigned long vaddr)
 {
 	struct page_sink sink = { .p = p, .fd = fd };
-	size_t pages;
 
-	if (len % CRIUSEC_PAGE_SIZE) {
-		pr_err("%s: %lu bytes is not whole pages\n", p->name, len);
-		return -1;
-	}
-	pages = len / CRIUSEC_PAGE_SIZE;
-	if (p->nr_tags + pages > p->cap) {
-		size_t cap = max_t(size_t, 2 * p->cap, p->nr_tags + pages + 1024);
-
-		if (xrealloc_safe(&p->tags, cap * CRIUSEC_PAGE_TAG_LEN))
-			return -1;
-		p->cap = cap;
-	}
-	/* The engine reads, seals and hands them to the sink, overlapping on the cores it has. */
-	if (criusec_pages_seal_pipe(p->pc, pipe, vaddr, p->nr_tags, len, p->tags + p->nr_tags * CRIUSEC_PAGE_TAG_LEN,
-				    page_sink_write, &sink)) {
+	/* The engine reads, seals (compresses) and hands them to the sink, overlapping on the cores it has. */
+	if (criusec_pages_append_pipe(p->pc, pipe, vaddr, len, page_sink_write, &sink)) {
 		pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
 		return -1;
 	}
-	p->nr_tags += pages;
 	return 0;
 }
 
@@ -2132,17 +2178,14 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 	return page_seal_pipe(p, fd, pipe, len, vaddr) ? -1 : 1;
 }
 
-/* Read, check and decrypt len bytes at off of a page image. */
+/* Read, check and decrypt (decompress) len bytes at off (a page number times 4096) of a page image. */
 static int page_load(struct page_img *p, int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
 {
-	size_t first = off / CRIUSEC_PAGE_SIZE;
-
-	if (off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE || first + len / CRIUSEC_PAGE_SIZE > p->nr_tags) {
-		pr_err("%s: pages %#lx+%lu at %lld are outside what was dumped\n", p->name, vaddr, len,
-		       (long long)off);
+	if (off < 0 || off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE) {
+		pr_err("%s: pages %#lx+%lu at %lld are not whole pages\n", p->name, vaddr, len, (long long)off);
 		return -1;
 	}
-	if (criusec_pages_pread(p->pc, fd, vaddr, first, buf, len, p->tags + first * CRIUSEC_PAGE_TAG_LEN)) {
+	if (criusec_pages_read(p->pc, fd, vaddr, off / CRIUSEC_PAGE_SIZE, buf, len)) {
 		pr_err("%s: %s\n", p->name, criusec_last_error());
 		return -1;
 	}
@@ -2315,6 +2358,8 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 		return -1;
 	p->in_imgdir = true;
 	p->remote = true;
+	/* The page server counts the pages it receives: they keep their size. */
+	criusec_pages_keep_page_size(p->pc);
 	p->dfd = fcntl(get_service_fd(IMG_FD_OFF), F_DUPFD_CLOEXEC, 0);
 	p->pm_kind = xstrdup(kind_of(fd_type));
 	p->pm_name = xstrdup(name);

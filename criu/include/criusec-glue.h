@@ -73,10 +73,12 @@ extern bool criusec_ps_parent_opaque(void);
 /*
  * Restore: once it succeeded (ok) or failed, wipe every plaintext and key
  * it held; punch the pages --auto-dedup deferred only if ok.
- * criusec_defer_punch(): 1 when the range of an encrypted page image must
- * not be punched now (it is, by criusec_restore_finish(true)), 0 else.
+ * criusec_punch(): dedup of len bytes of pages at off (page number * 4096)
+ * of an encrypted page image, punched by criusec (a compressed region once
+ * all its pages went), in a restore only once it succeeded: 1 done (or
+ * deferred), 0 when fd is no such image (punch it as usual), -1 on error.
  */
 extern void criusec_restore_finish(bool ok);
-extern int criusec_defer_punch(int fd, off_t off, unsigned long len);
+extern int criusec_punch(int fd, unsigned long off, unsigned long len);
 
 #endif /* __CR_CRIUSEC_GLUE_H__ */

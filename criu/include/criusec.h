@@ -37,6 +37,16 @@ enum criusec_aead {
 	CRIUSEC_AEAD_CHACHA20_POLY1305 = 2,
 };
 
+/*
+ * Compression before encryption (values are part of the format: cipher.img's
+ * compress field, byte 11 of a stream header).
+ */
+enum criusec_compress {
+	CRIUSEC_COMPRESS_NONE = 0,
+	CRIUSEC_COMPRESS_LZ4 = 1,
+	CRIUSEC_COMPRESS_ZSTD = 2,
+};
+
 /* Key wrap algorithms of a recipient stanza (values are part of the format). */
 enum criusec_wrap {
 	CRIUSEC_WRAP_RSA_PKCS1V15 = 1,
@@ -54,6 +64,11 @@ enum criusec_aead criusec_default_aead(void);
 const char *criusec_aead_name(enum criusec_aead aead);
 /* Parse "aes-256-gcm" / "chacha20-poly1305" / "auto"; -EINVAL otherwise. */
 int criusec_aead_parse(const char *name, enum criusec_aead *out);
+/* "none", "lz4", "zstd" (NULL for an unknown value); parse: -EINVAL otherwise. */
+const char *criusec_compress_name(uint32_t alg);
+int criusec_compress_parse(const char *name, enum criusec_compress *out);
+/* What --compress without --compress-alg uses. */
+enum criusec_compress criusec_default_compress(void);
 
 /*
  * A checkpoint's key context: the master key, the checkpoint id and what
@@ -100,6 +115,7 @@ struct criusec_header {
 	uint64_t created;			 /* seconds since the epoch */
 	uint8_t manifest_digest[CRIUSEC_DIGEST_LEN];
 	uint32_t sig_alg; /* enum criusec_sig_alg */
+	uint32_t compress; /* enum criusec_compress */
 	size_t n_signer_certs;
 	const struct criusec_blob *signer_certs; /* DER, the signer's first */
 	struct criusec_blob signature;
@@ -177,6 +193,12 @@ struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead);
  * the parent's keys can compute.
  */
 int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *parent);
+/*
+ * Compress images before they are encrypted (format 2): streams and page
+ * regions, recorded in the header.  Before any image is written.
+ */
+int criusec_ctx_set_compress(struct criusec_ctx *ctx, enum criusec_compress alg);
+enum criusec_compress criusec_ctx_compress(const struct criusec_ctx *ctx);
 /*
  * Wrap the master key for the public key of the X.509 certificate (PEM
  * file).  The certificate must be valid now and, if it has a keyUsage
@@ -346,6 +368,43 @@ int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_
 typedef int (*criusec_pages_sink)(void *arg, const void *buf, size_t n);
 int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
 			    criusec_pages_sink sink, void *sink_arg);
+
+/*
+ * A page image as a whole, the form criu uses: p keeps what its pagetags
+ * image holds, the tags of its pages or, in a checkpoint that compresses
+ * (criusec_ctx_set_compress), the records of its regions: runs of up to 64
+ * pages compressed and sealed as one when that makes them smaller
+ * (Documentation/criusec-format.md, 11).  Pages keep their numbers (file
+ * offset / 4096 in an image that does not compress) for all that.
+ *
+ * Dump: append_pipe seals the len bytes of pages in the pipe (the first at
+ * vaddr) as seal_pipe does, numbered after those appended before;
+ * criusec_pages_index() then gives the pagetags plaintext (valid until p
+ * changes).  keep_page_size: never compress (a page server counts pages).
+ */
+int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, size_t len, criusec_pages_sink sink,
+			      void *sink_arg);
+void criusec_pages_keep_page_size(struct criusec_pages *p);
+int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len);
+/* Pages appended, or attached. */
+uint64_t criusec_pages_count(const struct criusec_pages *p);
+/*
+ * Restore: the authenticated pagetags plaintext and the page image's size,
+ * which must be what it describes.  Then read checks, decrypts and
+ * decompresses len bytes of pages starting at page number index of fd
+ * (before anything is returned; large runs on a few threads).  punch
+ * (dedup): the pages [index, index + nr_pages) are no longer needed;
+ * hole(arg, off, len) is called for each byte range of the image that can
+ * go (a compressed region once all of its pages went), to punch it now or
+ * later; non-zero from hole fails (errno kept).
+ */
+int criusec_pages_attach(struct criusec_pages *p, const uint8_t *index, size_t len, uint64_t file_size);
+int criusec_pages_read(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len);
+typedef int (*criusec_pages_hole)(void *arg, uint64_t off, uint64_t len);
+int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pages, criusec_pages_hole hole,
+			void *hole_arg);
+/* The pages the authenticated plaintext of a pagetags image describes, under ctx. */
+int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages);
 
 #ifdef __cplusplus
 }

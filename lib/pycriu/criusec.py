@@ -73,7 +73,13 @@ MAX_CERT_LEN = 16384
 MAX_SIG_LEN = 16384
 # How far in the future a signed creation time may be under --max-age.
 FUTURE_SLACK = 300
-V2_FIELDS = ("parent_binding", "created", "manifest_digest", "sig_alg", "signer_certs", "signature")
+V2_FIELDS = ("parent_binding", "created", "manifest_digest", "sig_alg", "signer_certs", "signature", "compress")
+# Compression before encryption (section 11): cipher.img's compress, stream header byte 11
+COMPRESS_NAMES = {0: "none", 1: "lz4", 2: "zstd"}
+STREAM_BLOCK = 256 * 1024
+STORED_FLAG = 0x80000000
+REGION_PAGES = 64
+MAX_REGION_PAGES = 256
 
 DEFAULT_KEY = "/etc/pki/criu/private/key.pem"
 TRUSTED_SIGNERS = "/etc/criu/trusted-signers.pem"
@@ -212,7 +218,8 @@ def canonical2(h):
         out += b"\x01" + h["parent_id"] + h["parent_binding"]
     else:
         out += b"\x00"
-    out += struct.pack(">II", h["aead"], h["chunk_size"]) + h["manifest_digest"] + _recipients(h)
+    out += struct.pack(">III", h["aead"], h["chunk_size"], h.get("compress") or 0)
+    out += h["manifest_digest"] + _recipients(h)
     certs = h.get("signer_certs") or []
     out += struct.pack(">II", h.get("sig_alg") or 0, len(certs))
     for der in certs:
@@ -258,6 +265,8 @@ def check_header(h):
         raise FormatError("unknown AEAD %d in cipher.img header" % h["aead"])
     if not valid_chunk_size(h["chunk_size"]):
         raise FormatError("invalid chunk size %d in cipher.img header" % h["chunk_size"])
+    if (h.get("compress") or 0) not in COMPRESS_NAMES:
+        raise FormatError("unknown compression %d in cipher.img header" % h["compress"])
     if not 1 <= len(h["recipients"]) <= 1024:
         raise FormatError("cipher.img header has %d recipients (1..1024)" % len(h["recipients"]))
     if h["has_parent"] not in (0, 1, False, True):
@@ -361,14 +370,14 @@ def recipient_stanza(mk, recipient, now=None, unchecked=False):
 
 
 def new_header(mk, ckpt_id, recipients, aead=1, chunk_size=65536, created=None, parent=None,
-               manifest_digest=bytes(DIGEST_LEN)):
+               manifest_digest=bytes(DIGEST_LEN), compress=0):
     """A format-2 header dict, not yet sealed (see seal_header).
 
     recipients: RSA public keys or certificates (MK is wrapped for each), or
     ready stanzas (fingerprint, wrap_alg, wrapped).  parent: None, a
     Checkpoint (its id and the binding under its key), or
     (parent_id, parent_binding) as bytes."""
-    h = {"version": 2, "ckpt_id": bytes(ckpt_id), "aead": aead, "chunk_size": chunk_size,
+    h = {"version": 2, "ckpt_id": bytes(ckpt_id), "aead": aead, "chunk_size": chunk_size, "compress": compress,
          "created": _now(created), "manifest_digest": bytes(manifest_digest), "mac": bytes(MAC_LEN),
          "recipients": [r if isinstance(r, tuple) else recipient_stanza(mk, r) for r in recipients]}
     _set_parent(h, parent)
@@ -435,7 +444,7 @@ def decode_cipher_img(data):
         "parent_binding": ce.parent_binding if ce.HasField("parent_binding") else None,
         "manifest_digest": ce.manifest_digest if ce.HasField("manifest_digest") else None,
         "sig_alg": ce.sig_alg, "signer_certs": list(ce.signer_certs), "signature": ce.signature,
-        "v2_fields": present,
+        "compress": ce.compress, "v2_fields": present,
     }
 
 
@@ -455,6 +464,7 @@ def encode_cipher_img(h):
         ce.created = h["created"]
         ce.manifest_digest = h["manifest_digest"]
         ce.sig_alg = h.get("sig_alg") or 0
+        ce.compress = h.get("compress") or 0
         ce.signer_certs.extend(h.get("signer_certs") or [])
         if h.get("signature"):
             ce.signature = h["signature"]
@@ -870,13 +880,97 @@ def _aead(aead, key):
     return (AESGCM if aead == 1 else ChaCha20Poly1305)(key)
 
 
-def stream_seal(mk, ckpt_id, aead, chunk, kind, name, pt, salt=None):
-    """Seal plaintext pt as one stream (header || sealed chunks)."""
+class BlockCodec:
+    """Section 11.1: one LZ4 block or one zstd frame, bounded on both sides.
+    python3-lz4 and python3-zstandard (Debian packages) are needed only for
+    checkpoints that compress."""
+
+    def __init__(self, alg):
+        if alg not in (1, 2):
+            raise FormatError("unknown compression %d" % alg)
+        self.alg = alg
+        try:
+            if alg == 1:
+                import lz4.block
+                self.lz4 = lz4.block
+            else:
+                import zstandard
+                self.zstd = zstandard
+        except ImportError:
+            raise CriusecError("the checkpoint is compressed with %s: install python3-%s" %
+                               (COMPRESS_NAMES[alg], "lz4" if alg == 1 else "zstandard")) from None
+
+    def compress(self, data, limit):
+        """The compressed bytes, or None when they would not be shorter than limit."""
+        c = self.lz4.compress(bytes(data), store_size=False) if self.alg == 1 else \
+            self.zstd.ZstdCompressor(level=1).compress(bytes(data))
+        return c if len(c) < limit else None
+
+    def decompress(self, data, size, exact):
+        """At most size bytes (exactly size when exact), or FormatError."""
+        data = bytes(data)
+        try:
+            if self.alg == 1:
+                out = self.lz4.decompress(data, uncompressed_size=size)
+            else:
+                # One frame, all of data, no larger than size (whatever the frame claims).
+                fcs = self.zstd.frame_content_size(data)
+                if fcs > size:
+                    raise ValueError("frame content size %d" % fcs)
+                d = self.zstd.ZstdDecompressor().decompressobj()
+                out = d.decompress(data)
+                if not d.eof or d.unused_data or len(out) > size:
+                    raise ValueError("not one whole frame")
+        except Exception as e:
+            raise FormatError("%s block does not decompress (%s)" % (COMPRESS_NAMES[self.alg], e)) from None
+        if not out or (exact and len(out) != size):
+            raise FormatError("compressed block decompresses to %d bytes, not %d" % (len(out), size))
+        return out
+
+
+def blocks_encode(alg, pt):
+    """Section 11.2: the content of a compressed stream."""
+    codec, out = BlockCodec(alg), []
+    for i in range(0, len(pt), STREAM_BLOCK):
+        b = bytes(pt[i:i + STREAM_BLOCK])
+        c = codec.compress(b, len(b))
+        out.append(struct.pack(">I", len(c)) + c if c is not None else struct.pack(">I", STORED_FLAG | len(b)) + b)
+    return b"".join(out)
+
+
+def blocks_decode(alg, data):
+    """The plaintext of a compressed stream's content, or FormatError."""
+    codec, out, pos, short = BlockCodec(alg), [], 0, False
+    data = memoryview(data)
+    while pos < len(data):
+        if len(data) - pos < 4:
+            raise FormatError("compressed stream truncated (block %d cut short)" % len(out))
+        h, = struct.unpack_from(">I", data, pos)
+        n = h & ~STORED_FLAG
+        if short:
+            raise FormatError("compressed stream: block %d follows a short block" % len(out))
+        if not 0 < n <= STREAM_BLOCK or (not h & STORED_FLAG and n == STREAM_BLOCK):
+            raise FormatError("compressed stream: block %d has a bad length" % len(out))
+        if len(data) - pos - 4 < n:
+            raise FormatError("compressed stream truncated (block %d cut short)" % len(out))
+        payload = data[pos + 4:pos + 4 + n]
+        b = bytes(payload) if h & STORED_FLAG else codec.decompress(payload, STREAM_BLOCK, False)
+        short = len(b) < STREAM_BLOCK
+        out.append(b)
+        pos += 4 + n
+    return b"".join(out)
+
+
+def stream_seal(mk, ckpt_id, aead, chunk, kind, name, pt, salt=None, compress=0):
+    """Seal plaintext pt as one stream (header || sealed chunks), its content
+    compressed (section 11.2) when compress is not 0."""
     kind, name = _label(kind, "kind"), _label(name, "name")
-    if aead not in AEAD_NAMES or not valid_chunk_size(chunk):
+    if aead not in AEAD_NAMES or not valid_chunk_size(chunk) or compress not in COMPRESS_NAMES:
         raise CriusecError("bad stream parameters")
     salt = os.urandom(16) if salt is None else salt
-    hdr = MAGIC + bytes([1, aead, chunk.bit_length() - 1, 0]) + salt
+    hdr = MAGIC + bytes([1, aead, chunk.bit_length() - 1, compress]) + salt
+    if compress:
+        pt = blocks_encode(compress, pt)
     a = _aead(aead, stream_key(prk_of(mk, ckpt_id), kind, name, salt))
     aad = hdr + ckpt_id + kind + b"\x00" + name
     n = max(1, -(-len(pt) // chunk))
@@ -886,8 +980,9 @@ def stream_seal(mk, ckpt_id, aead, chunk, kind, name, pt, salt=None):
     return b"".join(out)
 
 
-def stream_open(mk, ckpt_id, aead, chunk, kind, name, data):
-    """Authenticate and decrypt a whole stream (section 4.4), or raise FormatError."""
+def stream_open(mk, ckpt_id, aead, chunk, kind, name, data, compress=0):
+    """Authenticate and decrypt a whole stream (section 4.4), or raise
+    FormatError; compress is the checkpoint's (section 11.2)."""
     kind, name = _label(kind, "kind"), _label(name, "name")
     data = memoryview(data)
     if not len(data):
@@ -905,8 +1000,9 @@ def stream_open(mk, ckpt_id, aead, chunk, kind, name, data):
         raise FormatError("stream AEAD %d is not the checkpoint's (%d)" % (hdr[9], aead))
     if not 12 <= hdr[10] <= 20 or 1 << hdr[10] != chunk:
         raise FormatError("stream chunk size 2^%d is not the checkpoint's (%d)" % (hdr[10], chunk))
-    if hdr[11] != 0:
-        raise FormatError("bad stream header (reserved byte)")
+    if hdr[11] not in (0, compress):
+        raise FormatError("bad stream header (compression %d%s)" % (
+            hdr[11], " in a checkpoint without compression" if not compress else " differs from the checkpoint's"))
     a = _aead(aead, stream_key(prk_of(mk, ckpt_id), kind, name, hdr[12:28]))
     aad = hdr + ckpt_id + kind + b"\x00" + name
 
@@ -943,7 +1039,8 @@ def stream_open(mk, ckpt_id, aead, chunk, kind, name, data):
                 raise FormatError("stream truncated (no final chunk)")
             raise FormatError("chunk %d failed authentication" % i)
         out.append(pt)
-        return b"".join(out)
+        content = b"".join(out)
+        return blocks_decode(hdr[11], content) if hdr[11] else content
 
 
 def is_stream(head):
@@ -963,6 +1060,39 @@ def is_stream(head):
 # name.  The tags, 16 bytes per page in order, are the plaintext of the
 # stream image pagetags-<N>.img (kind "pagetags").
 
+# A checkpoint that compresses (section 11.3) cuts each page image into
+# regions of consecutive pages; pagetags-<N>.img then holds one record per
+# region, u32(pages) || u32(stored), with an XTS region's tags after it.  A
+# compressed region (stored != 0) is stored bytes of
+#   AEAD(derive("criusec v1 pages region" || 0x00 || name, 32), u88(r) || 0x00,
+#        AAD = "criusec-region-v1" || 0x00 || ckpt_id || u64(vaddr) || u64(first)
+#              || u32(pages) || u32(compress) || name, compressed pages)
+
+def parse_regions(index):
+    """[(first, pages, stored, offset, tags)] of a pagetags image's records."""
+    out, pos, first, off = [], 0, 0, 0
+    index = memoryview(index)
+    while pos < len(index):
+        if len(index) - pos < 8:
+            raise FormatError("region record %d cut short" % len(out))
+        n, stored = struct.unpack_from(">II", index, pos)
+        pos += 8
+        if not 1 <= n <= MAX_REGION_PAGES:
+            raise FormatError("region record %d: %d pages" % (len(out), n))
+        if stored and not TAG_LEN < stored < n * PAGE_SIZE:
+            raise FormatError("region record %d: stored length %d for %d pages" % (len(out), stored, n))
+        tags = b""
+        if not stored:
+            if len(index) - pos < n * PAGE_TAG_LEN:
+                raise FormatError("region record %d: tags cut short" % len(out))
+            tags = bytes(index[pos:pos + n * PAGE_TAG_LEN])
+            pos += n * PAGE_TAG_LEN
+        out.append((first, n, stored, off, tags))
+        first += n
+        off += stored or n * PAGE_SIZE
+    return out
+
+
 def page_keys(prk, name):
     name = _label(name, "name")
     return (derive(prk, b"criusec v1 pages xts\x00" + name, 64),
@@ -970,11 +1100,58 @@ def page_keys(prk, name):
 
 
 class PageCipher:
-    def __init__(self, prk, name):
+    def __init__(self, prk, name, ckpt_id=None, aead=1, compress=0):
         _need_crypto()
         self.name = _b(name).decode()
         self.xts_key, tag_key = page_keys(prk, name)
         self.gmac = AESGCM(tag_key)
+        self.compress, self.ckpt_id = compress, ckpt_id
+        if compress:
+            self.codec = BlockCodec(compress)
+            self.region = _aead(aead, derive(prk, b"criusec v1 pages region\x00" + _label(name, "name"), 32))
+
+    def region_aad(self, vaddr, first, n):
+        return (b"criusec-region-v1\x00" + self.ckpt_id + struct.pack(">QQII", vaddr, first, n, self.compress) +
+                _b(self.name))
+
+    def seal_region(self, r, vaddr, first, pages):
+        """The stored bytes of a compressed region, or None when it does not shrink."""
+        c = self.codec.compress(pages, len(pages) - TAG_LEN - 1)
+        if c is None:
+            return None
+        return self.region.encrypt(r.to_bytes(11, "big") + b"\x00", c, self.region_aad(vaddr, first,
+                                                                                      len(pages) // PAGE_SIZE))
+
+    def seal_regions(self, vaddr, index, run, r=0):
+        """Consecutive pages from (vaddr, index) on, as regions r, r + 1, ...:
+        (the bytes of the page image, the region records)."""
+        data, records = [], []
+        for k0 in range(0, len(run) // PAGE_SIZE, REGION_PAGES):
+            n = min(REGION_PAGES, len(run) // PAGE_SIZE - k0)
+            v, pages = vaddr + k0 * PAGE_SIZE, bytes(run[k0 * PAGE_SIZE:(k0 + n) * PAGE_SIZE])
+            stored = self.seal_region(r + len(records), v, index + k0, pages)
+            if stored is not None:
+                data.append(stored)
+                records.append(struct.pack(">II", n, len(stored)))
+                continue
+            sealed = [self.seal(v + k * PAGE_SIZE, index + k0 + k, pages[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+                      for k in range(n)]
+            data.extend(c for c, _ in sealed)
+            records.append(struct.pack(">II", n, 0) + b"".join(t for _, t in sealed))
+        return b"".join(data), records
+
+    def open_region(self, r, vaddr, first, n, stored):
+        """A compressed region's pages: authenticated before they are decompressed."""
+        try:
+            c = self.region.decrypt(r.to_bytes(11, "big") + b"\x00", bytes(stored), self.region_aad(vaddr, first, n))
+        except InvalidTag:
+            raise FormatError("%s: region %d (pages %d-%d, vaddr 0x%x) failed authentication"
+                              % (self.name, r, first, first + n - 1, vaddr)) from None
+        try:
+            return self.codec.decompress(c, n * PAGE_SIZE, True)
+        except FormatError as e:
+            raise FormatError("%s: region %d (pages %d-%d, vaddr 0x%x): %s"
+                              % (self.name, r, first, first + n - 1, vaddr, e)) from None
 
     @staticmethod
     def identity(vaddr, index):
@@ -1261,7 +1438,8 @@ class Checkpoint:
         self._parent = None
 
     @classmethod
-    def create(cls, imgdir, recipients, keys=None, aead=1, chunk_size=65536, mk=None, ckpt_id=None, policy=None):
+    def create(cls, imgdir, recipients, keys=None, aead=1, chunk_size=65536, mk=None, ckpt_id=None, policy=None,
+               compress=0):
         """A new, empty encrypted checkpoint in imgdir, for recipients (RSA
         public keys or certificates).  Add images with write_image() and
         write_pages(); reseal() then writes its manifest and cipher.img."""
@@ -1272,7 +1450,7 @@ class Checkpoint:
         ck.encrypted = True
         ck.mk = os.urandom(MK_LEN) if mk is None else bytes(mk)
         ck.header = new_header(ck.mk, os.urandom(ID_LEN) if ckpt_id is None else ckpt_id, recipients, aead,
-                               chunk_size)
+                               chunk_size, compress=compress)
         ck._manifest, ck._entries, ck._kinds = [], {}, {}
         return ck
 
@@ -1394,6 +1572,7 @@ class Checkpoint:
         return {
             "encrypted": True, "format": h["version"], "ckpt_id": _hex(h["ckpt_id"]),
             "aead": AEAD_NAMES[h["aead"]], "chunk_size": h["chunk_size"],
+            "compress": COMPRESS_NAMES.get(h.get("compress") or 0),
             "created": h.get("created"), "created_utc": _utc(h["created"]) if h.get("created") is not None else None,
             "recipients": [{"fingerprint": "SHA256:" + _hex(f), "key": mine.get(f)} for f, _, _ in h["recipients"]],
             "parent_id": _hex(h["parent_id"]) if h["has_parent"] else None,
@@ -1505,7 +1684,8 @@ class Checkpoint:
         if kind is None:
             kind = self.kind_of(name)
         try:
-            return stream_open(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, data)
+            return stream_open(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, data,
+                               h.get("compress") or 0)
         except FormatError as e:
             raise FormatError("%s: %s" % (name, e)) from None
 
@@ -1514,7 +1694,8 @@ class Checkpoint:
         stream salt).  write_image() also records it in the manifest."""
         self.unlock(name)
         h = self.header
-        return stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], self.kind_of(name), name, plaintext)
+        return stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], self.kind_of(name), name, plaintext,
+                           compress=h.get("compress") or 0)
 
     # -- images --
 
@@ -1644,7 +1825,8 @@ class Checkpoint:
             raise CriusecError("%s: not an image of this checkpoint; give its kind to add it" % name)
         kind = e[0] if e is not None else kind
         h = self.header
-        sealed = stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, plaintext)
+        sealed = stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, plaintext,
+                             compress=h.get("compress") or 0)
         self.write(name, sealed)
         self._record(name, kind, len(sealed), hashlib.sha256(plaintext).digest())
         self._plain[name] = plaintext
@@ -1676,10 +1858,18 @@ class Checkpoint:
         ids = [int(m.group(1)) for m in map(PAGES_RE.match, os.listdir(self.dir)) if m]
         pid = old if old is not None and not self.encrypted else max(ids + [old or 0, 0]) + 1
         name = "pages-%d.img" % pid
-        pc = PageCipher(self.prk, name) if self.encrypted else None
+        pc = self._page_cipher(name) if self.encrypted else None
         data, tags, index = [], [], 0
         for vaddr, nr, flags in entries:
             if not flags & PE_PRESENT or flags & PE_PARENT:
+                continue
+            if pc is not None and pc.compress:
+                # Regions of up to REGION_PAGES, compressed when they shrink (section 11.3).
+                run = b"".join(bytes(pages[vaddr + k * PAGE_SIZE]) for k in range(nr))
+                stored, records = pc.seal_regions(vaddr, index, run, len(tags))
+                data.append(stored)
+                tags.extend(records)
+                index += nr
                 continue
             for k in range(nr):
                 page = bytes(pages[vaddr + k * PAGE_SIZE])
@@ -1725,9 +1915,10 @@ class Checkpoint:
                 e[2] = hashlib.sha256(self._plain[name]).digest()
         mpt = encode_manifest([(n, *e) for n, e in self._entries.items()])
         self.write(MANIFEST_IMG, stream_seal(self.mk, h["ckpt_id"], h["aead"], h["chunk_size"], MANIFEST_KIND,
-                                             MANIFEST_IMG, mpt))
+                                             MANIFEST_IMG, mpt, compress=h.get("compress") or 0))
         nh = new_header(self.mk, h["ckpt_id"], h["recipients"] if recipients is None else recipients, h["aead"],
-                        h["chunk_size"], created, manifest_digest=hashlib.sha256(mpt).digest())
+                        h["chunk_size"], created, manifest_digest=hashlib.sha256(mpt).digest(),
+                        compress=h.get("compress") or 0)
         if parent is not None:
             _set_parent(nh, parent)
         elif h["has_parent"]:
@@ -1806,18 +1997,34 @@ class Checkpoint:
                     return name
         raise CriusecError("pages-%d.img: no pagemap image refers to it" % pages_id)
 
-    def _page_tags(self, pages_id, npages):
+    def _page_cipher(self, name):
+        h = self.header
+        return PageCipher(self.prk, name, h["ckpt_id"], h["aead"], h.get("compress") or 0)
+
+    def _page_tags(self, pages_id, size):
+        """The tags of pages-<id>.img (a bytes string), or in a checkpoint
+        that compresses its region records, checked against the file's size."""
         if pages_id not in self._tags:
             tname = "pagetags-%d.img" % pages_id
             self.manifest()
             if self._kinds.get(tname) != PAGE_TAGS_KIND:
                 raise FormatError("pages-%d.img: its page tags (%s) are not in the checkpoint" % (pages_id, tname))
-            self._tags[pages_id] = self._plain.get(tname) or self._open_stream_file(PAGE_TAGS_KIND, tname)
-        tags = self._tags[pages_id]
-        if len(tags) != npages * PAGE_TAG_LEN:
-            raise FormatError("pages-%d.img: %d pages, but pagetags-%d.img holds %d tags"
-                              % (pages_id, npages, pages_id, len(tags) // PAGE_TAG_LEN))
-        return tags
+            tags = self._plain.get(tname) or self._open_stream_file(PAGE_TAGS_KIND, tname)
+            if self.header.get("compress"):
+                try:
+                    tags = parse_regions(tags)
+                except FormatError as e:
+                    raise FormatError("%s: %s" % (tname, e)) from None
+                want = tags[-1][3] + (tags[-1][2] or tags[-1][1] * PAGE_SIZE) if tags else 0
+            else:
+                want = len(tags) // PAGE_TAG_LEN * PAGE_SIZE
+                if len(tags) % PAGE_TAG_LEN:
+                    raise FormatError("%s: not whole tags" % tname)
+            if size != want:
+                raise FormatError("pages-%d.img: %d bytes, but the dump wrote %d: truncated or extended"
+                                  % (pages_id, size, want))
+            self._tags[pages_id] = tags
+        return self._tags[pages_id]
 
     def _read_pages(self, pages_id, index, vaddr, n):
         """n consecutive pages of pages-<id>.img from page `index`, whose first is at vaddr."""
@@ -1831,18 +2038,43 @@ class Checkpoint:
         except FileNotFoundError:
             raise FormatError("%s: missing from the checkpoint (a pagemap refers to it)" % name) from None
         with f:
-            f.seek(index * PAGE_SIZE)
-            data = f.read(n * PAGE_SIZE)
-        if len(data) != n * PAGE_SIZE or size % PAGE_SIZE:
-            raise FormatError("%s: truncated (%d bytes, page %d wanted)" % (name, size, index + n - 1))
-        if not self.encrypted:
+            if not self.encrypted:
+                f.seek(index * PAGE_SIZE)
+                data = f.read(n * PAGE_SIZE)
+                if len(data) != n * PAGE_SIZE or size % PAGE_SIZE:
+                    raise FormatError("%s: truncated (%d bytes, page %d wanted)" % (name, size, index + n - 1))
+                return data
+            tags = self._page_tags(pages_id, size)
+            pc = self._page_cipher(name)
+            if not pc.compress:
+                if index + n > len(tags) // PAGE_TAG_LEN:
+                    raise FormatError("%s: page %d is not in the checkpoint" % (name, index + n - 1))
+                f.seek(index * PAGE_SIZE)
+                data = f.read(n * PAGE_SIZE)
+                return pc.open_run(vaddr, index, data, tags[index * PAGE_TAG_LEN:(index + n) * PAGE_TAG_LEN])
+            out = []
+            for r, (first, nr, stored, off, rtags) in enumerate(tags):
+                lo, hi = max(index, first), min(index + n, first + nr)
+                if lo >= hi:
+                    continue
+                rv = vaddr + (first - index) * PAGE_SIZE  # the region's address, from the caller's
+                if stored:
+                    f.seek(off)
+                    run = pc.open_region(r, rv, first, nr, f.read(stored))[(lo - first) * PAGE_SIZE:
+                                                                         (hi - first) * PAGE_SIZE]
+                else:
+                    f.seek(off + (lo - first) * PAGE_SIZE)
+                    run = pc.open_run(rv + (lo - first) * PAGE_SIZE, lo, f.read((hi - lo) * PAGE_SIZE),
+                                      rtags[(lo - first) * PAGE_TAG_LEN:(hi - first) * PAGE_TAG_LEN])
+                out.append(run)
+            data = b"".join(out)
+            if len(data) != n * PAGE_SIZE:
+                raise FormatError("%s: page %d is not in the checkpoint" % (name, index + n - 1))
             return data
-        tags = self._page_tags(pages_id, size // PAGE_SIZE)
-        pc = PageCipher(self.prk, name)
-        return pc.open_run(vaddr, index, data, tags[index * PAGE_TAG_LEN:(index + n) * PAGE_TAG_LEN])
 
     def pages_image(self, pages_id):
-        """The whole plaintext of pages-<id>.img, in file order."""
+        """The whole plaintext of pages-<id>.img, in file order (page number
+        order, in a checkpoint that compresses)."""
         if not self.encrypted:
             self.check_plain("pages-%d.img" % pages_id)
             with open(self.path("pages-%d.img" % pages_id), "rb") as f:
@@ -1854,10 +2086,11 @@ class Checkpoint:
                 out.append(self._read_pages(pages_id, index, vaddr, nr))
                 index += nr
         data = b"".join(out)
-        size = os.path.getsize(self.path("pages-%d.img" % pages_id))
-        if len(data) != size:
-            raise FormatError("pages-%d.img: %d bytes, its pagemap %s describes %d"
-                              % (pages_id, size, pm, len(data)))
+        tags = self._page_tags(pages_id, os.path.getsize(self.path("pages-%d.img" % pages_id)))
+        dumped = sum(r[1] for r in tags) if self.header.get("compress") else len(tags) // PAGE_TAG_LEN
+        if len(data) != dumped * PAGE_SIZE:
+            raise FormatError("pages-%d.img: %d pages, its pagemap %s describes %d"
+                              % (pages_id, dumped, pm, len(data) // PAGE_SIZE))
         return data
 
     def pages(self, pagemap, start=0, end=1 << 64):

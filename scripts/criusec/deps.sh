@@ -4,13 +4,14 @@
 # Idempotent: apt-get update runs only when a package is missing.
 # libbpf-dev: CRIU dumps BPF maps only when built with it.
 # softhsm2: a PKCS#11 token for the tests of private keys kept in a token.
+# liblz4-dev, libzstd-dev: --compress (python3-lz4, -zstandard: pycriu reads those checkpoints).
 set -eu
 
 PKGS="build-essential pkg-config git xz-utils ca-certificates
 libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
 libnl-3-dev libnl-route-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev uuid-dev
-libgnutls28-dev libgmp-dev libaio-dev libdrm-dev libbpf-dev
-python3 python3-protobuf python3-cryptography python3-yaml python3-pytest python3-pip
+libgnutls28-dev libgmp-dev liblz4-dev libzstd-dev libaio-dev libdrm-dev libbpf-dev
+python3 python3-protobuf python3-cryptography python3-lz4 python3-zstandard python3-yaml python3-pytest python3-pip
 cmake g++ googletest libgtest-dev clang libclang-rt-dev
 iproute2 iptables nftables procps psmisc util-linux tar gnutls-bin asciidoctor xmlto
 age gnupg openssl softhsm2"

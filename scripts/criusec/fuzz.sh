@@ -19,13 +19,14 @@ mkdir -p "$out/corpus/names"
 printf 'core-%%u.img\0core-1.img' >"$out/corpus/names/core"
 printf 'ghost-file-%%x.img\0ghost-file-1f.img' >"$out/corpus/names/ghost"
 printf '%%s\0../fifo' >"$out/corpus/names/dotdot"
-for t in fuzz_stream_open fuzz_header_import fuzz_grant fuzz_trust fuzz_names; do
+for t in fuzz_stream_open fuzz_header_import fuzz_grant fuzz_trust fuzz_names fuzz_decompress; do
 	case $t in
 	fuzz_stream_open) c="$out/corpus/stream" ;;
 	fuzz_header_import) c="$out/corpus/header" ;;
 	fuzz_grant) c="$out/corpus/grant" ;;
 	fuzz_trust) c="$out/corpus/trust" ;;
 	fuzz_names) c="$out/corpus/names" ;;
+	fuzz_decompress) c="$out/corpus/decompress" ;;
 	esac
 	mkdir -p "$c" "$out/artifacts"
 	echo "== $t: ${secs}s"

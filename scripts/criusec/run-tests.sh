@@ -25,13 +25,15 @@ pytest_layer integration
 zdtm_layer zdtm-smoke smoke
 touch "$log/stamp"
 zdtm_layer zdtm-smoke-encrypt smoke --encrypt --keep-img always
+# Images compressed before they are encrypted (kept too: crit-recode reads them).
+zdtm_layer zdtm-smoke-encrypt-compress smoke --encrypt --compress --keep-img always
 # Pages through a criu page-server (which needs --tls under --encrypt).
 ZDTM_EXCLUDE="zdtm/static/shm zdtm/static/shm-unaligned" \
 ZDTM_EXCLUDE_WHY="fails with --page-server --tls in upstream CRIU too: the IPC namespace is dumped by a forked child, whose TLS records the page server cannot decrypt" \
 	zdtm_layer zdtm-smoke-encrypt-page-server smoke --encrypt --page-server --tls
 
 # ZDTM's CRIT check (CRIU's CI runs it after its tests) on the encrypted
-# checkpoints the layer above kept: decode, encode, re-encrypt.
+# checkpoints the layers above kept (compressed ones too): decode, encode, re-encrypt.
 echo "== crit-recode (test/crit-recode.py on the encrypted ZDTM dumps)"
 dirs=$(find "$src/test/dump" -name cipher.img -newer "$log/stamp" -printf '%h\n' 2>/dev/null | sort)
 n=$(echo "$dirs" | grep -c . || true)

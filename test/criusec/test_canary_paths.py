@@ -8,7 +8,9 @@ Each test proves three things:
      state has the canary in the expected image;
   2. ``dump --encrypt`` leaves it in no file criu wrote, in the images dir
      or the work dir (gzip members are also scanned decompressed), and the
-     images of that kind are streams (magic ``CRIUSEC\\x01``);
+     images of that kind are streams (magic ``CRIUSEC\\x01``); the paths
+     with the most data also run with ``--compress``, their streams then
+     compressed (byte 11);
   3. restore with ``--tls-key`` brings the state back: the workload reads
      the canary again from the restored kernel object.
 The workloads are in workloads/canary.c."""
@@ -93,7 +95,8 @@ class Run:
     """One path's round trip: plain dump (left running), encrypted dump,
     restore, each with its own images dir and a separate work dir."""
 
-    def __init__(self, tmp_path, canary_bin, keys):
+    def __init__(self, tmp_path, canary_bin, keys, compress=None):
+        self.compress = compress  # None, or --compress-alg's name
         self.tmp = tmp_path
         self.bin = canary_bin
         self.cert, self.key = keys
@@ -123,7 +126,8 @@ class Run:
 
     def encrypted_dump(self, wl, *args):
         pids = tree_pids(wl.pid)
-        r = self.criu("dump", "img", "-t", wl.pid, "--encrypt", "--tls-cert", self.cert, *args)
+        z = ("--compress", "--compress-alg", self.compress) if self.compress else ()
+        r = self.criu("dump", "img", "-t", wl.pid, "--encrypt", "--tls-cert", self.cert, *z, *args)
         wait_gone(pids)
         return r
 
@@ -139,8 +143,8 @@ class Run:
 
 
 @pytest.fixture
-def run(tmp_path, canary_bin, key_pair):
-    r = Run(tmp_path, canary_bin, key_pair)
+def run(request, tmp_path, canary_bin, key_pair):
+    r = Run(tmp_path, canary_bin, key_pair, getattr(request, "param", None))
     yield r
     r.kill()
 
@@ -166,7 +170,10 @@ def assert_encrypted(run, needles, kinds, name="img", skip_logs=False):
     seen = []
     for k in kinds:
         for p in images(img, k):
-            assert p.read_bytes()[:8] == MAGIC, f"{p.name} is not an encrypted stream"
+            head = p.read_bytes()[:12]
+            assert head[:8] == MAGIC, f"{p.name} is not an encrypted stream"
+            if name == "img" and run.compress:
+                assert head[11] == {"lz4": 1, "zstd": 2}[run.compress], f"{p.name} is not compressed"
             seen.append(p.name)
     assert seen, f"no image {kinds} in the encrypted dump"
     return seen
@@ -184,6 +191,7 @@ def round_trip(run, wl, needles, kinds, dump_args=(), restore_args=(), report=No
 
 # 1. TCP queues ---------------------------------------------------------------
 
+@pytest.mark.parametrize("run", [None, "lz4"], indirect=True, ids=["plain-streams", "compressed"])
 def test_tcp_queues(run):
     c = new_canary()
     wl = run.start("tcpq", free_port(), canary=c)
@@ -200,6 +208,7 @@ def test_tcp_queues(run):
 
 # 2. tmpfs archives -----------------------------------------------------------
 
+@pytest.mark.parametrize("run", [None, "zstd"], indirect=True, ids=["plain-streams", "compressed"])
 def test_tmpfs_archive(run):
     c = new_canary()
     root, mnt = run.tmp / "root", run.tmp / "mnt"
@@ -367,6 +376,7 @@ def test_bpf_map(run):
 
 # 5. SysV IPC -----------------------------------------------------------------
 
+@pytest.mark.parametrize("run", [None, "zstd"], indirect=True, ids=["plain-streams", "compressed"])
 def test_sysv_ipc(run):
     c = new_canary()
     wl = run.start("ipc", canary=c)
@@ -399,6 +409,7 @@ GHOST_SIZE = 4 << 20
 GHOST_OFFSETS = (100, (1 << 20) + 333, (3 << 20) - 10, GHOST_SIZE - 64)
 
 
+@pytest.mark.parametrize("run", [None, "zstd"], indirect=True, ids=["plain-streams", "compressed"])
 @pytest.mark.parametrize("chunker", ["--ghost-fiemap", "--no-ghost-fiemap"])
 def test_chunked_ghost_file(run, chunker):
     """A sparse deleted file over criu's GHOST_CHUNKS_THRESH (12 KiB) is saved

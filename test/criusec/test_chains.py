@@ -74,6 +74,16 @@ def restore_opts(hosts):
 
 # The chain keys criu leaves in root's user keyring: removed when the tests are done.
 @pytest.fixture(autouse=True)
+def images_freed(tmp_path):
+    """Chains are large and the VM's /tmp is a tmpfs: after each test only
+    the logs stay (pytest keeps every test's directory until the session ends)."""
+    yield
+    for p in sorted(tmp_path.rglob("*"), reverse=True):
+        if p.is_symlink() or (p.is_file() and not p.name.endswith(".log")):
+            p.unlink()
+
+
+@pytest.fixture(autouse=True)
 def own_chain_keys():
     before = set(chain_keys())
     yield
@@ -166,8 +176,9 @@ def chain_dump(criu, wl, tmp_path, action, name, args, how, hosts):
     return img
 
 
-def make_chain(workloads, criu, tmp_path, how, hosts, canary=None):
-    """pre1 <- pre2 <- img of the churn workload; the stats of each."""
+def make_chain(workloads, criu, tmp_path, how, hosts, canary=None, before_dump=None):
+    """pre1 <- pre2 <- img of the churn workload; the stats of each.
+    before_dump(wl) runs before the last dump (which ends the task)."""
     wl = workloads("churn", MIB, env={"CANARY": canary} if canary else None)
     pages, hot = map(int, wl.last.split()[-2:])
     cold = pages - hot
@@ -181,6 +192,8 @@ def make_chain(workloads, criu, tmp_path, how, hosts, canary=None):
     # and libraries) and takes every other page from its parent.
     for prev, name in (("pre1", "pre2"), ("pre2", "img")):
         wait_rewritten(wl)
+        if name == "img" and before_dump:
+            before_dump(wl)
         args = ["-t", wl.pid, "--track-mem", "--prev-images-dir", f"../{prev}"]
         img = chain_dump(criu, wl, tmp_path, "dump" if name == "img" else "pre-dump", name, args, how, hosts)
         s = dump_stats(img)
@@ -254,11 +267,12 @@ def test_encrypted_chain_tampered(workloads, criu, tmp_path, hosts):
     flipped, a parent removed: each refused before any task runs; the
     genuine chain restores after."""
     how = CHAINS["encrypted"]
-    wl = make_chain(workloads, criu, tmp_path, how, hosts)
+    # Another genuine checkpoint of the same process, dumped before the
+    # last one (without --track-mem: the chain's dirty bits stay as they are).
+    other = tmp_path / "other"
+    wl = make_chain(workloads, criu, tmp_path, how, hosts, before_dump=lambda wl: criu.run(
+        "dump", other, "-t", wl.pid, "--leave-running", *dump_opts(hosts)))
     img, pre2 = tmp_path / "img", tmp_path / "pre2"
-    # Another genuine checkpoint of the same process, over the same parent.
-    other = chain_dump(criu, wl, tmp_path, "pre-dump", "other",
-                       ["-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre1"], how, hosts)
     args = restore_opts(hosts)
 
     os.unlink(img / "parent")
@@ -267,7 +281,10 @@ def test_encrypted_chain_tampered(workloads, criu, tmp_path, hosts):
     os.unlink(img / "parent")
     os.symlink("../pre2", img / "parent")
 
-    pages = max(pre2.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    # A page the restore needs: pre2's pages were all rewritten by the last
+    # dump, pre1's cold seven eighths were not (the middle of its largest
+    # pages image is one of them).
+    pages = max((tmp_path / "pre1").glob("pages-*.img"), key=lambda p: p.stat().st_size)
     good = pages.read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0x20

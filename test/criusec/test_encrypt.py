@@ -68,6 +68,21 @@ def test_canaries_absent_and_state_restored(workloads, criu, tmp_path, keys):
     assert wl.report() == "secrets OK"
 
 
+def test_plain_checkpoint_hears_nothing_of_criusec(workloads, criu, tmp_path):
+    """Without --encrypt, criusec stays out of the way: no warning or error
+    of it in the logs (every dump looks for an irmap cache in its work dir,
+    which criusec once took for an unreadable encrypted directory)."""
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    criu.dump(wl, img)
+    criu.restore(img)
+    assert wl.report() == "secrets OK"
+    for log in ("dump.log", "restore.log"):
+        text = (img / log).read_text()
+        said = [ln for ln in text.splitlines() if "criusec" in ln and ("Warn" in ln or "Error" in ln)]
+        assert said == [], f"{log}: {said}"
+
+
 def test_any_recipient_restores(workloads, criu, tmp_path, keys):
     wl, _, img = encrypted_dump(workloads, criu, tmp_path, keys, recipients=("alice", "bob"))
     criu.restore(img, "--tls-key", keys["bob"][1])

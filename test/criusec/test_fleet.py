@@ -453,12 +453,17 @@ class Runc:
         return r
 
     def counting(self):
-        """The container's counter goes on."""
-        first = int(self.count_file.read_text() or 0)
+        """The container's counter goes on (runc run -d returns before the shell's first write)."""
+        def count():
+            try:
+                return int(self.count_file.read_text() or 0)
+            except FileNotFoundError:
+                return 0
+        first = count()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             time.sleep(0.2)
-            if int(self.count_file.read_text() or 0) > first:
+            if count() > first:
                 return True
         return False
 

@@ -100,11 +100,11 @@ VECTORS2 = {
     "binding_key": "e280de02b3cb925775de42c75fa4c8a5915c6bb1cd5c425e2925f337e71c79a2",
     "parent_binding": "9778cf4b19055bf68cf5bbfd3b8b4357c7cac3bd7814f206f32472d40a76b0ee",
     "unsigned_canonical2": "637269757365632d6865616465722d76320000000002101112131415161718191a1b1c1d1e1f"
-                           "000000006955b90000000000010001000"
+                           "000000006955b9000000000001000100000000000"
                            "0c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf00000001"
                            "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
                            "0000000100000008555555555555555500000000" "00000000",
-    "unsigned_mac": "bd9b27858828a453fcf7f7ec0d7e4b49890c144d4a33d6b6a719b6d98a1116b7",
+    "unsigned_mac": "550190590171022cc3dd847f1cf1e931e549ffd6eb82a8a5b4b391f679720f86",
     "signer_cert": "308201193081cca00302010202020c51300506032b657030253123302106035504030c1a6372697573"
                    "6563207465737420766563746f72207369676e6572301e170d3236303130313030303030305a170d33"
                    "36303130313030303030305a30253123302106035504030c1a63726975736563207465737420766563"
@@ -112,25 +112,26 @@ VECTORS2 = {
                    "aa0617795b7d43a63482993fd5a320301e300c0603551d130101ff04023000300e0603551d0f0101ff"
                    "040403020780300506032b65700341001ce18d9ef49c88d4a8cfc112bdcf0b3c2e01d6f3c96ad11474"
                    "2df8fb3759a1ab14ae97cdf2634176b0615580ec0fabb2a7a5399991b16a29803c5c579e335509",
-    "signed_canonical2_len": "484",
-    "signed_canonical2_sha256": "2531fac922da441b6f73eb947f9288de391adc96b542bd299436de3ea5cc3cf4",
+    "signed_canonical2_len": "488",
+    "signed_canonical2_sha256": "977a1c10d4c39f173deb3276bde5cf7c6602275de24418855b0b95bdbaafa2e3",
     "signed_canonical2_head": "637269757365632d6865616465722d76320000000002101112131415161718191a1b1c1d1e1f"
                               "000000006955b90001303132333435363738393a3b3c3d3e3f"
-                              "9778cf4b19055bf68cf5bbfd3b8b4357c7cac3bd7814f206f32472d40a76b0ee0000000100010000"
+                              "9778cf4b19055bf68cf5bbfd3b8b4357c7cac3bd7814f206f32472d40a76b0ee000000010001000000000002"
                               "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf00000001"
                               "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0"
                               "00000001000000085555555555555555" "00000005000000010000011d",
-    "signature": "f586409bb30b15d2a64d3258ff811893652b80daa16b18b1978322e2d4887603"
-                 "f1786b0fb11a5ca7e124144b3fda0194b4ec07062cfb6144c49c678dbe2b2608",
-    "signed_mac": "5a9222c13788521615ed2cb57fd3f1c3eac06b0759fb03c3dcf363cf13a06153",
+    "signature": "c118ff8c36ca0cf8a01e5eed7d9d14f82af7a75870d7aae1e79c50909ebd012c"
+                 "19bc7851214b459e25030ac6f446bb71fbf948e6bb47daaeeb73d70976475609",
+    "signed_mac": "1066d718e3ad7696d1538b49f158e87c65e9391ac27238df2f9772f7b81a5141",
 }
 
 
-def spec_canonical2(ckpt, created, parent, aead, chunk, mdigest, stanzas, sig_alg, certs):
+def spec_canonical2(ckpt, created, parent, aead, chunk, compress, mdigest, stanzas, sig_alg, certs):
     """canonical2 exactly as section 10.2 writes it, field by field."""
     out = b"criusec-header-v2" + b"\x00" + (2).to_bytes(4, "big") + ckpt + created.to_bytes(8, "big")
     out += (b"\x01" + parent[0] + parent[1]) if parent else b"\x00"
-    out += aead.to_bytes(4, "big") + chunk.to_bytes(4, "big") + mdigest + len(stanzas).to_bytes(4, "big")
+    out += aead.to_bytes(4, "big") + chunk.to_bytes(4, "big") + compress.to_bytes(4, "big")
+    out += mdigest + len(stanzas).to_bytes(4, "big")
     for fpr, alg, wrapped in stanzas:
         out += fpr + alg.to_bytes(4, "big") + len(wrapped).to_bytes(4, "big") + wrapped
     out += sig_alg.to_bytes(4, "big") + len(certs).to_bytes(4, "big")
@@ -151,13 +152,13 @@ def test_format2_vectors():
         (VECTORS2["parent_prk"], VECTORS2["binding_key"], VECTORS2["parent_binding"])
     stanzas = [(b"\xf0" * 32, 1, b"\x55" * 8)]
     mdigest = bytes(range(0xc0, 0xe0))
-    unsigned = spec_canonical2(ckpt, 1767225600, None, 1, 65536, mdigest, stanzas, 0, [])
+    unsigned = spec_canonical2(ckpt, 1767225600, None, 1, 65536, 0, mdigest, stanzas, 0, [])
     assert unsigned.hex() == VECTORS2["unsigned_canonical2"]
     mac_key = HKDFExpand(hashes.SHA256(), 32, b"criusec v1 header mac").derive(criusec.prk_of(mk, ckpt))
     assert hmac.new(mac_key, unsigned + bytes(4), hashlib.sha256).hexdigest() == VECTORS2["unsigned_mac"]
     der = bytes.fromhex(VECTORS2["signer_cert"])
-    signed = spec_canonical2(ckpt, 1767225600, (parent_id, binding), 1, 65536, mdigest, stanzas, 5, [der])
-    assert len(signed) == 484 and hashlib.sha256(signed).hexdigest() == VECTORS2["signed_canonical2_sha256"]
+    signed = spec_canonical2(ckpt, 1767225600, (parent_id, binding), 1, 65536, 2, mdigest, stanzas, 5, [der])
+    assert len(signed) == 488 and hashlib.sha256(signed).hexdigest() == VECTORS2["signed_canonical2_sha256"]
     assert signed.hex().startswith(VECTORS2["signed_canonical2_head"]) and signed.endswith(der)
     key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(0x60, 0x80)))
     sig = key.sign(signed)
@@ -167,7 +168,7 @@ def test_format2_vectors():
     # and the module, on the same header
     h = {"version": 2, "ckpt_id": ckpt, "created": 1767225600, "has_parent": 1, "parent_id": parent_id,
          "parent_binding": binding, "aead": 1, "chunk_size": 65536, "manifest_digest": mdigest,
-         "recipients": stanzas, "sig_alg": 5, "signer_certs": [der], "signature": sig}
+         "recipients": stanzas, "sig_alg": 5, "signer_certs": [der], "signature": sig, "compress": 2}
     assert criusec.canonical2(h) == signed
     assert criusec.header_mac(criusec.prk_of(mk, ckpt), h).hex() == VECTORS2["signed_mac"]
     criusec.verify_signature(5, der, signed, sig)
@@ -198,7 +199,7 @@ def test_signed_header_round_trip(kt, alg, pki, pem, rsa_keys, tmp_path):
     h = criusec.read_cipher_img(syn.dir / "cipher.img")
     assert h["version"] == 2 and h["sig_alg"] == alg and h["created"] == 1767225600 + 7
     assert h["signer_certs"] == [pki.leaf[kt].der, pki.inter.der]
-    assert sorted(h["v2_fields"]) == sorted(["created", "manifest_digest", "sig_alg", "signer_certs", "signature"])
+    assert sorted(h["v2_fields"]) == sorted(["created", "manifest_digest", "sig_alg", "signer_certs", "signature", "compress"])
     assert h["manifest_digest"] == hashlib.sha256(syn.mf).digest()
     criusec.verify_signature(alg, h["signer_certs"][0], criusec.canonical2(h), h["signature"])
     assert criusec.import_header(h, key) == syn.mk
@@ -891,7 +892,7 @@ def test_crit_info_and_x_ps_show_the_header(family, rsa_keys, pem):
     fprs = [criusec.fingerprint(k).hex() for k in child.pubs]
     assert info == {
         "encrypted": True, "format": 2, "ckpt_id": child.ckpt_id.hex(), "aead": "aes-256-gcm", "chunk_size": 65536,
-        "created": child.header["created"], "created_utc": criusec._utc(child.header["created"]),
+        "compress": "none", "created": child.header["created"], "created_utc": criusec._utc(child.header["created"]),
         "recipients": [{"fingerprint": "SHA256:" + fprs[0], "key": path},
                        {"fingerprint": "SHA256:" + fprs[1], "key": None}],
         "parent_id": child.header["parent_id"].hex(), "signature": "verified", "sig_alg": "ed25519",

@@ -9,7 +9,7 @@
  *   u32 chunk_size | mac[32] | u8 n | n x ( fpr[32] | u32 wrap_alg |
  *   u16 len | wrapped[len] ) | format 2: parent_binding[32] | u64 created |
  *   manifest_digest[32] | u32 sig_alg | u8 ncerts | ncerts x ( u16 len |
- *   der[len] ) | u16 len | signature[len]
+ *   der[len] ) | u16 len | signature[len] | u32 compress
  */
 #pragma once
 
@@ -149,6 +149,7 @@ inline ParsedHeader parse_header(const uint8_t *data, size_t size)
 	size_t sl = r.u16();
 	h.signature.data = r.take(sl);
 	h.signature.len = sl;
+	h.compress = r.u32();
 	return ph;
 }
 
@@ -194,6 +195,7 @@ inline std::vector<uint8_t> serialize_header(const criusec_header &h)
 	}
 	put16(v, h.signature.len);
 	v.insert(v.end(), h.signature.data, h.signature.data + h.signature.len);
+	put32(v, h.compress);
 	return v;
 }
 

@@ -1,7 +1,7 @@
 /*
  * criusec-fuzz-seeds DIR: writes seed corpora for the fuzz targets into
- * DIR/stream, DIR/header, DIR/grant (valid inputs of every shape, plus a few
- * near-misses).
+ * DIR/stream, DIR/header, DIR/grant, DIR/decompress (valid inputs of every
+ * shape, plus a few near-misses).
  */
 #include <sys/stat.h>
 
@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "fuzz_common.h"
+#include "compress.h"
+#include "pages.h"
 #include "stream.h"
 
 namespace {
@@ -98,8 +100,32 @@ int main(int argc, char **argv)
 		}
 	criusec_ctx_free(parent);
 	criusec_signer_free(signer);
+
+	/* fuzz_decompress: byte 0 (algorithm, pages - 1), then a block of 1..4 text pages. */
+	mkdir((dir + "/decompress").c_str(), 0755);
+	int m2 = 0;
+	for (int a = 0; a < 2; a++) {
+		auto codec = criusec::BlockCodec::create(a ? criusec::CompressAlg::Zstd : criusec::CompressAlg::Lz4);
+		if (!codec.ok())
+			return 1;
+		for (size_t nr = 1; nr <= 4; nr++) {
+			std::vector<uint8_t> pt;
+			for (size_t k = 0; pt.size() < nr * criusec::kPageSize; k++) {
+				std::string line = "line " + std::to_string(k * 31) + " user=u" + std::to_string(k % 5) + "\n";
+				pt.insert(pt.end(), line.begin(), line.end());
+			}
+			pt.resize(nr * criusec::kPageSize);
+			std::vector<uint8_t> out(pt.size());
+			auto c = codec.value().compress(pt, out);
+			if (!c.ok() || !c.value())
+				return 1;
+			std::vector<uint8_t> seed{static_cast<uint8_t>(a | (nr - 1) << 1)};
+			seed.insert(seed.end(), out.begin(), out.begin() + static_cast<long>(c.value()));
+			put(dir + "/decompress/valid-" + std::to_string(m2++), seed);
+		}
+	}
 	unlink(key.c_str());
 	unlink(cert.c_str());
-	std::printf("seeds written to %s/stream, %s/header and %s/grant\n", dir.c_str(), dir.c_str(), dir.c_str());
+	std::printf("seeds written to %s/{stream,header,grant,decompress}\n", dir.c_str());
 	return 0;
 }

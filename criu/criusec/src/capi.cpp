@@ -3,6 +3,7 @@
  * including std::bad_alloc, become a negative errno (or NULL) plus a
  * message in criusec_last_error().  Nothing here logs or prints.
  */
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -166,6 +167,14 @@ struct criusec_trust {
 	std::vector<std::string> subjects; /* for criusec_trust_subject() */
 };
 
+static Status to_sink(criusec_pages_sink sink, void *sink_arg, std::span<const uint8_t> data)
+{
+	if (sink(sink_arg, data.data(), data.size()) == 0)
+		return {};
+	int e = errno;
+	return Status::error(e, "can't write pages: " + errno_string(e));
+}
+
 Status header_view(const criusec_header *hdr, HeaderView &v)
 {
 	if (!hdr)
@@ -191,6 +200,7 @@ Status header_view(const criusec_header *hdr, HeaderView &v)
 	}
 	v.aead = hdr->aead;
 	v.chunk_size = hdr->chunk_size;
+	v.compress = hdr->compress;
 	v.created = hdr->created;
 	std::memcpy(v.manifest_digest.data(), hdr->manifest_digest, kSha256Len);
 	std::memcpy(v.mac.data(), hdr->mac, kMacLen);
@@ -257,6 +267,32 @@ const char *criusec_aead_name(enum criusec_aead aead)
 		return "auto";
 	auto a = aead_from_wire(v);
 	return a ? aead_name(*a) : "unknown";
+}
+
+const char *criusec_compress_name(uint32_t alg)
+{
+	auto a = compress_from_wire(alg);
+	return a ? compress_name(*a) : nullptr;
+}
+
+int criusec_compress_parse(const char *name, enum criusec_compress *out)
+{
+	return guarded([&]() -> Status {
+		if (!name || !out)
+			return invalid_argument("NULL argument");
+		for (uint32_t v : {CRIUSEC_COMPRESS_NONE, CRIUSEC_COMPRESS_LZ4, CRIUSEC_COMPRESS_ZSTD})
+			if (std::string_view(name) == compress_name(*compress_from_wire(v))) {
+				*out = static_cast<enum criusec_compress>(v);
+				return {};
+			}
+		return invalid_argument(std::string("unknown compression algorithm '") + name +
+					"' (lz4, zstd or none)");
+	});
+}
+
+enum criusec_compress criusec_default_compress(void)
+{
+	return CRIUSEC_COMPRESS_ZSTD;
 }
 
 int criusec_aead_parse(const char *name, enum criusec_aead *out)
@@ -371,6 +407,7 @@ int criusec_ctx_export(struct criusec_ctx *ctx, struct criusec_header *hdr)
 		}
 		hdr->aead = v.aead;
 		hdr->chunk_size = v.chunk_size;
+		hdr->compress = v.compress;
 		hdr->n_recipients = ctx->exported.size();
 		hdr->recipients = ctx->exported.data();
 		hdr->created = v.created;
@@ -445,6 +482,23 @@ void criusec_ctx_free(struct criusec_ctx *ctx)
 const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx)
 {
 	return ctx ? ctx->ctx.id().data() : nullptr;
+}
+
+int criusec_ctx_set_compress(struct criusec_ctx *ctx, enum criusec_compress alg)
+{
+	return guarded([&]() -> Status {
+		if (!ctx)
+			return invalid_argument("NULL context");
+		auto a = compress_from_wire(static_cast<uint32_t>(alg));
+		if (!a)
+			return invalid_argument("unknown compression " + std::to_string(static_cast<uint32_t>(alg)));
+		return ctx->ctx.set_compress(*a);
+	});
+}
+
+enum criusec_compress criusec_ctx_compress(const struct criusec_ctx *ctx)
+{
+	return ctx ? static_cast<enum criusec_compress>(ctx->ctx.compress()) : CRIUSEC_COMPRESS_NONE;
 }
 
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx)
@@ -642,14 +696,15 @@ int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const cha
 	return guarded([&]() -> Status {
 		CRIUSEC_TRY(check_buf_args(in, in_len, out, out_len));
 		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
-		size_t n = sealed_size(in_len, ctx->ctx.chunk_size());
-		if (n == 0)
+		if (sealed_size(in_len, ctx->ctx.chunk_size()) == 0)
 			return Status::error(EOVERFLOW, "input too large");
-		MallocBuffer buf(n, false);
+		std::vector<uint8_t> v; /* ciphertext only */
 		StreamInfo si;
-		CRIUSEC_TRY(seal_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span(), info ? &si : nullptr));
+		CRIUSEC_TRY(seal_vector(ctx->ctx, kind, name, in_span(in, in_len), v, info ? &si : nullptr));
+		MallocBuffer buf(v.size(), false);
+		std::memcpy(buf.span().data(), v.data(), v.size());
 		to_c(si, info);
-		*out_len = n;
+		*out_len = v.size();
 		*out = buf.release();
 		return {};
 	});
@@ -661,14 +716,27 @@ int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const cha
 	return guarded([&]() -> Status {
 		CRIUSEC_TRY(check_buf_args(in, in_len, out, out_len));
 		CRIUSEC_TRY(check_stream_args(ctx, kind, name));
-		/* The plaintext is shorter than the stream; wiped if we fail half-way. */
-		MallocBuffer buf(in_len, true);
+		/*
+		 * The plaintext of an uncompressed stream is shorter than the
+		 * stream; a compressed one's grows (each step wiped).
+		 */
+		auto buf = std::make_unique<MallocBuffer>(in_len, true);
+		size_t len = 0;
+		Emit append = [&](std::span<const uint8_t> b) -> Status {
+			if (b.size() > buf->span().size() - len) {
+				size_t want = std::max(buf->span().size() * 2, len + b.size());
+				auto bigger = std::make_unique<MallocBuffer>(want, true);
+				std::memcpy(bigger->span().data(), buf->span().data(), len);
+				buf = std::move(bigger);
+			}
+			std::memcpy(buf->span().data() + len, b.data(), b.size());
+			len += b.size();
+			return {};
+		};
 		StreamInfo e = from_c(expect);
-		auto n = open_buffer(ctx->ctx, kind, name, in_span(in, in_len), buf.span(), expect ? &e : nullptr);
-		if (!n.ok())
-			return std::move(n).status();
-		*out_len = n.value();
-		*out = buf.release();
+		CRIUSEC_TRY(open_stream(ctx->ctx, kind, name, in_span(in, in_len), append, expect ? &e : nullptr));
+		*out_len = len;
+		*out = buf->release();
 		return {};
 	});
 }
@@ -777,13 +845,86 @@ int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uin
 	return guarded([&]() -> Status {
 		if (!p || (!tags && len) || !sink)
 			return invalid_argument("NULL page cipher, tags or sink");
-		auto out = [&](std::span<const uint8_t> data) -> Status {
-			if (sink(sink_arg, data.data(), data.size()) == 0)
-				return {};
-			int e = errno;
-			return Status::error(e, "can't write pages: " + errno_string(e));
-		};
+		auto out = [&](std::span<const uint8_t> data) { return to_sink(sink, sink_arg, data); };
 		return p->cipher.seal_pipe(in, out, vaddr, index, len, {tags, len / kPageSize * kPageTagLen});
+	});
+}
+
+int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, size_t len, criusec_pages_sink sink,
+			      void *sink_arg)
+{
+	return guarded([&]() -> Status {
+		if (!p || !sink)
+			return invalid_argument("NULL page image or sink");
+		auto out = [&](std::span<const uint8_t> data) { return to_sink(sink, sink_arg, data); };
+		return p->cipher.append_pipe(in, out, vaddr, len);
+	});
+}
+
+void criusec_pages_keep_page_size(struct criusec_pages *p)
+{
+	if (p)
+		p->cipher.keep_page_size();
+}
+
+int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len)
+{
+	return guarded([&]() -> Status {
+		if (!p || !index || !len)
+			return invalid_argument("NULL argument");
+		*index = p->cipher.index().data();
+		*len = p->cipher.index().size();
+		return {};
+	});
+}
+
+uint64_t criusec_pages_count(const struct criusec_pages *p)
+{
+	return p ? p->cipher.pages() : 0;
+}
+
+int criusec_pages_attach(struct criusec_pages *p, const uint8_t *index, size_t len, uint64_t file_size)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!index && len))
+			return invalid_argument("NULL page image or index");
+		return p->cipher.attach({index, len}, file_size);
+	});
+}
+
+int criusec_pages_read(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len)
+{
+	return guarded([&]() -> Status {
+		if (!p || (!pages && len))
+			return invalid_argument("NULL page image or pages");
+		return p->cipher.read(fd, vaddr, index, {static_cast<uint8_t *>(pages), len});
+	});
+}
+
+int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pages, criusec_pages_hole hole,
+			void *hole_arg)
+{
+	return guarded([&]() -> Status {
+		if (!p || !hole)
+			return invalid_argument("NULL page image or hole");
+		return p->cipher.punch(index, nr_pages, [&](uint64_t off, uint64_t len) -> Status {
+			if (hole(hole_arg, off, len))
+				return Status::error(errno ? errno : EIO, "can't punch a hole in the page image");
+			return {};
+		});
+	});
+}
+
+int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages)
+{
+	return guarded([&]() -> Status {
+		if (!ctx || (!index && len) || !pages)
+			return invalid_argument("NULL context, index or count");
+		auto n = PagePool::index_pages(ctx->ctx, {index, len});
+		if (!n.ok())
+			return std::move(n).status();
+		*pages = n.value();
+		return {};
 	});
 }
 

@@ -46,9 +46,11 @@ Status check_structure(const HeaderView &hdr)
 	for (const auto &r : hdr.recipients)
 		if (r.wrapped.empty() || r.wrapped.size() > kMaxWrappedLen)
 			return bad_data("invalid wrapped key length " + std::to_string(r.wrapped.size()));
+	if (!compress_from_wire(hdr.compress))
+		return unsupported("unknown compression " + std::to_string(hdr.compress) + " in cipher.img header");
 	if (hdr.version == kFormatVersion1) {
 		/* Format 1 has none of these; a v1 header carrying them is not one. */
-		if (hdr.sig_alg || !hdr.signer_certs.empty() || !hdr.signature.empty() || hdr.created)
+		if (hdr.sig_alg || !hdr.signer_certs.empty() || !hdr.signature.empty() || hdr.created || hdr.compress)
 			return bad_data("cipher.img: a version-1 header with format-2 fields");
 		return {};
 	}
@@ -74,7 +76,7 @@ Status check_structure(const HeaderView &hdr)
 std::vector<uint8_t> canonical_header(const HeaderView &h)
 {
 	const bool v2 = h.version != kFormatVersion1;
-	size_t len = kCanonicalTag2.size() + 1 + 4 + kIdLen + 8 + 1 + kIdLen + kMacLen + 2 * 4 + kSha256Len + 4 +
+	size_t len = kCanonicalTag2.size() + 1 + 4 + kIdLen + 8 + 1 + kIdLen + kMacLen + 3 * 4 + kSha256Len + 4 +
 		     4 + 4;
 	for (const auto &r : h.recipients)
 		len += kFprLen + 8 + r.wrapped.size();
@@ -96,8 +98,10 @@ std::vector<uint8_t> canonical_header(const HeaderView &h)
 	}
 	put_u32(v, h.aead);
 	put_u32(v, h.chunk_size);
-	if (v2)
+	if (v2) {
+		put_u32(v, h.compress);
 		put_bytes(v, h.manifest_digest);
+	}
 	put_u32(v, static_cast<uint32_t>(h.recipients.size()));
 	for (const auto &r : h.recipients) {
 		put_bytes(v, r.fpr);
@@ -214,6 +218,14 @@ Result<Mac> Ctx::binding_for(const Id &child) const
 	return mac;
 }
 
+Status Ctx::set_compress(CompressAlg alg)
+{
+	if (sealed_)
+		return invalid_argument("the header is already sealed");
+	compress_ = alg;
+	return {};
+}
+
 Status Ctx::set_parent(const Ctx &parent)
 {
 	if (sealed_)
@@ -278,6 +290,7 @@ HeaderView Ctx::header() const
 	h.parent_binding = parent_binding_;
 	h.aead = static_cast<uint32_t>(aead_);
 	h.chunk_size = chunk_size_;
+	h.compress = static_cast<uint32_t>(compress_);
 	h.created = created_;
 	h.manifest_digest = manifest_digest_;
 	h.recipients = recipient_views();
@@ -379,6 +392,7 @@ Status Ctx::adopt(const HeaderView &hdr)
 	parent_ = hdr.parent;
 	parent_binding_ = hdr.parent_binding;
 	created_ = hdr.created;
+	compress_ = *compress_from_wire(hdr.compress);
 	manifest_digest_ = hdr.manifest_digest;
 	sig_alg_ = static_cast<SigAlg>(hdr.sig_alg);
 	for (const auto &d : hdr.signer_certs)

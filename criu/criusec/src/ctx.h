@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "aead.h"
+#include "compress.h"
 #include "criusec.h"
 #include "kdf.h"
 #include "pki.h"
@@ -72,6 +73,7 @@ struct HeaderView {
 	Mac parent_binding{}; /* format 2, with parent */
 	uint32_t aead = 0;
 	uint32_t chunk_size = 0;
+	uint32_t compress = 0; /* format 2 */
 	uint64_t created = 0;
 	Digest manifest_digest{};
 	std::vector<RecipientView> recipients;
@@ -116,6 +118,8 @@ public:
 	/* What import_secret() needs: as secret as the checkpoint. */
 	std::span<const uint8_t> chain_secret() const noexcept { return prk_.span(); }
 
+	/* Dump: compress streams and page regions (format 2); before any image is sealed. */
+	[[nodiscard]] Status set_compress(CompressAlg alg);
 	/*
 	 * Wrap the master key for the RSA key of a PEM certificate, which must
 	 * be valid at now and allowed to encipher keys, unless unchecked.
@@ -148,6 +152,7 @@ public:
 	const Digest &manifest_digest() const noexcept { return manifest_digest_; }
 	AeadAlg aead() const noexcept { return aead_; }
 	uint32_t chunk_size() const noexcept { return chunk_size_; }
+	CompressAlg compress() const noexcept { return compress_; }
 	const std::vector<Recipient> &recipients() const noexcept { return recipients_; }
 
 private:
@@ -164,6 +169,7 @@ private:
 	Mac parent_binding_{};
 	AeadAlg aead_ = AeadAlg::Aes256Gcm;
 	uint32_t chunk_size_ = kDefaultChunkSize;
+	CompressAlg compress_ = CompressAlg::None;
 	std::vector<Recipient> recipients_;
 	/* The header as sealed or imported. */
 	uint32_t version_ = kFormatVersion;

@@ -93,14 +93,14 @@ Result<StreamCrypto> stream_crypto(const Ctx &ctx, std::string_view kind, std::s
 	return stream_crypto_keyed(ctx.aead(), key.value().span(), ctx.id(), kind, name, hdr);
 }
 
-StreamHeader new_header(AeadAlg aead, uint32_t chunk_size)
+StreamHeader new_header(AeadAlg aead, uint32_t chunk_size, CompressAlg compress)
 {
 	StreamHeader hdr{};
 	std::memcpy(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen);
 	hdr[8] = kStreamVersion;
 	hdr[9] = static_cast<uint8_t>(aead);
 	hdr[10] = static_cast<uint8_t>(log2_exact(chunk_size));
-	hdr[11] = 0;
+	hdr[11] = static_cast<uint8_t>(compress);
 	return hdr;
 }
 
@@ -141,7 +141,7 @@ size_t sealed_size(size_t pt_len, uint32_t chunk_size) noexcept
 
 Result<StreamSealer> StreamSealer::start(const Ctx &ctx, std::string_view kind, std::string_view name)
 {
-	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size());
+	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size(), ctx.compress());
 	/* A fresh salt gives every stream its own key, even for a rewritten image. */
 	CRIUSEC_TRY(random_bytes(std::span(hdr).subspan(kStreamHeaderLen - kStreamSaltLen)));
 
@@ -159,7 +159,7 @@ Result<StreamSealer> StreamSealer::start(const Ctx &ctx, std::string_view kind, 
  */
 Result<SecureBytes> StreamSealer::grant(const Ctx &ctx, std::string_view kind, std::string_view name)
 {
-	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size());
+	StreamHeader hdr = new_header(ctx.aead(), ctx.chunk_size(), ctx.compress());
 	CRIUSEC_TRY(random_bytes(std::span(hdr).subspan(kStreamHeaderLen - kStreamSaltLen)));
 	auto key = stream_key(ctx, kind, name, hdr);
 	if (!key.ok())
@@ -218,7 +218,7 @@ Result<StreamSealer> StreamSealer::from_grant(std::span<const uint8_t> g, std::s
 		return bad_data("the grant is not for " + std::string(kind) + " " + std::string(name));
 
 	if (std::memcmp(hdr.data(), CRIUSEC_STREAM_MAGIC, kStreamMagicLen) != 0 || hdr[8] != kStreamVersion ||
-	    hdr[11] != 0)
+	    !compress_from_wire(hdr[11]))
 		return bad_data("bad stream header in the grant");
 	auto aead = aead_from_wire(hdr[9]);
 	if (!aead)
@@ -278,13 +278,18 @@ Result<StreamOpener> StreamOpener::start(const Ctx &ctx, std::string_view kind, 
 	if (chunk != ctx.chunk_size())
 		return bad_data("stream chunk size " + std::to_string(chunk) + " differs from the checkpoint's " +
 				std::to_string(ctx.chunk_size()));
-	if (head[11] != 0)
-		return bad_data("bad stream header (reserved byte is not zero)");
+	/* Compressed with the checkpoint's algorithm, or not at all. */
+	if (head[11] != 0 && head[11] != static_cast<uint8_t>(ctx.compress()))
+		return bad_data("bad stream header (compression " + std::to_string(head[11]) +
+				(ctx.compress() == CompressAlg::None ? " in a checkpoint without compression)"
+								     : " differs from the checkpoint's)"));
 
 	auto sc = stream_crypto(ctx, kind, name, head.first<kStreamHeaderLen>());
 	if (!sc.ok())
 		return std::move(sc).status();
-	return StreamOpener(std::move(sc.value().aead), std::move(sc.value().aad), chunk);
+	StreamOpener o(std::move(sc.value().aead), std::move(sc.value().aad), chunk);
+	o.compress_ = static_cast<CompressAlg>(head[11]);
+	return o;
 }
 
 Status StreamOpener::try_open(std::span<const uint8_t> ct, bool last, std::span<uint8_t> out)
@@ -370,34 +375,197 @@ Status report(StreamInfo *info, uint64_t size, Sha256 &hash)
 
 } /* namespace */
 
+/* ---- content in, sealed stream out ---- */
+
+namespace {
+
+/*
+ * Cuts the stream's content into chunks and seals them.  A full chunk is
+ * sealed only once more content follows, so the final chunk is known
+ * without knowing the length beforehand.
+ */
+class ChunkWriter {
+public:
+	ChunkWriter(StreamSealer &s, const Emit &out) : s_(s), out_(out), cur_(s.chunk_size()), sealed_(s.chunk_size() + kAeadTagLen) {}
+
+	Status start() { return out_(s_.header()); }
+	Status write(std::span<const uint8_t> b)
+	{
+		while (!b.empty()) {
+			if (fill_ == cur_.size())
+				CRIUSEC_TRY(seal(false));
+			size_t n = std::min(b.size(), cur_.size() - fill_);
+			std::memcpy(cur_.data() + fill_, b.data(), n);
+			fill_ += n;
+			b = b.subspan(n);
+		}
+		return {};
+	}
+	Status finish() { return seal(true); }
+
+private:
+	Status seal(bool last)
+	{
+		auto out = std::span(sealed_).first(fill_ + kAeadTagLen);
+		CRIUSEC_TRY(s_.seal_chunk(cur_.span().first(fill_), last, out));
+		fill_ = 0;
+		return out_(out);
+	}
+	StreamSealer &s_;
+	const Emit &out_;
+	SecureBytes cur_;
+	std::vector<uint8_t> sealed_;
+	size_t fill_ = 0;
+};
+
+/*
+ * Seal the plaintext that next() gives (an empty span at its end) into
+ * out, through the block encoder when the stream is compressed.
+ */
+template <typename Next> Status seal_with(StreamSealer &s, Next &&next, const Emit &out, StreamInfo *info)
+{
+	uint64_t written = 0;
+	Emit counted = [&](std::span<const uint8_t> b) {
+		written += b.size();
+		return out(b);
+	};
+	ChunkWriter w(s, counted);
+	CRIUSEC_TRY(w.start());
+	Sha256 hash;
+	std::optional<BlockEncoder> enc;
+	if (s.compress() != CompressAlg::None) {
+		auto e = BlockEncoder::create(s.compress());
+		if (!e.ok())
+			return std::move(e).status();
+		enc.emplace(std::move(e).value());
+	}
+	Emit to_chunks = [&w](std::span<const uint8_t> b) { return w.write(b); };
+	for (;;) {
+		auto pt = next();
+		if (!pt.ok())
+			return std::move(pt).status();
+		auto b = pt.value();
+		if (b.empty())
+			break;
+		if (info)
+			CRIUSEC_TRY(hash.update(b));
+		CRIUSEC_TRY(enc ? enc->write(b, to_chunks) : w.write(b));
+	}
+	if (enc)
+		CRIUSEC_TRY(enc->finish(to_chunks));
+	CRIUSEC_TRY(w.finish());
+	return report(info, written, hash);
+}
+
+/* Plaintext of opened chunks to emit, decoding a compressed stream's blocks. */
+class ContentReader {
+public:
+	ContentReader(const Emit &emit, const StreamInfo *expect) : emit_(emit), expect_(expect) {}
+	Status start(CompressAlg alg)
+	{
+		if (alg == CompressAlg::None)
+			return {};
+		auto d = BlockDecoder::create(alg);
+		if (!d.ok())
+			return std::move(d).status();
+		dec_.emplace(std::move(d).value());
+		return {};
+	}
+	Status write(std::span<const uint8_t> content)
+	{
+		if (!dec_)
+			return plain(content);
+		Emit e = [this](std::span<const uint8_t> b) { return plain(b); };
+		return dec_->write(content, e);
+	}
+	Status finish()
+	{
+		if (dec_)
+			CRIUSEC_TRY(dec_->finish());
+		if (!expect_)
+			return {};
+		return check_digest(expect_, hash_);
+	}
+
+private:
+	Status plain(std::span<const uint8_t> b)
+	{
+		if (expect_)
+			CRIUSEC_TRY(hash_.update(b));
+		return emit_(b);
+	}
+	const Emit &emit_;
+	const StreamInfo *expect_;
+	std::optional<BlockDecoder> dec_;
+	Sha256 hash_;
+};
+
+} /* namespace */
+
 /* ---- whole buffers ---- */
 
 Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
 		   std::span<uint8_t> out, StreamInfo *info)
 {
+	if (ctx.compress() != CompressAlg::None)
+		return invalid_argument("seal_buffer: a compressed stream's size is not known beforehand");
 	size_t need = sealed_size(in.size(), ctx.chunk_size());
 	if (need == 0 || out.size() != need)
 		return invalid_argument("seal_buffer: output size mismatch");
+	std::vector<uint8_t> v;
+	v.reserve(need);
+	CRIUSEC_TRY(seal_vector(ctx, kind, name, in, v, info));
+	if (v.size() != need)
+		return Status::error(EIO, "seal_buffer: internal size mismatch");
+	std::memcpy(out.data(), v.data(), need);
+	return {};
+}
+
+Status seal_vector(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
+		   std::vector<uint8_t> &out, StreamInfo *info)
+{
 	auto sealer = StreamSealer::start(ctx, kind, name);
 	if (!sealer.ok())
 		return std::move(sealer).status();
-	auto &s = sealer.value();
-	std::memcpy(out.data(), s.header().data(), kStreamHeaderLen);
-
-	size_t ipos = 0, opos = kStreamHeaderLen;
-	bool last;
-	do {
-		size_t n = std::min(s.chunk_size(), in.size() - ipos);
-		last = ipos + n == in.size();
-		CRIUSEC_TRY(s.seal_chunk(in.subspan(ipos, n), last, out.subspan(opos, n + kAeadTagLen)));
-		ipos += n;
-		opos += n + kAeadTagLen;
-	} while (!last);
-	if (!info)
+	bool given = false;
+	auto next = [&]() -> Result<std::span<const uint8_t>> {
+		if (given)
+			return std::span<const uint8_t>();
+		given = true;
+		return in;
+	};
+	Emit append = [&out](std::span<const uint8_t> b) -> Status {
+		put_bytes(out, b);
 		return {};
-	Sha256 hash;
-	CRIUSEC_TRY(hash.update(in));
-	return report(info, out.size(), hash);
+	};
+	return seal_with(sealer.value(), next, append, info);
+}
+
+Status open_stream(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
+		   const Emit &emit, const StreamInfo *expect)
+{
+	CRIUSEC_TRY(check_size(expect, in.size()));
+	auto opener = StreamOpener::start(ctx, kind, name, in.first(std::min(in.size(), kStreamHeaderLen)));
+	if (!opener.ok())
+		return std::move(opener).status();
+	auto &o = opener.value();
+	ContentReader content(emit, expect);
+	CRIUSEC_TRY(content.start(o.compress()));
+	SecureBytes plain(o.chunk_size());
+
+	size_t ipos = kStreamHeaderLen;
+	for (;;) {
+		size_t remaining = in.size() - ipos;
+		bool more = remaining > o.sealed_chunk_size();
+		auto ct = in.subspan(ipos, more ? o.sealed_chunk_size() : remaining);
+		auto n = o.open_chunk(ct, more, plain.span());
+		if (!n.ok())
+			return std::move(n).status();
+		CRIUSEC_TRY(content.write(plain.span().first(n.value())));
+		ipos += ct.size();
+		if (!more)
+			return content.finish();
+	}
 }
 
 Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_view name, std::span<const uint8_t> in,
@@ -405,31 +573,20 @@ Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_vi
 {
 	if (out.size() < in.size())
 		return invalid_argument("open_buffer: output buffer too small");
-	CRIUSEC_TRY(check_size(expect, in.size()));
-	auto opener = StreamOpener::start(ctx, kind, name, in.first(std::min(in.size(), kStreamHeaderLen)));
-	if (!opener.ok())
-		return std::move(opener).status();
-	auto &o = opener.value();
-
-	size_t ipos = kStreamHeaderLen, opos = 0;
-	for (;;) {
-		size_t remaining = in.size() - ipos;
-		bool more = remaining > o.sealed_chunk_size();
-		auto ct = in.subspan(ipos, more ? o.sealed_chunk_size() : remaining);
-		auto n = o.open_chunk(ct, more, out.subspan(opos));
-		if (!n.ok())
-			return n;
-		ipos += ct.size();
-		opos += n.value();
-		if (more)
-			continue;
-		if (expect) {
-			Sha256 hash;
-			CRIUSEC_TRY(hash.update(out.first(opos)));
-			CRIUSEC_TRY(check_digest(expect, hash));
-		}
-		return opos;
+	size_t opos = 0;
+	Emit into = [&](std::span<const uint8_t> b) -> Status {
+		if (b.size() > out.size() - opos)
+			return bad_data("the plaintext is larger than the buffer for it");
+		std::memcpy(out.data() + opos, b.data(), b.size());
+		opos += b.size();
+		return {};
+	};
+	Status s = open_stream(ctx, kind, name, in, into, expect);
+	if (!s.ok()) {
+		gnutls_memset(out.data(), 0, opos);
+		return s;
 	}
+	return opos;
 }
 
 /* ---- file descriptors ---- */
@@ -438,39 +595,15 @@ namespace {
 
 Status seal_fd_with(StreamSealer &s, int in_fd, int out_fd, StreamInfo *info)
 {
-	CRIUSEC_TRY(write_full(out_fd, s.header()));
-	uint64_t written = kStreamHeaderLen;
-	Sha256 hash;
-
-	/* Two plaintext chunks: we must see past a full chunk to know whether it is the last. */
-	SecureBytes cur(s.chunk_size()), next(s.chunk_size());
-	std::vector<uint8_t> sealed(s.chunk_size() + kAeadTagLen);
-
-	auto r = read_full(in_fd, cur.span());
-	if (!r.ok())
-		return std::move(r).status();
-	size_t ncur = r.value();
-	for (;;) {
-		size_t nnext = 0;
-		bool last = true;
-		if (ncur == s.chunk_size()) {
-			auto rn = read_full(in_fd, next.span());
-			if (!rn.ok())
-				return std::move(rn).status();
-			nnext = rn.value();
-			last = nnext == 0;
-		}
-		auto out = std::span(sealed).first(ncur + kAeadTagLen);
-		CRIUSEC_TRY(s.seal_chunk(cur.span().first(ncur), last, out));
-		CRIUSEC_TRY(write_full(out_fd, out));
-		written += out.size();
-		if (info)
-			CRIUSEC_TRY(hash.update(cur.span().first(ncur)));
-		if (last)
-			return report(info, written, hash);
-		cur.swap(next);
-		ncur = nnext;
-	}
+	SecureBytes buf(s.chunk_size());
+	auto next = [&]() -> Result<std::span<const uint8_t>> {
+		auto r = read_full(in_fd, buf.span());
+		if (!r.ok())
+			return std::move(r).status();
+		return std::span<const uint8_t>(buf.span().first(r.value()));
+	};
+	Emit to_fd = [out_fd](std::span<const uint8_t> b) { return write_full(out_fd, b); };
+	return seal_with(s, next, to_fd, info);
 }
 
 } /* namespace */
@@ -509,6 +642,9 @@ Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 	if (!opener.ok())
 		return std::move(opener).status();
 	auto &o = opener.value();
+	Emit to_fd = [out_fd](std::span<const uint8_t> b) { return write_full(out_fd, b); };
+	ContentReader content(to_fd, expect);
+	CRIUSEC_TRY(content.start(o.compress()));
 
 	/* Two sealed chunks: the one being opened and the look-ahead that tells whether more follows. */
 	const size_t sealed = o.sealed_chunk_size();
@@ -520,7 +656,6 @@ Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 		return std::move(r).status();
 	size_t ncur = r.value();
 	uint64_t consumed = rh.value();
-	Sha256 hash;
 	for (;;) {
 		size_t nnext = 0;
 		bool more = false;
@@ -535,15 +670,11 @@ Status open_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int
 		if (!n.ok())
 			return std::move(n).status();
 		/* Only authenticated plaintext reaches out_fd. */
-		CRIUSEC_TRY(write_full(out_fd, plain.span().first(n.value())));
+		CRIUSEC_TRY(content.write(plain.span().first(n.value())));
 		consumed += ncur;
-		if (expect)
-			CRIUSEC_TRY(hash.update(plain.span().first(n.value())));
 		if (!more) {
-			if (!expect)
-				return {};
 			CRIUSEC_TRY(check_size(expect, consumed));
-			return check_digest(expect, hash);
+			return content.finish();
 		}
 		cur.swap(next);
 		ncur = nnext;

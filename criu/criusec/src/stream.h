@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "aead.h"
+#include "compress.h"
 #include "ctx.h"
 #include "status.h"
 
@@ -62,6 +63,8 @@ public:
 
 	const StreamHeader &header() const noexcept { return header_; }
 	size_t chunk_size() const noexcept { return chunk_size_; }
+	/* The content is a block stream (compress.h) when this is not None. */
+	CompressAlg compress() const noexcept { return static_cast<CompressAlg>(header_[11]); }
 
 	/*
 	 * pt is a whole chunk (chunk_size bytes) unless last; the last chunk has
@@ -96,6 +99,8 @@ public:
 	size_t chunk_size() const noexcept { return chunk_size_; }
 	size_t sealed_chunk_size() const noexcept { return chunk_size_ + kAeadTagLen; }
 	bool finished() const noexcept { return done_; }
+	/* The content is a block stream (compress.h) when this is not None. */
+	CompressAlg compress() const noexcept { return compress_; }
 
 	/*
 	 * ct: the next sealed chunk.  more == true: ct is exactly
@@ -120,15 +125,30 @@ private:
 	size_t chunk_size_;
 	uint64_t counter_ = 0;
 	bool done_ = false;
+	CompressAlg compress_ = CompressAlg::None;
 };
 
-/* Whole-buffer forms.  out must be sealed_size(in.size()) bytes.  info/expect may be null. */
+/*
+ * Whole-buffer forms.  out must be sealed_size(in.size()) bytes: the
+ * checkpoint must not compress (seal_vector() can).  info/expect may be null.
+ */
 [[nodiscard]] Status seal_buffer(const Ctx &ctx, std::string_view kind, std::string_view name,
 				 std::span<const uint8_t> in, std::span<uint8_t> out, StreamInfo *info = nullptr);
-/* out must be at least in.size() bytes (an upper bound); returns the plaintext length. */
+/*
+ * out must be at least in.size() bytes (an upper bound for an
+ * uncompressed stream; a compressed one fails if it does not fit); returns
+ * the plaintext length.
+ */
 [[nodiscard]] Result<size_t> open_buffer(const Ctx &ctx, std::string_view kind, std::string_view name,
 					 std::span<const uint8_t> in, std::span<uint8_t> out,
 					 const StreamInfo *expect = nullptr);
+
+/* Any checkpoint, compressed or not: the stream is appended to out. */
+[[nodiscard]] Status seal_vector(const Ctx &ctx, std::string_view kind, std::string_view name,
+				 std::span<const uint8_t> in, std::vector<uint8_t> &out, StreamInfo *info = nullptr);
+/* Open in; the plaintext goes to emit, in order, one authenticated chunk's worth at a time. */
+[[nodiscard]] Status open_stream(const Ctx &ctx, std::string_view kind, std::string_view name,
+				 std::span<const uint8_t> in, const Emit &emit, const StreamInfo *expect = nullptr);
 
 /* fd forms, with a bounded buffer of two chunks. */
 [[nodiscard]] Status seal_fd(const Ctx &ctx, std::string_view kind, std::string_view name, int in_fd, int out_fd,

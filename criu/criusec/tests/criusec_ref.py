@@ -92,6 +92,49 @@ def check_pages(helper, d):
     bad = subprocess.run([helper, "pages", "open", "pages-4.img", "%x" % vaddr, str(index + 7), d + "/rct",
                           d + "/rpt", d + "/rtags"], capture_output=True)
     assert bad.returncode != 0, "engine opened pages under another image's key"
+    for alg, algname in ((1, "lz4"), (2, "zstd")):
+        check_regions(helper, d, prk, ckpt, alg, algname)
+
+
+def check_regions(helper, d, prk, ckpt, alg, algname):
+    """Section 11.3: a page image of a compressing checkpoint, both ways: 200
+    pages in two runs (regions of 64, 64, 22 and 50 pages), compressible
+    ones and random ones."""
+    pt = b"".join((b"log line %06d level=INFO user=u%03d\n" % (k, k % 7) * 120)[:4096] if k < 130 or k >= 192
+                  else os.urandom(4096) for k in range(200))
+    vaddr, name = 0x7f5500000000, "pages-9.img"
+    open(d + "/zpt", "wb").write(pt)
+    subprocess.run([helper, "regions", "seal", algname, name, "%x" % vaddr, d + "/zpt", d + "/zct", d + "/zidx"],
+                   check=True)
+    ct, idx = open(d + "/zct", "rb").read(), open(d + "/zidx", "rb").read()
+    regions = ref.parse_regions(idx)
+    assert [r[1] for r in regions] == [64, 64, 22, 50], regions  # two runs: 150 and 50 pages
+    assert regions[0][2] and not regions[3][2], "a compressible region stored as is, or a random one compressed"
+    pc = ref.PageCipher(prk, name, ckpt, 1, alg)
+    out = []
+    for r, (first, n, stored, off, tags) in enumerate(regions):
+        v = vaddr + first * 4096
+        out.append(pc.open_region(r, v, first, n, ct[off:off + stored]) if stored else
+                   pc.open_run(v, first, ct[off:off + n * 4096], tags))
+    assert b"".join(out) == pt, "the reference reads the engine's regions wrong"
+    assert len(ct) < len(pt) * 0.6, (len(ct), len(pt))
+    # a region opened at another address or as another region is refused
+    for r, v in ((0, vaddr + 4096), (1, vaddr)):
+        try:
+            pc.open_region(r, v, 0, 64, ct[:regions[0][2]])
+            raise AssertionError("a moved region accepted by the reference reader")
+        except FormatError:
+            pass
+    # the engine reads the reference's
+    rct, records = pc.seal_regions(vaddr, 0, pt)
+    open(d + "/rzct", "wb").write(rct)
+    open(d + "/rzidx", "wb").write(b"".join(records))
+    subprocess.run([helper, "regions", "open", algname, name, "%x" % vaddr, d + "/rzct", d + "/rzpt", d + "/rzidx"],
+                   check=True)
+    assert open(d + "/rzpt", "rb").read() == pt
+    bad = subprocess.run([helper, "regions", "open", algname, name, "%x" % (vaddr + 4096), d + "/rzct",
+                          d + "/rzpt", d + "/rzidx"], capture_output=True)
+    assert bad.returncode != 0, "engine opened regions at another address"
 
 
 # ---- the text header exchanged with the C++ helper ----
@@ -102,7 +145,7 @@ def read_header_txt(path):
         k, *v = line.split()
         if k == "recipient":
             h["recipients"].append((bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2])))
-        elif k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg"):
+        elif k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg", "compress"):
             h[k] = int(v[0])
         elif k == "signer_cert":
             h.setdefault("signer_certs", []).append(bytes.fromhex(v[0]))
@@ -116,8 +159,8 @@ def read_header_txt(path):
 def write_header_txt(path, h):
     """The inverse of read_header_txt, for the engine's helper."""
     with open(path, "w") as f:
-        for k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg"):
-            f.write("%s %d\n" % (k, h[k]))
+        for k in ("version", "has_parent", "aead", "chunk_size", "created", "sig_alg", "compress"):
+            f.write("%s %d\n" % (k, h.get(k) or 0))
         for k in ("ckpt_id", "parent_id", "manifest_digest", "mac"):
             f.write("%s %s\n" % (k, bytes(h[k] or b"").hex()))
         f.write("parent_binding %s\n" % bytes(h.get("parent_binding") or b"").hex())
@@ -209,12 +252,12 @@ def doc_vectors2():
     h = {"version": 2, "ckpt_id": ckpt, "created": 1767225600, "has_parent": 0, "parent_id": b"",
          "parent_binding": None, "aead": 1, "chunk_size": 65536, "manifest_digest": bytes(range(0xc0, 0xe0)),
          "recipients": [(bytes([0xf0]) * 32, 1, bytes([0x55]) * 8)], "sig_alg": 0, "signer_certs": [],
-         "signature": b""}
+         "signature": b"", "compress": 0}
     v["unsigned_canonical2"] = canonical2(h).hex()
     v["unsigned_mac"] = header_mac(prk, h).hex()
     key, der = vector_signer()
     h.update(has_parent=1, parent_id=parent_id, parent_binding=bytes.fromhex(v["parent_binding"]), sig_alg=5,
-             signer_certs=[der])
+             signer_certs=[der], compress=2)
     c2 = canonical2(h)
     h["signature"] = key.sign(c2)
     verify_signature(5, der, c2, h["signature"])
@@ -225,6 +268,23 @@ def doc_vectors2():
     return v
 
 
+def doc_vectors3():
+    """Section 11.4: a compressed region (LZ4) and a compressed stream, to be
+    opened; the compressed bytes are what this machine's liblz4 made."""
+    mk, ckpt = bytes(range(32)), bytes(range(0x10, 0x20))
+    prk = prk_of(mk, ckpt)
+    page = (b"criusec region test vector\n" * 152)[:4096]
+    pc = ref.PageCipher(prk, "pages-1.img", ckpt, 1, 1)
+    vaddr, first, r = 0x7f0000001000, 64, 1
+    stored = pc.seal_region(r, vaddr, first, page)
+    stream = stream_seal(mk, ckpt, 1, 4096, b"core", b"core-1.img", b"criusec test vector\n" * 300,
+                         salt=bytes(range(0xa0, 0xb0)), compress=1)
+    return {"region_key": derive(prk, b"criusec v1 pages region\x00pages-1.img", 32).hex(),
+            "region_aad": pc.region_aad(vaddr, first, 1).hex(),
+            "region_nonce": (r.to_bytes(11, "big") + b"\x00").hex(),
+            "region_stored": stored.hex(), "lz4_stream": stream.hex()}
+
+
 # ---- the cross-check ----
 
 def main():
@@ -233,7 +293,7 @@ def main():
     ap.add_argument("--print-vectors", action="store_true")
     args = ap.parse_args()
     if args.print_vectors:
-        for k, v in list(doc_vectors().items()) + list(doc_vectors2().items()):
+        for k, v in list(doc_vectors().items()) + list(doc_vectors2().items()) + list(doc_vectors3().items()):
             if isinstance(v, str):
                 print(k, v)
         return 0
@@ -251,14 +311,17 @@ def main():
                                                            serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
         signers = make_signers(d)
-        for aead, signer in (("aes-256-gcm", None), ("chacha20-poly1305", "p256"), ("aes-256-gcm", "p384"),
-                             ("aes-256-gcm", "ed25519"), ("aes-256-gcm", "rsa")):
+        for aead, signer, comp in (("aes-256-gcm", None, ""), ("chacha20-poly1305", "p256", ""),
+                                   ("aes-256-gcm", "p384", "zstd"), ("aes-256-gcm", "ed25519", "lz4"),
+                                   ("aes-256-gcm", "rsa", "")):
             out = d + "/" + aead + "-" + str(signer)
             os.mkdir(out)
             sign = [signers[signer][1], signers[signer][0]] if signer else []
-            subprocess.run([args.helper, "export", out, aead, d + "/cert.pem", *sign], check=True)
+            subprocess.run([args.helper, "export", out, aead, d + "/cert.pem", *sign], check=True,
+                           env=dict(os.environ, CRIUSEC_HELPER_COMPRESS=comp))
             h = read_header_txt(out + "/header.txt")
             assert h["version"] == 2 and h["manifest_digest"] == bytes(range(0xc0, 0xe0))
+            assert h["compress"] == {"": 0, "lz4": 1, "zstd": 2}[comp]
             if signer:
                 # The engine's signature, verified by the reference (and a flipped bit refused).
                 assert h["sig_alg"] == SIG_OF[signer], (signer, h["sig_alg"])
@@ -277,8 +340,10 @@ def main():
                 if not f.startswith("stream-"):
                     continue
                 kind, nm = open(out + "/" + f.replace("stream-", "label-")).read().split()
+                sealed = open(out + "/" + f, "rb").read()
+                assert sealed[11] == h["compress"], "a stream of a compressing checkpoint not compressed"
                 pt = stream_open(mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind.encode(), nm.encode(),
-                                 open(out + "/" + f, "rb").read())
+                                 sealed, h["compress"])
                 assert pt == open(out + "/" + f.replace("stream-", "plain-"), "rb").read(), f
                 n += 1
             assert n >= 6, n
@@ -286,7 +351,8 @@ def main():
             st = bytearray(open(out + "/stream-3", "rb").read())
             st[40] ^= 1
             try:
-                stream_open(mk, h["ckpt_id"], h["aead"], h["chunk_size"], b"core", b"core-3.img", bytes(st))
+                stream_open(mk, h["ckpt_id"], h["aead"], h["chunk_size"], b"core", b"core-3.img", bytes(st),
+                            h["compress"])
                 raise AssertionError("tampered stream accepted by reference reader")
             except FormatError:
                 pass
@@ -294,14 +360,17 @@ def main():
             c = h["chunk_size"]
             for length in (0, 1, c - 1, c, c + 1, 2 * c, 3 * c + 7):
                 pt = os.urandom(length)
-                sealed = stream_seal(mk, h["ckpt_id"], h["aead"], c, b"pipes-data", b"pipes-7.img", pt)
+                pt = pt[:length // 2] + bytes(length - length // 2)  # compressible, in part
+                sealed = stream_seal(mk, h["ckpt_id"], h["aead"], c, b"pipes-data", b"pipes-7.img", pt,
+                                     compress=h["compress"])
                 open(out + "/ref.img", "wb").write(sealed)
                 subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",
                                 out + "/ref.img", out + "/ref.out"], check=True)
                 assert open(out + "/ref.out", "rb").read() == pt, length
             # and a header the reference made and signed, checked (and trusted) by the engine
             if signer:
-                own = new_header(mk, h["ckpt_id"], [cert], aead=h["aead"], manifest_digest=bytes(32))
+                own = new_header(mk, h["ckpt_id"], [cert], aead=h["aead"], manifest_digest=bytes(32),
+                                 compress=h["compress"])
                 seal_header(own, mk, ref.Signer.from_files(signers[signer][1], signers[signer][0]))
                 write_header_txt(out + "/header.txt", own)
                 subprocess.run([args.helper, "open", out, d + "/key.pem", "pipes-data", "pipes-7.img",

@@ -14,8 +14,12 @@
  *                            (the implicit-rejection substitute of a bad one)
  *   pages seal|open NAME VADDR INDEX IN OUT TAGS   the page cipher under the
  *                            doc vectors' master key (open reads TAGS)
+ *   regions seal|open ALG NAME VADDR IN OUT INDEX   a page image of a checkpoint
+ *                            that compresses with ALG, from page 0 (section 11.3)
+ * export compresses with $CRIUSEC_HELPER_COMPRESS (lz4, zstd) when set.
  */
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -67,6 +71,10 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert, c
 	criusec_ctx *ctx = criusec_ctx_new(aead);
 	if (!ctx || criusec_ctx_add_recipient(ctx, cert, 0))
 		return die(criusec_last_error());
+	const char *comp = getenv("CRIUSEC_HELPER_COMPRESS");
+	criusec_compress alg = CRIUSEC_COMPRESS_NONE;
+	if (comp && *comp && (criusec_compress_parse(comp, &alg) || criusec_ctx_set_compress(ctx, alg)))
+		return die(criusec_last_error());
 	criusec_header h;
 	uint8_t manifest[CRIUSEC_DIGEST_LEN];
 	for (size_t i = 0; i < sizeof(manifest); i++)
@@ -89,7 +97,8 @@ int do_export(const std::string &dir, const char *aead_name, const char *cert, c
 	f << "created " << h.created << "\n"
 	  << "manifest_digest " << to_hex(h.manifest_digest, 32) << "\n"
 	  << "parent_binding " << to_hex(h.parent_binding, 32) << "\n"
-	  << "sig_alg " << h.sig_alg << "\n";
+	  << "sig_alg " << h.sig_alg << "\n"
+	  << "compress " << h.compress << "\n";
 	for (size_t i = 0; i < h.n_signer_certs; i++)
 		f << "signer_cert " << to_hex(h.signer_certs[i].data, h.signer_certs[i].len) << "\n";
 	f << "signature " << to_hex(h.signature.data, h.signature.len) << "\n";
@@ -171,6 +180,8 @@ int do_open(const std::string &dir, const char *key, const char *kind, const cha
 			copy(h.parent_binding, 32);
 		else if (k == "sig_alg")
 			h.sig_alg = static_cast<uint32_t>(std::stoul(v));
+		else if (k == "compress")
+			h.compress = static_cast<uint32_t>(std::stoul(v));
 		else if (k == "signer_cert")
 			certs.push_back(hex(v));
 		else if (k == "signature")
@@ -345,6 +356,7 @@ int do_vectors2(const char *key, char **v)
 	s.parent = pid;
 	s.parent_binding = hv.parent_binding;
 	s.sig_alg = static_cast<uint32_t>(signer.value().alg());
+	s.compress = CRIUSEC_COMPRESS_ZSTD;
 	s.signer_certs.emplace_back(signer.value().chain().front());
 	auto sc = canonical_header(s);
 	Digest d;
@@ -404,6 +416,58 @@ int do_pages(const std::string &op, const char *name, const char *vaddr, const c
 	return 0;
 }
 
+int do_regions(const std::string &op, const char *alg_name, const char *name, const char *vaddr, const char *in,
+	       const char *out, const char *index_path)
+{
+	std::vector<uint8_t> mk;
+	Id id;
+	doc_key(mk, id);
+	criusec_compress alg;
+	if (criusec_compress_parse(alg_name, &alg))
+		return die(criusec_last_error());
+	auto ctx = Ctx::from_master_key(mk, id, AeadAlg::Aes256Gcm, 65536);
+	if (!ctx.ok() || !ctx.value().set_compress(static_cast<CompressAlg>(alg)).ok())
+		return die("context");
+	auto pool = PagePool::create(ctx.value(), name);
+	if (!pool.ok())
+		return die(pool.status().message());
+	uint64_t v = std::stoull(vaddr, nullptr, 16);
+	int fd = open(in, O_RDONLY);
+	if (fd < 0)
+		return die("can't open the input");
+	Status st;
+	if (op == "seal") {
+		std::vector<uint8_t> sealed;
+		auto sink = [&](std::span<const uint8_t> b) -> Status {
+			sealed.insert(sealed.end(), b.begin(), b.end());
+			return {};
+		};
+		struct stat sb;
+		if (fstat(fd, &sb))
+			return die("can't stat the input");
+		/* Two runs, as two pagemap entries would be: pages 0..149, then the rest. */
+		size_t first = std::min<size_t>(static_cast<size_t>(sb.st_size), 150 * kPageSize);
+		st = pool.value().append_pipe(fd, sink, v, first);
+		if (st.ok())
+			st = pool.value().append_pipe(fd, sink, v + first, static_cast<size_t>(sb.st_size) - first);
+		write_file(out, sealed.data(), sealed.size());
+		write_file(index_path, pool.value().index().data(), pool.value().index().size());
+	} else {
+		auto index = read_file(index_path);
+		off_t size = lseek(fd, 0, SEEK_END);
+		st = pool.value().attach(index, static_cast<uint64_t>(size));
+		std::vector<uint8_t> pt(pool.value().pages() * kPageSize);
+		if (st.ok())
+			st = pool.value().read(fd, v, 0, pt);
+		if (st.ok())
+			write_file(out, pt.data(), pt.size());
+	}
+	close(fd);
+	if (!st.ok())
+		return die(st.message());
+	return 0;
+}
+
 } /* namespace */
 
 int main(int argc, char **argv)
@@ -419,6 +483,8 @@ int main(int argc, char **argv)
 		return do_vectors2(argv[2], argv + 3);
 	if (mode == "vectors" && argc == 8)
 		return do_vectors(argv + 2);
+	if (mode == "regions" && argc == 9)
+		return do_regions(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argv[8]);
 	if (mode == "pages" && argc == 9)
 		return do_pages(argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argv[8]);
 	return die("usage: export DIR AEAD CERT [SIGN_KEY SIGN_CERT] | open DIR KEY KIND NAME IN OUT [TRUST] |"

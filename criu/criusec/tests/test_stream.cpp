@@ -322,7 +322,7 @@ std::string expected_flip_error(size_t i)
 	if (i == 10)
 		return "chunk size";
 	if (i == 11)
-		return "reserved byte is not zero";
+		return "bad stream header (compression";
 	if (i < 28)
 		return "chunk 0 failed authentication"; /* salt: another key */
 	return "chunk " + std::to_string((i - 28) / kSealed) + " failed authentication";

@@ -6,8 +6,10 @@
  *   libcriu_client dump    IMGDIR CRIU CERT PID [SIGN_KEY SIGN_CERT]
  *   libcriu_client restore IMGDIR CRIU KEY [TRUST [MAX_AGE]]
  *
- * Prints "dump 0" or "restore PID" (criu_restore's result) and exits 0 on
- * success; anything else exits 1 with the library's return value.
+ * With COMPRESS=ALG in the environment, dump also compresses
+ * (criu_set_compress, criu_set_compress_alg).  Prints "dump 0" or
+ * "restore PID" (criu_restore's result) and exits 0 on success; anything
+ * else exits 1 with the library's return value.
  */
 #include <fcntl.h>
 #include <stdbool.h>
@@ -53,6 +55,13 @@ int main(int argc, char **argv)
 		if (criu_add_encrypt_cert(argv[4])) {
 			fprintf(stderr, "criu_add_encrypt_cert failed\n");
 			return 1;
+		}
+		if (getenv("COMPRESS")) {
+			criu_set_compress(true);
+			if (criu_set_compress_alg(getenv("COMPRESS"))) {
+				fprintf(stderr, "criu_set_compress_alg failed\n");
+				return 1;
+			}
 		}
 		if (argc == 8 && (criu_set_sign_key(argv[6]) || criu_set_sign_cert(argv[7]))) {
 			fprintf(stderr, "criu_set_sign_key/criu_set_sign_cert failed\n");

@@ -10,7 +10,7 @@
  * engines record in clear), then removes it.
  *
  *   workload MODE STATUS_FILE [ARG]
- *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets, churn
+ *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets, churn, records
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -353,6 +353,88 @@ static const char *read_canary(const char *fifo)
 	return line;
 }
 
+/*
+ * Memory that compresses like a real heap: per MiB, mostly log and JSON
+ * records whose fields vary (time, ids, addresses, levels, messages, latencies),
+ * some zeroed buffers and some random bytes (keys, compressed data).  The
+ * fill is deterministic; a report compares a hash taken before the dump.
+ */
+static const char *const words[] = {
+	"request", "served", "cache", "miss", "hit", "user", "session", "expired", "token", "refreshed",
+	"upstream", "timeout", "retry", "queue", "drained", "worker", "started", "stopped", "payload",
+	"accepted", "rejected", "checkpoint", "invoice", "order", "shipped", "account", "updated",
+};
+static const char *const levels[] = { "INFO", "DEBUG", "WARN", "ERROR" };
+
+static size_t fill_record(char *p, size_t room, uint64_t *s, uint64_t n)
+{
+	uint64_t r = next_rand(s), r2 = next_rand(s);
+	int len;
+
+	if (r & 1)
+		len = snprintf(p, room,
+			       "{\"ts\":\"2026-11-%02u T%02u:%02u:%02u.%03uZ\",\"level\":\"%s\",\"req\":%llu,"
+			       "\"user\":\"u%05u\",\"ip\":\"10.%u.%u.%u\",\"msg\":\"%s %s %s\",\"ms\":%u.%02u}\n",
+			       (unsigned)(1 + n / 86400000 % 28), (unsigned)(n / 3600000 % 24), (unsigned)(n / 60000 % 60),
+			       (unsigned)(n / 1000 % 60), (unsigned)(n % 1000), levels[(r >> 1) % 4],
+			       (unsigned long long)(100000 + n), (unsigned)(r2 % 50000), (unsigned)(r >> 8 & 255),
+			       (unsigned)(r >> 16 & 255), (unsigned)(r >> 24 & 255), words[(r >> 32) % 27],
+			       words[(r >> 40) % 27], words[(r >> 48) % 27], (unsigned)(r2 >> 20) % 900,
+			       (unsigned)(r2 >> 40) % 100);
+	else
+		len = snprintf(p, room, "%02u:%02u:%02u.%06u %-5s [worker-%u] %s %s id=%016llx bytes=%u\n",
+			       (unsigned)(n / 3600000 % 24), (unsigned)(n / 60000 % 60), (unsigned)(n / 1000 % 60),
+			       (unsigned)(r2 % 1000000), levels[(r >> 1) % 4], (unsigned)(r >> 4) % 16,
+			       words[(r >> 32) % 27], words[(r >> 40) % 27], (unsigned long long)r2,
+			       (unsigned)(r >> 48) % 65536);
+	return len < 0 || (size_t)len >= room ? 0 : (size_t)len;
+}
+
+static uint64_t hash_mem(const uint8_t *p, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const uint64_t *w = (const uint64_t *)p;
+
+	for (size_t i = 0; i < len / 8; i++)
+		h = (h ^ w[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+static int run_records(const char *mib_arg)
+{
+	size_t len = (size_t)atol(mib_arg ? mib_arg : "64") << 20;
+	uint8_t *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t s = 0x243f6a8885a308d3ULL, n = 0, h;
+
+	if (mem == MAP_FAILED)
+		return 2;
+	for (size_t mb = 0; mb < len; mb += 1 << 20) {
+		uint8_t *b = mem + mb;
+		uint64_t kind = next_rand(&s) % 10;
+
+		if (kind < 7) { /* records */
+			size_t off = 0, got;
+
+			while ((got = fill_record((char *)b + off, (1 << 20) - off, &s, n)) > 0) {
+				off += got;
+				n += 1 + next_rand(&s) % 50;
+			}
+		} else if (kind < 9) { /* a zeroed buffer that was written once */
+			memset(b, 0, 1 << 20);
+		} else { /* random bytes */
+			for (size_t i = 0; i < (1 << 20) / 8; i++)
+				((uint64_t *)b)[i] = next_rand(&s);
+		}
+		memcpy(b + 64, canary, strlen(canary));
+	}
+	h = hash_mem(mem, len);
+	status("ready");
+	for (;;) {
+		wait_report();
+		status("records %s %zu", hash_mem(mem, len) == h ? "OK" : "BAD", len);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
@@ -386,6 +468,8 @@ int main(int argc, char **argv)
 		return run_secrets();
 	if (!strcmp(argv[1], "churn"))
 		return run_churn(argc > 3 ? argv[3] : NULL);
+	if (!strcmp(argv[1], "records"))
+		return run_records(argc > 3 ? argv[3] : NULL);
 	fprintf(stderr, "unknown mode %s\n", argv[1]);
 	return 1;
 }
