@@ -13,7 +13,8 @@ then holds what the target host's would: its key and the signer it trusts.
 
 Checked: the canary is in the container's memory and in no file of either
 export (tar members too, as Podman writes them and unpacked) nor anywhere
-in Podman's storage; both checkpoint directories carry cipher.img; the
+in Podman's storage (after the checkpoints, and after the restore has
+unpacked both archives there); both checkpoint directories carry cipher.img; the
 final dump takes every page that did not change from the pre-checkpoint
 (stats-dump); the restored container finds every byte of its memory as it
 was and carries on; restore authenticated both checkpoints of the chain.
@@ -291,6 +292,9 @@ def test_pre_checkpoint_chain_encrypted_by_config(churn_image, tmp_path, own_cha
         assert c.generation() >= gen, "the restored memory is older than the checkpoint"
         c.wait_rewritten()
         assert c.copies_in_memory(canary) >= pages // 256
+        # The restore unpacked both archives into Podman's storage (--keep).
+        hits = engines.scan(engines.Podman.storage, [canary])[canary]
+        assert hits == [], f"after the restore, the canary is in {hits}"
         leftover = [p for p in tmp_pre + tmp_ck + tmp_rs if os.path.exists(p)]
         assert leftover == [], f"Podman left {leftover}"
         lap("checks of the restored container")
