@@ -107,11 +107,12 @@ test-zdtm: criu
 
 # What needs memory tracking, in a VM under Debian 12's own kernel over
 # this machine's root (scripts/criusec/vm.sh).  The ZDTM tests are built
-# here: the guest may be slow (TCG).  VM_TIMEOUT kills a hung guest.
+# here: the guest may be slow (TCG).  VM_TIMEOUT kills a hung guest;
+# VM_LAYERS=NAME... runs only those layers (see vm-tests.sh).
 VM_TIMEOUT	?= 3600
 test-vm: criu
 	@$(MAKE) -s -C $(SRC)/test/zdtm -j$(JOBS) >$(SRC)/test/zdtm-build.log 2>&1 || { tail -30 $(SRC)/test/zdtm-build.log; exit 1; }
-	@scripts/criusec/vm.sh -t $(VM_TIMEOUT) -- scripts/criusec/vm-tests.sh $(SRC)
+	@scripts/criusec/vm.sh -t $(VM_TIMEOUT) -e VM_LAYERS -- scripts/criusec/vm-tests.sh $(SRC)
 
 zdtm-full: criu
 	@scripts/criusec/zdtm.sh $(SRC) full

@@ -22,9 +22,28 @@ pytest_layer() { # NAME [pytest arguments], in test/criusec, on the built criu
 	shift
 	(cd "$repo/test/criusec" && CRIU="$src/criu/criu" /usr/bin/python3 -m pytest -v -rs -p no:cacheprovider "$@") 2>&1 | tee "$log/$name"
 	rc=$?
-	layer "$name" "$(count "$log/$name" '[0-9]+ passed')" \
-		"$(( $(count "$log/$name" '[0-9]+ failed') + $(count "$log/$name" '[0-9]+ errors?') ))" \
-		"$(count "$log/$name" '[0-9]+ skipped')" "$rc"
+	pytest_counts "$name" "$rc"
+}
+
+engines_layer() { # NAME [pytest arguments], in test/engines (namespaces of its own), on the built criu
+	local name=$1 rc
+	shift
+	(cd "$repo/test/engines" && CRIUSEC_TEST_CRIU="$src/criu/criu" /usr/bin/python3 -m pytest -v -rs \
+		-p no:cacheprovider --basetemp=/run/.criusec-engines/pytest "$@") 2>&1 | tee "$log/$name"
+	rc=$?
+	pytest_counts "$name" "$rc"
+}
+
+pytest_counts() { # NAME RC: the layer's line from pytest's summary in $log/NAME
+	layer "$1" "$(count "$log/$1" '[0-9]+ passed')" \
+		"$(( $(count "$log/$1" '[0-9]+ failed') + $(count "$log/$1" '[0-9]+ errors?') ))" \
+		"$(count "$log/$1" '[0-9]+ skipped')" "$2"
+}
+
+skip_layer() { # NAME WHY: a layer that cannot run here, counted as one skip (not a failure)
+	echo "== $1: 0 passed, 0 failed, 1 skipped: $2"
+	since=$SECONDS
+	ts=$((ts + 1))
 }
 
 zdtm_layer() { # NAME SET [zdtm.py options]: see zdtm.sh

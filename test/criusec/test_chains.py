@@ -17,7 +17,6 @@ Debian 12's own kernel) and skip here, saying so.  Where tracking is
 missing, the tests at the end check that criu pre-dump and ZDTM's --pre and
 --snaps say so, instead of crashing or passing having run nothing.
 """
-import ctypes
 import functools
 import os
 import re
@@ -29,6 +28,8 @@ import time
 
 import pytest
 
+import chainkeys
+from chainkeys import chain_keys
 from conftest import CRIU, REPO
 
 SRC = REPO / "build" / "src"
@@ -72,25 +73,6 @@ def restore_opts(hosts):
 
 
 # The chain keys criu leaves in root's user keyring: removed when the tests are done.
-SYS_KEYCTL, KEYCTL_DESCRIBE, KEYCTL_UNLINK, KEYCTL_READ, KEY_SPEC_USER_KEYRING = 250, 6, 9, 11, -4
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def chain_keys():
-    """{serial: description} of the criusec chain keys in root's user keyring."""
-    buf = ctypes.create_string_buffer(65536)
-    n = _libc.syscall(SYS_KEYCTL, KEYCTL_READ, KEY_SPEC_USER_KEYRING, buf, len(buf))
-    out = {}
-    for i in range(0, max(n, 0), 4):
-        serial = int.from_bytes(buf.raw[i:i + 4], sys.byteorder, signed=True)
-        d = ctypes.create_string_buffer(512)
-        if _libc.syscall(SYS_KEYCTL, KEYCTL_DESCRIBE, serial, d, len(d)) > 0:
-            desc = d.value.decode().rsplit(";", 1)[-1]
-            if desc.startswith("criusec:"):
-                out[serial] = desc
-    return out
-
-
 @pytest.fixture(autouse=True)
 def images_freed(tmp_path):
     """Chains are large and the VM's /tmp is a tmpfs: after each test only
@@ -106,7 +88,7 @@ def own_chain_keys():
     before = set(chain_keys())
     yield
     for serial in set(chain_keys()) - before:
-        _libc.syscall(SYS_KEYCTL, KEYCTL_UNLINK, serial, KEY_SPEC_USER_KEYRING)
+        chainkeys.unlink(serial)
 
 
 def ckpt_id(img, hosts):
@@ -343,7 +325,7 @@ def test_incremental_dump_reads_its_parent_from_the_keyring(workloads, criu, tmp
 
     for serial, d in chain_keys().items():
         if d == desc:
-            _libc.syscall(SYS_KEYCTL, KEYCTL_UNLINK, serial, KEY_SPEC_USER_KEYRING)
+            chainkeys.unlink(serial)
     r = criu.run("dump", tmp_path / "c", "-t", wl.pid, "--leave-running", "--prev-images-dir", "../a",
                  *dump_opts(hosts), check=False)
     log = (tmp_path / "c" / "dump.log").read_text()

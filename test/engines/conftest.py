@@ -44,6 +44,8 @@ SIZES = []
 # engine's output names criusec's reason, criu's syslog line): what an
 # operator sees when criu refuses.
 MESSAGES = []
+# Lines for the end of the run (what a test found out, its times).
+NOTES = []
 # What reached /dev/log in the session's namespaces (criu under every
 # engine sends a failed request's reason there), in order.
 SYSLOG = []
@@ -147,6 +149,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("checkpoint sizes")
         for what, n in SIZES:
             terminalreporter.write_line(f"{what}: {n} bytes")
+    if NOTES:
+        terminalreporter.section("notes")
+        for line in NOTES:
+            terminalreporter.write_line(line)
     if MESSAGES:
         terminalreporter.section("what the engines print when criu refuses (last line), and syslog")
         for engine, what, err, log, shown, line in MESSAGES:
@@ -262,11 +268,16 @@ def rootfs():
 
 
 @pytest.fixture(scope="session")
-def podman_ready(rootfs):
+def podman_conf():
+    """Podman, runc and conmon installed, and configured for this machine."""
     need("podman", "runc", "conmon")
     conf = pathlib.Path("/etc/containers/containers.conf")
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(image.CONTAINERS_CONF)
+
+
+@pytest.fixture(scope="session")
+def podman_ready(podman_conf, rootfs):
     engines.run(["podman", "import", str(rootfs["tar"]), engines.IMAGE])
     yield
     engines.run(["podman", "rm", "-a", "-f", "-t", "0"], check=False)

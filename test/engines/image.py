@@ -44,7 +44,8 @@ def _add(t, name, data=None, **kw):
         t.addfile(ti)
 
 
-def rootfs_tar():
+def rootfs_tar(extra=None):
+    """extra: {path in the image: (bytes, mode)}, added after busybox."""
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
                              check=True).stdout.split()
     buf = io.BytesIO()
@@ -56,6 +57,8 @@ def rootfs_tar():
         for a in applets:
             if a != "busybox":
                 _add(t, f"bin/{a}", type=tarfile.SYMTYPE, linkname="busybox")
+        for name, (data, mode) in (extra or {}).items():
+            _add(t, name, data, mode=mode)
     return buf.getvalue()
 
 

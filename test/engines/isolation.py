@@ -88,11 +88,17 @@ def isolate():
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
+def hierarchies(root):
+    """Where the engines' cgroups go: below each v1 hierarchy, or at the top
+    of a unified (cgroup2-only) tree, "" (the VM layer's guest)."""
+    return ["", *os.listdir(root)]
+
+
 def cgroup_snapshot():
     """The engine cgroups that exist before the tests (to be left alone)."""
     root = "/sys/fs/cgroup"
     found = set()
-    for h in os.listdir(root):
+    for h in hierarchies(root):
         for name in ENGINE_CGROUPS:
             if os.path.isdir(os.path.join(root, h, name)):
                 found.add((h, name))
@@ -104,7 +110,7 @@ def cgroup_cleanup(before):
     refuses a cgroup with tasks or children).  Returns those left behind."""
     root = "/sys/fs/cgroup"
     left = []
-    for h in os.listdir(root):
+    for h in hierarchies(root):
         for name in ENGINE_CGROUPS:
             top = os.path.join(root, h, name)
             if (h, name) in before or not os.path.isdir(top):

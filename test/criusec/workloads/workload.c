@@ -4,7 +4,10 @@
  * writes "ready" to its status file when set up, and on SIGUSR1 writes a
  * report of its state there, so a test can compare before dump and after
  * restore.  A canary string (argv or environment CANARY) is planted in the
- * kind of state the workload is about.
+ * kind of state the workload is about.  CANARY_FROM=PATH instead: the
+ * workload makes a FIFO there and reads the canary's line from it (so that
+ * the canary is on no command line and in no environment, which container
+ * engines record in clear), then removes it.
  *
  *   workload MODE STATUS_FILE [ARG]
  *   modes: counter, memory, fileoff, tcp, threads, pipe2, secrets, churn, records
@@ -334,6 +337,22 @@ static int run_secrets(void)
 	}
 }
 
+static const char *read_canary(const char *fifo)
+{
+	static char line[PAGE - 64];
+	FILE *f;
+
+	if (mkfifo(fifo, 0600) && errno != EEXIST)
+		return NULL;
+	f = fopen(fifo, "r");
+	if (!f || !fgets(line, sizeof(line), f))
+		return NULL;
+	fclose(f);
+	unlink(fifo);
+	line[strcspn(line, "\n")] = 0;
+	return line;
+}
+
 /*
  * Memory that compresses like a real heap: per MiB, mostly log and JSON
  * records whose fields vary (time, ids, addresses, levels, messages, latencies),
@@ -426,6 +445,8 @@ int main(int argc, char **argv)
 	}
 	if (getenv("CANARY"))
 		canary = getenv("CANARY");
+	if (getenv("CANARY_FROM") && !(canary = read_canary(getenv("CANARY_FROM"))))
+		return 2;
 	status_fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (status_fd < 0)
 		return 2;
