@@ -1093,6 +1093,12 @@ def parse_regions(index):
     return out
 
 
+def pages_described(tags):
+    """The pages a page image's tags describe: 16-byte tags (bytes), or the
+    region records of a checkpoint that compresses (parse_regions())."""
+    return sum(r[1] for r in tags) if isinstance(tags, list) else len(tags) // PAGE_TAG_LEN
+
+
 def page_keys(prk, name):
     name = _label(name, "name")
     return (derive(prk, b"criusec v1 pages xts\x00" + name, 64),
@@ -1793,11 +1799,7 @@ class Checkpoint:
                     raise FormatError("%s: its %d pages have no tags (%s)" % (name, present, tname))
                 continue
             index = self.read(tname)
-            if self.header.get("compress"):
-                # one record per region (section 11.3)
-                ntags = sum(n for _, n, _, _, _ in parse_regions(index))
-            else:
-                ntags = len(index) // PAGE_TAG_LEN
+            ntags = pages_described(parse_regions(index) if self.header.get("compress") else index)
             if ntags != present:
                 raise FormatError("%s: covers %d pages, but %s holds %d tags" % (name, present, tname, ntags))
 
@@ -2092,7 +2094,7 @@ class Checkpoint:
                 index += nr
         data = b"".join(out)
         tags = self._page_tags(pages_id, os.path.getsize(self.path("pages-%d.img" % pages_id)))
-        dumped = sum(r[1] for r in tags) if self.header.get("compress") else len(tags) // PAGE_TAG_LEN
+        dumped = pages_described(tags)
         if len(data) != dumped * PAGE_SIZE:
             raise FormatError("pages-%d.img: %d pages, its pagemap %s describes %d"
                               % (pages_id, dumped, pm, len(data) // PAGE_SIZE))
