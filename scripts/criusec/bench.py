@@ -237,12 +237,12 @@ def main():
     criu, src = sys.argv[1], sys.argv[2]
     sizes = [int(s) for s in sys.argv[3:]] or [256]
     repeat = int(os.environ.get("REPEAT", "5"))
-    workloads = os.environ.get("WORKLOADS", "random records").split()
-    modes = os.environ.get("MODES", "plain enc sig zstd lz4").split()
+    workloads = (os.environ.get("WORKLOADS") or "random records").split()
+    modes = (os.environ.get("MODES") or "plain enc sig zstd lz4").split()
     if os.environ.get("BASE_CRIU"):
-        modes += [m + "@base" for m in os.environ.get("BASE_MODES", "enc zstd").split()]
-    if "1" in os.environ.get("THREADS", "").split():
-        modes += [m + "/1cpu" for m in os.environ.get("SCALE_MODES", "enc zstd").split()]
+        modes += [m + "@base" for m in (os.environ.get("BASE_MODES") or "enc zstd").split()]
+    if "1" in (os.environ.get("THREADS") or "").split():
+        modes += [m + "/1cpu" for m in (os.environ.get("SCALE_MODES") or "enc zstd").split()]
     if os.geteuid() != 0:
         sys.exit("bench: needs root (criu dump/restore)")
     # pycriu of the build under test (stats-dump)
@@ -253,7 +253,7 @@ def main():
     private_config_dirs()
     summary = []
     workers = len(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory(prefix="criusec-bench-", dir=os.environ.get("BENCH_DIR")) as w:
+    with tempfile.TemporaryDirectory(prefix="criusec-bench-", dir=os.environ.get("BENCH_DIR") or None) as w:
         work = pathlib.Path(w)
         workload = str(work / "workload")
         subprocess.run(["gcc", "-O2", "-pthread", "-o", workload, src], check=True)
