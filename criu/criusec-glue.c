@@ -361,8 +361,8 @@ int check_criusec(void)
 		pr_err("engine %s: self-test failed: %s\n", criusec_version(), criusec_last_error());
 		return -1;
 	}
-	pr_msg("criusec engine %s: self-test passed, AEAD %s\n", criusec_version(),
-	       criusec_aead_name(criusec_default_aead()));
+	pr_msg("criusec engine %s: self-test passed, AEAD %s, pages on %zu thread(s)\n", criusec_version(),
+	       criusec_aead_name(criusec_default_aead()), criusec_page_workers());
 
 	if (load_signer(&s, &key, &cert))
 		return -1;

@@ -62,6 +62,8 @@ int criusec_self_test(void);
 /* The AEAD this CPU should use: AES-GCM with AES-NI and PCLMUL, else ChaCha20. */
 enum criusec_aead criusec_default_aead(void);
 const char *criusec_aead_name(enum criusec_aead aead);
+/* Threads for pages: the CPUs criu may use (affinity mask, cgroup CPU quota), 1 to 16. */
+size_t criusec_page_workers(void);
 /* Parse "aes-256-gcm" / "chacha20-poly1305" / "auto"; -EINVAL otherwise. */
 int criusec_aead_parse(const char *name, enum criusec_aead *out);
 /* "none", "lz4", "zstd" (NULL for an unknown value); parse: -EINVAL otherwise. */

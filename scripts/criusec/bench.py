@@ -259,7 +259,10 @@ def main():
         subprocess.run(["gcc", "-O2", "-pthread", "-o", workload, src], check=True)
         b = Bench(criu, workload, work)
         check = subprocess.run([criu, "check", "--feature", "criusec"], capture_output=True, text=True).stdout
-        aead = [ln.split("AEAD ")[-1] for ln in check.splitlines() if "AEAD " in ln]
+        aead = [ln.split("AEAD ")[-1].split(",")[0] for ln in check.splitlines() if "AEAD " in ln]
+        threads = [ln.split("pages on ")[-1].split()[0] for ln in check.splitlines() if "pages on " in ln]
+        if threads:
+            workers = threads[0]
         print(f"criusec bench: {repeat} alternating rounds per size, medians [min-max ms]; "
               f"AEAD {aead[0] if aead else '?'}; {os.cpu_count()} CPUs, criu's page workers {workers} "
               f"(1 in the /1cpu modes); load average {os.getloadavg()[0]:.2f} at the start")

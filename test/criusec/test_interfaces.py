@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import CRIU, REPO
 
 from test_encrypt import MAGIC, keys, new_canary  # noqa: F401 (keys is a fixture)
@@ -68,6 +70,55 @@ def test_check_reports_engine():
     assert r.returncode == 0
     assert "self-test passed, AEAD aes-256-gcm" in r.stdout + r.stderr or \
         "self-test passed, AEAD chacha20-poly1305" in r.stdout + r.stderr
+
+
+def page_threads(prefix=(), preexec_fn=None):
+    """The page threads criu reports, run under prefix (taskset) or preexec_fn."""
+    import re
+    r = subprocess.run([*prefix, CRIU, "check", "--feature", "criusec"], capture_output=True, text=True,
+                       timeout=60, preexec_fn=preexec_fn)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"pages on (\d+) thread", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    return int(m.group(1))
+
+
+def test_page_threads_follow_the_affinity_mask():
+    """The dump's page pipeline sizes its helpers by the CPUs criu may use, not a constant."""
+    cpus = len(os.sched_getaffinity(0))
+    assert page_threads() == min(cpus, 16)
+    assert page_threads(("taskset", "-c", "0")) == 1
+    if cpus >= 2:
+        assert page_threads(("taskset", "-c", "0,1")) == 2
+
+
+def test_page_threads_follow_a_cgroup_cpu_quota(tmp_path):
+    """A container's CPU quota (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us) bounds them too."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a cgroup")
+    cg = None
+    for mount, files in (("/sys/fs/cgroup", ("cpu.max",)), ("/sys/fs/cgroup/cpu", ("cpu.cfs_quota_us",))):
+        if os.path.exists(os.path.join(mount, "cgroup.procs")) and \
+                (files[0] != "cpu.max" or "cpu" in open(os.path.join(mount, "cgroup.subtree_control")).read()):
+            cg = (mount, files[0])
+            break
+    if not cg:
+        pytest.skip("no cgroup v2 with the cpu controller, nor a v1 cpu hierarchy, to set a quota in")
+    d = os.path.join(cg[0], f"criusec-test-{os.getpid()}")
+    os.mkdir(d)
+    try:
+        with open(os.path.join(d, cg[1]), "w") as f:
+            f.write("100000 100000" if cg[1] == "cpu.max" else "100000")
+        if cg[1] != "cpu.max":
+            with open(os.path.join(d, "cpu.cfs_period_us"), "w") as f:
+                f.write("100000")
+
+        def enter():
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        assert page_threads(preexec_fn=enter) == 1
+    finally:
+        os.rmdir(d)
 
 
 def test_version_names_criusec():

@@ -868,6 +868,11 @@ void criusec_pages_keep_page_size(struct criusec_pages *p)
 		p->cipher.keep_page_size();
 }
 
+size_t criusec_page_workers(void)
+{
+	return page_workers();
+}
+
 void criusec_pages_write_behind(struct criusec_pages *p)
 {
 	if (p)

@@ -342,39 +342,88 @@ private:
 	static inline Keeper keeper_;
 };
 
-/* Whole CPUs in the cgroup's cpu.max quota (cgroup v2), or 0 where none is set. */
+/* The quota of one cgroup directory in whole CPUs (rounded up), 0 for none. */
+size_t dir_quota(const std::string &dir, bool v2) noexcept
+{
+	unsigned long long quota = 0, period = 0;
+	if (v2) {
+		FILE *m = std::fopen((dir + "/cpu.max").c_str(), "re");
+		if (!m)
+			return 0;
+		char q[32] = "";
+		bool ok = std::fscanf(m, "%31s %llu", q, &period) == 2 && std::strcmp(q, "max");
+		std::fclose(m);
+		if (!ok)
+			return 0;
+		quota = std::strtoull(q, nullptr, 10);
+	} else {
+		auto num = [&](const char *file, long long &v) {
+			FILE *f = std::fopen((dir + file).c_str(), "re");
+			bool ok = f && std::fscanf(f, "%lld", &v) == 1;
+			if (f)
+				std::fclose(f);
+			return ok;
+		};
+		long long q = -1, p = 0;
+		if (!num("/cpu.cfs_quota_us", q) || !num("/cpu.cfs_period_us", p) || q <= 0 || p <= 0)
+			return 0;
+		quota = static_cast<unsigned long long>(q);
+		period = static_cast<unsigned long long>(p);
+	}
+	if (!period || !quota)
+		return 0;
+	return static_cast<size_t>(std::max(1ULL, (quota + period - 1) / period));
+}
+
+/*
+ * Whole CPUs in criu's cgroup CPU quota, the tightest from its cgroup up to
+ * the root: cgroup v2's cpu.max, or v1's cpu controller (cfs_quota_us);
+ * 0 where none is set.
+ */
 size_t cgroup_cpus() noexcept
 {
 	try {
-		std::string dir = "/sys/fs/cgroup";
-		if (FILE *f = std::fopen("/proc/self/cgroup", "re")) {
-			char line[4096];
-			while (std::fgets(line, sizeof(line), f))
-				if (!std::strncmp(line, "0::", 3)) {
-					line[std::strcspn(line, "\n")] = '\0';
-					if (std::strcmp(line + 3, "/"))
-						dir += line + 3;
-				}
-			std::fclose(f);
-		}
-		/* The tightest quota from criu's cgroup up to the root. */
-		size_t best = 0;
-		for (;;) {
-			if (FILE *m = std::fopen((dir + "/cpu.max").c_str(), "re")) {
-				char quota[32] = "";
-				unsigned long long period = 0;
-				if (std::fscanf(m, "%31s %llu", quota, &period) == 2 && std::strcmp(quota, "max") && period) {
-					unsigned long long q = std::strtoull(quota, nullptr, 10);
-					size_t n = static_cast<size_t>(std::max(1ULL, (q + period - 1) / period));
-					best = best ? std::min(best, n) : n;
-				}
-				std::fclose(m);
+		struct Where {
+			std::string mount, path; /* path: "" or "/a/b" */
+			bool v2;
+		};
+		std::vector<Where> dirs;
+		FILE *f = std::fopen("/proc/self/cgroup", "re");
+		if (!f)
+			return 0;
+		char line[4096];
+		while (std::fgets(line, sizeof(line), f)) {
+			line[std::strcspn(line, "\n")] = '\0';
+			/* hierarchy-ID:controller-list:path */
+			char *c1 = std::strchr(line, ':'), *c2 = c1 ? std::strchr(c1 + 1, ':') : nullptr;
+			if (!c2)
+				continue;
+			std::string ctrls(c1 + 1, c2), path(c2 + 1);
+			if (path == "/")
+				path.clear();
+			if (ctrls.empty()) {
+				dirs.push_back({"/sys/fs/cgroup", path, true});
+				dirs.push_back({"/sys/fs/cgroup/unified", path, true});
 			}
-			auto slash = dir.rfind('/');
-			if (dir == "/sys/fs/cgroup" || slash == std::string::npos || slash < 14)
-				break;
-			dir.resize(slash);
+			for (size_t at = 0; at < ctrls.size();) {
+				size_t comma = std::min(ctrls.find(',', at), ctrls.size());
+				if (ctrls.compare(at, comma - at, "cpu") == 0) {
+					dirs.push_back({"/sys/fs/cgroup/cpu", path, false});
+					dirs.push_back({"/sys/fs/cgroup/cpu,cpuacct", path, false});
+				}
+				at = comma + 1;
+			}
 		}
+		std::fclose(f);
+		size_t best = 0;
+		for (auto &w : dirs)
+			for (std::string p = w.path;; p.resize(p.rfind('/'))) {
+				size_t n = dir_quota(w.mount + p, w.v2);
+				if (n)
+					best = best ? std::min(best, n) : n;
+				if (p.empty())
+					break;
+			}
 		return best;
 	} catch (...) {
 		return 0;
@@ -390,19 +439,22 @@ size_t cgroup_cpus() noexcept
  */
 size_t page_workers() noexcept
 {
-	static const size_t n = [] {
-		cpu_set_t set;
-		size_t cpus = 0;
-		if (!sched_getaffinity(0, sizeof(set), &set))
-			cpus = static_cast<size_t>(CPU_COUNT(&set));
-		if (!cpus)
-			cpus = std::max(1u, std::thread::hardware_concurrency());
-		size_t quota = cgroup_cpus();
-		if (quota)
-			cpus = std::min(cpus, quota);
-		return std::clamp<size_t>(cpus, 1, kMaxWorkers);
-	}();
+	static const size_t n = count_page_workers();
 	return n;
+}
+
+size_t count_page_workers() noexcept
+{
+	cpu_set_t set;
+	size_t cpus = 0;
+	if (!sched_getaffinity(0, sizeof(set), &set))
+		cpus = static_cast<size_t>(CPU_COUNT(&set));
+	if (!cpus)
+		cpus = std::max(1u, std::thread::hardware_concurrency());
+	size_t quota = cgroup_cpus();
+	if (quota)
+		cpus = std::min(cpus, quota);
+	return std::clamp<size_t>(cpus, 1, kMaxWorkers);
 }
 
 /*

@@ -116,8 +116,13 @@ struct PageRegion {
 
 class SealRing;
 
-/* Threads a pool works on: the CPUs criu may use (affinity mask, cgroup CPU quota), at least 1. */
+/*
+ * Threads a pool works on: the CPUs criu may use (its affinity mask, fewer
+ * under a cgroup CPU quota, v2 or v1), 1 to 16.  page_workers() reads it
+ * once for the process; count_page_workers() reads it now.
+ */
 size_t page_workers() noexcept;
+size_t count_page_workers() noexcept;
 
 /*
  * Page ciphers for one image, one per worker: large runs are split between

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -402,4 +403,30 @@ TEST(Pages, SealPipeSinkFailureThroughCApi)
 	ASSERT_EQ(ok.bytes, pt.size());
 	criusec_pages_free(p);
 	criusec_ctx_free(ctx);
+}
+
+/* The pool's threads follow the CPUs the process may use (a child held to one CPU gets one). */
+TEST(PageWorkers, FollowTheAffinityMask)
+{
+	cpu_set_t all;
+	ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+	size_t n = count_page_workers();
+	EXPECT_GE(n, 1u);
+	EXPECT_LE(n, std::min<size_t>(16, static_cast<size_t>(CPU_COUNT(&all))));
+	pid_t pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &all)) {
+				CPU_SET(c, &one);
+				break;
+			}
+		_exit(sched_setaffinity(0, sizeof(one), &one) == 0 && count_page_workers() == 1 ? 0 : 1);
+	}
+	int status = 0;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	EXPECT_EQ(criusec_page_workers(), page_workers());
 }
