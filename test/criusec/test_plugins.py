@@ -1,0 +1,262 @@
+"""CRIU plugins' own image files under --encrypt (issue 23).
+
+A plugin such as amdgpu writes image files of its own.  workloads/plugin.c
+is a small plugin that does the same, with a canary: written while the
+tasks are frozen, read back after the restored tasks were forked and
+before any runs.  Written with a raw openat() in the images directory (as
+amdgpu did), an encrypted dump must fail naming the file, with the task
+still running; written through criu_image_open(), it is encrypted, listed
+in the manifest, refused when altered, and handed back at restore."""
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import CRIU, wait_gone
+from test_encrypt import MAGIC, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
+
+HERE = pathlib.Path(__file__).resolve().parent
+PLUGIN_H = pathlib.Path(CRIU).resolve().parent / "include" / "criu-plugin.h"
+
+
+@pytest.fixture(scope="session")
+def plugin_dir(tmp_path_factory):
+    """The test plugin, built against the criu under test's criu-plugin.h."""
+    if not PLUGIN_H.exists():
+        pytest.skip(f"needs criu's source tree beside {CRIU} ({PLUGIN_H}) to build a plugin")
+    if "criu_image_open" not in PLUGIN_H.read_text():
+        pytest.skip(f"{PLUGIN_H} has no criu_image_open(): not a criusec criu")
+    d = tmp_path_factory.mktemp("plugins")
+    # Only the header, as installed (criu/include has a string.h of its own).
+    inc = tmp_path_factory.mktemp("include")
+    shutil.copy(PLUGIN_H, inc)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-fPIC", "-shared", "-I", str(inc),
+                    "-o", str(d / "criusec_testplugin.so"), str(HERE / "workloads" / "plugin.c")],
+                   check=True)
+    return d
+
+
+@pytest.fixture
+def plugin(plugin_dir, tmp_path, monkeypatch):
+    """Configure the plugin (through criu's environment): returns (canary, out file)."""
+    def setup(mode):
+        canary = new_canary()
+        out = tmp_path / f"plugin-{mode}.out"
+        monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_MODE", mode)
+        monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_DATA", canary)
+        monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_OUT", str(out))
+        return canary, out
+    return setup
+
+
+def libdir(plugin_dir):
+    return ["--libdir", str(plugin_dir)]
+
+
+def enc(keys):
+    return ["--encrypt", "--tls-cert", keys["alice"][0]]
+
+
+def out_lines(out):
+    return out.read_text().splitlines() if out.exists() else []
+
+
+def plugin_image(img):
+    found = sorted(p for p in img.iterdir() if p.name.startswith("testplugin-"))
+    assert len(found) == 1, f"plugin images: {found}"
+    return found[0]
+
+
+def test_raw_plugin_plain_dump_unaffected(workloads, criu, tmp_path, plugin, plugin_dir):
+    """Without --encrypt, a plugin writing with openat() works as upstream."""
+    canary, out = plugin("raw")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    criu.dump(wl, img, *libdir(plugin_dir))
+    assert canary.encode() in plugin_image(img).read_bytes()
+    criu.restore(img, *libdir(plugin_dir))
+    assert wl.report() == "secrets OK"
+    assert f"read testplugin-{wl.pid}.img {canary}" in out_lines(out)
+
+
+def test_raw_plugin_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
+    """A plugin that writes around criusec: the dump fails, one line naming the
+    file and the plugin, and the task runs on, dumpable again."""
+    canary, out = plugin("raw")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    r = criu.dump(wl, img, *libdir(plugin_dir), *enc(keys), check=False)
+    assert r.returncode != 0, "an encrypted dump left a plugin's file in clear and succeeded"
+    log = (img / "dump.log").read_text()
+    name = f"testplugin-{wl.pid}.img"
+    errors = [ln for ln in log.splitlines() if "Error" in ln and name in ln]
+    assert len(errors) == 1, log[-3000:]
+    assert "outside criusec" in errors[0] and "criusec_testplugin" in errors[0], errors[0]
+    assert "criu_image_open()" in errors[0]
+    # The checkpoint is not one: no cipher.img was written, so nothing restores from it.
+    assert not (img / "cipher.img").exists()
+    # The task was thawed and is as it was.
+    assert wl.report() == "secrets OK"
+    # A later dump of it (plugin through the API) succeeds and restores.
+    canary2, out2 = plugin("api")
+    img2 = tmp_path / "img2"
+    criu.dump(wl, img2, *libdir(plugin_dir), *enc(keys))
+    criu.restore(img2, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+    assert f"read testplugin-{wl.pid}.img {canary2}" in out_lines(out2)
+
+
+def test_unclosed_api_image_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
+    """An image opened with criu_image_open() and never closed was never
+    sealed: the dump fails naming it, and the task runs on."""
+    canary, _ = plugin("leak")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    r = criu.dump(wl, img, *libdir(plugin_dir), *enc(keys), check=False)
+    assert r.returncode != 0
+    log = (img / "dump.log").read_text()
+    assert f"testplugin-{wl.pid}.img: a plugin opened it with criu_image_open() but never closed it" in log
+    assert files_with(img, canary.encode()) == []
+    assert wl.report() == "secrets OK"
+
+
+@pytest.fixture
+def api_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
+    canary, out = plugin("api")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    criu.dump(wl, img, *libdir(plugin_dir), *enc(keys))
+    return wl, img, canary, out
+
+
+def test_api_plugin_encrypted(api_dump, criu, plugin_dir, keys):
+    """Through criu_image_open(): in no file in clear, an encrypted stream of
+    the manifest's, and the plugin gets its data back before any task runs."""
+    wl, img, canary, out = api_dump
+    p = plugin_image(img)
+    assert p.name == f"testplugin-{wl.pid}.img"
+    assert p.read_bytes()[:8] == MAGIC
+    assert (p.stat().st_mode & 0o077) == 0
+    assert files_with(img, canary.encode()) == []
+    assert f"wrote {p.name} " in out_lines(out)
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+    lines = out_lines(out)
+    assert f"read {p.name} {canary}" in lines, lines
+    assert "absent testplugin-none.img ENOENT" in lines, lines
+    log = (img / "restore.log").read_text()
+    assert f"{p.name}: handed to the plugin, authenticated" in log
+
+
+def test_api_plugin_listed_for_crit(api_dump, keys):
+    """pycriu reads the manifest with the plugin's image in it (kind "plugin")."""
+    wl, img, canary, _ = api_dump
+    r = subprocess.run(["/usr/bin/python3", "-c", (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pycriu import criusec; "
+        "ck = criusec.Checkpoint(sys.argv[2], keys=sys.argv[3]); "
+        "print(ck.verify() > 0); print(ck.kind_of(sys.argv[4])); "
+        "print(ck.read(sys.argv[4]).decode())"),
+        str(pathlib.Path(CRIU).resolve().parent.parent / "lib"), str(img), keys["alice"][1],
+        f"testplugin-{wl.pid}.img"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "plugin", canary]
+
+
+def damaged(tmp_path, img, tag):
+    d = tmp_path / tag
+    shutil.copytree(img, d, symlinks=True)
+    for log in d.glob("*.log"):
+        log.unlink()
+    return d
+
+
+def refused(criu, img, wl, out, keys, plugin_dir, expect):
+    before = out_lines(out)
+    r = criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1], check=False)
+    log = (img / "restore.log").read_text(errors="replace")
+    assert r.returncode != 0, "a damaged checkpoint was restored"
+    assert expect in log, log[-3000:]
+    wait_gone([wl.pid], timeout=10)
+    # No task was forked, so the plugin never got to read anything.
+    assert "Forking task" not in log and "fork()ed" not in log
+    assert out_lines(out) == before, "the plugin ran on a refused checkpoint"
+
+
+@pytest.mark.parametrize("where", ["head", "middle", "tail"])
+def test_flipped_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys, where):
+    wl, img, _, out = api_dump
+    d = damaged(tmp_path, img, f"flip-{where}")
+    p = d / plugin_image(img).name
+    data = bytearray(p.read_bytes())
+    off = {"head": 20, "middle": len(data) // 2, "tail": len(data) - 1}[where]
+    data[off] ^= 0x01
+    p.write_bytes(bytes(data))
+    refused(criu, d, wl, out, keys, plugin_dir, p.name)
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_removed_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys):
+    wl, img, _, out = api_dump
+    d = damaged(tmp_path, img, "removed")
+    (d / plugin_image(img).name).unlink()
+    refused(criu, d, wl, out, keys, plugin_dir, "missing from the encrypted checkpoint")
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_added_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys):
+    """An image file the manifest does not list (a plugin's, in clear, or an
+    attacker's) is refused before any plugin could read it."""
+    wl, img, _, out = api_dump
+    d = damaged(tmp_path, img, "added")
+    (d / "testplugin-1.img").write_bytes(b"planted by an attacker")
+    refused(criu, d, wl, out, keys, plugin_dir, "testplugin-1.img is in the images directory but not in the "
+            "checkpoint's manifest")
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_plugin_image_from_another_checkpoint_refused(api_dump, workloads, criu, tmp_path, plugin,
+                                                      plugin_dir, keys):
+    """The plugin's image of another checkpoint (same key), under this one's name."""
+    wl, img, _, out = api_dump
+    plugin("api")
+    other = workloads("secrets", env={"CANARY": new_canary()})
+    oimg = tmp_path / "other"
+    criu.dump(other, oimg, *libdir(plugin_dir), *enc(keys))
+    d = damaged(tmp_path, img, "swapped")
+    name = plugin_image(img).name
+    shutil.copyfile(plugin_image(oimg), d / name)
+    refused(criu, d, wl, out, keys, plugin_dir, name)
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
+def test_api_plugin_plain(workloads, criu, tmp_path, plugin, plugin_dir):
+    """Without --encrypt, criu_image_open() is a plain file, as plugins wrote them."""
+    canary, out = plugin("api")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    criu.dump(wl, img, *libdir(plugin_dir))
+    assert plugin_image(img).read_bytes() == canary.encode()
+    criu.restore(img, *libdir(plugin_dir))
+    assert wl.report() == "secrets OK"
+    assert f"read testplugin-{wl.pid}.img {canary}" in out_lines(out)
+    assert "absent testplugin-none.img ENOENT" in out_lines(out)
+
+
+def test_engine_files_in_images_dir_kept(workloads, criu, tmp_path, keys):
+    """Files that were in the images directory before the dump and that it
+    left alone (runc writes descriptors.json there first) do not fail it,
+    nor its restore; one the dump changed does."""
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "descriptors.json").write_text('["/dev/null","pipe:[1]","pipe:[2]"]')
+    criu.dump(wl, img, *enc(keys))
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+    assert (img / "descriptors.json").exists()
