@@ -260,3 +260,68 @@ def test_engine_files_in_images_dir_kept(workloads, criu, tmp_path, keys):
     criu.restore(img, "--tls-key", keys["alice"][1])
     assert wl.report() == "secrets OK"
     assert (img / "descriptors.json").exists()
+
+
+# ---- the amdgpu plugin's image helpers (no AMD GPU here) ----
+
+SRC = pathlib.Path(CRIU).resolve().parent.parent
+AMDGPU = SRC / "plugins" / "amdgpu"
+
+
+@pytest.fixture(scope="session")
+def amdgpu_util_dir(tmp_path_factory):
+    """workloads/amdgpu_util_plugin.c linked with amdgpu_plugin_util.c as
+    patched (the plugin's own build flags)."""
+    util = AMDGPU / "amdgpu_plugin_util.c"
+    if not util.exists():
+        pytest.skip(f"needs CRIU's amdgpu plugin source beside {CRIU} ({util})")
+    if "criu_image_open" not in util.read_text():
+        pytest.skip(f"{util} does not use criu_image_open(): not criusec's patched tree")
+    if not pathlib.Path("/usr/include/libdrm/amdgpu.h").exists():
+        pytest.skip("needs libdrm-dev (/usr/include/libdrm/amdgpu.h) to build the amdgpu plugin's helpers")
+    d = tmp_path_factory.mktemp("amdgpu")
+    subprocess.run(["protoc", f"--proto_path={AMDGPU}", f"--c_out={d}", str(AMDGPU / "criu-amdgpu.proto")],
+                   check=True)
+    inc = [f"-iquote{p}" for p in (SRC / "include", SRC / "criu" / "include",
+                                   SRC / "criu" / "arch" / "x86" / "include", SRC, AMDGPU, d)]
+    subprocess.run(["gcc", "-g", "-Wall", "-Werror", "-D_GNU_SOURCE", "-shared", "-fPIC",
+                    "-I", str(SRC / "compel" / "include" / "uapi"), "-I/usr/include/libdrm", *inc,
+                    "-o", str(d / "amdgpu_util_test.so"), str(HERE / "workloads" / "amdgpu_util_plugin.c"),
+                    str(util)], check=True)
+    return d
+
+
+def test_amdgpu_image_helpers(workloads, criu, tmp_path, plugin, amdgpu_util_dir, keys, monkeypatch):
+    """The amdgpu plugin's write_img_file(), open_img_file(), close_img_file()
+    and read_fp() through criu_image_open(): plain files without --encrypt;
+    with it, encrypted images of the manifest, refused when flipped, and
+    read back whole before any task runs."""
+    for encrypt in (False, True):
+        canary, out = plugin(f"amdgpu-{encrypt}")
+        wl = workloads("secrets", env={"CANARY": new_canary()})
+        img = tmp_path / f"img-{encrypt}"
+        args = ["--libdir", str(amdgpu_util_dir)] + (enc(keys) if encrypt else [])
+        criu.dump(wl, img, *args)
+        names = [f"amdgpu-kfd-{wl.pid}.img", f"amdgpu-pages-{wl.pid}-1234.img"]
+        assert sorted(p.name for p in img.iterdir() if p.name.startswith("amdgpu-")) == names
+        for n in names:
+            data = (img / n).read_bytes()
+            if encrypt:
+                assert data[:8] == MAGIC and canary.encode() not in data, n
+            else:  # the plugin's format: the size (8 bytes), then the contents
+                assert data == len(canary).to_bytes(8, "little") + canary.encode(), n
+        if encrypt:
+            assert files_with(img, canary.encode()) == []
+            d = damaged(tmp_path, img, "amdgpu-flip")
+            p = d / names[1]
+            b = bytearray(p.read_bytes())
+            b[len(b) // 2] ^= 0x80
+            p.write_bytes(bytes(b))
+            monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_PID", str(wl.pid))
+            refused(criu, d, wl, out, keys, amdgpu_util_dir, names[1])
+        monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_PID", str(wl.pid))
+        criu.restore(img, *args[:2], *(["--tls-key", keys["alice"][1]] if encrypt else []))
+        assert wl.report() == "secrets OK"
+        lines = out_lines(out)
+        for n in names:
+            assert f"read {n} {canary}" in lines, lines
