@@ -861,7 +861,8 @@ int criusec_dump_finish(int ret)
 			chain_key_store(dump_ctx);
 	}
 	ret = manifest->failed ? -1 : 0;
-	criusec_imgdir_forget();
+	if (ret || opts.mode == CR_PRE_DUMP)
+		criusec_imgdir_forget(); /* else criusec_dump_check_late() checks the plugins' exit */
 	criusec_ctx_free(dump_ctx);
 	dump_ctx = NULL;
 	criusec_signer_free(dump_signer);
@@ -2526,17 +2527,13 @@ bool criusec_encrypting(void)
 	return dump_ctx != NULL;
 }
 
-bool criusec_manifest_lists(const char *name)
+const char *criusec_manifest_name(unsigned int *off)
 {
 	struct manifest_rec *r;
-	unsigned int off = 0;
 
-	if (!manifest)
-		return false;
-	while ((r = manifest_next(&off)))
-		if (!strcmp(r->names + r->klen, name))
-			return true;
-	return false;
+	if (!manifest || !(r = manifest_next(off)))
+		return NULL;
+	return r->names + r->klen;
 }
 
 int criusec_plugin_seal(const char *name, int memfd, int real_fd)

@@ -54,6 +54,10 @@ struct dir_entry_snap {
 
 static struct dir_entry_snap *snap;
 static size_t nr_snap;
+/* The manifest is about to be written: snap is what it covers. */
+static bool sealed;
+/* criu_image_open() refused to write once the manifest was sealed. */
+static bool late_refused;
 
 static bool same_time(const struct timespec *a, const struct timespec *b)
 {
@@ -69,16 +73,57 @@ void criusec_imgdir_forget(void)
 	xfree(snap);
 	snap = NULL;
 	nr_snap = 0;
+	sealed = false;
 }
 
-int criusec_imgdir_snapshot(void)
+static int cmp_snap(const void *a, const void *b)
+{
+	return strcmp(((const struct dir_entry_snap *)a)->name, ((const struct dir_entry_snap *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A sorted copy of a list of names, to look names up in it. */
+struct name_set {
+	const char **v;
+	size_t n;
+};
+
+static int name_set_init(struct name_set *ns, const char *const *names, size_t n)
+{
+	ns->n = n;
+	ns->v = xmalloc(sizeof(*ns->v) * (n ?: 1));
+	if (!ns->v)
+		return -1;
+	memcpy(ns->v, names, sizeof(*ns->v) * n);
+	qsort(ns->v, n, sizeof(*ns->v), cmp_str);
+	return 0;
+}
+
+static bool name_set_has(const char *name, void *arg)
+{
+	struct name_set *ns = arg;
+
+	return bsearch(&name, ns->v, ns->n, sizeof(*ns->v), cmp_str) != NULL;
+}
+
+/* snap: what the images directory holds now. */
+static int snapshot_dir(void)
 {
 	struct dirent *de;
 	struct stat st;
 	DIR *dir;
+	size_t i;
 	int dfd;
 
-	criusec_imgdir_forget();
+	for (i = 0; i < nr_snap; i++)
+		xfree(snap[i].name);
+	xfree(snap);
+	snap = NULL;
+	nr_snap = 0;
 	dfd = dup(get_service_fd(IMG_FD_OFF));
 	if (dfd < 0 || !(dir = fdopendir(dfd))) {
 		pr_perror("Can't list the images directory");
@@ -107,6 +152,7 @@ int criusec_imgdir_snapshot(void)
 		nr_snap++;
 	}
 	closedir(dir);
+	qsort(snap, nr_snap, sizeof(*snap), cmp_snap);
 	return 0;
 err:
 	closedir(dir);
@@ -114,16 +160,20 @@ err:
 	return -1;
 }
 
+int criusec_imgdir_snapshot(void)
+{
+	criusec_imgdir_forget();
+	late_refused = false;
+	return snapshot_dir();
+}
+
 /* Left as it was before the dump: not this dump's (an engine's file, an old log). */
 static bool untouched(const char *name, const struct stat *st)
 {
-	size_t i;
+	struct dir_entry_snap key = { .name = (char *)name }, *e;
 
-	for (i = 0; i < nr_snap; i++)
-		if (!strcmp(snap[i].name, name))
-			return snap[i].ino == st->st_ino && same_time(&snap[i].mtime, &st->st_mtim) &&
-			       same_time(&snap[i].ctime, &st->st_ctim);
-	return false;
+	e = bsearch(&key, snap, nr_snap, sizeof(*snap), cmp_snap);
+	return e && e->ino == st->st_ino && same_time(&e->mtime, &st->st_mtim) && same_time(&e->ctime, &st->st_ctim);
 }
 
 /* pages-N.img: the page cipher's, if its tags (pagetags-N.img) are listed, or if it holds nothing. */
@@ -170,11 +220,6 @@ static bool criu_own(const char *name, const struct stat *st)
 	return false;
 }
 
-static bool dump_listed(const char *name, void *arg)
-{
-	return criusec_manifest_lists(name);
-}
-
 /* "name (path), ..." of the plugins criu loaded, for the error. */
 static void plugin_names(char *buf, size_t len)
 {
@@ -195,19 +240,39 @@ static int pending_check(void);
 
 int criusec_imgdir_check(void)
 {
+	struct name_set listed;
+	const char **names = NULL, **nn, *name;
 	char plugins[256];
 	struct dirent *de;
+	unsigned int off = 0;
 	struct stat st;
 	int dfd, bad = 0;
+	size_t n = 0;
 	DIR *dir;
 
 	if (pending_check())
 		return -1;
+	/* The manifest's names, to look the directory's up in. */
+	while ((name = criusec_manifest_name(&off))) {
+		nn = xrealloc(names, sizeof(*names) * (n + 1));
+		if (!nn) {
+			xfree(names);
+			return -1;
+		}
+		names = nn;
+		names[n++] = name;
+	}
+	if (name_set_init(&listed, names, n)) {
+		xfree(names);
+		return -1;
+	}
+	xfree(names);
 	dfd = dup(get_service_fd(IMG_FD_OFF));
 	if (dfd < 0 || !(dir = fdopendir(dfd))) {
 		pr_perror("Can't list the images directory");
 		if (dfd >= 0)
 			close(dfd);
+		xfree(listed.v);
 		return -1;
 	}
 	plugin_names(plugins, sizeof(plugins));
@@ -217,8 +282,8 @@ int criusec_imgdir_check(void)
 			continue;
 		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
 			continue;
-		if (criusec_manifest_lists(de->d_name) || criu_own(de->d_name, &st) ||
-		    page_image_covered(de->d_name, &st, dump_listed, NULL))
+		if (name_set_has(de->d_name, &listed) || criu_own(de->d_name, &st) ||
+		    page_image_covered(de->d_name, &st, name_set_has, &listed))
 			continue;
 		if (untouched(de->d_name, &st)) {
 			pr_info("%s: in the images directory before the dump, left as it was\n", de->d_name);
@@ -230,34 +295,87 @@ int criusec_imgdir_check(void)
 		bad++;
 	}
 	closedir(dir);
-	return bad ? -1 : 0;
+	xfree(listed.v);
+	if (bad)
+		return -1;
+	/* What the manifest will cover: from now on nothing may change (criusec_dump_check_late()). */
+	sealed = true;
+	return snapshot_dir();
 }
 
-static bool restore_listed(const char *name, void *arg)
-{
-	const char *const *names = ((const char *const **)arg)[0];
-	size_t n = *((size_t **)arg)[1], i;
+/* Before the plugins' exit hooks: what criu did since the seal (post-dump scripts) is not theirs. */
+static char exiting_plugins[256]; /* cr_plugin_fini() unloads them */
 
-	for (i = 0; i < n; i++)
-		if (!strcmp(names[i], name))
-			return true;
-	return false;
+void criusec_plugins_exiting(int ret)
+{
+	plugin_names(exiting_plugins, sizeof(exiting_plugins));
+	if (!ret && sealed && snapshot_dir())
+		late_refused = true; /* can't tell: fail safe */
+}
+
+/*
+ * After the plugins' exit hooks, which run once the manifest is sealed:
+ * anything they wrote into the images directory is in clear.  The dump
+ * then fails, and its cipher.img goes, so that nothing restores from it.
+ */
+int criusec_dump_check_late(int ret)
+{
+	const char *plugins = exiting_plugins;
+	struct dirent *de;
+	struct stat st;
+	int dfd, bad = late_refused;
+	DIR *dir;
+
+	if (ret || !sealed) {
+		criusec_imgdir_forget();
+		return 0;
+	}
+	dfd = dup(get_service_fd(IMG_FD_OFF));
+	if (dfd < 0 || !(dir = fdopendir(dfd))) {
+		pr_perror("Can't list the images directory");
+		if (dfd >= 0)
+			close(dfd);
+		bad++;
+		goto out;
+	}
+	rewinddir(dir);
+	while ((de = readdir(dir))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (criu_own(de->d_name, &st) || untouched(de->d_name, &st))
+			continue;
+		pr_err("%s was written into the images directory after the encrypted dump was sealed, in clear "
+		       "(plugins loaded: %s): the dump fails\n",
+		       de->d_name, plugins);
+		bad++;
+	}
+	closedir(dir);
+out:
+	if (bad && unlinkat(get_service_fd(IMG_FD_OFF), "cipher.img", 0) && errno != ENOENT)
+		pr_perror("Can't remove cipher.img");
+	criusec_imgdir_forget();
+	return bad ? -1 : 0;
 }
 
 int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 {
-	void *arg[2] = { (void *)names, &n };
+	struct name_set listed;
 	struct dirent *de;
 	struct stat st;
 	size_t len;
 	int fd, bad = 0;
 	DIR *dir;
 
+	if (name_set_init(&listed, names, n))
+		return -1;
 	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0 || !(dir = fdopendir(fd))) {
 		pr_perror("Can't list the images directory");
 		if (fd >= 0)
 			close(fd);
+		xfree(listed.v);
 		return -1;
 	}
 	while ((de = readdir(dir))) {
@@ -265,10 +383,10 @@ int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 		if (len < 4 || strcmp(de->d_name + len - 4, ".img"))
 			continue; /* logs, stats, an engine's files: no plugin reads them as images */
 		if (!strcmp(de->d_name, "cipher.img") || !strcmp(de->d_name, "cipher-manifest.img") ||
-		    restore_listed(de->d_name, arg))
+		    name_set_has(de->d_name, &listed))
 			continue;
 		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    page_image_covered(de->d_name, &st, restore_listed, arg))
+		    page_image_covered(de->d_name, &st, name_set_has, &listed))
 			continue;
 		pr_err("%s is in the images directory but not in the checkpoint's manifest (written in clear by a "
 		       "plugin, or added): refusing the encrypted checkpoint\n",
@@ -276,6 +394,7 @@ int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 		bad++;
 	}
 	closedir(dir);
+	xfree(listed.v);
 	return bad ? -1 : 0;
 }
 
@@ -383,8 +502,17 @@ int criu_image_open(const char *name, int flags)
 		}
 		return open_plain(name, flags);
 	}
-	if (!criusec_encrypting())
+	if (!criusec_encrypting()) {
+		if (sealed) {
+			/* A plugin's exit hook, after the encrypted dump's manifest was written. */
+			pr_err("criu_image_open: %s: the encrypted dump is already sealed; plugins write their images "
+			       "while the tasks are frozen\n",
+			       name);
+			late_refused = true;
+			return -EPERM;
+		}
 		return open_plain(name, flags);
+	}
 
 	pthread_mutex_lock(&plugin_img_lock);
 	fd = open_sealed(name);

@@ -93,12 +93,15 @@ extern int criusec_punch(int fd, unsigned long off, unsigned long len);
 extern int criusec_imgdir_snapshot(void);
 extern int criusec_imgdir_check(void);
 extern void criusec_imgdir_forget(void);
+/* Dump, around the plugins' exit hooks: nothing new in the images directory after them. */
+extern void criusec_plugins_exiting(int ret);
+extern int criusec_dump_check_late(int ret);
 /* Restore: an image file of an encrypted checkpoint's directory that its manifest does not list is refused. */
 extern int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n);
 
-/* criusec-glue.c: an encrypted dump is on; the manifest so far lists name. */
+/* criusec-glue.c: an encrypted dump is on; the names its manifest lists so far, one per call (off from 0). */
 extern bool criusec_encrypting(void);
-extern bool criusec_manifest_lists(const char *name);
+extern const char *criusec_manifest_name(unsigned int *off);
 /* Seal a plugin's plaintext (memfd) into real_fd, listed in the manifest. */
 extern int criusec_plugin_seal(const char *name, int memfd, int real_fd);
 /*

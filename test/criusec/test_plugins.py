@@ -122,6 +122,45 @@ def test_unclosed_api_image_fails_encrypted_dump(workloads, criu, tmp_path, plug
     assert wl.report() == "secrets OK"
 
 
+@pytest.mark.parametrize("how", ["raw", "api"])
+def test_plugin_exit_writing_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys, how):
+    """A plugin's exit hook runs after the manifest was sealed: a file it
+    writes then (raw), or asks criu for (api, refused), fails the dump,
+    cipher.img goes, and the task runs on."""
+    canary, out = plugin(f"fini-{how}")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    r = criu.dump(wl, img, *libdir(plugin_dir), *enc(keys), check=False)
+    assert r.returncode != 0, "the dump succeeded with a plugin writing as it exited"
+    log = (img / "dump.log").read_text()
+    if how == "raw":
+        assert ("testplugin-exit.img was written into the images directory after the encrypted dump was sealed, "
+                "in clear (plugins loaded: criusec_testplugin)") in log, log[-3000:]
+        assert "exit-open testplugin-exit.img ok" in out_lines(out)
+    else:
+        assert "testplugin-exit.img: the encrypted dump is already sealed" in log, log[-3000:]
+        assert "exit-open testplugin-exit.img Operation not permitted" in out_lines(out)
+        assert not (img / "testplugin-exit.img").exists()
+    assert not (img / "cipher.img").exists()
+    assert wl.report() == "secrets OK"
+
+
+def test_post_dump_script_files_are_not_a_plugins(workloads, criu, tmp_path, plugin, plugin_dir, keys):
+    """A post-dump action script that writes into the images directory (after
+    the seal, before the plugins exit) does not fail the dump."""
+    plugin("api")
+    script = tmp_path / "post-dump.sh"
+    script.write_text('#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && echo done > "$CRTOOLS_IMAGE_DIR/marker"\n'
+                      'exit 0\n')
+    script.chmod(0o755)
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    criu.dump(wl, img, *libdir(plugin_dir), *enc(keys), "--action-script", script)
+    assert (img / "marker").read_text() == "done\n"
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
 @pytest.fixture
 def api_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
     canary, out = plugin("api")

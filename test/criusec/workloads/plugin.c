@@ -8,7 +8,8 @@
  * found to CRIUSEC_TEST_PLUGIN_OUT.  CRIUSEC_TEST_PLUGIN_MODE picks how:
  *   raw  openat(criu_get_image_dir(), ...), as amdgpu did;
  *   api  criu_image_open() and criu_image_close();
- *   leak api, but never closes what it wrote.
+ *   leak api, but never closes what it wrote;
+ *   fini-raw, fini-api: raw or api, as the plugin exits after the dump.
  * Built by the test against build/src's criu-plugin.h.
  */
 #include <dirent.h>
@@ -26,6 +27,12 @@ static const char *mode(void)
 	const char *m = getenv("CRIUSEC_TEST_PLUGIN_MODE");
 
 	return m ? m : "api";
+}
+
+/* raw: openat() (-1 and errno); else criu_image_open() (-errno) */
+static int raw(void)
+{
+	return !strcmp(mode(), "raw") || !strcmp(mode(), "fini-raw");
 }
 
 static int note(const char *fmt, const char *a, const char *b)
@@ -50,7 +57,7 @@ static int testplugin_checkpoint(int pid)
 	size_t len;
 	int fd, ret = 0;
 
-	if (!data)
+	if (!data || !strncmp(mode(), "fini-", 5))
 		return 0;
 	len = strlen(data);
 	snprintf(name, sizeof(name), "testplugin-%d.img", pid);
@@ -59,7 +66,7 @@ static int testplugin_checkpoint(int pid)
 	else
 		fd = criu_image_open(name, O_WRONLY);
 	if (fd < 0)
-		return fd == -1 ? -errno : fd;
+		return raw() ? -errno : fd;
 	if (write(fd, data, len) != (ssize_t)len)
 		ret = -EIO;
 	if (!strcmp(mode(), "raw"))
@@ -81,8 +88,8 @@ static int read_one(const char *name)
 	else
 		fd = criu_image_open(name, O_RDONLY);
 	if (fd < 0) {
-		note("refused %s %s\n", name, strerror(fd == -1 ? errno : -fd));
-		return fd == -1 ? -errno : fd;
+		note("refused %s %s\n", name, strerror(raw() ? errno : -fd));
+		return raw() ? -errno : fd;
 	}
 	n = read(fd, buf, sizeof(buf) - 1);
 	if (n < 0)
@@ -124,6 +131,39 @@ static int testplugin_post_forking(void)
 	return ret;
 }
 
-CR_PLUGIN_REGISTER_DUMMY("criusec_testplugin")
+/*
+ * fini-raw, fini-api: the image is written as the plugin exits (after a
+ * dump that succeeded so far), when criusec has sealed the manifest.
+ */
+static int testplugin_init(int stage)
+{
+	return 0;
+}
+
+static void testplugin_exit(int stage, int ret)
+{
+	const char *data = getenv("CRIUSEC_TEST_PLUGIN_DATA");
+	size_t len;
+	int fd;
+
+	if (stage != CR_PLUGIN_STAGE__DUMP || ret || !data || strncmp(mode(), "fini-", 5))
+		return;
+	len = strlen(data);
+	if (!strcmp(mode(), "fini-raw"))
+		fd = openat(criu_get_image_dir(), "testplugin-exit.img", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	else
+		fd = criu_image_open("testplugin-exit.img", O_WRONLY);
+	note("exit-open %s %s\n", "testplugin-exit.img", fd >= 0 ? "ok" : strerror(raw() ? errno : -fd));
+	if (fd < 0)
+		return;
+	if (write(fd, data, len) != (ssize_t)len)
+		note("exit-write %s %s\n", "testplugin-exit.img", strerror(errno));
+	if (!strcmp(mode(), "fini-raw"))
+		close(fd);
+	else
+		criu_image_close(fd);
+}
+
+CR_PLUGIN_REGISTER("criusec_testplugin", testplugin_init, testplugin_exit)
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__CHECKPOINT_DEVICES, testplugin_checkpoint)
 CR_PLUGIN_REGISTER_HOOK(CR_PLUGIN_HOOK__POST_FORKING, testplugin_post_forking)
