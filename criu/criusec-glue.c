@@ -2536,6 +2536,18 @@ const char *criusec_manifest_name(unsigned int *off)
 	return r->names + r->klen;
 }
 
+bool criusec_criu_image_name(const char *name)
+{
+	int type;
+
+	if (criusec_name_matches("pagetags-%u.img", name))
+		return true;
+	for (type = 0; type < CR_FD_MAX; type++)
+		if (imgset_template[type].fmt && criusec_name_matches(imgset_template[type].fmt, name))
+			return true;
+	return false;
+}
+
 int criusec_plugin_seal(const char *name, int memfd, int real_fd)
 {
 	struct criusec_stream_info info;
@@ -2562,8 +2574,10 @@ int criusec_plugin_open_read(const char *name, int *fd)
 
 	*fd = -1;
 	d = dir_lookup(get_service_fd(IMG_FD_OFF));
-	if (!d)
-		return -1; /* said why when the directory failed */
+	if (!d) {
+		errno = EACCES; /* said why when the directory failed */
+		return -1;
+	}
 	if (!d->encrypted)
 		return 0; /* a plaintext checkpoint: the caller opens the file */
 	i = manifest_index(d, name);

@@ -194,6 +194,20 @@ static bool page_image_covered(const char *name, const struct stat *st, bool (*l
 	return listed(tags, arg);
 }
 
+/*
+ * An image file (*.img) that is none of criu's own kinds: a plugin's.  criu
+ * reads its own images only through the manifest (open_read() refuses an
+ * unlisted one), so only these could be read around it.
+ */
+static bool is_plugin_image_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len < 4 || strcmp(name + len - 4, ".img"))
+		return false; /* logs, stats, an engine's files */
+	return !criusec_criu_image_name(name);
+}
+
 /* Files criu writes in clear by design, or after the manifest. */
 static bool criu_own(const char *name, const struct stat *st)
 {
@@ -286,7 +300,12 @@ int criusec_imgdir_check(void)
 		    page_image_covered(de->d_name, &st, name_set_has, &listed))
 			continue;
 		if (untouched(de->d_name, &st)) {
-			pr_info("%s: in the images directory before the dump, left as it was\n", de->d_name);
+			if (is_plugin_image_name(de->d_name))
+				pr_warn("%s was in the images directory before the dump and is not part of it: a restore "
+					"of this checkpoint refuses it (remove it)\n",
+					de->d_name);
+			else
+				pr_info("%s: in the images directory before the dump, left as it was\n", de->d_name);
 			continue;
 		}
 		pr_err("%s was written into the images directory outside criusec, in clear (plugins loaded: %s); "
@@ -363,8 +382,6 @@ int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 {
 	struct name_set listed;
 	struct dirent *de;
-	struct stat st;
-	size_t len;
 	int fd, bad = 0;
 	DIR *dir;
 
@@ -379,17 +396,10 @@ int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 		return -1;
 	}
 	while ((de = readdir(dir))) {
-		len = strlen(de->d_name);
-		if (len < 4 || strcmp(de->d_name + len - 4, ".img"))
-			continue; /* logs, stats, an engine's files: no plugin reads them as images */
-		if (!strcmp(de->d_name, "cipher.img") || !strcmp(de->d_name, "cipher-manifest.img") ||
-		    name_set_has(de->d_name, &listed))
+		if (!is_plugin_image_name(de->d_name) || name_set_has(de->d_name, &listed))
 			continue;
-		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    page_image_covered(de->d_name, &st, name_set_has, &listed))
-			continue;
-		pr_err("%s is in the images directory but not in the checkpoint's manifest (written in clear by a "
-		       "plugin, or added): refusing the encrypted checkpoint\n",
+		pr_err("%s is in the images directory but not in the checkpoint's manifest (a plugin's image written in "
+		       "clear, or added): refusing the encrypted checkpoint\n",
 		       de->d_name);
 		bad++;
 	}

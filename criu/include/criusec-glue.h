@@ -102,6 +102,8 @@ extern int criusec_imgdir_check_restore(int dfd, const char *const *names, size_
 /* criusec-glue.c: an encrypted dump is on; the names its manifest lists so far, one per call (off from 0). */
 extern bool criusec_encrypting(void);
 extern const char *criusec_manifest_name(unsigned int *off);
+/* name is one of CRIU's own image names (core-%u.img, pagetags-%u.img, ...). */
+extern bool criusec_criu_image_name(const char *name);
 /* Seal a plugin's plaintext (memfd) into real_fd, listed in the manifest. */
 extern int criusec_plugin_seal(const char *name, int memfd, int real_fd);
 /*

@@ -258,6 +258,39 @@ def test_added_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys):
     assert wl.report() == "secrets OK"
 
 
+def test_stale_criu_images_do_not_stop_restore(api_dump, criu, tmp_path, plugin_dir, keys):
+    """An image of CRIU's own kinds the manifest does not list (left by an
+    earlier dump into the same directory) is never read (criu opens its
+    images only through the manifest): the restore goes on."""
+    wl, img, canary, out = api_dump
+    (img / "core-999999.img").write_bytes(b"an earlier dump's")
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+    assert f"read testplugin-{wl.pid}.img {canary}" in out_lines(out)
+
+
+def test_stale_plugin_image_warned_at_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
+    """A plugin's image left from an earlier dump into the same directory does
+    not fail the dump (it did not write it), which warns that a restore
+    refuses it; the restore does, until it is removed."""
+    plugin("api")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    img.mkdir()
+    (img / "amdgpu-kfd-1.img").write_bytes(b"from an earlier dump")
+    criu.dump(wl, img, *libdir(plugin_dir), *enc(keys))
+    log = (img / "dump.log").read_text()
+    assert "amdgpu-kfd-1.img was in the images directory before the dump and is not part of it" in log
+    r = criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1], check=False)
+    assert r.returncode != 0
+    assert "amdgpu-kfd-1.img is in the images directory but not in the checkpoint's manifest" in \
+        (img / "restore.log").read_text()
+    wait_gone([wl.pid], timeout=10)
+    (img / "amdgpu-kfd-1.img").unlink()
+    criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
 def test_plugin_image_from_another_checkpoint_refused(api_dump, workloads, criu, tmp_path, plugin,
                                                       plugin_dir, keys):
     """The plugin's image of another checkpoint (same key), under this one's name."""
