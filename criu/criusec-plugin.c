@@ -14,10 +14,13 @@
  *
  * Fail closed: a plugin that still writes with openat(criu_get_image_dir())
  * would leave its file in clear.  So an encrypted dump fails, naming the
- * file and the plugins loaded, when at its end the images directory holds
- * anything new or changed that the manifest does not list and criu did not
- * write itself; and a restore refuses an encrypted checkpoint whose
- * directory holds an image file (*.img) that its manifest does not list.
+ * file and the plugins loaded, when at its end (and after the plugins'
+ * exit hooks) the images directory holds a new or changed file that the
+ * manifest does not list and criu did not write in clear itself: any such
+ * file but a log when plugins are loaded, a plugin's image name (*.img of
+ * no CRIU kind) whether or not.  Files left as they were do not count (an
+ * engine's).  A restore refuses an encrypted checkpoint whose directory
+ * holds a plugin's image name that its manifest does not list.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -235,19 +238,37 @@ static bool criu_own(const char *name, const struct stat *st)
 }
 
 /* "name (path), ..." of the plugins criu loaded, for the error. */
-static void plugin_names(char *buf, size_t len)
+static int plugin_names(char *buf, size_t len)
 {
 	plugin_desc_t *p;
 	size_t off = 0;
+	int n = 0;
 
 	buf[0] = '\0';
 	list_for_each_entry(p, &cr_plugin_ctl.head, list) {
-		off += snprintf(buf + off, off < len ? len - off : 0, "%s%s", off ? ", " : "", p->d->name);
-		if (off >= len)
-			break;
+		n++;
+		if (off < len)
+			off += snprintf(buf + off, len - off, "%s%s", off ? ", " : "", p->d->name);
 	}
-	if (!buf[0])
+	if (!n)
 		snprintf(buf, len, "none");
+	return n;
+}
+
+/*
+ * A new or changed file that nothing listed or expected: what could be a
+ * plugin's, written around criusec.  A plugin's image name (*.img of no
+ * CRIU kind) always counts; with plugins loaded, any file but a log does
+ * (another process may share the directory: a page server writes its log
+ * and its page images there, ZDTM does that).
+ */
+static bool written_around(const char *name, bool plugins)
+{
+	size_t len = strlen(name);
+
+	if (is_plugin_image_name(name))
+		return true;
+	return plugins && !(len >= 4 && !strcmp(name + len - 4, ".log"));
 }
 
 static int pending_check(void);
@@ -260,7 +281,7 @@ int criusec_imgdir_check(void)
 	struct dirent *de;
 	unsigned int off = 0;
 	struct stat st;
-	int dfd, bad = 0;
+	int dfd, bad = 0, nr_plugins;
 	size_t n = 0;
 	DIR *dir;
 
@@ -289,7 +310,7 @@ int criusec_imgdir_check(void)
 		xfree(listed.v);
 		return -1;
 	}
-	plugin_names(plugins, sizeof(plugins));
+	nr_plugins = plugin_names(plugins, sizeof(plugins));
 	rewinddir(dir);
 	while ((de = readdir(dir))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
@@ -299,6 +320,11 @@ int criusec_imgdir_check(void)
 		if (name_set_has(de->d_name, &listed) || criu_own(de->d_name, &st) ||
 		    page_image_covered(de->d_name, &st, name_set_has, &listed))
 			continue;
+		if (!untouched(de->d_name, &st) && !written_around(de->d_name, nr_plugins > 0)) {
+			pr_info("%s: written into the images directory during the dump, not a plugin's image\n",
+				de->d_name);
+			continue;
+		}
 		if (untouched(de->d_name, &st)) {
 			if (is_plugin_image_name(de->d_name))
 				pr_warn("%s was in the images directory before the dump and is not part of it: a restore "
@@ -324,10 +350,11 @@ int criusec_imgdir_check(void)
 
 /* Before the plugins' exit hooks: what criu did since the seal (post-dump scripts) is not theirs. */
 static char exiting_plugins[256]; /* cr_plugin_fini() unloads them */
+static int nr_exiting_plugins;
 
 void criusec_plugins_exiting(int ret)
 {
-	plugin_names(exiting_plugins, sizeof(exiting_plugins));
+	nr_exiting_plugins = plugin_names(exiting_plugins, sizeof(exiting_plugins));
 	if (!ret && sealed && snapshot_dir())
 		late_refused = true; /* can't tell: fail safe */
 }
@@ -363,7 +390,8 @@ int criusec_dump_check_late(int ret)
 			continue;
 		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
 			continue;
-		if (criu_own(de->d_name, &st) || untouched(de->d_name, &st))
+		if (criu_own(de->d_name, &st) || untouched(de->d_name, &st) ||
+		    !written_around(de->d_name, nr_exiting_plugins > 0))
 			continue;
 		pr_err("%s was written into the images directory after the encrypted dump was sealed, in clear "
 		       "(plugins loaded: %s): the dump fails\n",

@@ -108,6 +108,39 @@ def test_raw_plugin_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plug
     assert f"read testplugin-{wl.pid}.img {canary2}" in out_lines(out2)
 
 
+def test_raw_plugin_file_of_any_name_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys,
+                                                         monkeypatch):
+    """With a plugin loaded, any file it writes around criusec fails the dump,
+    whatever its name (a log excepted)."""
+    canary, _ = plugin("raw")
+    monkeypatch.setenv("CRIUSEC_TEST_PLUGIN_SUFFIX", ".bin")
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    r = criu.dump(wl, img, *libdir(plugin_dir), *enc(keys), check=False)
+    assert r.returncode != 0
+    assert (f"testplugin-{wl.pid}.bin was written into the images directory outside criusec, in clear (plugins "
+            "loaded: criusec_testplugin)") in (img / "dump.log").read_text()
+    assert wl.report() == "secrets OK"
+
+
+def test_other_process_log_in_images_dir_kept(workloads, criu, tmp_path, keys):
+    """Without plugins, a file of no image name that another process writes
+    into the images directory during the dump (a page server's log, with
+    ZDTM's --page-server) does not fail it."""
+    wl = workloads("secrets", env={"CANARY": new_canary()})
+    img = tmp_path / "img"
+    img.mkdir()
+    writer = subprocess.Popen(["sh", "-c", f"while :; do date >> {img}/page-server.log; "
+                               f"date > {img}/other.pid; sleep 0.01; done"])
+    try:
+        criu.dump(wl, img, *enc(keys))
+    finally:
+        writer.kill()
+        writer.wait()
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+
+
 def test_unclosed_api_image_fails_encrypted_dump(workloads, criu, tmp_path, plugin, plugin_dir, keys):
     """An image opened with criu_image_open() and never closed was never
     sealed: the dump fails naming it, and the task runs on."""

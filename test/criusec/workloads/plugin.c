@@ -10,6 +10,7 @@
  *   api  criu_image_open() and criu_image_close();
  *   leak api, but never closes what it wrote;
  *   fini-raw, fini-api: raw or api, as the plugin exits after the dump.
+ * CRIUSEC_TEST_PLUGIN_SUFFIX (default .img) ends the image's name.
  * Built by the test against build/src's criu-plugin.h.
  */
 #include <dirent.h>
@@ -60,7 +61,7 @@ static int testplugin_checkpoint(int pid)
 	if (!data || !strncmp(mode(), "fini-", 5))
 		return 0;
 	len = strlen(data);
-	snprintf(name, sizeof(name), "testplugin-%d.img", pid);
+	snprintf(name, sizeof(name), "testplugin-%d%s", pid, getenv("CRIUSEC_TEST_PLUGIN_SUFFIX") ?: ".img");
 	if (!strcmp(mode(), "raw"))
 		fd = openat(criu_get_image_dir(), name, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	else
