@@ -451,24 +451,31 @@ struct plugin_img {
 static pthread_mutex_t plugin_img_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct plugin_img *plugin_imgs;
 
-/* A plain file name that is no image of criu's own. */
+/* A plain file name that is none of criu's own (its images, stats-*, logs are not *.img). */
 static bool plugin_name_ok(const char *name)
 {
-	static const char *const reserved[] = { "cipher.img", "cipher-manifest.img", "stats-dump", "stats-restore",
-						"inventory.img" };
-	unsigned long id;
-	size_t i;
-	char c;
-
 	if (!name || !name[0] || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
 	    strlen(name) > 200)
 		return false;
-	for (i = 0; i < ARRAY_SIZE(reserved); i++)
-		if (!strcmp(name, reserved[i]))
-			return false;
-	if (sscanf(name, "pages-%lu.im%c", &id, &c) == 2 || sscanf(name, "pagetags-%lu.im%c", &id, &c) == 2)
+	if (!strncmp(name, "stats-", 6) || criusec_criu_image_name(name))
 		return false;
 	return true;
+}
+
+/* Under plugin_img_lock: name is written once per dump (the manifest lists it once). */
+static bool already_written(const char *name)
+{
+	struct plugin_img *p;
+	unsigned int off = 0;
+	const char *n;
+
+	for (p = plugin_imgs; p; p = p->next)
+		if (!strcmp(p->name, name))
+			return true;
+	while ((n = criusec_manifest_name(&off)))
+		if (!strcmp(n, name))
+			return true;
+	return false;
 }
 
 static bool writing(int flags)
@@ -553,7 +560,12 @@ int criu_image_open(const char *name, int flags)
 	}
 
 	pthread_mutex_lock(&plugin_img_lock);
-	fd = open_sealed(name);
+	if (already_written(name)) {
+		pr_err("criu_image_open: %s: already written in this dump\n", name);
+		fd = -EEXIST;
+	} else {
+		fd = open_sealed(name);
+	}
 	pthread_mutex_unlock(&plugin_img_lock);
 	if (fd >= 0)
 		pr_info("%s: the plugin writes it through criusec\n", name);

@@ -64,7 +64,7 @@ def out_lines(out):
 
 
 def plugin_image(img):
-    found = sorted(p for p in img.iterdir() if p.name.startswith("testplugin-"))
+    found = sorted(p for p in img.iterdir() if p.name.startswith("testplugin-") and p.name != "testplugin-dup.img")
     assert len(found) == 1, f"plugin images: {found}"
     return found[0]
 
@@ -220,6 +220,10 @@ def test_api_plugin_encrypted(api_dump, criu, plugin_dir, keys):
     assert "absent testplugin-none.img ENOENT" in lines, lines
     log = (img / "restore.log").read_text()
     assert f"{p.name}: handed to the plugin, authenticated" in log
+    # criu's image names are refused to plugins; a second write of one image too
+    assert "reserved core-1.img Invalid argument" in lines, lines
+    assert "again testplugin-dup.img File exists" in lines, lines
+    assert "read testplugin-dup.img x" in lines, lines
 
 
 def test_api_plugin_listed_for_crit(api_dump, keys):
@@ -351,6 +355,8 @@ def test_api_plugin_plain(workloads, criu, tmp_path, plugin, plugin_dir):
     assert wl.report() == "secrets OK"
     assert f"read testplugin-{wl.pid}.img {canary}" in out_lines(out)
     assert "absent testplugin-none.img ENOENT" in out_lines(out)
+    assert "reserved core-1.img Invalid argument" in out_lines(out)
+    assert "again testplugin-dup.img ok" in out_lines(out)  # a file, as plugins had
 
 
 def test_engine_files_in_images_dir_kept(workloads, criu, tmp_path, keys):

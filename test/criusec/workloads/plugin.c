@@ -75,6 +75,24 @@ static int testplugin_checkpoint(int pid)
 	else if (!strcmp(mode(), "api") && criu_image_close(fd))
 		ret = -EIO;
 	note("wrote %s %s\n", name, "");
+	if (!ret && !strcmp(mode(), "api")) {
+		/* criu's own image names are not a plugin's to take */
+		fd = criu_image_open("core-1.img", O_WRONLY);
+		note("reserved %s %s\n", "core-1.img", fd >= 0 ? "ok" : strerror(-fd));
+		if (fd >= 0)
+			criu_image_close(fd);
+		/* one image, written once (encrypted: the manifest lists it once) */
+		fd = criu_image_open("testplugin-dup.img", O_WRONLY);
+		if (fd < 0 || write(fd, "x", 1) != 1 || criu_image_close(fd))
+			return -EIO;
+		fd = criu_image_open("testplugin-dup.img", O_WRONLY);
+		note("again %s %s\n", "testplugin-dup.img", fd >= 0 ? "ok" : strerror(-fd));
+		if (fd >= 0) {
+			if (write(fd, "x", 1) != 1)
+				ret = -EIO;
+			criu_image_close(fd);
+		}
+	}
 	return ret;
 }
 
