@@ -456,3 +456,45 @@ def test_real_amdgpu_plugin_without_gpu(workloads, criu, tmp_path, keys):
     criu.restore(img, "--libdir", d, "--tls-key", keys["alice"][1])
     assert wl.report() == "secrets OK"
     assert 'Plugin "amdgpu_plugin"' in (img / "restore.log").read_text()
+
+
+# ---- the CUDA plugin, with CRIU CI's mocked cuda-checkpoint ----
+
+CUDA = SRC / "plugins" / "cuda"
+
+
+@pytest.fixture(scope="session")
+def mocked_cuda(tmp_path_factory):
+    """CRIU's CUDA plugin as built here, and test/cuda-checkpoint's mock of
+    NVIDIA's cuda-checkpoint tool, built as ZDTM builds it."""
+    so, mock = CUDA / "cuda_plugin.so", SRC / "test" / "cuda-checkpoint" / "cuda-checkpoint.c"
+    if not so.exists() or not mock.exists():
+        pytest.skip(f"needs {so} (make builds it) and {mock}")
+    d = tmp_path_factory.mktemp("cuda")
+    (d / "lib").mkdir()
+    shutil.copy(so, d / "lib")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(d / "cuda-checkpoint"), str(mock)], check=True)
+    return d
+
+
+def test_cuda_plugin_mocked_encrypt_compress(workloads, criu, tmp_path, mocked_cuda, keys, monkeypatch):
+    """As CRIU's CI runs the CUDA plugin without a GPU: its mocked
+    cuda-checkpoint on PATH, and fault 138 (FI_PLUGIN_CUDA_FORCE_ENABLE),
+    which makes the plugin act on every task instead of looking for a GPU.
+    With --encrypt --compress the plugin pauses and checkpoints the task,
+    nothing of it is in clear (the CUDA plugin writes no image: GPU memory
+    would come back into the task's pages), and the restore resumes it."""
+    monkeypatch.setenv("PATH", f"{mocked_cuda}:{os.environ['PATH']}")
+    monkeypatch.setenv("CRIU_FAULT", "138")
+    canary = new_canary()
+    wl = workloads("secrets", env={"CANARY": canary})
+    img = tmp_path / "img"
+    lib = ["--libdir", mocked_cuda / "lib"]
+    criu.dump(wl, img, *lib, *enc(keys), "--compress")
+    log = (img / "dump.log").read_text()
+    assert f"cuda_plugin: Checkpointing CUDA devices on pid {wl.pid}" in log, log[-3000:]
+    assert "compressed with" in log
+    assert files_with(img, canary.encode()) == []
+    criu.restore(img, *lib, "--tls-key", keys["alice"][1])
+    assert wl.report() == "secrets OK"
+    assert "cuda_plugin: resuming devices on pid" in (img / "restore.log").read_text()
