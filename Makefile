@@ -63,8 +63,10 @@ reset-tree:
 # As root, missing build packages are installed first (NO_DEPS=1 skips that).
 DEPS_STEP	:= $(if $(NO_DEPS),,$(if $(filter 0,$(shell id -u)),deps))
 
+# The plugins too (amdgpu needs libdrm-dev; upstream's Makefile skips it without): their
+# image I/O goes through criusec (criu_image_open()).  Not installed or packaged.
 criu: $(DEPS_STEP) tree
-	$(MAKE) -C $(SRC) -j$(JOBS) criu lib crit
+	$(MAKE) -C $(SRC) -j$(JOBS) criu lib crit amdgpu_plugin cuda_plugin
 	@$(CRIU) --version
 
 engine: tree

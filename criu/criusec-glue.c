@@ -666,6 +666,9 @@ int criusec_dump_start(void)
 		pr_perror("Can't map the image manifest");
 		goto err;
 	}
+	/* What the images directory holds before this dump: see criusec-plugin.c. */
+	if (criusec_imgdir_snapshot())
+		goto err;
 	/* cipher.img is written last, when the manifest's digest is known. */
 	pr_info("Images are encrypted with %s%s%s\n", criusec_aead_name(criusec_ctx_aead(dump_ctx)),
 		compress ? ", compressed with " : "", compress ? criusec_compress_name(compress) : "");
@@ -842,6 +845,9 @@ int criusec_dump_finish(int ret)
 {
 	if (!dump_ctx)
 		return 0;
+	/* Nothing may be in the images directory that the manifest will not list. */
+	if (ret == 0 && !manifest->failed && criusec_imgdir_check())
+		manifest->failed = 1;
 	if (ret == 0 && !manifest->failed) {
 		/* The manifest, then the header that signs its digest. */
 		manifest_info.has_size = 0;
@@ -856,6 +862,8 @@ int criusec_dump_finish(int ret)
 			chain_key_store(dump_ctx);
 	}
 	ret = manifest->failed ? -1 : 0;
+	if (ret || opts.mode == CR_PRE_DUMP)
+		criusec_imgdir_forget(); /* else criusec_dump_check_late() checks the plugins' exit */
 	criusec_ctx_free(dump_ctx);
 	dump_ctx = NULL;
 	criusec_signer_free(dump_signer);
@@ -1213,6 +1221,8 @@ static const char *kind_pattern(const char *kind)
 
 	if (!strcmp(kind, PAGE_TAGS_KIND))
 		return "pagetags-%u.img";
+	if (!strcmp(kind, CRIUSEC_PLUGIN_KIND))
+		return "%s"; /* a plugin's own file name (criu_image_open() checks it) */
 	for (type = 0; type < CR_FD_MAX; type++)
 		if (imgset_template[type].fmt && !strcmp(kind, imgset_template[type].fmt) && stream_covered(type))
 			return kind;
@@ -1585,6 +1595,10 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 	ret = pb_read_one(img, &d->manifest, PB_CIPHER_MANIFEST);
 	close_image(img);
 	if (ret < 0)
+		return -1;
+	/* No image file beside the checkpoint's own (a plugin's, written in clear). */
+	if (role == DIR_IMAGES && criusec_imgdir_check_restore(dfd, (const char *const *)d->manifest->images,
+							       d->manifest->n_images))
 		return -1;
 	if (verify_all(dfd, d))
 		return -1;
@@ -2505,4 +2519,87 @@ int criusec_img_open(int dfd, int type, unsigned long flags, const char *path, i
 	if (!ret && was_missing)
 		errno = saved_errno;
 	return ret;
+}
+
+/*
+ * Plugins' own image files (criusec-plugin.c has the rest): the manifest
+ * as this dump has it so far, sealing a plugin's image, and reading one
+ * back authenticated.
+ */
+bool criusec_encrypting(void)
+{
+	return dump_ctx != NULL;
+}
+
+const char *criusec_manifest_name(unsigned int *off)
+{
+	struct manifest_rec *r;
+
+	if (!manifest || !(r = manifest_next(off)))
+		return NULL;
+	return r->names + r->klen;
+}
+
+bool criusec_criu_image_name(const char *name)
+{
+	int type;
+
+	if (criusec_name_matches("pagetags-%u.img", name))
+		return true;
+	for (type = 0; type < CR_FD_MAX; type++)
+		if (imgset_template[type].fmt && criusec_name_matches(imgset_template[type].fmt, name))
+			return true;
+	return false;
+}
+
+int criusec_plugin_seal(const char *name, int memfd, int real_fd)
+{
+	struct criusec_stream_info info;
+
+	if (!dump_ctx || !manifest) {
+		pr_err("%s: no encrypted dump to seal it into\n", name);
+		return -1;
+	}
+	if (lseek(memfd, 0, SEEK_SET) < 0 ||
+	    criusec_stream_seal_fd(dump_ctx, CRIUSEC_PLUGIN_KIND, name, memfd, real_fd, &info)) {
+		pr_err("%s: can't encrypt: %s\n", name, criusec_last_error());
+		manifest->failed = 1;
+		return -1;
+	}
+	manifest_add(CRIUSEC_PLUGIN_KIND, name, &info, NULL);
+	return 0;
+}
+
+int criusec_plugin_open_read(const char *name, int *fd)
+{
+	struct dir_state *d;
+	struct stat st;
+	int i;
+
+	*fd = -1;
+	d = dir_lookup(get_service_fd(IMG_FD_OFF));
+	if (!d) {
+		errno = EACCES; /* said why when the directory failed */
+		return -1;
+	}
+	if (!d->encrypted)
+		return 0; /* a plaintext checkpoint: the caller opens the file */
+	i = manifest_index(d, name);
+	if (i < 0) {
+		if (fstatat(get_service_fd(IMG_FD_OFF), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+			pr_err("%s is not an image of this checkpoint (not in its manifest): refusing it to the plugin\n",
+			       name);
+			errno = EACCES;
+		} else {
+			errno = ENOENT; /* not dumped, as in a plain checkpoint */
+		}
+		return -1;
+	}
+	if (strcmp(d->manifest->kinds[i], CRIUSEC_PLUGIN_KIND)) {
+		pr_err("%s was dumped as %s, not as a plugin's image\n", name, d->manifest->kinds[i]);
+		errno = EACCES;
+		return -1;
+	}
+	*fd = plain_copy(&d->plain[i], name);
+	return *fd < 0 ? -1 : 0;
 }

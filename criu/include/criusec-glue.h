@@ -81,4 +81,36 @@ extern bool criusec_ps_parent_opaque(void);
 extern void criusec_restore_finish(bool ok);
 extern int criusec_punch(int fd, unsigned long off, unsigned long len);
 
+/*
+ * Plugins' own image files (criusec-plugin.c): criu_image_open() and
+ * criu_image_close() of criu-plugin.h route them through the stream layer
+ * under the kind "plugin"; and under --encrypt, nothing may be in the
+ * images directory that the manifest does not list.
+ */
+#define CRIUSEC_PLUGIN_KIND "plugin"
+
+/* Dump (criusec-plugin.c): what the images directory held before it; the check at its end. */
+extern int criusec_imgdir_snapshot(void);
+extern int criusec_imgdir_check(void);
+extern void criusec_imgdir_forget(void);
+/* Dump, around the plugins' exit hooks: nothing new in the images directory after them. */
+extern void criusec_plugins_exiting(int ret);
+extern int criusec_dump_check_late(int ret);
+/* Restore: an image file of an encrypted checkpoint's directory that its manifest does not list is refused. */
+extern int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n);
+
+/* criusec-glue.c: an encrypted dump is on; the names its manifest lists so far, one per call (off from 0). */
+extern bool criusec_encrypting(void);
+extern const char *criusec_manifest_name(unsigned int *off);
+/* name is one of CRIU's own image names (core-%u.img, pagetags-%u.img, ...). */
+extern bool criusec_criu_image_name(const char *name);
+/* Seal a plugin's plaintext (memfd) into real_fd, listed in the manifest. */
+extern int criusec_plugin_seal(const char *name, int memfd, int real_fd);
+/*
+ * Restore: *fd a memfd with the authenticated plaintext of a plugin's
+ * image; *fd -1 with 0 when the checkpoint is plaintext (open the file);
+ * -1 with errno ENOENT (not in the checkpoint) or EACCES (refused, said why).
+ */
+extern int criusec_plugin_open_read(const char *name, int *fd);
+
 #endif /* __CR_CRIUSEC_GLUE_H__ */

@@ -89,6 +89,8 @@ MANIFEST_IMG = "cipher-manifest.img"
 # The stream kind of an image is CRIU's imgset template format string.
 MANIFEST_KIND = "cipher-manifest.img"
 PAGE_TAGS_KIND = "pagetags"
+# A plugin's own image (criu_image_open() in criu-plugin.h), any plain file name.
+PLUGIN_KIND = "plugin"
 # Written in plaintext under --encrypt (Documentation/criusec.md).
 PLAIN_BY_DESIGN = (CIPHER_IMG, "stats-dump", "stats-restore")
 PAGES_RE = re.compile(r"^pages-(\d+)\.img$")
@@ -1324,8 +1326,13 @@ def name_matches(pattern, name):
 
 
 def kind_pattern(kind):
-    """The names images of this kind may have (page tags: pagetags-N.img)."""
-    return "pagetags-%u.img" if kind == PAGE_TAGS_KIND else kind
+    """The names images of this kind may have (page tags: pagetags-N.img;
+    a plugin's own image, written through criu_image_open(): any plain name)."""
+    if kind == PAGE_TAGS_KIND:
+        return "pagetags-%u.img"
+    if kind == PLUGIN_KIND:
+        return "%s"
+    return kind
 
 
 # ---- the manifest (section 10.6) ----

@@ -31,6 +31,22 @@ zdtm_layer zdtm-smoke-encrypt-compress smoke --encrypt --compress --keep-img alw
 ZDTM_EXCLUDE="zdtm/static/shm zdtm/static/shm-unaligned" \
 ZDTM_EXCLUDE_WHY="fails with --page-server --tls in upstream CRIU too: the IPC namespace is dumped by a forked child, whose TLS records the page server cannot decrypt" \
 	zdtm_layer zdtm-smoke-encrypt-page-server smoke --encrypt --page-server --tls
+# The CUDA plugin with CRIU CI's mocked cuda-checkpoint (fault 138 forces the plugin on
+# without a GPU), encrypted and compressed; then that the plugin did checkpoint in them.
+touch "$log/cuda-stamp"
+zdtm_layer zdtm-cuda-encrypt-compress cuda --mocked-cuda-checkpoint --fault 138 --encrypt --compress \
+	--keep-img always
+logs=$(find "$src/test/dump" -name dump.log -newer "$log/cuda-stamp" 2>/dev/null)
+ran=0 missed=0
+for l in $logs; do
+	if [ -e "$(dirname "$l")/cipher.img" ] && grep -q 'cuda_plugin: Checkpointing CUDA devices' "$l"; then
+		ran=$((ran + 1))
+	else
+		echo "cuda-plugin: no encrypted dump with the CUDA plugin checkpointing in $l"
+		missed=$((missed + 1))
+	fi
+done
+layer cuda-plugin-dumps "$ran" "$missed" 0 0
 
 # ZDTM's CRIT check (CRIU's CI runs it after its tests) on the encrypted
 # checkpoints the layers above kept (compressed ones too): decode, encode, re-encrypt.
