@@ -1,0 +1,203 @@
+"""From one node to another through a registry (issue 22): checkpoint
+images signed, encrypted, pushed, pulled and restored.
+
+Three nodes (registry.Node), each with its own identity from one fleet CA
+(criusec-keygen node), its own /etc/criu (encryption-required, trust in the
+CA) and its own Podman storage, and Debian's docker-registry on 127.0.0.1.
+Node A checkpoints for node B (its /etc/criu/default.conf: "encrypt" and B's
+certificate as the recipient); node C belongs to the fleet but is no
+recipient.  Node A signs what it pushes with the fleet's image-signing key
+(GnuPG simple signing, lookaside store); every node's policy.json requires
+that signature for the registry's images, so an image that is unsigned or
+altered after signing is refused at pull, before Podman reads any of it.
+
+The container (engines.WORKLOAD) holds canaries: M in its memory, E in a
+child's environment, P in a pipe (all three only in criu's images), X in a
+'-e' variable (Podman's config.dump and spec.dump) and F in a file it wrote
+(rootfs-diff.tar).  After every push the registry's storage is scanned for
+all five.
+
+CRI-O, the kubelet and containerd's CRI restore are not in Debian 12: the
+Kubernetes way (an archive made into an image with buildah, with CRI-O's
+annotation) is restored here with Podman.
+"""
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import engines
+import image
+from conftest import NOTES, STATE, SYSLOG, Daemon, keygen, need
+from engines import scan, sha256_line
+import registry
+from registry import REGISTRY
+
+BASE = f"{REGISTRY}/criusec-bb:latest"
+RECORDS_MIB = 256
+# Results of test_timings, printed at the end of the run.
+TABLE = []
+
+
+@pytest.fixture(scope="module")
+def fleet(podman_conf, rootfs):
+    need("skopeo", "buildah", "docker-registry", "gpg", "nsenter", "unshare")
+    top = STATE / "fleet"
+    top.mkdir()
+    kg = keygen()
+    subprocess.run([kg, "ca", "init", str(top / "ca"), "fleet CA"], check=True, capture_output=True)
+    subprocess.run([kg, "ca", "init", str(top / "other-ca"), "another fleet's CA"], check=True,
+                   capture_output=True)
+    reg = registry.Registry(top, Daemon)
+    f = type("Fleet", (), {})()
+    f.top, f.registry = top, reg
+    f.other_ca = top / "other-ca" / "ca-cert.pem"
+    f.signer = registry.Signer(top / "gnupg-fleet", "criusec fleet image signer <signer@fleet.invalid>")
+    f.stranger = registry.Signer(top / "gnupg-stranger", "not the fleet <x@stranger.invalid>")
+    f.nodes = {}
+    try:
+        for n in "abc":
+            f.nodes[n] = registry.Node(n, top / "nodes" / n, top / "ca", kg, reg.sigstore)
+        a, b, c = (f.nodes[n] for n in "abc")
+        f.a, f.b, f.c = a, b, c
+        for n in (a, b, c):
+            n.require_encryption()
+            n.require_signatures(f.signer)
+        a.config(*a.recipients(b))
+        # The base image: imported on A, pushed signed, pulled (verified) on B and C.
+        a.run("podman", "import", rootfs["tar"], "localhost/criusec-bb:latest")
+        a.push("localhost/criusec-bb:latest", "criusec-bb:latest", signer=f.signer)
+        for n in (a, b, c):
+            n.pull("criusec-bb:latest", decrypt=False)
+        yield f
+    finally:
+        for n in f.nodes.values():
+            n.stop()
+        f.signer.stop()
+        f.stranger.stop()
+        reg.stop()
+
+
+def canaries():
+    return {k: f"criusec-{k}-{secrets.token_hex(12)}" for k in "MEPXF"}
+
+
+def start(node, name, can):
+    p = node.podman
+    node.run("podman", "run", "-d", "--name", name, "--network", "none", "-e", f"SECRET={can['X']}",
+             BASE, "sh", "-c", engines.WORKLOAD)
+    p.feed(name, [can["M"], can["E"], can["P"]])
+    p.exec(name, f"echo {can['F']} > /root/note")
+    p.wait_count(name, 3)
+
+
+def checkpoint(node, name, ref):
+    r = node.timed("podman", "container", "checkpoint", "--create-image", ref, name)
+    node.run("podman", "rm", "-f", "-t", "0", name)
+    return r.seconds
+
+
+def assert_restored(node, name, can, after=0):
+    p = node.podman
+    assert p.running(name), f"{name} does not run on node {node.name}"
+    n = p.wait_count(name, after + 1)
+    assert n > after
+    assert p.mem_sum(name) == sha256_line(can["M"]), "memory canary not back"
+    env = "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null; done | grep '^CENV=' | sort -u"
+    assert p.exec(name, env).strip() == f"CENV={can['E']}", "environment canary not back"
+    assert p.exec(name, "cat /root/note").strip() == can["F"], "file canary not back"
+    assert p.exec(name, "echo $SECRET").strip() == can["X"]
+
+
+def scan_registry(f, can, what):
+    hits = scan([f.registry.root], list(can.values()))
+    found = {k: hits[v] for k, v in can.items() if hits[v]}
+    NOTES.append(f"registry scan after {what}: " + (
+        ", ".join(f"{k} in {len(v)} blob(s)" for k, v in sorted(found.items())) or "no canary in any blob"))
+    return found
+
+
+def syslog_since(since, pattern):
+    lines = [m for m in SYSLOG[since:] if re.search(r"criu\[\d+\]: RESTORE failed: ", m)]
+    assert lines, f"no 'RESTORE failed' line from criu in syslog: {SYSLOG[since:]}"
+    assert re.search(pattern, lines[0], re.I), lines[0]
+    return lines[0]
+
+
+def restore_refused(node, name, ref, pattern):
+    """podman container restore IMAGE refused by criu on node: the reason in
+    syslog, no container running, the image unchanged."""
+    before = node.run("podman", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip()
+    since = len(SYSLOG)
+    r = node.run("podman", "container", "restore", ref, check=False)
+    assert r.returncode != 0, f"node {node.name} restored {ref}: {r.stdout}"
+    line = syslog_since(since, pattern)
+    assert not node.podman.running(name)
+    node.run("podman", "rm", "-f", "-t", "0", name, check=False)
+    assert node.run("podman", "ps", "-q").stdout.strip() == "", "something runs after a refusal"
+    assert node.run("podman", "image", "inspect", "-f", "{{.Id}}", ref).stdout.strip() == before
+    return line
+
+
+def pull_refused(node, remote, pattern, decrypt=True):
+    r = node.pull(remote, check=False, decrypt=decrypt)
+    assert r.returncode != 0, f"node {node.name} pulled {remote}"
+    assert re.search(pattern, r.stderr, re.I), r.stderr
+    assert not node.has_image(f"{REGISTRY}/{remote}"), f"{remote} is in node {node.name}'s storage"
+    return r.stderr.strip().splitlines()[-1]
+
+
+def test_encrypted_layers_node_a_to_node_b(fleet):
+    """The whole path, layers encrypted for node B (JWE, B's criusec public
+    key), signed: the registry holds no canary; B pulls with its criusec
+    key, restores, and every canary is back; C (no recipient) cannot pull."""
+    f = fleet
+    can = canaries()
+    start(f.a, "ck1", can)
+    n0 = f.a.podman.count("ck1")
+    t_ck = checkpoint(f.a, "ck1", "localhost/ck1:latest")
+    push = f.a.push("localhost/ck1:latest", "ck1:enc", signer=f.signer, encrypt_for=[f.b])
+    assert scan_registry(f, can, "the layer-encrypted push") == {}
+    why = pull_refused(f.c, "ck1:enc", r"no suitable key unwrapper|decrypt")
+    NOTES.append(f"node C (not a recipient) pulling the layer-encrypted image: {why[:200]}")
+    pull = f.b.pull("ck1:enc")
+    r = f.b.timed("podman", "container", "restore", f"{REGISTRY}/ck1:enc")
+    assert_restored(f.b, "ck1", can, n0)
+    NOTES.append(f"A -> registry -> B, layers encrypted: checkpoint {t_ck:.2f} s, push {push.seconds:.2f} s, "
+                 f"pull {pull.seconds:.2f} s, restore {r.seconds:.2f} s")
+    f.b.run("podman", "rm", "-f", "-t", "0", "ck1")
+
+
+def test_plain_layers_engine_files_in_clear(fleet):
+    """Pushed without layer encryption: criu's images keep M, E and P out of
+    the registry, the engine's files (config.dump, spec.dump,
+    rootfs-diff.tar) put X and F there (the scan can fail, and does).  C
+    pulls (the signature is good) but criu refuses it: not a recipient."""
+    f = fleet
+    can = canaries()
+    start(f.a, "ck2", can)
+    checkpoint(f.a, "ck2", "localhost/ck2:latest")
+    f.a.push("localhost/ck2:latest", "ck2:plain", signer=f.signer)
+    found = scan_registry(f, can, "the push without layer encryption")
+    assert not {"M", "E", "P"} & set(found), f"criu's canaries in the registry: {found}"
+    assert set(found) == {"X", "F"}, f"the engine's files should hold X and F in clear: {found}"
+    f.c.pull("ck2:plain", decrypt=False)
+    line = restore_refused(f.c, "ck2", f"{REGISTRY}/ck2:plain", r"recipient")
+    NOTES.append(f"node C restoring A's checkpoint for B: {line[:250]}")
+    f.b.pull("ck2:plain", decrypt=False)
+    # B, once made to trust another CA only: the signer is not trusted.
+    genuine = f.b.trust.read_bytes()
+    f.b.trust.write_bytes(f.other_ca.read_bytes())
+    try:
+        line = restore_refused(f.b, "ck2", f"{REGISTRY}/ck2:plain", r"trust|signer")
+        NOTES.append(f"node B trusting another CA: {line[:250]}")
+    finally:
+        f.b.trust.write_bytes(genuine)
+    f.b.run("podman", "container", "restore", f"{REGISTRY}/ck2:plain")
+    assert_restored(f.b, "ck2", can)
+    f.b.run("podman", "rm", "-f", "-t", "0", "ck2")
