@@ -244,13 +244,21 @@ class Registry:
     def ready(self):
         return self.get(f"http://{REGISTRY}/v2/", ok=True) is not None
 
+    ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                        "application/vnd.docker.distribution.manifest.v2+json"}
+
     def manifest_digest(self, repo, tag):
         import urllib.request
-        req = urllib.request.Request(f"http://{REGISTRY}/v2/{repo}/manifests/{tag}", method="HEAD", headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json, "
-                      "application/vnd.docker.distribution.manifest.v2+json"})
+        req = urllib.request.Request(f"http://{REGISTRY}/v2/{repo}/manifests/{tag}", method="HEAD",
+                                     headers=self.ACCEPT)
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.headers["Docker-Content-Digest"]
+
+    def manifest(self, repo, tag):
+        import urllib.request
+        req = urllib.request.Request(f"http://{REGISTRY}/v2/{repo}/manifests/{tag}", headers=self.ACCEPT)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
 
     def blob_path(self, digest):
         algo, hexd = digest.split(":")

@@ -201,3 +201,112 @@ def test_plain_layers_engine_files_in_clear(fleet):
     f.b.run("podman", "container", "restore", f"{REGISTRY}/ck2:plain")
     assert_restored(f.b, "ck2", can)
     f.b.run("podman", "rm", "-f", "-t", "0", "ck2")
+
+
+def attacker_copy(src, dst, tmp_path):
+    """skopeo as someone who can write to the registry and its lookaside
+    store but holds no signing key: no signature policy of a node."""
+    pol = tmp_path / "accept.json"
+    pol.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    engines.run(["skopeo", "--policy", str(pol), "copy", "--quiet", "--src-tls-verify=false",
+                 "--dest-tls-verify=false", src, dst])
+
+
+def test_signature_policy_refuses_altered_images(fleet, tmp_path):
+    """policy.json (signedBy the fleet's key) refuses at pull, before Podman
+    reads anything: an unsigned image, one signed by another key, and the
+    advisories' shapes made by someone who can write to the registry and to
+    the lookaside store (the genuine signature copied beside the altered
+    manifest): a CDI annotation added (CVE-2026-53492), a host bind mount
+    added to spec.dump, the base image reference swapped in config.dump
+    (CVE-2026-50195); and a layer blob swapped in the registry's storage for
+    another checkpoint's.  The genuine image then pulls and restores."""
+    f = fleet
+    can = canaries()
+    start(f.a, "ck3", can)
+    n0 = f.a.podman.count("ck3")
+    checkpoint(f.a, "ck3", "localhost/ck3:latest")
+    f.a.push("localhost/ck3:latest", "ck3:signed", signer=f.signer)
+    good = f.registry.manifest_digest("ck3", "signed")
+    sigs = f.registry.signatures("ck3", good)
+    assert sorted(p.name for p in sigs.iterdir()) == ["signature-1"]
+    genuine = tmp_path / "genuine"
+    attacker_copy(f"docker://{REGISTRY}/ck3:signed", f"dir:{genuine}", tmp_path)
+    refusals = []
+
+    # Unsigned, and signed by a key the fleet does not trust.
+    f.a.push("localhost/ck3:latest", "unsigned:latest")
+    refusals.append(("unsigned", pull_refused(f.b, "unsigned:latest", r"signature", decrypt=False)))
+    f.a.push("localhost/ck3:latest", "stranger:latest", signer=f.stranger)
+    refusals.append(("signed by another key", pull_refused(f.b, "stranger:latest", r"signature|key",
+                                                          decrypt=False)))
+
+    def altered(what, change):
+        d = tmp_path / what.replace(" ", "-")
+        shutil.copytree(genuine, d)
+        change(registry.ImageDir(d))
+        attacker_copy(f"dir:{d}", f"docker://{REGISTRY}/ck3:signed", tmp_path)
+        bad = f.registry.manifest_digest("ck3", "signed")
+        assert bad != good
+        shutil.copytree(sigs, f.registry.signatures("ck3", bad))
+        refusals.append((what, pull_refused(f.b, "ck3:signed", r"signature|digest", decrypt=False)))
+
+    altered("CDI annotation added", lambda img: img.annotate(
+        **{"cdi.k8s.io/criusec-test": "criusec.invalid/host=root"}))
+
+    def mount(data):
+        spec = json.loads(data)
+        spec["mounts"].append({"destination": "/host", "type": "bind", "source": "/",
+                               "options": ["rbind", "rw"]})
+        return json.dumps(spec).encode()
+    altered("host mount added to spec.dump", lambda img: img.edit_layer_file("spec.dump", mount))
+
+    def swap_ref(data):
+        assert BASE.encode() in data
+        return data.replace(BASE.encode(), f"{REGISTRY}/poison:latest".encode())
+    altered("image reference swapped in config.dump",
+            lambda img: img.edit_layer_file("config.dump", swap_ref))
+
+    # The genuine manifest back under its tag (what an operator restores).
+    attacker_copy(f"dir:{genuine}", f"docker://{REGISTRY}/ck3:signed", tmp_path)
+    assert f.registry.manifest_digest("ck3", "signed") == good
+
+    # A layer swapped in the registry's storage for another checkpoint's.
+    other = canaries()
+    start(f.a, "ck3b", other)
+    checkpoint(f.a, "ck3b", "localhost/ck3b:latest")
+    f.a.push("localhost/ck3b:latest", "ck3b:signed", signer=f.signer)
+    ours = registry.ImageDir(genuine).manifest["layers"][0]["digest"]
+    theirs = f.registry.manifest("ck3b", "signed")["layers"][0]["digest"]
+    blob = f.registry.blob_path(ours)
+    saved = blob.read_bytes()
+    blob.write_bytes(f.registry.blob_path(theirs).read_bytes())
+    try:
+        refusals.append(("layer swapped for another checkpoint's",
+                         pull_refused(f.b, "ck3:signed", r"digest", decrypt=False)))
+    finally:
+        blob.write_bytes(saved)
+
+    for what, why in refusals:
+        NOTES.append(f"pull refused, {what}: {why[:220]}")
+    assert f.b.run("podman", "ps", "-a", "-q").stdout.strip() == ""
+    # The genuine image, as signed, pulls and restores.
+    f.b.pull("ck3:signed", decrypt=False)
+    f.b.run("podman", "container", "restore", f"{REGISTRY}/ck3:signed")
+    assert_restored(f.b, "ck3", can, n0)
+    f.b.run("podman", "rm", "-f", "-t", "0", "ck3")
+
+
+def test_node_not_trusting_the_signer_refuses_at_pull(fleet):
+    """A node whose policy.json trusts another image-signing key refuses the
+    fleet's genuine image at pull."""
+    f = fleet
+    f.c.run("podman", "rmi", BASE)
+    f.c.require_signatures(f.stranger)
+    try:
+        why = pull_refused(f.c, "criusec-bb:latest", r"signature|key", decrypt=False)
+        NOTES.append(f"node C trusting another image signer, pulling a genuine image: {why[:220]}")
+    finally:
+        f.c.require_signatures(f.signer)
+    f.c.pull("criusec-bb:latest", decrypt=False)
+    assert f.c.has_image(BASE)
