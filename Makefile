@@ -88,7 +88,7 @@ deb: $(TARBALL)
 # Podman, Docker and containerd through the package (installed for the run,
 # then Debian's criu as before); see scripts/criusec/test-engines.sh.
 test-engines: deb
-	@scripts/criusec/test-engines.sh $(CURDIR)
+	@ENGINES_TESTS="$(ENGINES_TESTS)" scripts/criusec/test-engines.sh $(CURDIR)
 
 demo: criu
 	@scripts/criusec/demo.sh $(CRIU) $(BUILD)/demo-keys

@@ -310,3 +310,90 @@ def test_node_not_trusting_the_signer_refuses_at_pull(fleet):
         f.c.require_signatures(f.signer)
     f.c.pull("criusec-bb:latest", decrypt=False)
     assert f.c.has_image(BASE)
+
+
+@pytest.fixture(scope="module")
+def records_image(fleet):
+    """busybox and the integration tests' workload (gcc -static), on A and B."""
+    need("gcc")
+    f = fleet
+    d = f.top / "records"
+    d.mkdir()
+    from conftest import REPO
+    subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Werror", "-pthread", "-o", str(d / "workload"),
+                    str(REPO / "test" / "criusec" / "workloads" / "workload.c")], check=True)
+    tar = d / "rootfs.tar"
+    tar.write_bytes(image.rootfs_tar({"bin/workload": ((d / "workload").read_bytes(), 0o755)}))
+    f.a.run("podman", "import", tar, "localhost/criusec-records:latest")
+    f.a.push("localhost/criusec-records:latest", "criusec-records:latest", signer=f.signer)
+    for n in (f.a, f.b):
+        n.pull("criusec-records:latest", decrypt=False)
+    return f"{REGISTRY}/criusec-records:latest"
+
+
+def records_status(node, name):
+    return node.podman.exec(name, "rm -f /tmp/status.r; kill -USR1 1; i=0; "
+                            "until grep -q records /tmp/status; do sleep 0.1; done; cat /tmp/status")
+
+
+MODES = {"plain": [], "--encrypt": ["encrypt"], "--encrypt --compress": ["encrypt", "compress"]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_timings(fleet, records_image, mode):
+    """Checkpoint, push, pull, restore of a container with 256 MiB of log
+    records (workload.c records), and the registry's bytes, with and without
+    layer encryption; printed at the end of the run."""
+    f = fleet
+    a, b = f.a, f.b
+    name = "records"
+    off = b.trust.with_suffix(".off")
+    if mode == "plain":
+        a.config()
+        a.require_encryption(False)
+        b.require_encryption(False)
+        b.trust.rename(off)
+    else:
+        a.config(*a.recipients(b), *MODES[mode][1:])
+    try:
+        a.run("podman", "run", "-d", "--name", name, "--network", "none", records_image,
+              "workload", "records", "/tmp/status", str(RECORDS_MIB))
+        deadline = time.monotonic() + 120
+        while "ready" not in a.podman.exec(name, "cat /tmp/status 2>/dev/null; true"):
+            assert time.monotonic() < deadline, "the records workload did not get ready"
+            time.sleep(0.5)
+        before = records_status(a, name).split(None, 1)[1]
+        assert "records OK" in before
+        ref = f"localhost/records-{mode.replace(' ', '').replace('-', '') or 'plain'}:latest"
+        t_ck = checkpoint(a, name, ref)
+        for layers in ("clear", "encrypted"):
+            tag = f"{ref.split('/')[1].split(':')[0]}:{layers}"
+            size0 = f.registry.bytes()
+            push = a.push(ref, tag, signer=f.signer, encrypt_for=[b] if layers == "encrypted" else ())
+            size = f.registry.bytes() - size0
+            pull = b.pull(tag, decrypt=layers == "encrypted")
+            r = b.timed("podman", "container", "restore", f"{REGISTRY}/{tag}")
+            after = records_status(b, name).split(None, 1)[1]
+            assert after == before, f"{mode}, layers {layers}: {after!r} after restore, {before!r} before"
+            b.run("podman", "rm", "-f", "-t", "0", name)
+            b.run("podman", "rmi", f"{REGISTRY}/{tag}")
+            TABLE.append((mode, layers, t_ck, push.seconds, pull.seconds, r.seconds, size))
+        a.run("podman", "rmi", ref)
+    finally:
+        a.config(*a.recipients(b))
+        a.require_encryption()
+        b.require_encryption()
+        if off.exists():
+            off.rename(b.trust)
+
+
+def test_zz_print_table(fleet):
+    """The table of test_timings (it passes when every mode ran)."""
+    assert len(TABLE) == 2 * len(MODES), f"test_timings did not complete: {TABLE}"
+    NOTES.append(f"registry path, {RECORDS_MIB} MiB of records, A -> registry -> B (s, one run each; "
+                 "bytes: what the push added to the registry's storage)")
+    NOTES.append(f"    {'criu':<22}{'layers':<11}{'checkpoint':>11}{'push':>8}{'pull':>8}{'restore':>9}"
+                 f"{'registry MB':>13}")
+    for mode, layers, ck, push, pull, rs, size in TABLE:
+        NOTES.append(f"    {mode:<22}{layers:<11}{ck:>11.2f}{push:>8.2f}{pull:>8.2f}{rs:>9.2f}"
+                     f"{size / 1e6:>13.1f}")
