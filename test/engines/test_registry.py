@@ -397,3 +397,48 @@ def test_zz_print_table(fleet):
     for mode, layers, ck, push, pull, rs, size in TABLE:
         NOTES.append(f"    {mode:<22}{layers:<11}{ck:>11.2f}{push:>8.2f}{pull:>8.2f}{rs:>9.2f}"
                      f"{size / 1e6:>13.1f}")
+
+
+CRIO_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+# What Podman 4.3 looks for: "image is not a checkpoint" without it.
+PODMAN_ANNOTATION = "io.podman.annotations.checkpoint.runtime.name"
+
+
+def buildah_image(node, tar, ref, annotations):
+    c = node.run("buildah", "from", "scratch").stdout.strip()
+    node.run("buildah", "add", c, tar, "/")
+    node.run("buildah", "config", *(f"--annotation={k}={v}" for k, v in annotations.items()), c)
+    node.run("buildah", "commit", "--quiet", c, ref)
+    node.run("buildah", "rm", c)
+
+
+def test_kubernetes_way_buildah_image(fleet):
+    """The checkpoint archive (what the kubelet writes: an uncompressed tar,
+    here Podman's --export) made into an image with buildah, with the
+    annotation CRI-O reads, signed, layers encrypted for B, pushed, pulled
+    and restored by Podman (CRI-O is not in Debian 12).  Podman 4.3 takes an
+    image for a checkpoint only with its own annotation
+    io.podman.annotations.checkpoint.runtime.name: with CRI-O's alone it
+    refuses ("image is not a checkpoint"), so the fleet's image carries
+    both."""
+    f = fleet
+    a, b = f.a, f.b
+    can = canaries()
+    start(a, "ck4", can)
+    n0 = a.podman.count("ck4")
+    tar = a.root / "work" / "checkpoint-ck4.tar"
+    a.run("podman", "container", "checkpoint", "--compress", "none", "--export", tar, "ck4")
+    a.run("podman", "rm", "-f", "-t", "0", "ck4")
+    buildah_image(a, tar, "localhost/ck4-crio:latest", {CRIO_ANNOTATION: "ck4"})
+    buildah_image(a, tar, "localhost/ck4-k8s:latest", {CRIO_ANNOTATION: "ck4", PODMAN_ANNOTATION: "runc"})
+    for ref in ("ck4-crio:latest", "ck4-k8s:latest"):
+        a.push(f"localhost/{ref}", ref, signer=f.signer, encrypt_for=[b])
+        assert scan_registry(f, can, f"the push of the buildah image {ref} (layers encrypted)") == {}
+        b.pull(ref)
+    r = b.run("podman", "container", "restore", f"{REGISTRY}/ck4-crio:latest", check=False)
+    assert r.returncode != 0 and "not a checkpoint" in r.stderr, r.stderr
+    NOTES.append(f"Podman 4.3 restoring an image with CRI-O's annotation only: "
+                 f"{(r.stderr.strip().splitlines() or [''])[-1][:200]}")
+    b.run("podman", "container", "restore", f"{REGISTRY}/ck4-k8s:latest")
+    assert_restored(b, "ck4", can, n0)
+    b.run("podman", "rm", "-f", "-t", "0", "ck4")
