@@ -79,6 +79,7 @@ install: criu
 		PIPFLAGS="--ignore-installed --no-build-isolation --no-deps --no-index --progress-bar off --break-system-packages" \
 		install-criu install-lib install-crit install-compel install-man
 	install -D -m 755 pki/criusec-keygen $(DESTDIR)$(PREFIX)/sbin/criusec-keygen
+	install -D -m 755 pki/criusec-archive $(DESTDIR)$(PREFIX)/sbin/criusec-archive
 
 # Debian packages (packaging/debian) built with dpkg-buildpackage in
 # build/pkg; the .deb files land in build/deb.

@@ -442,3 +442,73 @@ def test_kubernetes_way_buildah_image(fleet):
     b.run("podman", "container", "restore", f"{REGISTRY}/ck4-k8s:latest")
     assert_restored(b, "ck4", can, n0)
     b.run("podman", "rm", "-f", "-t", "0", "ck4")
+
+
+def test_archive_signed_with_node_keys(fleet):
+    """Without a registry: Podman's --export archive signed whole by node A
+    (criusec-archive sign: its criu signing pair), verified on node B against
+    the fleet CA (its /etc/criu/trusted-signers.pem) before Podman opens it.
+    Refused: the archive altered (a host mount added to spec.dump), another
+    checkpoint's archive under this signature, an archive signed by a node
+    of another CA, and one with no signature; nothing is restored after a
+    refusal.  The genuine archive restores with every canary."""
+    from conftest import archive_tool
+    f = fleet
+    a, b = f.a, f.b
+    tool = archive_tool()
+    can = canaries()
+    start(a, "ck5", can)
+    n0 = a.podman.count("ck5")
+    work = f.top / "archives"
+    work.mkdir()
+    ck = work / "ck5.tar"
+    a.run("podman", "container", "checkpoint", "--compress", "none", "--export", ck, "ck5")
+    a.run("podman", "rm", "-f", "-t", "0", "ck5")
+    assert "node-a" in a.run(tool, "sign", ck).stdout
+    other = canaries()
+    start(a, "ck5b", other)
+    ckb = work / "ck5b.tar"
+    a.run("podman", "container", "checkpoint", "--compress", "none", "--export", ckb, "ck5b")
+    a.run("podman", "rm", "-f", "-t", "0", "ck5b")
+
+    # A copy with a host mount added to its spec.dump.
+    import io
+    import tarfile
+    bad = work / "ck5-altered.tar"
+    with tarfile.open(ck) as src, tarfile.open(bad, "w") as dst:
+        for m in src:
+            data = src.extractfile(m).read() if m.isfile() else None
+            if m.name.lstrip("./") == "spec.dump":
+                spec = json.loads(data)
+                spec["mounts"].append({"destination": "/host", "type": "bind", "source": "/",
+                                       "options": ["rbind", "rw"]})
+                data = json.dumps(spec).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    # A node of another CA signs.
+    stranger = f.top / "stranger-node"
+    subprocess.run([keygen(), "node", "--ca", str(f.top / "other-ca"), "--out", str(stranger), "node-x"],
+                   check=True, capture_output=True)
+    foreign = work / "ck5-foreign.tar"
+    shutil.copy(ck, foreign)
+    engines.run([tool, "sign", "--key", str(stranger / "node-x-key.pem"), "--cert",
+                 str(stranger / "node-x-cert.pem"), str(foreign)])
+    unsigned = work / "ck5-unsigned.tar"
+    shutil.copy(ck, unsigned)
+
+    cases = [("altered (host mount in spec.dump)", bad, ck.with_name("ck5.tar.sig"), r"not the bytes"),
+             ("another checkpoint's archive", ckb, ck.with_name("ck5.tar.sig"), r"not the bytes"),
+             ("signed by a node of another CA", foreign, None, r"not trusted"),
+             ("unsigned", unsigned, None, r"no signature")]
+    for what, path, sig, pattern in cases:
+        r = b.run(tool, "verify", *(["--sig", sig] if sig else []), path, check=False)
+        assert r.returncode == 1, f"{what}: {r.stdout} {r.stderr}"
+        assert re.search(pattern, r.stderr), r.stderr
+        assert r.stderr.startswith("criusec-archive: refused:") and len(r.stderr.strip().splitlines()) == 1
+        NOTES.append(f"criusec-archive verify, {what}: {r.stderr.strip()[:200]}")
+    assert b.run("podman", "ps", "-a", "-q").stdout.strip() == ""
+    r = b.run(tool, "verify", ck)
+    assert "CN = node-a" in r.stdout or "CN=node-a" in r.stdout, r.stdout
+    b.run("podman", "container", "restore", "--import", ck)
+    assert_restored(b, "ck5", can, n0)
+    b.run("podman", "rm", "-f", "-t", "0", "ck5")
