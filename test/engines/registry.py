@@ -172,13 +172,17 @@ class Node:
         (self.root / "etc/containers/policy.json").write_text(json.dumps(policy, indent=1))
 
     # --- images ---
-    def push(self, local, remote, signer=None, encrypt_for=(), timeout=engines.TIMEOUT):
+    def push(self, local, remote, signer=None, encrypt_for=(), pkcs7_for=(), timeout=engines.TIMEOUT):
         """skopeo copy from the node's storage to the registry: layers
-        encrypted for encrypt_for (JWE, each node's criusec public key),
-        signed by signer."""
-        cmd = ["skopeo", "copy", "--quiet"]
+        encrypted for encrypt_for (JWE, each node's criusec public key) or
+        pkcs7_for (PKCS#7, each node's certificate), signed by signer.  A
+        signature the local image carries (one it was pulled with) is
+        dropped: it would not cover the encrypted image."""
+        cmd = ["skopeo", "copy", "--quiet", "--remove-signatures"]
         for n in encrypt_for:
             cmd += ["--encryption-key", f"jwe:{n.pubkey}"]
+        for n in pkcs7_for:
+            cmd += ["--encryption-key", f"pkcs7:{n.cert}"]
         if signer:
             cmd += ["--sign-by", signer.fpr]
         t = time.monotonic()
