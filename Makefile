@@ -121,11 +121,12 @@ zdtm-full: criu
 fuzz: tree
 	@scripts/criusec/fuzz.sh $(SRC)/criu/criusec $(BUILD)/fuzz
 
-# make bench [SIZES="256 1024"] [REPEAT=3] [WORKLOADS="random records"]: MiB per run
+# make bench [SIZES="256 1024"] [REPEAT=5] [WORKLOADS="random records"] [BASE_CRIU=path] [THREADS=1]: MiB per run
 SIZES		?= 256
+export WORKLOADS MODES BASE_CRIU BASE_MODES THREADS SCALE_MODES BENCH_JSON BENCH_DIR
 bench: criu
 	cmake --build $(ENGINE_BUILD) --target criusec-bench-floor >/dev/null
-	@REPEAT=$(or $(REPEAT),3) FLOOR=$(ENGINE_BUILD)/criusec-bench-floor $(PYTHON) scripts/criusec/bench.py \
+	@REPEAT=$(or $(REPEAT),5) FLOOR=$(ENGINE_BUILD)/criusec-bench-floor $(PYTHON) scripts/criusec/bench.py \
 		$(CRIU) test/criusec/workloads/workload.c $(SIZES)
 
 clean:

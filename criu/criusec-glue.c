@@ -167,6 +167,7 @@ struct page_img {
 	char *pm_kind, *pm_name;
 	struct criusec_pagemap_digest *pmd;
 	int dfd;	/* dump: where the tags go */
+	int wfd;	/* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
 	bool in_imgdir;
 	bool remote; /* dump: fd is the page server's socket */
 	struct page_img *next;
@@ -1782,7 +1783,10 @@ static struct page_img *page_lookup(int fd)
 
 static void page_free(struct page_img *p)
 {
+	/* Its helpers first: they may still be writing to wfd. */
 	criusec_pages_free(p->pc);
+	if (p->wfd >= 0)
+		close(p->wfd);
 	if (p->dfd >= 0)
 		close(p->dfd);
 	criusec_pagemap_digest_final(p->pmd, NULL);
@@ -1817,6 +1821,7 @@ static struct page_img *page_new(int fd, const char *path, struct criusec_ctx *c
 		return NULL;
 	p->fd = fd;
 	p->dfd = -1;
+	p->wfd = -1;
 	p->owner = getpid();
 	p->name = xstrdup(path);
 	p->pc = criusec_pages_new(ctx, path);
@@ -1844,10 +1849,13 @@ static int page_open_write(int dfd, const char *path, int fd)
 		return -1;
 	p->in_imgdir = is_imgdir(dfd);
 	p->dfd = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
-	if (p->dfd < 0) {
+	p->wfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (p->dfd < 0 || p->wfd < 0) {
 		pr_perror("%s: dup", path);
 		return -1;
 	}
+	/* Sealing and writing overlap what CRIU does next; the tags are written once all is out. */
+	criusec_pages_write_behind(p->pc);
 	return 0;
 }
 
@@ -2138,16 +2146,14 @@ static ssize_t ps_send_all(int sk, const void *buf, size_t n)
 	return done;
 }
 
-struct page_sink {
-	struct page_img *p;
-	int fd;
-};
-
-/* Sealed pages on their way out, in order, from the calling thread only. */
+/*
+ * Sealed pages on their way out, in order: to a page server from the
+ * calling thread only, to a file (wfd) from the engine's helpers too.
+ */
 static int page_sink_write(void *arg, const void *buf, size_t n)
 {
-	struct page_sink *s = arg;
-	ssize_t ret = s->p->remote ? ps_send_all(s->fd, buf, n) : write_all(s->fd, buf, n);
+	struct page_img *p = arg;
+	ssize_t ret = p->remote ? ps_send_all(p->fd, buf, n) : write_all(p->wfd, buf, n);
 
 	if (ret == (ssize_t)n)
 		return 0;
@@ -2157,12 +2163,10 @@ static int page_sink_write(void *arg, const void *buf, size_t n)
 }
 
 /* Pages from the pipe, encrypted, to fd: the image, or the page server's socket. */
-static int page_seal_pipe(struct page_img *p, int fd, int pipe, unsigned long len, unsigned long vaddr)
+static int page_seal_pipe(struct page_img *p, int pipe, unsigned long len, unsigned long vaddr)
 {
-	struct page_sink sink = { .p = p, .fd = fd };
-
 	/* The engine reads, seals (compresses) and hands them to the sink, overlapping on the cores it has. */
-	if (criusec_pages_append_pipe(p->pc, pipe, vaddr, len, page_sink_write, &sink)) {
+	if (criusec_pages_append_pipe(p->pc, pipe, vaddr, len, page_sink_write, p)) {
 		pr_err("%s: can't encrypt pages: %s\n", p->name, criusec_last_error());
 		return -1;
 	}
@@ -2175,7 +2179,7 @@ int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr
 
 	if (!p)
 		return 0;
-	return page_seal_pipe(p, fd, pipe, len, vaddr) ? -1 : 1;
+	return page_seal_pipe(p, pipe, len, vaddr) ? -1 : 1;
 }
 
 /* Read, check and decrypt (decompress) len bytes at off (a page number times 4096) of a page image. */

@@ -385,6 +385,14 @@ int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uin
 int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, size_t len, criusec_pages_sink sink,
 			      void *sink_arg);
 void criusec_pages_keep_page_size(struct criusec_pages *p);
+/*
+ * write_behind: append_pipe returns once its pages are read from the pipe;
+ * they are sealed and handed to sink (from any thread, in order) while
+ * CRIU goes on.  criusec_pages_index() waits for the last of them and
+ * fails with the first error of any; criusec_pages_free() drops what is
+ * not written yet.  For a file, not a socket shared with other messages.
+ */
+void criusec_pages_write_behind(struct criusec_pages *p);
 int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len);
 /* Pages appended, or attached. */
 uint64_t criusec_pages_count(const struct criusec_pages *p);

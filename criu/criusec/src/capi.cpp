@@ -856,7 +856,8 @@ int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, s
 	return guarded([&]() -> Status {
 		if (!p || !sink)
 			return invalid_argument("NULL page image or sink");
-		auto out = [&](std::span<const uint8_t> data) { return to_sink(sink, sink_arg, data); };
+		/* By value: a pool that writes behind calls it after this returns. */
+		auto out = [sink, sink_arg](std::span<const uint8_t> data) { return to_sink(sink, sink_arg, data); };
 		return p->cipher.append_pipe(in, out, vaddr, len);
 	});
 }
@@ -867,11 +868,18 @@ void criusec_pages_keep_page_size(struct criusec_pages *p)
 		p->cipher.keep_page_size();
 }
 
+void criusec_pages_write_behind(struct criusec_pages *p)
+{
+	if (p)
+		p->cipher.write_behind();
+}
+
 int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len)
 {
 	return guarded([&]() -> Status {
 		if (!p || !index || !len)
 			return invalid_argument("NULL argument");
+		CRIUSEC_TRY(p->cipher.flush());
 		*index = p->cipher.index().data();
 		*len = p->cipher.index().size();
 		return {};

@@ -4,6 +4,10 @@
 #include <array>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
 #include <cerrno>
 #include <limits>
 #include <mutex>
@@ -12,6 +16,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -264,7 +269,7 @@ constexpr size_t kReadPiecePages = 64;
  * The seal ring (measured on 2 cores): pieces large enough that claiming
  * one costs little beside its crypto, small enough to stay in cache
  * between read and seal; writes of a few pieces, so that the helpers go on
- * sealing into the rest of the ring while the writer writes.
+ * sealing into the rest of the ring while one thread writes.
  */
 constexpr size_t kRingPiecePages = 64;
 constexpr size_t kRingPieceLen = kRingPiecePages * kPageSize;
@@ -276,86 +281,160 @@ static_assert(kRingPiecePages == kRegionPages, "a ring piece is a region");
 constexpr size_t kMaxWritePieces = 4;
 /* Runs shorter than this never start the helpers (a small image pays no thread). */
 constexpr size_t kMinHelperPieces = 2;
+/* However many CPUs there are: past this the pipe and the disk are the limit. */
+constexpr size_t kMaxWorkers = 16;
 
 /*
- * The ring's memory, one for the process: page images are dumped one at a
- * time, and memory touched once costs no page faults again (dear in a
- * VM).  Mapped rather than allocated and zeroed, so that slots never used
- * are never touched.  Held for the whole of a run; between runs it holds
- * ciphertext only (a failed run wipes what it used); wiped at exit.
+ * The ring's memory.  Mapped rather than allocated and zeroed, so that
+ * slots never used are never touched; one is kept for the next ring of
+ * the process, since memory touched once costs no page faults again (dear
+ * in a VM).  It holds plaintext during a run and ciphertext or nothing
+ * between runs: a ring wipes what it used before it gives the stage back.
  */
 class Stage {
 public:
-	Stage() = default;
+	static Stage *take() noexcept
+	{
+		std::lock_guard<std::mutex> lk(spare_mu_);
+		if (spare_)
+			return std::exchange(spare_, nullptr);
+		void *m = mmap(nullptr, kStageMapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED)
+			return nullptr;
+		/* Plaintext pages pass through here: never in a core dump. */
+		madvise(m, kStageMapLen, MADV_DONTDUMP);
+		return new (std::nothrow) Stage(static_cast<uint8_t *>(m));
+	}
+	/* Back for the next ring, wiped; unmapped if one is kept already. */
+	static void give(Stage *s) noexcept
+	{
+		if (!s)
+			return;
+		s->wipe();
+		std::lock_guard<std::mutex> lk(spare_mu_);
+		if (!spare_) {
+			spare_ = s;
+			return;
+		}
+		delete s;
+	}
 	Stage(const Stage &) = delete;
 	Stage &operator=(const Stage &) = delete;
 	~Stage()
 	{
-		if (p_) {
-			wipe();
-			munmap(p_, kStageMapLen);
-		}
+		wipe();
+		munmap(p_, kStageMapLen);
 	}
-
-	std::mutex mu;
-
-	/* nullptr if it can't be mapped */
-	uint8_t *get() noexcept
-	{
-		if (!p_) {
-			void *m = mmap(nullptr, kStageMapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (m != MAP_FAILED) {
-				/* Plaintext pages pass through here: never in a core dump. */
-				madvise(m, kStageMapLen, MADV_DONTDUMP);
-				p_ = static_cast<uint8_t *>(m);
-			}
-		}
-		return p_;
-	}
+	uint8_t *data() noexcept { return p_; }
 	void used(size_t len) noexcept { used_ = std::max(used_, len); }
-	void wipe() noexcept
-	{
-		if (p_)
-			gnutls_memset(p_, 0, used_);
-	}
+	void wipe() noexcept { gnutls_memset(p_, 0, used_); }
 
 private:
-	uint8_t *p_ = nullptr;
+	explicit Stage(uint8_t *p) noexcept : p_(p) {}
+	uint8_t *p_;
 	size_t used_ = 0;
+	static inline std::mutex spare_mu_;
+	static inline Stage *spare_ = nullptr;
+	/* The one kept is wiped and unmapped at exit. */
+	struct Keeper {
+		~Keeper() { delete std::exchange(spare_, nullptr); }
+	};
+	static inline Keeper keeper_;
 };
 
-Stage &stage() noexcept
+/* Whole CPUs in the cgroup's cpu.max quota (cgroup v2), or 0 where none is set. */
+size_t cgroup_cpus() noexcept
 {
-	static Stage s;
-	return s;
-}
-
-size_t worker_count() noexcept
-{
-	unsigned n = std::thread::hardware_concurrency();
-	return n < 1 ? 1 : n > 4 ? 4 : n;
+	try {
+		std::string dir = "/sys/fs/cgroup";
+		if (FILE *f = std::fopen("/proc/self/cgroup", "re")) {
+			char line[4096];
+			while (std::fgets(line, sizeof(line), f))
+				if (!std::strncmp(line, "0::", 3)) {
+					line[std::strcspn(line, "\n")] = '\0';
+					if (std::strcmp(line + 3, "/"))
+						dir += line + 3;
+				}
+			std::fclose(f);
+		}
+		/* The tightest quota from criu's cgroup up to the root. */
+		size_t best = 0;
+		for (;;) {
+			if (FILE *m = std::fopen((dir + "/cpu.max").c_str(), "re")) {
+				char quota[32] = "";
+				unsigned long long period = 0;
+				if (std::fscanf(m, "%31s %llu", quota, &period) == 2 && std::strcmp(quota, "max") && period) {
+					unsigned long long q = std::strtoull(quota, nullptr, 10);
+					size_t n = static_cast<size_t>(std::max(1ULL, (q + period - 1) / period));
+					best = best ? std::min(best, n) : n;
+				}
+				std::fclose(m);
+			}
+			auto slash = dir.rfind('/');
+			if (dir == "/sys/fs/cgroup" || slash == std::string::npos || slash < 14)
+				break;
+			dir.resize(slash);
+		}
+		return best;
+	} catch (...) {
+		return 0;
+	}
 }
 
 } /* namespace */
 
 /*
- * The dump's pipeline (PagePool::seal_pipe).  A run of pages is cut into
- * pieces; piece k lives in slot k % kRingPieces of the stage while it is
- * read from the pipe, sealed in place and written out.  Any thread may
- * claim the next piece: it reads it from the pipe (one reader at a time,
- * so pieces are read in order), then seals it outside the lock.  Only the
- * calling thread (the writer) writes, in order, as many sealed pieces at
- * once as are ready.  A piece can be claimed once the piece that last
- * used its slot is written.
+ * Workers for a pool: the CPUs criu may run on (its affinity mask), fewer
+ * under a cgroup CPU quota.  Read once: the answer does not change during
+ * a dump, and every page image asks.
+ */
+size_t page_workers() noexcept
+{
+	static const size_t n = [] {
+		cpu_set_t set;
+		size_t cpus = 0;
+		if (!sched_getaffinity(0, sizeof(set), &set))
+			cpus = static_cast<size_t>(CPU_COUNT(&set));
+		if (!cpus)
+			cpus = std::max(1u, std::thread::hardware_concurrency());
+		size_t quota = cgroup_cpus();
+		if (quota)
+			cpus = std::min(cpus, quota);
+		return std::clamp<size_t>(cpus, 1, kMaxWorkers);
+	}();
+	return n;
+}
+
+/*
+ * The dump's pipeline (PagePool::seal_pipe, append_pipe).  Pages arrive as
+ * runs (one a call) and are cut into pieces, numbered on across runs;
+ * piece k lives in slot k % kRingPieces of the stage while it is read from
+ * its run's pipe, sealed in place and written out.  Any thread may claim
+ * the next piece of the run under way: it reads it (one reader at a time,
+ * so pieces are read in order), then seals it outside the lock.  One
+ * thread at a time writes, in order, as many sealed pieces at once as are
+ * ready.  A piece can be claimed once the piece that last used its slot
+ * is written.
+ *
+ * A run returns once its pages are all read from the pipe (which CRIU then
+ * reuses) when the pool writes behind: the helpers go on sealing and
+ * writing while CRIU reads the next run, and flush() waits for the last
+ * write.  Otherwise (a page server's socket, whose protocol interleaves
+ * pages with commands; the tests' seal_pipe) a run returns once all its
+ * pieces are written, and only the calling thread writes.
  *
  * In a compressing checkpoint each piece is a region: compressed and
  * sealed into the second half of the stage when it shrinks, else sealed
  * page by page in place; the writer appends each region's record.
  */
-struct RegionRun {
-	uint64_t first;		       /* the number of the run's first region */
-	std::vector<uint8_t> *records; /* the pagetags plaintext they are appended to */
-	bool compress;		       /* false: every region is XTS (a page server counts pages) */
+struct Piece {
+	uint64_t vaddr = 0, index = 0, region = 0;
+	size_t len = 0;
+	bool regions = false;  /* a region record for it, else its tags alone */
+	bool compress = false; /* may be compressed */
+	size_t stored = 0;     /* compressed and sealed length, 0: XTS */
+	uint8_t *tags_out = nullptr; /* seal_pipe: the caller's tags; else into the records */
+	std::array<uint8_t, kRingPiecePages * kPageTagLen> tags{};
 };
 
 class SealRing {
@@ -366,61 +445,85 @@ public:
 	~SealRing()
 	{
 		{
-			std::lock_guard<std::mutex> lk(mu_);
+			std::unique_lock<std::mutex> lk(mu_);
+			/* Nothing more is written: pieces not yet out are dropped. */
+			if (end_ > written_)
+				fail(Status::error(ECANCELED, "pages dropped unwritten"));
 			stop_ = true;
+			cv_.notify_all();
+			cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
 		}
-		helper_cv_.notify_all();
 		for (auto &t : threads_)
 			t.join();
+		Stage::give(stage_);
 	}
 
-	Status run(PageCipher &own, int in, const PagePool::Sink &out, uint64_t vaddr, uint64_t index, size_t len,
-		   std::span<uint8_t> tags, const RegionRun *regions = nullptr);
+	struct Run {
+		int in;
+		uint64_t vaddr, index, region;
+		size_t len;
+		bool regions, compress;
+		uint8_t *tags_out; /* seal_pipe's tags, or nullptr */
+	};
+	/* The sink and whether it may be called on helpers after run() returned. */
+	void set_sink(PagePool::Sink sink, bool behind)
+	{
+		std::lock_guard<std::mutex> lk(mu_);
+		sink_ = std::move(sink);
+		behind_ = behind;
+	}
+	Status run(PageCipher &own, const Run &r);
+	/* Every piece written (or the first error). */
+	Status flush(PageCipher &own);
 
 	/* In a child forked while the helpers ran: they are not here to join. */
 	bool forked() const noexcept { return owner_ != getpid(); }
+	/* The pagetags plaintext of the pieces written (after flush()). */
+	const std::vector<uint8_t> &records() const noexcept { return records_; }
 
 private:
 	void start_helpers() noexcept;
 	void helper(PageCipher &c) noexcept;
 	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept;
+	bool write_some(std::unique_lock<std::mutex> &lk) noexcept;
 	void fail(Status s) noexcept;
 
 	bool claimable() const noexcept
 	{
-		return !failed_ && !reading_ && next_ < pieces_ && next_ < written_ + kRingPieces;
+		return !failed_ && !reading_ && next_ < run_end_ && next_ < written_ + kRingPieces;
 	}
 	bool sealed(size_t k) const noexcept { return sealed_[k % kRingPieces] == k + 1; }
-	size_t piece_len(size_t k) const noexcept { return std::min(kRingPieceLen, len_ - k * kRingPieceLen); }
-	uint8_t *slot(size_t k) noexcept { return stage_ + (k % kRingPieces) * kRingPieceLen; }
-	uint8_t *cslot(size_t k) noexcept { return stage_ + kStageLen + (k % kRingPieces) * kRingPieceLen; }
-	size_t stored(size_t k) const noexcept { return stored_[k % kRingPieces]; }
-	void add_record(size_t k);
+	bool writable() const noexcept { return !failed_ && !writing_ && written_ < end_ && sealed(written_); }
+	Piece &piece(size_t k) noexcept { return pieces_[k % kRingPieces]; }
+	uint8_t *slot(size_t k) noexcept { return stage_->data() + (k % kRingPieces) * kRingPieceLen; }
+	uint8_t *cslot(size_t k) noexcept { return stage_->data() + kStageLen + (k % kRingPieces) * kRingPieceLen; }
+	void add_record(const Piece &p);
 
 	std::span<PageCipher> helpers_;
+	std::vector<uint8_t> records_; /* the pagetags plaintext, in the order written */
 	std::vector<std::thread> threads_;
 	bool started_ = false;
 	pid_t owner_;
-	uint8_t *stage_ = nullptr; /* stage().get(), during a run */
+	Stage *stage_ = nullptr;
+	PagePool::Sink sink_;
+	bool behind_ = false;
 
 	std::mutex mu_;
-	std::condition_variable helper_cv_, writer_cv_;
+	std::condition_variable cv_; /* any change below */
 	bool stop_ = false;
-	size_t helpers_waiting_ = 0;
-	bool writer_waiting_ = false;
 
-	/* The run under way (pieces_ == 0: none) */
-	int in_ = -1;
-	uint64_t vaddr_ = 0, index_ = 0;
-	size_t len_ = 0, pieces_ = 0;
-	std::span<uint8_t> tags_;
-	size_t next_ = 0;      /* the next piece to claim */
-	bool reading_ = false; /* piece next_ - 1 is being read from the pipe */
-	size_t written_ = 0;   /* pieces written out */
-	size_t busy_ = 0;      /* threads with a claimed piece */
+	/* Pieces are numbered on across runs. */
+	const Run *run_ = nullptr; /* the run under way, during run() */
+	size_t run_first_ = 0;	   /* its first piece */
+	size_t run_end_ = 0;	   /* after its last piece */
+	size_t end_ = 0;	   /* after the last piece of any run */
+	size_t next_ = 0;	   /* the next piece to claim */
+	bool reading_ = false;	   /* piece next_ - 1 is being read from the pipe */
+	bool writing_ = false;	   /* a thread is writing pieces from written_ on */
+	size_t written_ = 0;	   /* pieces written out */
+	size_t busy_ = 0;	   /* threads with a claimed piece */
 	std::array<size_t, kRingPieces> sealed_{}; /* per slot: 1 + the number of the piece sealed there */
-	std::array<size_t, kRingPieces> stored_{}; /* per slot: compressed and sealed length, 0: XTS */
-	const RegionRun *regions_ = nullptr;
+	std::array<Piece, kRingPieces> pieces_{};
 	bool failed_ = false;
 	Status error_;
 };
@@ -437,7 +540,7 @@ void SealRing::start_helpers() noexcept
 		for (auto &c : helpers_)
 			threads_.emplace_back([this, &c] { helper(c); });
 	} catch (...) {
-		/* Fewer helpers (or none): the writer seals what they do not. */
+		/* Fewer helpers (or none): the caller seals what they do not. */
 	}
 	pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
@@ -448,8 +551,7 @@ void SealRing::fail(Status s) noexcept
 		failed_ = true;
 		error_ = std::move(s);
 	}
-	if (writer_waiting_)
-		writer_cv_.notify_one();
+	cv_.notify_all();
 }
 
 /* Claim, read and seal the next piece; false when none can be claimed now.  lk is held on entry and on return. */
@@ -458,61 +560,112 @@ bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcep
 	if (!claimable())
 		return false;
 	size_t k = next_++;
-	std::span<uint8_t> piece{slot(k), piece_len(k)};
-	size_t pages = piece.size() / kPageSize;
-	uint64_t v = vaddr_ + k * kRingPieceLen, i = index_ + k * kRingPiecePages;
-	auto tags = tags_.subspan(k * kRingPiecePages * kPageTagLen, pages * kPageTagLen);
-	int in = in_;
+	const Run &r = *run_;
+	size_t j = k - run_first_;
+	Piece &p = piece(k);
+	p.len = std::min(kRingPieceLen, r.len - j * kRingPieceLen);
+	p.vaddr = r.vaddr + j * kRingPieceLen;
+	p.index = r.index + j * kRingPiecePages;
+	p.region = r.region + j;
+	p.regions = r.regions;
+	p.compress = r.compress;
+	p.stored = 0;
+	p.tags_out = r.tags_out ? r.tags_out + j * kRingPiecePages * kPageTagLen : nullptr;
+	std::span<uint8_t> data{slot(k), p.len};
+	int in = r.in;
 	reading_ = true;
 	busy_++;
 	lk.unlock();
 
 	Status s;
 	try {
-		auto got = read_full(in, piece);
+		auto got = read_full(in, data);
 		if (!got.ok())
 			s = std::move(got).status().with_context("can't read pages from the pipe");
-		else if (got.value() != piece.size())
+		else if (got.value() != data.size())
 			s = Status::error(EIO, "short read of pages from the pipe (" + std::to_string(got.value()) + " of " +
-						       std::to_string(piece.size()) + " bytes)");
+						       std::to_string(data.size()) + " bytes)");
 	} catch (...) {
 		s = Status::error(ENOMEM, "out of memory");
 	}
 
 	lk.lock();
 	reading_ = false;
-	if (s.ok() && helpers_waiting_ && claimable())
-		helper_cv_.notify_one();
-	if (s.ok() && writer_waiting_)
-		writer_cv_.notify_one();
-	size_t stored = 0;
+	cv_.notify_all(); /* the next piece can be read; the run may be all read */
 	if (s.ok()) {
-		const RegionRun *rr = regions_;
 		lk.unlock();
 		try {
-			if (rr && rr->compress) {
-				auto n = c.seal_region(rr->first + k, v, i, piece, {cslot(k), piece.size() - 1});
+			auto tags = std::span<uint8_t>(p.tags).first(data.size() / kPageSize * kPageTagLen);
+			if (p.compress) {
+				auto n = c.seal_region(p.region, p.vaddr, p.index, data, {cslot(k), data.size() - 1});
 				if (n.ok())
-					stored = n.value();
+					p.stored = n.value();
 				else
 					s = std::move(n).status();
 			}
-			if (s.ok() && !stored)
-				s = c.seal(v, i, piece, tags);
+			if (s.ok() && !p.stored)
+				s = c.seal(p.vaddr, p.index, data, tags);
 		} catch (...) {
 			s = Status::error(ENOMEM, "out of memory");
 		}
 		lk.lock();
 	}
-	if (s.ok()) {
-		stored_[k % kRingPieces] = stored;
+	if (s.ok())
 		sealed_[k % kRingPieces] = k + 1;
-	}
 	else
 		fail(std::move(s));
 	busy_--;
-	if (writer_waiting_)
-		writer_cv_.notify_one();
+	cv_.notify_all();
+	return true;
+}
+
+/* A region's record (u32 pages, u32 stored, then an XTS region's tags), or a piece's tags alone. */
+void SealRing::add_record(const Piece &p)
+{
+	size_t pages = p.len / kPageSize;
+	auto tags = std::span<const uint8_t>(p.tags).first(pages * kPageTagLen);
+	if (p.tags_out) {
+		std::copy(tags.begin(), tags.end(), p.tags_out);
+		return;
+	}
+	if (p.regions) {
+		put_u32(records_, static_cast<uint32_t>(pages));
+		put_u32(records_, static_cast<uint32_t>(p.stored));
+		if (p.stored)
+			return;
+	}
+	put_bytes(records_, tags);
+}
+
+/* Write the sealed pieces from written_ on that lie together (a compressed one alone); false if none is ready. */
+bool SealRing::write_some(std::unique_lock<std::mutex> &lk) noexcept
+{
+	if (!writable())
+		return false;
+	size_t w = written_, n = 1;
+	size_t bytes = piece(w).stored ? piece(w).stored : piece(w).len;
+	/* Slots are contiguous, pieces only while they fill theirs (a run's last may not). */
+	while (!piece(w).stored && n < kMaxWritePieces && w + n < end_ && (w + n) % kRingPieces &&
+	       piece(w + n - 1).len == kRingPieceLen && sealed(w + n) && !piece(w + n).stored)
+		bytes += piece(w + n++).len;
+	std::span<const uint8_t> data{piece(w).stored ? cslot(w) : slot(w), bytes};
+	writing_ = true;
+	lk.unlock();
+	Status s;
+	try {
+		for (size_t j = 0; j < n; j++)
+			add_record(piece(w + j));
+		s = sink_(data);
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+	lk.lock();
+	writing_ = false;
+	if (s.ok())
+		written_ += n;
+	else
+		fail(std::move(s));
+	cv_.notify_all();
 	return true;
 }
 
@@ -522,101 +675,77 @@ void SealRing::helper(PageCipher &c) noexcept
 	while (!stop_) {
 		if (work_one(c, lk))
 			continue;
-		helpers_waiting_++;
-		helper_cv_.wait(lk);
-		helpers_waiting_--;
-	}
-}
-
-/* The record of region k (writer only, in order): u32 pages, u32 stored, then an XTS region's tags. */
-void SealRing::add_record(size_t k)
-{
-	size_t pages = piece_len(k) / kPageSize;
-	put_u32(*regions_->records, static_cast<uint32_t>(pages));
-	put_u32(*regions_->records, static_cast<uint32_t>(stored(k)));
-	if (!stored(k))
-		put_bytes(*regions_->records, tags_.subspan(k * kRingPiecePages * kPageTagLen, pages * kPageTagLen));
-}
-
-Status SealRing::run(PageCipher &own, int in, const PagePool::Sink &out, uint64_t vaddr, uint64_t index, size_t len,
-		     std::span<uint8_t> tags, const RegionRun *regions)
-{
-	if (len == 0)
-		return {};
-	std::lock_guard<std::mutex> stage_lk(stage().mu);
-	uint8_t *buf = stage().get();
-	if (!buf)
-		return Status::error(ENOMEM, "can't map a buffer for pages");
-	stage().used(std::min(len, kStageLen));
-	std::unique_lock<std::mutex> lk(mu_);
-	stage_ = buf;
-	in_ = in;
-	vaddr_ = vaddr;
-	index_ = index;
-	len_ = len;
-	pieces_ = (len + kRingPieceLen - 1) / kRingPieceLen;
-	tags_ = tags;
-	regions_ = regions;
-	next_ = written_ = 0;
-	sealed_.fill(0);
-	stored_.fill(0);
-	failed_ = false;
-	error_ = {};
-	if (pieces_ >= kMinHelperPieces && !started_)
-		start_helpers();
-	if (helpers_waiting_)
-		helper_cv_.notify_all();
-
-	while (written_ < pieces_ && !failed_) {
-		size_t w = written_;
-		if (!sealed(w)) {
-			if (work_one(own, lk))
-				continue;
-			writer_waiting_ = true;
-			writer_cv_.wait(lk, [&] { return failed_ || sealed(w) || claimable(); });
-			writer_waiting_ = false;
+		if (behind_ && write_some(lk))
 			continue;
-		}
-		/* Every sealed piece from w on, up to the end of the ring (a compressed one alone). */
-		size_t n = 1, bytes = stored(w) ? stored(w) : piece_len(w);
-		while (!stored(w) && n < kMaxWritePieces && w + n < pieces_ && (w + n) % kRingPieces && sealed(w + n) &&
-		       !stored(w + n))
-			bytes += piece_len(w + n++);
-		std::span<const uint8_t> data{stored(w) ? cslot(w) : slot(w), bytes};
-		lk.unlock();
-		Status s;
-		try {
-			if (regions_)
-				for (size_t j = 0; j < n; j++)
-					add_record(w + j);
-			s = out(data);
-		} catch (...) {
-			s = Status::error(ENOMEM, "out of memory");
-		}
-		lk.lock();
-		if (!s.ok()) {
-			fail(std::move(s));
-			break;
-		}
-		written_ += n;
-		if (helpers_waiting_ && claimable())
-			helper_cv_.notify_all();
+		cv_.wait(lk);
 	}
+}
 
-	/* No more claims; wait for the pieces already claimed. */
-	pieces_ = 0;
-	writer_waiting_ = true;
-	writer_cv_.wait(lk, [&] { return busy_ == 0; });
-	writer_waiting_ = false;
-	in_ = -1;
-	tags_ = {};
-	regions_ = nullptr;
-	Status s = std::move(error_);
-	error_ = {};
-	if (!s.ok())
-		stage().wipe(); /* pieces read but not sealed */
-	stage_ = nullptr;
-	return s;
+Status SealRing::run(PageCipher &own, const Run &r)
+{
+	if (r.len == 0)
+		return {};
+	std::unique_lock<std::mutex> lk(mu_);
+	if (failed_)
+		return error_;
+	if (!stage_) {
+		stage_ = Stage::take();
+		if (!stage_)
+			return Status::error(ENOMEM, "can't map a buffer for pages");
+	}
+	size_t n = (r.len + kRingPieceLen - 1) / kRingPieceLen;
+	/* Plaintext is only ever in the first half (the second holds what was compressed and sealed). */
+	stage_->used(std::min(kRingPieces, end_ + n) * kRingPieceLen);
+	run_ = &r;
+	run_first_ = end_;
+	run_end_ = end_ = end_ + n;
+	if (end_ - written_ >= kMinHelperPieces && !started_)
+		start_helpers();
+	cv_.notify_all();
+
+	/* Writing behind: until every piece of the run is read; else until every one is written. */
+	auto done = [&] { return failed_ || (behind_ ? next_ == run_end_ && !reading_ : written_ == run_end_); };
+	while (!done()) {
+		if (work_one(own, lk))
+			continue;
+		if (write_some(lk))
+			continue;
+		cv_.wait(lk);
+	}
+	/* No more claims of this run. */
+	run_end_ = next_;
+	if (!failed_) {
+		run_ = nullptr;
+		return {};
+	}
+	cv_.wait(lk, [&] { return !reading_; });
+	run_ = nullptr;
+	if (behind_)
+		return error_; /* and so is every later run, and flush() */
+	/* Nothing is behind: drop the run's pieces, and the next run starts afresh. */
+	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+	end_ = written_ = next_;
+	stage_->wipe();
+	failed_ = false;
+	return std::exchange(error_, Status{});
+}
+
+Status SealRing::flush(PageCipher &)
+{
+	std::unique_lock<std::mutex> lk(mu_);
+	while (!failed_ && written_ < end_) {
+		if (write_some(lk))
+			continue;
+		cv_.wait(lk);
+	}
+	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+	if (failed_) {
+		/* Pieces read but not written: plaintext, some of them. */
+		if (stage_)
+			stage_->wipe();
+		return error_;
+	}
+	return {};
 }
 
 /* The last region lazy pages decompressed, for the next pages they ask of it. */
@@ -638,9 +767,9 @@ PagePool &PagePool::operator=(PagePool &&o) noexcept
 		ring_ = std::move(o.ring_);
 		regions_on_ = o.regions_on_;
 		fixed_ = o.fixed_;
+		behind_ = o.behind_;
 		pages_ = o.pages_;
 		nregions_ = o.nregions_;
-		index_ = std::move(o.index_);
 		tags_ = std::move(o.tags_);
 		regions_ = std::move(o.regions_);
 		file_size_ = o.file_size_;
@@ -667,7 +796,7 @@ void PagePool::drop_ring() noexcept
 Result<PagePool> PagePool::create(const Ctx &ctx, std::string_view image_name)
 {
 	std::vector<PageCipher> w;
-	size_t n = worker_count();
+	size_t n = page_workers();
 	w.reserve(n);
 	for (size_t i = 0; i < n; i++) {
 		auto c = PageCipher::create(ctx, image_name);
@@ -770,9 +899,13 @@ Status PagePool::seal_pipe(int in, const Sink &out, uint64_t vaddr, uint64_t ind
 		return invalid_argument("one 16-byte tag per page");
 	if (regions_on_)
 		return invalid_argument("a compressing checkpoint's pages are appended (append_pipe)");
+	if (behind_)
+		return invalid_argument("a pool that writes behind appends its pages (append_pipe)");
 	if (!ring_)
 		ring_ = std::make_unique<SealRing>(std::span<PageCipher>(workers_).subspan(1));
-	return ring_->run(workers_[0], in, out, vaddr, index, len, tags);
+	ring_->set_sink(out, false);
+	SealRing::Run r{in, vaddr, index, 0, len, false, false, tags.data()};
+	return ring_->run(workers_[0], r);
 }
 
 Status PagePool::append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len)
@@ -780,25 +913,25 @@ Status PagePool::append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len
 	if (len % kPageSize)
 		return invalid_argument("page data must be whole 4096-byte pages");
 	size_t n = len / kPageSize;
-	std::vector<uint8_t> tags(n * kPageTagLen);
-	if (!regions_on_) {
-		CRIUSEC_TRY(seal_pipe(in, out, vaddr, pages_, len, tags));
-		put_bytes(index_, tags);
-		pages_ += n;
-		return {};
-	}
 	if (!ring_)
 		ring_ = std::make_unique<SealRing>(std::span<PageCipher>(workers_).subspan(1));
-	RegionRun rr{nregions_, &index_, !fixed_};
-	size_t before = index_.size();
-	Status s = ring_->run(workers_[0], in, out, vaddr, pages_, len, tags, &rr);
-	if (!s.ok()) {
-		index_.resize(before);
-		return s;
-	}
+	ring_->set_sink(out, behind_);
+	SealRing::Run r{in, vaddr, pages_, nregions_, len, regions_on_, regions_on_ && !fixed_, nullptr};
+	CRIUSEC_TRY(ring_->run(workers_[0], r));
 	pages_ += n;
 	nregions_ += (n + kRegionPages - 1) / kRegionPages;
 	return {};
+}
+
+Status PagePool::flush()
+{
+	return ring_ ? ring_->flush(workers_[0]) : Status{};
+}
+
+const std::vector<uint8_t> &PagePool::index() const noexcept
+{
+	static const std::vector<uint8_t> none;
+	return ring_ ? ring_->records() : none;
 }
 
 Result<uint64_t> PagePool::index_pages(const Ctx &ctx, std::span<const uint8_t> index)

@@ -116,6 +116,9 @@ struct PageRegion {
 
 class SealRing;
 
+/* Threads a pool works on: the CPUs criu may use (affinity mask, cgroup CPU quota), at least 1. */
+size_t page_workers() noexcept;
+
 /*
  * Page ciphers for one image, one per worker: large runs are split between
  * short-lived threads (joined before returning), so that dump and restore
@@ -170,8 +173,18 @@ public:
 	[[nodiscard]] Status append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len);
 	/* Pages leave through a page server, which counts them: never compress. */
 	void keep_page_size() noexcept { fixed_ = true; }
-	/* The plaintext of the pagetags image for the pages appended. */
-	const std::vector<uint8_t> &index() const noexcept { return index_; }
+	/*
+	 * append_pipe() returns once its pages are read from the pipe; they
+	 * are sealed and handed to the sink by the helpers (or the next
+	 * append_pipe(), or flush()) in order, so the sink must work from
+	 * any thread until flush().  For a local file, not for a socket whose
+	 * protocol interleaves pages with other messages.
+	 */
+	void write_behind() noexcept { behind_ = true; }
+	/* Every page appended is handed to the sink: the first error of any, or none. */
+	[[nodiscard]] Status flush();
+	/* The plaintext of the pagetags image for the pages appended (after flush()). */
+	const std::vector<uint8_t> &index() const noexcept;
 	/* Pages appended, or attached. */
 	uint64_t pages() const noexcept { return pages_; }
 
@@ -206,9 +219,9 @@ private:
 	std::unique_ptr<SealRing> ring_; /* made by the first seal_pipe() */
 	bool regions_on_ = false;	 /* the checkpoint compresses: region records */
 	bool fixed_ = false;
+	bool behind_ = false;
 	uint64_t pages_ = 0;
 	uint64_t nregions_ = 0;
-	std::vector<uint8_t> index_;	 /* dump: the pagetags plaintext */
 	std::vector<uint8_t> tags_;	 /* restore: the page tags */
 	std::vector<PageRegion> regions_; /* restore, compressing checkpoints */
 	uint64_t file_size_ = 0;

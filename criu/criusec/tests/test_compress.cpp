@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -390,6 +391,119 @@ TEST_P(Regions, DedupPunchesWholeRegions)
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Regions, ::testing::Values(CompressAlg::Lz4, CompressAlg::Zstd),
+			 [](const auto &i) { return std::string(compress_name(i.param)); });
+
+/*
+ * Writing behind (criu's local page images): append_pipe returns once its
+ * pages are read, helpers seal and write them later, perhaps on other
+ * threads.  The file and the pagetags must be byte for byte those of the
+ * pool that writes before it returns, over runs of every size.
+ */
+class WriteBehind : public ::testing::TestWithParam<CompressAlg> {};
+
+Sealed seal_runs(const Ctx &ctx, const std::vector<uint8_t> &pt, bool behind, std::mutex *mu = nullptr,
+		 size_t fail_at = SIZE_MAX)
+{
+	test::TempDir d;
+	write_file(d.file("pt"), pt);
+	int fd = open(d.file("pt").c_str(), O_RDONLY);
+	auto pool = PagePool::create(ctx, "pages-1.img");
+	EXPECT_TRUE(pool.ok());
+	Sealed s;
+	size_t calls = 0;
+	auto sink = [&s, mu, &calls, fail_at](std::span<const uint8_t> b) -> Status {
+		std::unique_lock<std::mutex> lk;
+		if (mu)
+			lk = std::unique_lock<std::mutex>(*mu);
+		if (++calls >= fail_at)
+			return Status::error(ENOSPC, "can't write pages");
+		s.file.insert(s.file.end(), b.begin(), b.end());
+		return {};
+	};
+	if (behind)
+		pool.value().write_behind();
+	/* Runs as CRIU hands them: a page, pipes' worth, and odd sizes at other addresses. */
+	size_t off = 0, k = 0;
+	const size_t runs[] = { 1, 256, 3, 256, 64, 65, 700, 1 };
+	Status st;
+	while (off < pt.size() && st.ok()) {
+		size_t n = std::min(runs[k++ % std::size(runs)] * kPageSize, pt.size() - off);
+		st = pool.value().append_pipe(fd, sink, kVaddr + k * 0x1000000 + off, n);
+		off += n;
+	}
+	/* Always: nothing may be written to s after this returns. */
+	Status fl = pool.value().flush();
+	if (st.ok())
+		st = fl;
+	close(fd);
+	if (!st.ok())
+		s.file.clear();
+	else
+		s.index = pool.value().index();
+	return s;
+}
+
+TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
+{
+	Ctx ctx = make_ctx(GetParam());
+	auto pt = mixed_pages();
+	/* More than a ring's worth, so that slots are reused while runs go on. */
+	for (int i = 0; i < 6; i++) {
+		auto more = mixed_pages();
+		pt.insert(pt.end(), more.begin(), more.end());
+	}
+	Sealed want = seal_runs(ctx, pt, false);
+	ASSERT_FALSE(want.file.empty());
+	std::mutex mu;
+	for (int i = 0; i < 3; i++) {
+		Sealed got = seal_runs(ctx, pt, true, &mu);
+		ASSERT_EQ(got.file.size(), want.file.size()) << "round " << i;
+		size_t diff = std::mismatch(got.file.begin(), got.file.end(), want.file.begin()).first - got.file.begin();
+		ASSERT_EQ(got.file, want.file) << "round " << i << " first difference at " << diff;
+		ASSERT_EQ(got.index, want.index) << "round " << i;
+	}
+}
+
+TEST_P(WriteBehind, AFailedWriteFailsTheFlushOrALaterRun)
+{
+	Ctx ctx = make_ctx(GetParam());
+	auto pt = mixed_pages();
+	for (int i = 0; i < 4; i++) {
+		auto more = mixed_pages();
+		pt.insert(pt.end(), more.begin(), more.end());
+	}
+	std::mutex mu;
+	for (size_t fail_at : {1, 2, 7})
+		EXPECT_TRUE(seal_runs(ctx, pt, true, &mu, fail_at).file.empty()) << fail_at;
+}
+
+TEST_P(WriteBehind, APoolFreedWithPagesBehindDropsThem)
+{
+	Ctx ctx = make_ctx(GetParam());
+	auto pt = pattern(40 * 64 * kPageSize, 11);
+	test::TempDir d;
+	write_file(d.file("pt"), pt);
+	int fd = open(d.file("pt").c_str(), O_RDONLY);
+	std::mutex mu;
+	size_t bytes = 0;
+	{
+		auto pool = PagePool::create(ctx, "pages-1.img");
+		ASSERT_TRUE(pool.ok());
+		pool.value().write_behind();
+		auto sink = [&](std::span<const uint8_t> b) -> Status {
+			std::lock_guard<std::mutex> lk(mu);
+			bytes += b.size();
+			return {};
+		};
+		ASSERT_TRUE(pool.value().append_pipe(fd, sink, kVaddr, pt.size()).ok());
+		/* Freed without a flush (a failed dump): no hang, no write after this scope. */
+	}
+	std::lock_guard<std::mutex> lk(mu);
+	EXPECT_LE(bytes, pt.size());
+	close(fd);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, WriteBehind, ::testing::Values(CompressAlg::None, CompressAlg::Lz4, CompressAlg::Zstd),
 			 [](const auto &i) { return std::string(compress_name(i.param)); });
 
 TEST(CompressHeader, IsAuthenticatedAndChecked)
