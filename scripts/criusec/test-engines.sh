@@ -137,8 +137,8 @@ check "runc's criu on PATH is criusec" sh -c "command -v criu | grep -qx /usr/sb
 
 echo "== engines (pytest, test/engines)"
 nsfile=$work/ns
+# shellcheck disable=SC2086
 (cd "$repo/test/engines" && CRIUSEC_DEB_VERSION=$ours CRIUSEC_ENGINES_NSFILE=$nsfile \
-	# shellcheck disable=SC2086
 	/usr/bin/python3 -m pytest -v -rs -p no:cacheprovider --basetemp=/run/.criusec-engines/pytest ${ENGINES_TESTS:-}) 2>&1 | tee "$work/pytest"
 rc=$?
 ep=$(count "$work/pytest" passed) ef=$(( $(count "$work/pytest" failed) + $(count "$work/pytest" 'errors?') ))
