@@ -239,6 +239,8 @@ def test_signature_policy_refuses_altered_images(fleet, tmp_path):
     n0 = f.a.podman.count("ck3")
     checkpoint(f.a, "ck3", "localhost/ck3:latest")
     f.a.push("localhost/ck3:latest", "ck3:signed", signer=f.signer)
+    found = scan_registry(f, can, "the signed push of ck3 (layers in clear)")
+    assert not {"M", "E", "P"} & set(found), f"criu's canaries in the registry: {found}"
     good = f.registry.manifest_digest("ck3", "signed")
     sigs = f.registry.signatures("ck3", good)
     assert sorted(p.name for p in sigs.iterdir()) == ["signature-1"]
@@ -288,6 +290,8 @@ def test_signature_policy_refuses_altered_images(fleet, tmp_path):
     start(f.a, "ck3b", other)
     checkpoint(f.a, "ck3b", "localhost/ck3b:latest")
     f.a.push("localhost/ck3b:latest", "ck3b:signed", signer=f.signer)
+    found = scan_registry(f, other, "the signed push of ck3b (layers in clear)")
+    assert not {"M", "E", "P"} & set(found), f"criu's canaries in the registry: {found}"
     ours = registry.ImageDir(genuine).manifest["layers"][0]["digest"]
     theirs = f.registry.manifest("ck3b", "signed")["layers"][0]["digest"]
     blob = f.registry.blob_path(ours)
