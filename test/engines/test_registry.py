@@ -22,7 +22,6 @@ Kubernetes way (an archive made into an image with buildah, with CRI-O's
 annotation) is restored here with Podman.
 """
 import json
-import os
 import re
 import secrets
 import shutil
