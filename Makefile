@@ -81,6 +81,7 @@ install: criu
 		PIPFLAGS="--ignore-installed --no-build-isolation --no-deps --no-index --progress-bar off --break-system-packages" \
 		install-criu install-lib install-crit install-compel install-man
 	install -D -m 755 pki/criusec-keygen $(DESTDIR)$(PREFIX)/sbin/criusec-keygen
+	install -D -m 755 pki/criusec-archive $(DESTDIR)$(PREFIX)/sbin/criusec-archive
 
 # Debian packages (packaging/debian) built with dpkg-buildpackage in
 # build/pkg; the .deb files land in build/deb.
@@ -90,7 +91,7 @@ deb: $(TARBALL)
 # Podman, Docker and containerd through the package (installed for the run,
 # then Debian's criu as before); see scripts/criusec/test-engines.sh.
 test-engines: deb
-	@scripts/criusec/test-engines.sh $(CURDIR)
+	@ENGINES_TESTS="$(ENGINES_TESTS)" scripts/criusec/test-engines.sh $(CURDIR)
 
 demo: criu
 	@scripts/criusec/demo.sh $(CRIU) $(BUILD)/demo-keys

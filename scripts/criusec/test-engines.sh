@@ -16,6 +16,8 @@
 # The engine packages stay installed (like 'make deps').  Prints pass/fail/
 # skip counts per layer and the total, like run-tests.sh.
 # Usage: test-engines.sh REPO
+# ENGINES_TESTS="test_registry.py ..." runs only those files or pytest node
+# ids of test/engines (default: all), e.g. make test-engines ENGINES_TESTS=test_registry.py
 set -u -o pipefail
 repo=$1
 deb=$repo/build/deb
@@ -23,8 +25,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export DEBIAN_FRONTEND=noninteractive
 apt_get() { apt-get -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@"; }
 FAMILY="criu libcriu2 libcriu-dev libcompel1 libcompel-dev python3-pycriu"
+# skopeo, buildah, docker-registry, gnupg: the registry layer (test_registry.py).
 ENGINES="podman runc conmon containernetworking-plugins docker.io containerd busybox-static
-zstd iproute2 man-db"
+zstd iproute2 man-db skopeo buildah docker-registry gnupg"
 start=$(date +%s)
 work=$(mktemp -d /tmp/criusec-engines.XXXXXX)
 passed=0 failed=0 bad=""
@@ -82,6 +85,7 @@ if [ -n "$missing" ]; then
 	[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
 fi
 podman --version; runc --version | head -1; /usr/bin/docker --version; containerd --version
+skopeo --version; buildah --version; dpkg-query -W -f 'docker-registry ${Version}\n' docker-registry
 
 host_before=$(host_snapshot)
 prior=$(state)
@@ -133,8 +137,9 @@ check "runc's criu on PATH is criusec" sh -c "command -v criu | grep -qx /usr/sb
 
 echo "== engines (pytest, test/engines)"
 nsfile=$work/ns
+# shellcheck disable=SC2086
 (cd "$repo/test/engines" && CRIUSEC_DEB_VERSION=$ours CRIUSEC_ENGINES_NSFILE=$nsfile \
-	/usr/bin/python3 -m pytest -v -rs -p no:cacheprovider --basetemp=/run/.criusec-engines/pytest) 2>&1 | tee "$work/pytest"
+	/usr/bin/python3 -m pytest -v -rs -p no:cacheprovider --basetemp=/run/.criusec-engines/pytest ${ENGINES_TESTS:-}) 2>&1 | tee "$work/pytest"
 rc=$?
 ep=$(count "$work/pytest" passed) ef=$(( $(count "$work/pytest" failed) + $(count "$work/pytest" 'errors?') ))
 es=$(count "$work/pytest" skipped)

@@ -238,6 +238,14 @@ def keygen():
     return str(REPO / "pki" / "criusec-keygen")
 
 
+def archive_tool():
+    """The packaged criusec-archive, or the repository's for a development build."""
+    installed = "/usr/sbin/criusec-archive"
+    if not os.environ.get("CRIUSEC_TEST_CRIU") and os.path.exists(installed):
+        return installed
+    return str(REPO / "pki" / "criusec-archive")
+
+
 @pytest.fixture(scope="session")
 def criu_host():
     # The host pair in CRIU's default places (in the private /etc/pki/criu):

@@ -11,7 +11,7 @@ MULTIARCH = "x86_64-linux-gnu"
 PACKAGES = ("criu", "libcriu2", "libcriu-dev", "libcompel1", "libcompel-dev", "python3-pycriu")
 # Debian's paths of criu 4.2.1 (as its split packages install them), and ours.
 FILES = {
-    "criu": ["/usr/sbin/criu", "/usr/bin/compel", "/usr/sbin/criusec-keygen",
+    "criu": ["/usr/sbin/criu", "/usr/bin/compel", "/usr/sbin/criusec-keygen", "/usr/sbin/criusec-archive",
              "/usr/libexec/criu/scripts/systemd-autofs-restart.sh",
              "/usr/share/man/man8/criu.8.gz", "/usr/share/man/man1/crit.1.gz",
              "/usr/share/man/man1/compel.1.gz", "/usr/share/man/man1/criu-ns.1.gz",
