@@ -326,13 +326,21 @@ public:
 		munmap(p_, kStageMapLen);
 	}
 	uint8_t *data() noexcept { return p_; }
-	void used(size_t len) noexcept { used_ = std::max(used_, len); }
-	void wipe() noexcept { gnutls_memset(p_, 0, used_); }
+	/* Plaintext went into the first len bytes of slot k. */
+	void used(size_t k, size_t len) noexcept { used_[k] = std::max(used_[k], len); }
+	/* Only what was used: a small image touches a page or two of each slot, and wiping more would fault it in. */
+	void wipe() noexcept
+	{
+		for (size_t k = 0; k < kRingPieces; k++) {
+			gnutls_memset(p_ + k * kRingPieceLen, 0, used_[k]);
+			used_[k] = 0;
+		}
+	}
 
 private:
 	explicit Stage(uint8_t *p) noexcept : p_(p) {}
 	uint8_t *p_;
-	size_t used_ = 0;
+	std::array<size_t, kRingPieces> used_{};
 	static inline std::mutex spare_mu_;
 	static inline Stage *spare_ = nullptr;
 	/* The one kept is wiped and unmapped at exit. */
@@ -624,6 +632,8 @@ bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcep
 	p.stored = 0;
 	p.tags_out = r.tags_out ? r.tags_out + j * kRingPiecePages * kPageTagLen : nullptr;
 	std::span<uint8_t> data{slot(k), p.len};
+	/* Plaintext is only ever in the first half (the second holds what was compressed and sealed). */
+	stage_->used(k % kRingPieces, p.len);
 	int in = r.in;
 	reading_ = true;
 	busy_++;
@@ -746,8 +756,6 @@ Status SealRing::run(PageCipher &own, const Run &r)
 			return Status::error(ENOMEM, "can't map a buffer for pages");
 	}
 	size_t n = (r.len + kRingPieceLen - 1) / kRingPieceLen;
-	/* Plaintext is only ever in the first half (the second holds what was compressed and sealed). */
-	stage_->used(std::min(kRingPieces, end_ + n) * kRingPieceLen);
 	run_ = &r;
 	run_first_ = end_;
 	run_end_ = end_ = end_ + n;
