@@ -528,7 +528,9 @@ public:
 	/* The sink and whether it may be called on helpers after run() returned. */
 	void set_sink(PagePool::Sink sink, bool behind)
 	{
-		std::lock_guard<std::mutex> lk(mu_);
+		std::unique_lock<std::mutex> lk(mu_);
+		/* A helper may be calling the one it replaces. */
+		cv_.wait(lk, [&] { return !writing_; });
 		sink_ = std::move(sink);
 		behind_ = behind;
 	}
