@@ -303,7 +303,10 @@ public:
 			return nullptr;
 		/* Plaintext pages pass through here: never in a core dump. */
 		madvise(m, kStageMapLen, MADV_DONTDUMP);
-		return new (std::nothrow) Stage(static_cast<uint8_t *>(m));
+		auto *s = new (std::nothrow) Stage(static_cast<uint8_t *>(m));
+		if (!s)
+			munmap(m, kStageMapLen);
+		return s;
 	}
 	/* Back for the next ring, wiped; unmapped if one is kept already. */
 	static void give(Stage *s) noexcept
@@ -536,7 +539,7 @@ public:
 	}
 	Status run(PageCipher &own, const Run &r);
 	/* Every piece written (or the first error). */
-	Status flush(PageCipher &own);
+	Status flush();
 
 	/* In a child forked while the helpers ran: they are not here to join. */
 	bool forked() const noexcept { return owner_ != getpid(); }
@@ -792,7 +795,7 @@ Status SealRing::run(PageCipher &own, const Run &r)
 	return std::exchange(error_, Status{});
 }
 
-Status SealRing::flush(PageCipher &)
+Status SealRing::flush()
 {
 	std::unique_lock<std::mutex> lk(mu_);
 	while (!failed_ && written_ < end_) {
@@ -987,7 +990,7 @@ Status PagePool::append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len
 
 Status PagePool::flush()
 {
-	return ring_ ? ring_->flush(workers_[0]) : Status{};
+	return ring_ ? ring_->flush() : Status{};
 }
 
 const std::vector<uint8_t> &PagePool::index() const noexcept
