@@ -34,7 +34,9 @@
 #include <unistd.h>
 
 #include "criu-plugin.h"
+#include "criusec.h"
 #include "criusec-glue.h"
+#include "criusec-layer.h"
 #include "cr_options.h"
 #include "image.h"
 #include "img-streamer.h"
@@ -451,6 +453,70 @@ struct plugin_img {
 static pthread_mutex_t plugin_img_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct plugin_img *plugin_imgs;
 
+/* An encrypted dump is on (in this process or the criu it was forked from). */
+static bool encrypting(void)
+{
+	return criusec_dump_ctx != NULL;
+}
+
+/* Seal a plugin's plaintext (memfd) into real_fd, listed in the manifest. */
+static int plugin_seal(const char *name, int memfd, int real_fd)
+{
+	struct criusec_stream_info info;
+
+	if (!criusec_dump_ctx) {
+		pr_err("%s: no encrypted dump to seal it into\n", name);
+		return -1;
+	}
+	if (lseek(memfd, 0, SEEK_SET) < 0 ||
+	    criusec_stream_seal_fd(criusec_dump_ctx, CRIUSEC_PLUGIN_KIND, name, memfd, real_fd, &info)) {
+		pr_err("%s: can't encrypt: %s\n", name, criusec_last_error());
+		criusec_manifest_fail();
+		return -1;
+	}
+	criusec_manifest_add(CRIUSEC_PLUGIN_KIND, name, &info, NULL);
+	return 0;
+}
+
+/*
+ * Restore: *fd a memfd with the authenticated plaintext of a plugin's
+ * image; *fd -1 with 0 when the checkpoint is plaintext (open the file);
+ * -1 with errno ENOENT (not in the checkpoint) or EACCES (refused, said why).
+ */
+static int plugin_open_read(const char *name, int *fd)
+{
+	struct dir_state *d;
+	struct stat st;
+	int i;
+
+	*fd = -1;
+	d = criusec_dir_lookup(get_service_fd(IMG_FD_OFF));
+	if (!d) {
+		errno = EACCES; /* said why when the directory failed */
+		return -1;
+	}
+	if (!d->encrypted)
+		return 0; /* a plaintext checkpoint: the caller opens the file */
+	i = criusec_manifest_index(d, name);
+	if (i < 0) {
+		if (fstatat(get_service_fd(IMG_FD_OFF), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+			pr_err("%s is not an image of this checkpoint (not in its manifest): refusing it to the plugin\n",
+			       name);
+			errno = EACCES;
+		} else {
+			errno = ENOENT; /* not dumped, as in a plain checkpoint */
+		}
+		return -1;
+	}
+	if (strcmp(d->manifest->kinds[i], CRIUSEC_PLUGIN_KIND)) {
+		pr_err("%s was dumped as %s, not as a plugin's image\n", name, d->manifest->kinds[i]);
+		errno = EACCES;
+		return -1;
+	}
+	*fd = criusec_plain_copy(&d->plain[i], name);
+	return *fd < 0 ? -1 : 0;
+}
+
 /* A plain file name that is none of criu's own (its images, stats-*, logs are not *.img). */
 static bool plugin_name_ok(const char *name)
 {
@@ -533,13 +599,13 @@ int criu_image_open(const char *name, int flags)
 		pr_err("criu_image_open: \"%s\" is not a name a plugin may give its image\n", name ?: "(null)");
 		return -EINVAL;
 	}
-	if (!writing(flags) && criusec_encrypting()) {
+	if (!writing(flags) && encrypting()) {
 		pr_err("criu_image_open: %s: an encrypted dump's images are not read back\n", name);
 		return -EINVAL;
 	}
 	if (!writing(flags)) {
 		/* An encrypted checkpoint: only what was authenticated with it. */
-		if (criusec_plugin_open_read(name, &fd))
+		if (plugin_open_read(name, &fd))
 			return -errno ?: -EIO;
 		if (fd >= 0) {
 			pr_info("%s: handed to the plugin, authenticated\n", name);
@@ -547,7 +613,7 @@ int criu_image_open(const char *name, int flags)
 		}
 		return open_plain(name, flags);
 	}
-	if (!criusec_encrypting()) {
+	if (!encrypting()) {
 		if (sealed) {
 			/* A plugin's exit hook, after the encrypted dump's manifest was written. */
 			pr_err("criu_image_open: %s: the encrypted dump is already sealed; plugins write their images "
@@ -603,7 +669,7 @@ int criu_image_close(int fd)
 		pr_perror("%s: can't create", p->name);
 		ret = -EIO;
 	} else {
-		if (criusec_plugin_seal(p->name, p->memfd, real_fd))
+		if (plugin_seal(p->name, p->memfd, real_fd))
 			ret = -EIO;
 		if (close(real_fd) && !ret)
 			ret = -EIO;

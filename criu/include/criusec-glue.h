@@ -1,13 +1,20 @@
 #ifndef __CR_CRIUSEC_GLUE_H__
 #define __CR_CRIUSEC_GLUE_H__
 
+/*
+ * The hooks CRIU's own code calls (through patches/, one call per site),
+ * implemented by the criusec-*.c files beside CRIU's; what those files
+ * share among themselves is in criusec-layer.h.
+ */
+
 /* criu check: the engine's self-test, version and the AEAD it would use. */
 extern int check_criusec(void);
 
 /*
- * Dump and pre-dump: make the checkpoint key and write cipher.img before any
- * other image (a no-op without --encrypt); at the end, write the manifest
- * and fail if any image could not be sealed.
+ * Dump and pre-dump (criusec-dump.c): make the checkpoint key before any
+ * image is written (a no-op without --encrypt); at the end, write the
+ * manifest, then cipher.img, which signs it, and fail if any image could
+ * not be sealed.
  */
 extern int criusec_dump_start(void);
 extern int criusec_dump_finish(int ret);
@@ -89,28 +96,8 @@ extern int criusec_punch(int fd, unsigned long off, unsigned long len);
  */
 #define CRIUSEC_PLUGIN_KIND "plugin"
 
-/* Dump (criusec-plugin.c): what the images directory held before it; the check at its end. */
-extern int criusec_imgdir_snapshot(void);
-extern int criusec_imgdir_check(void);
-extern void criusec_imgdir_forget(void);
 /* Dump, around the plugins' exit hooks: nothing new in the images directory after them. */
 extern void criusec_plugins_exiting(int ret);
 extern int criusec_dump_check_late(int ret);
-/* Restore: an image file of an encrypted checkpoint's directory that its manifest does not list is refused. */
-extern int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n);
-
-/* criusec-glue.c: an encrypted dump is on; the names its manifest lists so far, one per call (off from 0). */
-extern bool criusec_encrypting(void);
-extern const char *criusec_manifest_name(unsigned int *off);
-/* name is one of CRIU's own image names (core-%u.img, pagetags-%u.img, ...). */
-extern bool criusec_criu_image_name(const char *name);
-/* Seal a plugin's plaintext (memfd) into real_fd, listed in the manifest. */
-extern int criusec_plugin_seal(const char *name, int memfd, int real_fd);
-/*
- * Restore: *fd a memfd with the authenticated plaintext of a plugin's
- * image; *fd -1 with 0 when the checkpoint is plaintext (open the file);
- * -1 with errno ENOENT (not in the checkpoint) or EACCES (refused, said why).
- */
-extern int criusec_plugin_open_read(const char *name, int *fd);
 
 #endif /* __CR_CRIUSEC_GLUE_H__ */
