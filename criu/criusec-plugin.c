@@ -115,54 +115,70 @@ static bool name_set_has(const char *name, void *arg)
 	return bsearch(&name, ns->v, ns->n, sizeof(*ns->v), cmp_str) != NULL;
 }
 
-/* snap: what the images directory holds now. */
-static int snapshot_dir(void)
+/*
+ * fn for each entry of the directory dfd but "." and "..", with its lstat
+ * (an entry gone meanwhile is skipped), until fn returns non-zero: that,
+ * or 0; -1 if the directory can't be listed (said why).
+ */
+static int walk_dir(int dfd, int (*fn)(const char *name, const struct stat *st, void *arg), void *arg)
 {
 	struct dirent *de;
 	struct stat st;
+	int fd, ret = 0;
 	DIR *dir;
+
+	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(dir = fdopendir(fd))) {
+		pr_perror("Can't list the images directory");
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	while (!ret && (de = readdir(dir))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW))
+			continue;
+		ret = fn(de->d_name, &st, arg);
+	}
+	closedir(dir);
+	return ret;
+}
+
+static int snap_one(const char *name, const struct stat *st, void *arg)
+{
+	struct dir_entry_snap *n;
+
+	n = xrealloc(snap, sizeof(*snap) * (nr_snap + 1));
+	if (!n)
+		return -1;
+	snap = n;
+	snap[nr_snap].name = xstrdup(name);
+	if (!snap[nr_snap].name)
+		return -1;
+	snap[nr_snap].ino = st->st_ino;
+	snap[nr_snap].mtime = st->st_mtim;
+	snap[nr_snap].ctime = st->st_ctim;
+	nr_snap++;
+	return 0;
+}
+
+/* snap: what the images directory holds now. */
+static int snapshot_dir(void)
+{
 	size_t i;
-	int dfd;
 
 	for (i = 0; i < nr_snap; i++)
 		xfree(snap[i].name);
 	xfree(snap);
 	snap = NULL;
 	nr_snap = 0;
-	dfd = dup(get_service_fd(IMG_FD_OFF));
-	if (dfd < 0 || !(dir = fdopendir(dfd))) {
-		pr_perror("Can't list the images directory");
-		if (dfd >= 0)
-			close(dfd);
+	if (walk_dir(get_service_fd(IMG_FD_OFF), snap_one, NULL)) {
+		criusec_imgdir_forget();
 		return -1;
 	}
-	rewinddir(dir);
-	while ((de = readdir(dir))) {
-		struct dir_entry_snap *n;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
-			continue;
-		n = xrealloc(snap, sizeof(*snap) * (nr_snap + 1));
-		if (!n)
-			goto err;
-		snap = n;
-		snap[nr_snap].name = xstrdup(de->d_name);
-		if (!snap[nr_snap].name)
-			goto err;
-		snap[nr_snap].ino = st.st_ino;
-		snap[nr_snap].mtime = st.st_mtim;
-		snap[nr_snap].ctime = st.st_ctim;
-		nr_snap++;
-	}
-	closedir(dir);
 	qsort(snap, nr_snap, sizeof(*snap), cmp_snap);
 	return 0;
-err:
-	closedir(dir);
-	criusec_imgdir_forget();
-	return -1;
 }
 
 int criusec_imgdir_snapshot(void)
@@ -275,17 +291,48 @@ static bool written_around(const char *name, bool plugins)
 
 static int pending_check(void);
 
+struct check_walk {
+	struct name_set listed;
+	char plugins[256];
+	int nr_plugins;
+	int bad;
+};
+
+/* An entry of the images directory at the end of the dump: listed, CRIU's own, there before, or refused. */
+static int check_one(const char *name, const struct stat *st, void *arg)
+{
+	struct check_walk *w = arg;
+
+	if (name_set_has(name, &w->listed) || criu_own(name, st) ||
+	    page_image_covered(name, st, name_set_has, &w->listed))
+		return 0;
+	if (!untouched(name, st) && !written_around(name, w->nr_plugins > 0)) {
+		pr_info("%s: written into the images directory during the dump, not a plugin's image\n", name);
+		return 0;
+	}
+	if (untouched(name, st)) {
+		if (is_plugin_image_name(name))
+			pr_warn("%s was in the images directory before the dump and is not part of it: a restore "
+				"of this checkpoint refuses it (remove it)\n",
+				name);
+		else
+			pr_info("%s: in the images directory before the dump, left as it was\n", name);
+		return 0;
+	}
+	pr_err("%s was written into the images directory outside criusec, in clear (plugins loaded: %s); "
+	       "plugins must write images with criu_image_open(): the encrypted dump fails\n",
+	       name, w->plugins);
+	w->bad++;
+	return 0;
+}
+
 int criusec_imgdir_check(void)
 {
-	struct name_set listed;
 	const char **names = NULL, **nn, *name;
-	char plugins[256];
-	struct dirent *de;
+	struct check_walk w = {};
 	unsigned int off = 0;
-	struct stat st;
-	int dfd, bad = 0, nr_plugins;
 	size_t n = 0;
-	DIR *dir;
+	int ret;
 
 	if (pending_check())
 		return -1;
@@ -299,51 +346,15 @@ int criusec_imgdir_check(void)
 		names = nn;
 		names[n++] = name;
 	}
-	if (name_set_init(&listed, names, n)) {
+	if (name_set_init(&w.listed, names, n)) {
 		xfree(names);
 		return -1;
 	}
 	xfree(names);
-	dfd = dup(get_service_fd(IMG_FD_OFF));
-	if (dfd < 0 || !(dir = fdopendir(dfd))) {
-		pr_perror("Can't list the images directory");
-		if (dfd >= 0)
-			close(dfd);
-		xfree(listed.v);
-		return -1;
-	}
-	nr_plugins = plugin_names(plugins, sizeof(plugins));
-	rewinddir(dir);
-	while ((de = readdir(dir))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
-			continue;
-		if (name_set_has(de->d_name, &listed) || criu_own(de->d_name, &st) ||
-		    page_image_covered(de->d_name, &st, name_set_has, &listed))
-			continue;
-		if (!untouched(de->d_name, &st) && !written_around(de->d_name, nr_plugins > 0)) {
-			pr_info("%s: written into the images directory during the dump, not a plugin's image\n",
-				de->d_name);
-			continue;
-		}
-		if (untouched(de->d_name, &st)) {
-			if (is_plugin_image_name(de->d_name))
-				pr_warn("%s was in the images directory before the dump and is not part of it: a restore "
-					"of this checkpoint refuses it (remove it)\n",
-					de->d_name);
-			else
-				pr_info("%s: in the images directory before the dump, left as it was\n", de->d_name);
-			continue;
-		}
-		pr_err("%s was written into the images directory outside criusec, in clear (plugins loaded: %s); "
-		       "plugins must write images with criu_image_open(): the encrypted dump fails\n",
-		       de->d_name, plugins);
-		bad++;
-	}
-	closedir(dir);
-	xfree(listed.v);
-	if (bad)
+	w.nr_plugins = plugin_names(w.plugins, sizeof(w.plugins));
+	ret = walk_dir(get_service_fd(IMG_FD_OFF), check_one, &w);
+	xfree(w.listed.v);
+	if (ret || w.bad)
 		return -1;
 	/* What the manifest will cover: from now on nothing may change (criusec_dump_check_late()). */
 	sealed = true;
@@ -361,6 +372,20 @@ void criusec_plugins_exiting(int ret)
 		late_refused = true; /* can't tell: fail safe */
 }
 
+/* An entry of the images directory after the plugins' exit hooks: refused if one of them wrote it. */
+static int late_one(const char *name, const struct stat *st, void *arg)
+{
+	int *bad = arg;
+
+	if (criu_own(name, st) || untouched(name, st) || !written_around(name, nr_exiting_plugins > 0))
+		return 0;
+	pr_err("%s was written into the images directory after the encrypted dump was sealed, in clear "
+	       "(plugins loaded: %s): the dump fails\n",
+	       name, exiting_plugins);
+	(*bad)++;
+	return 0;
+}
+
 /*
  * After the plugins' exit hooks, which run once the manifest is sealed:
  * anything they wrote into the images directory is in clear.  The dump
@@ -368,74 +393,48 @@ void criusec_plugins_exiting(int ret)
  */
 int criusec_dump_check_late(int ret)
 {
-	const char *plugins = exiting_plugins;
-	struct dirent *de;
-	struct stat st;
-	int dfd, bad = late_refused;
-	DIR *dir;
+	int bad = late_refused;
 
 	if (ret || !sealed) {
 		criusec_imgdir_forget();
 		return 0;
 	}
-	dfd = dup(get_service_fd(IMG_FD_OFF));
-	if (dfd < 0 || !(dir = fdopendir(dfd))) {
-		pr_perror("Can't list the images directory");
-		if (dfd >= 0)
-			close(dfd);
+	if (walk_dir(get_service_fd(IMG_FD_OFF), late_one, &bad))
 		bad++;
-		goto out;
-	}
-	rewinddir(dir);
-	while ((de = readdir(dir))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
-			continue;
-		if (criu_own(de->d_name, &st) || untouched(de->d_name, &st) ||
-		    !written_around(de->d_name, nr_exiting_plugins > 0))
-			continue;
-		pr_err("%s was written into the images directory after the encrypted dump was sealed, in clear "
-		       "(plugins loaded: %s): the dump fails\n",
-		       de->d_name, plugins);
-		bad++;
-	}
-	closedir(dir);
-out:
 	if (bad && unlinkat(get_service_fd(IMG_FD_OFF), "cipher.img", 0) && errno != ENOENT)
 		pr_perror("Can't remove cipher.img");
 	criusec_imgdir_forget();
 	return bad ? -1 : 0;
 }
 
+struct restore_walk {
+	struct name_set listed;
+	int bad;
+};
+
+static int restore_one(const char *name, const struct stat *st, void *arg)
+{
+	struct restore_walk *w = arg;
+
+	if (!is_plugin_image_name(name) || name_set_has(name, &w->listed))
+		return 0;
+	pr_err("%s is in the images directory but not in the checkpoint's manifest (a plugin's image written in "
+	       "clear, or added): refusing the encrypted checkpoint\n",
+	       name);
+	w->bad++;
+	return 0;
+}
+
 int criusec_imgdir_check_restore(int dfd, const char *const *names, size_t n)
 {
-	struct name_set listed;
-	struct dirent *de;
-	int fd, bad = 0;
-	DIR *dir;
+	struct restore_walk w = {};
+	int ret;
 
-	if (name_set_init(&listed, names, n))
+	if (name_set_init(&w.listed, names, n))
 		return -1;
-	fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || !(dir = fdopendir(fd))) {
-		pr_perror("Can't list the images directory");
-		if (fd >= 0)
-			close(fd);
-		xfree(listed.v);
-		return -1;
-	}
-	while ((de = readdir(dir))) {
-		if (!is_plugin_image_name(de->d_name) || name_set_has(de->d_name, &listed))
-			continue;
-		pr_err("%s is in the images directory but not in the checkpoint's manifest (a plugin's image written in "
-		       "clear, or added): refusing the encrypted checkpoint\n",
-		       de->d_name);
-		bad++;
-	}
-	closedir(dir);
-	xfree(listed.v);
-	return bad ? -1 : 0;
+	ret = walk_dir(dfd, restore_one, &w);
+	xfree(w.listed.v);
+	return ret || w.bad ? -1 : 0;
 }
 
 /* ---- criu_image_open() and criu_image_close() ---- */
