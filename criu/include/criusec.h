@@ -22,13 +22,13 @@
 extern "C" {
 #endif
 
-#define CRIUSEC_FORMAT_VERSION 2 /* written; 1 is still read */
-#define CRIUSEC_ID_LEN	       16 /* checkpoint id */
-#define CRIUSEC_FPR_LEN	       32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
-#define CRIUSEC_MAC_LEN	       32 /* HMAC-SHA256 over the cipher.img header */
-#define CRIUSEC_DIGEST_LEN     32 /* SHA-256 */
+#define CRIUSEC_FORMAT_VERSION	 2  /* written; 1 is still read */
+#define CRIUSEC_ID_LEN		 16 /* checkpoint id */
+#define CRIUSEC_FPR_LEN		 32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
+#define CRIUSEC_MAC_LEN		 32 /* HMAC-SHA256 over the cipher.img header */
+#define CRIUSEC_DIGEST_LEN	 32 /* SHA-256 */
 #define CRIUSEC_MAX_SIGNER_CERTS 8
-#define CRIUSEC_STREAM_MAGIC   "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
+#define CRIUSEC_STREAM_MAGIC	 "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
 #define CRIUSEC_STREAM_MAGIC_LEN 8
 
 /* AEAD algorithms of the stream layer (values are part of the format). */
@@ -117,7 +117,7 @@ struct criusec_header {
 	uint8_t parent_binding[CRIUSEC_MAC_LEN]; /* with has_parent */
 	uint64_t created;			 /* seconds since the epoch */
 	uint8_t manifest_digest[CRIUSEC_DIGEST_LEN];
-	uint32_t sig_alg; /* enum criusec_sig_alg */
+	uint32_t sig_alg;  /* enum criusec_sig_alg */
 	uint32_t compress; /* enum criusec_compress */
 	size_t n_signer_certs;
 	const struct criusec_blob *signer_certs; /* DER, the signer's first */

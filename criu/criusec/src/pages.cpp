@@ -276,7 +276,8 @@ Status PagePool::pread(int fd, uint64_t vaddr, uint64_t index, std::span<uint8_t
 		for (size_t done = 0; done < count;) {
 			size_t n = std::min(kReadPiecePages, count - done), p = first + done;
 			auto piece = pages.subspan(p * kPageSize, n * kPageSize);
-			CRIUSEC_TRY(pread_all(fd, piece, (index + p) * kPageSize, page_name(vaddr + p * kPageSize, index + p)));
+			CRIUSEC_TRY(pread_all(fd, piece, (index + p) * kPageSize,
+					      page_name(vaddr + p * kPageSize, index + p)));
 			CRIUSEC_TRY(c.open(vaddr + p * kPageSize, index + p, piece,
 					   tags.subspan(p * kPageTagLen, n * kPageTagLen)));
 			done += n;

@@ -50,10 +50,10 @@ Status check_header(const HeaderView &hdr, const Policy &policy, uint64_t now, V
 			return rejected("cipher.img: the checkpoint is unsigned, so its age cannot be trusted "
 					"(a maximum age is set)");
 		if (hdr.created > now + kMaxClockSkew)
-			return rejected("cipher.img: the checkpoint is dated " + utc_time(static_cast<int64_t>(hdr.created)) +
+			return rejected("cipher.img: the checkpoint is dated " + utc_time(hdr.created) +
 					", in the future");
 		if (now > hdr.created && now - hdr.created > policy.max_age)
-			return rejected("cipher.img: the checkpoint was made " + utc_time(static_cast<int64_t>(hdr.created)) + ", " +
+			return rejected("cipher.img: the checkpoint was made " + utc_time(hdr.created) + ", " +
 					std::to_string(now - hdr.created) + " s ago, more than the maximum age (" +
 					std::to_string(policy.max_age) + " s)");
 	}

@@ -97,18 +97,6 @@ Result<SigAlg> sig_alg_for_key(gnutls_pubkey_t pub)
 			   " keys cannot sign checkpoints (RSA, EC P-256/P-384 and Ed25519 can)");
 }
 
-Result<PubKey> pubkey_of(gnutls_x509_crt_t crt)
-{
-	PubKey pub;
-	int rc = gnutls_pubkey_init(pub.out());
-	if (rc < 0)
-		return gnutls_status("public key", rc);
-	rc = gnutls_pubkey_import_x509(pub.get(), crt, 0);
-	if (rc < 0)
-		return bad_data(std::string("certificate public key: ") + gnutls_strerror(rc));
-	return pub;
-}
-
 /* Signs a probe (never a header: canonical2 starts "criusec-header-v2"). */
 constexpr std::string_view kProbe = "criusec signing key probe";
 
@@ -155,7 +143,7 @@ Result<Signer> Signer::create(PrivKey key, std::span<const uint8_t> chain_pem, u
 	auto subject = crt_subject(leaf.value().get());
 	if (!subject.ok())
 		return std::move(subject).status();
-	auto pub = pubkey_of(leaf.value().get());
+	auto pub = crt_pubkey(leaf.value().get());
 	if (!pub.ok())
 		return std::move(pub).status();
 	auto alg = sig_alg_for_key(pub.value().get());
@@ -223,7 +211,7 @@ Status verify_signature(SigAlg alg, std::span<const uint8_t> leaf_der, std::span
 	auto crt = crt_from_der(leaf_der);
 	if (!crt.ok())
 		return std::move(crt).status().with_context("signer certificate");
-	auto pub = pubkey_of(crt.value().get());
+	auto pub = crt_pubkey(crt.value().get());
 	if (!pub.ok())
 		return std::move(pub).status().with_context("signer certificate");
 	auto key_alg = sig_alg_for_key(pub.value().get());

@@ -2,8 +2,6 @@
 
 #include <ctime>
 
-#include "pki.h"
-
 namespace criusec {
 
 std::string utc_time(int64_t t)
@@ -14,6 +12,20 @@ std::string utc_time(int64_t t)
 	if (!gmtime_r(&tt, &tm) || !strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm))
 		return std::to_string(static_cast<long long>(t)) + " (seconds since the epoch)";
 	return buf;
+}
+
+Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err)
+{
+	X509Crt crt;
+	int rc = gnutls_x509_crt_init(crt.out());
+	if (rc < 0)
+		return gnutls_status("certificate", rc);
+	gnutls_datum_t d = as_datum(data.data(), data.size());
+	rc = gnutls_x509_crt_import(crt.get(), &d, fmt);
+	if (rc < 0)
+		return Status::error(err, std::string(fmt == GNUTLS_X509_FMT_PEM ? "not a PEM" : "not a DER") +
+						  " X.509 certificate: " + gnutls_strerror(rc));
+	return crt;
 }
 
 Result<X509Crt> crt_from_der(std::span<const uint8_t> der)
@@ -64,6 +76,18 @@ Result<std::vector<X509Crt>> crts_from_pem(std::span<const uint8_t> pem)
 		*crts[i].out() = list[i];
 	gnutls_free(list);
 	return crts;
+}
+
+Result<PubKey> crt_pubkey(gnutls_x509_crt_t crt, int err)
+{
+	PubKey pub;
+	int rc = gnutls_pubkey_init(pub.out());
+	if (rc < 0)
+		return gnutls_status("public key", rc);
+	rc = gnutls_pubkey_import_x509(pub.get(), crt, 0);
+	if (rc < 0)
+		return Status::error(err, std::string("certificate public key: ") + gnutls_strerror(rc));
+	return pub;
 }
 
 Result<Der> crt_der(gnutls_x509_crt_t crt)

@@ -40,10 +40,14 @@ enum class CertUse { Sign, Encipher };
 [[nodiscard]] Status check_cert_use(std::span<const uint8_t> der, uint64_t now, CertUse use);
 
 /* Building blocks, for the signer and TrustStore too. */
+/* One certificate (the first of a PEM buffer); a failure is err. */
+[[nodiscard]] Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err);
 /* One DER certificate of 1..kMaxCertLen bytes (EBADMSG otherwise). */
 [[nodiscard]] Result<X509Crt> crt_from_der(std::span<const uint8_t> der);
 [[nodiscard]] Result<std::string> crt_subject(gnutls_x509_crt_t crt);
 [[nodiscard]] Result<Der> crt_der(gnutls_x509_crt_t crt);
+/* The certificate's public key; err (EBADMSG: a damaged certificate) when it has none GnuTLS reads. */
+[[nodiscard]] Result<PubKey> crt_pubkey(gnutls_x509_crt_t crt, int err = EBADMSG);
 /* Every certificate of a PEM buffer (any number, possibly none). */
 [[nodiscard]] Result<std::vector<X509Crt>> crts_from_pem(std::span<const uint8_t> pem);
 /* notBefore <= now <= notAfter, else EKEYREJECTED naming who. */

@@ -140,7 +140,8 @@ TEST(Keyring, WrongKeyIsRefused)
 
 	/* Not a chain secret's length: there, but not read as one. */
 	uint8_t wrong[CRIUSEC_CHAIN_SECRET_LEN] = {1, 2, 3};
-	ASSERT_GE(syscall(SYS_add_key, "user", forget.desc.c_str(), wrong, sizeof(wrong) - 1, KEY_SPEC_USER_KEYRING), 0);
+	ASSERT_GE(syscall(SYS_add_key, "user", forget.desc.c_str(), wrong, sizeof(wrong) - 1, KEY_SPEC_USER_KEYRING),
+		  0);
 	EXPECT_EQ(criusec_keyring_import(&h, &found, desc, sizeof(desc)), nullptr);
 	EXPECT_FALSE(found);
 	EXPECT_NE(criusec_last_errno(), -ENOKEY);
