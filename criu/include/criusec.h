@@ -13,6 +13,7 @@
 #ifndef __CR_CRIUSEC_H__
 #define __CR_CRIUSEC_H__
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -21,13 +22,13 @@
 extern "C" {
 #endif
 
-#define CRIUSEC_FORMAT_VERSION 2 /* written; 1 is still read */
-#define CRIUSEC_ID_LEN	       16 /* checkpoint id */
-#define CRIUSEC_FPR_LEN	       32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
-#define CRIUSEC_MAC_LEN	       32 /* HMAC-SHA256 over the cipher.img header */
-#define CRIUSEC_DIGEST_LEN     32 /* SHA-256 */
+#define CRIUSEC_FORMAT_VERSION	 2  /* written; 1 is still read */
+#define CRIUSEC_ID_LEN		 16 /* checkpoint id */
+#define CRIUSEC_FPR_LEN		 32 /* SHA-256 of the recipient's SubjectPublicKeyInfo */
+#define CRIUSEC_MAC_LEN		 32 /* HMAC-SHA256 over the cipher.img header */
+#define CRIUSEC_DIGEST_LEN	 32 /* SHA-256 */
 #define CRIUSEC_MAX_SIGNER_CERTS 8
-#define CRIUSEC_STREAM_MAGIC   "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
+#define CRIUSEC_STREAM_MAGIC	 "CRIUSEC\x01" /* first 8 bytes of every encrypted image */
 #define CRIUSEC_STREAM_MAGIC_LEN 8
 
 /* AEAD algorithms of the stream layer (values are part of the format). */
@@ -116,7 +117,7 @@ struct criusec_header {
 	uint8_t parent_binding[CRIUSEC_MAC_LEN]; /* with has_parent */
 	uint64_t created;			 /* seconds since the epoch */
 	uint8_t manifest_digest[CRIUSEC_DIGEST_LEN];
-	uint32_t sig_alg; /* enum criusec_sig_alg */
+	uint32_t sig_alg;  /* enum criusec_sig_alg */
 	uint32_t compress; /* enum criusec_compress */
 	size_t n_signer_certs;
 	const struct criusec_blob *signer_certs; /* DER, the signer's first */
@@ -146,7 +147,6 @@ struct criusec_signer;
 struct criusec_signer *criusec_signer_load(const char *key, const char *cert_path);
 void criusec_signer_free(struct criusec_signer *s);
 const char *criusec_signer_subject(const struct criusec_signer *s);
-const char *criusec_sig_alg_name(uint32_t sig_alg);
 
 /* Trusted signers: the certificates of PEM files (pinned signers and CAs). */
 struct criusec_trust;
@@ -200,7 +200,6 @@ int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *pa
  * regions, recorded in the header.  Before any image is written.
  */
 int criusec_ctx_set_compress(struct criusec_ctx *ctx, enum criusec_compress alg);
-enum criusec_compress criusec_ctx_compress(const struct criusec_ctx *ctx);
 /*
  * Wrap the master key for the public key of the X.509 certificate (PEM
  * file).  The certificate must be valid now and, if it has a keyUsage
@@ -283,11 +282,9 @@ int criusec_stream_seal_fd(struct criusec_ctx *ctx, const char *kind, const char
 int criusec_stream_open_fd(struct criusec_ctx *ctx, const char *kind, const char *name, int in_fd, int out_fd,
 			   const struct criusec_stream_info *expect);
 
-/* The same on memory: *out is malloc()ed, the caller frees it. */
+/* Seal on memory: *out is malloc()ed, the caller frees it. */
 int criusec_stream_seal_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
 			    uint8_t **out, size_t *out_len, struct criusec_stream_info *info);
-int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const char *name, const void *in, size_t in_len,
-			    uint8_t **out, size_t *out_len, const struct criusec_stream_info *expect);
 
 /*
  * Sealing one stream in another process: criu page-server writes the
@@ -329,13 +326,15 @@ int criusec_is_stream(const void *head, size_t len);
  * with AES-256-XTS under a key of that image (derived from the master key
  * and image_name), the tweak being the page's virtual address and its
  * number in the image (file offset / 4096).  Each page also gets a 16-byte
- * tag (GMAC over address, number and ciphertext) that the caller keeps in
- * an authenticated image.  Page i of a run starts at vaddr + i * 4096 and
- * is number index + i; len is a multiple of 4096; tags holds len / 256
- * bytes.
+ * tag (GMAC over address, number and ciphertext) that its pagetags image,
+ * an authenticated stream, keeps.
  *
- * open checks every tag of the run before it decrypts any page; on
- * failure the run is zeroed and the error names the first bad page.
+ * A page image as a whole: p keeps what its pagetags image holds, the tags
+ * of its pages or, in a checkpoint that compresses
+ * (criusec_ctx_set_compress), the records of its regions: runs of up to 64
+ * pages compressed and sealed as one when that makes them smaller
+ * (Documentation/criusec-format.md, 11).  Pages keep their numbers (file
+ * offset / 4096 in an image that does not compress) for all that.
  */
 #define CRIUSEC_PAGE_SIZE    4096
 #define CRIUSEC_PAGE_TAG_LEN 16
@@ -344,46 +343,21 @@ struct criusec_pages;
 
 struct criusec_pages *criusec_pages_new(struct criusec_ctx *ctx, const char *image_name);
 void criusec_pages_free(struct criusec_pages *p);
-int criusec_pages_seal(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
-		       uint8_t *tags);
-int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
-		       const uint8_t *tags);
-/*
- * Read len bytes of pages from fd at page number index (offset index * 4096),
- * then check and decrypt them, as criusec_pages_open().  Large runs are
- * shared between a few threads, all joined before this returns; seal and
- * open do the same.
- */
-int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len,
-			const uint8_t *tags);
-/*
- * Dump: read len bytes of pages from the pipe in, seal them as
- * criusec_pages_seal() does, one tag each into tags, and hand them in
- * order to sink (the image, a socket), which returns 0 when it took all n
- * bytes, else -1 with errno set.  Sealing overlaps the writing: helper
- * threads that live as long as p (signals blocked) read and seal the next
- * pages while the caller's thread, the only one that calls sink, writes.
- * They are idle again when this returns, on failure too (the pipe may
- * then be left part read).  A child forked while p exists must not use p;
- * criusec_pages_free() there joins nothing.
- */
-typedef int (*criusec_pages_sink)(void *arg, const void *buf, size_t n);
-int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
-			    criusec_pages_sink sink, void *sink_arg);
 
 /*
- * A page image as a whole, the form criu uses: p keeps what its pagetags
- * image holds, the tags of its pages or, in a checkpoint that compresses
- * (criusec_ctx_set_compress), the records of its regions: runs of up to 64
- * pages compressed and sealed as one when that makes them smaller
- * (Documentation/criusec-format.md, 11).  Pages keep their numbers (file
- * offset / 4096 in an image that does not compress) for all that.
- *
- * Dump: append_pipe seals the len bytes of pages in the pipe (the first at
- * vaddr) as seal_pipe does, numbered after those appended before;
+ * Dump: append_pipe reads len bytes of pages (len a multiple of 4096, the
+ * first at vaddr) from the pipe in, seals them, numbered after those
+ * appended before, and hands them in order to sink (the image, a socket),
+ * which returns 0 when it took all n bytes, else -1 with errno set.
+ * Sealing overlaps the writing: helper threads that live as long as p
+ * (signals blocked) read and seal the next pages while the caller's
+ * thread writes.  They are idle again when this returns, on failure too
+ * (the pipe may then be left part read).  A child forked while p exists
+ * must not use p; criusec_pages_free() there joins nothing.
  * criusec_pages_index() then gives the pagetags plaintext (valid until p
  * changes).  keep_page_size: never compress (a page server counts pages).
  */
+typedef int (*criusec_pages_sink)(void *arg, const void *buf, size_t n);
 int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, size_t len, criusec_pages_sink sink,
 			      void *sink_arg);
 void criusec_pages_keep_page_size(struct criusec_pages *p);
@@ -396,17 +370,17 @@ void criusec_pages_keep_page_size(struct criusec_pages *p);
  */
 void criusec_pages_write_behind(struct criusec_pages *p);
 int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len);
-/* Pages appended, or attached. */
-uint64_t criusec_pages_count(const struct criusec_pages *p);
 /*
  * Restore: the authenticated pagetags plaintext and the page image's size,
  * which must be what it describes.  Then read checks, decrypts and
  * decompresses len bytes of pages starting at page number index of fd
- * (before anything is returned; large runs on a few threads).  punch
- * (dedup): the pages [index, index + nr_pages) are no longer needed;
- * hole(arg, off, len) is called for each byte range of the image that can
- * go (a compressed region once all of its pages went), to punch it now or
- * later; non-zero from hole fails (errno kept).
+ * (every tag of the run is checked before any page is decrypted, large
+ * runs on a few threads; on failure the pages are zeroed and the error
+ * names the first bad page).  punch (dedup): the pages [index, index +
+ * nr_pages) are no longer needed; hole(arg, off, len) is called for each
+ * byte range of the image that can go (a compressed region once all of its
+ * pages went), to punch it now or later; non-zero from hole fails (errno
+ * kept).
  */
 int criusec_pages_attach(struct criusec_pages *p, const uint8_t *index, size_t len, uint64_t file_size);
 int criusec_pages_read(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len);
@@ -415,6 +389,41 @@ int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pag
 			void *hole_arg);
 /* The pages the authenticated plaintext of a pagetags image describes, under ctx. */
 int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages);
+
+/*
+ * The chain keyring: after an encrypted dump,
+ * its chain secret (criusec_ctx_chain_secret) waits in root's user keyring,
+ * never on disk, readable by root only, for ttl_seconds, so that a later
+ * incremental dump on this host reads the checkpoint as its parent even
+ * when this host is none of its recipients.  The key is named
+ * "criusec:<checkpoint id in hex>"; desc gets that name (desc_len
+ * CRIUSEC_KEYRING_DESC_LEN is enough) for the caller's log.
+ *
+ * store: 0 when the key is in the keyring, restricted to root and timed;
+ * CRIUSEC_KEYRING_UNRESTRICTED when it is there but its permissions or
+ * timeout could not be set; a negative errno when it is not there.  Either
+ * way but 0, criusec_last_error() is the system's text for the errno, and
+ * desc is "" when the context had no chain secret to store.
+ *
+ * import: the context of the checkpoint h describes, read with its chain
+ * key.  *found: the key was in the keyring and read (a NULL then is a key
+ * that does not open h: criusec_last_error() says why).  Not found:
+ * criusec_last_errno() is -ENOKEY when the keyring holds no such key, else
+ * the key is there but could not be read.
+ */
+#define CRIUSEC_KEYRING_DESC_LEN     (8 + 2 * CRIUSEC_ID_LEN + 1)
+#define CRIUSEC_KEYRING_UNRESTRICTED 1
+int criusec_keyring_store(struct criusec_ctx *ctx, unsigned int ttl_seconds, char *desc, size_t desc_len);
+struct criusec_ctx *criusec_keyring_import(const struct criusec_header *h, bool *found, char *desc, size_t desc_len);
+
+/*
+ * Secret memory for authenticated plaintext that CRIU keeps whole (a memfd
+ * of it, mapped MAP_SHARED): left out of core dumps and, where
+ * RLIMIT_MEMLOCK allows, out of swap.  map: NULL with errno set on
+ * failure.  unmap wipes the len bytes, then unmaps them.
+ */
+void *criusec_secret_map(int fd, size_t len);
+void criusec_secret_unmap(void *p, size_t len);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "capi_testing.h"
 #include "fuzz_common.h"
 
 namespace {

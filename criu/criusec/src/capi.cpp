@@ -15,9 +15,11 @@
 #include <string_view>
 
 #include "capi_internal.h"
+#include "capi_testing.h"
 #include "criusec.h"
 #include "ctx.h"
 #include "io.h"
+#include "keyring.h"
 #include "manifest.h"
 #include "pages.h"
 #include "pkcs11.h"
@@ -496,11 +498,6 @@ int criusec_ctx_set_compress(struct criusec_ctx *ctx, enum criusec_compress alg)
 	});
 }
 
-enum criusec_compress criusec_ctx_compress(const struct criusec_ctx *ctx)
-{
-	return ctx ? static_cast<enum criusec_compress>(ctx->ctx.compress()) : CRIUSEC_COMPRESS_NONE;
-}
-
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx)
 {
 	return ctx ? static_cast<enum criusec_aead>(ctx->ctx.aead()) : CRIUSEC_AEAD_AUTO;
@@ -562,14 +559,6 @@ void criusec_signer_free(struct criusec_signer *s)
 const char *criusec_signer_subject(const struct criusec_signer *s)
 {
 	return s ? s->signer.subject().c_str() : "";
-}
-
-const char *criusec_sig_alg_name(uint32_t sig_alg)
-{
-	if (sig_alg == 0)
-		return "unsigned";
-	auto a = sig_alg_from_wire(sig_alg);
-	return a ? sig_alg_name(*a) : "unknown";
 }
 
 struct criusec_trust *criusec_trust_new(void)
@@ -817,28 +806,6 @@ int criusec_pages_seal(struct criusec_pages *p, uint64_t vaddr, uint64_t index, 
 	});
 }
 
-int criusec_pages_open(struct criusec_pages *p, uint64_t vaddr, uint64_t index, void *pages, size_t len,
-		       const uint8_t *tags)
-{
-	return guarded([&]() -> Status {
-		if (!p || (!pages && len) || (!tags && len))
-			return invalid_argument("NULL page cipher, pages or tags");
-		return p->cipher.open(vaddr, index, {static_cast<uint8_t *>(pages), len},
-				      {tags, len / kPageSize * kPageTagLen});
-	});
-}
-
-int criusec_pages_pread(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t index, void *pages, size_t len,
-			const uint8_t *tags)
-{
-	return guarded([&]() -> Status {
-		if (!p || (!pages && len) || (!tags && len))
-			return invalid_argument("NULL page cipher, pages or tags");
-		return p->cipher.pread(fd, vaddr, index, {static_cast<uint8_t *>(pages), len},
-				       {tags, len / kPageSize * kPageTagLen});
-	});
-}
-
 int criusec_pages_seal_pipe(struct criusec_pages *p, int in, uint64_t vaddr, uint64_t index, size_t len, uint8_t *tags,
 			    criusec_pages_sink sink, void *sink_arg)
 {
@@ -891,11 +858,6 @@ int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *
 	});
 }
 
-uint64_t criusec_pages_count(const struct criusec_pages *p)
-{
-	return p ? p->cipher.pages() : 0;
-}
-
 int criusec_pages_attach(struct criusec_pages *p, const uint8_t *index, size_t len, uint64_t file_size)
 {
 	return guarded([&]() -> Status {
@@ -939,6 +901,75 @@ int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *inde
 		*pages = n.value();
 		return {};
 	});
+}
+
+int criusec_keyring_store(struct criusec_ctx *ctx, unsigned int ttl_seconds, char *desc, size_t desc_len)
+{
+	int unrestricted = 0;
+	if (desc && desc_len)
+		desc[0] = '\0';
+	int rc = guarded([&]() -> Status {
+		if (!ctx || !desc || desc_len < CRIUSEC_KEYRING_DESC_LEN)
+			return invalid_argument("NULL context or short description buffer");
+		auto secret = ctx->ctx.chain_secret();
+		if (secret.size() != CRIUSEC_CHAIN_SECRET_LEN)
+			return invalid_argument("the context has no chain secret");
+		std::string name = keyring_desc(ctx->ctx.id());
+		std::snprintf(desc, desc_len, "%s", name.c_str());
+		Status restricted;
+		CRIUSEC_TRY(keyring_store(name, secret, ttl_seconds, restricted));
+		if (!restricted.ok())
+			unrestricted = 1;
+		return restricted;
+	});
+	return unrestricted ? CRIUSEC_KEYRING_UNRESTRICTED : rc;
+}
+
+struct criusec_ctx *criusec_keyring_import(const struct criusec_header *h, bool *found, char *desc, size_t desc_len)
+{
+	criusec_ctx *ret = nullptr;
+	if (found)
+		*found = false;
+	if (desc && desc_len)
+		desc[0] = '\0';
+	guarded([&]() -> Status {
+		if (!h || !found || !desc || desc_len < CRIUSEC_KEYRING_DESC_LEN)
+			return invalid_argument("NULL header or short description buffer");
+		std::string name = keyring_desc(std::span<const uint8_t, kIdLen>(h->ckpt_id, kIdLen));
+		std::snprintf(desc, desc_len, "%s", name.c_str());
+		auto secret = keyring_read(name, CRIUSEC_CHAIN_SECRET_LEN);
+		if (!secret.ok())
+			return std::move(secret).status();
+		*found = true;
+		HeaderView v;
+		CRIUSEC_TRY(header_view(h, v));
+		auto c = Ctx::import_secret(v, secret.value().span());
+		if (!c.ok())
+			return std::move(c).status();
+		ret = new criusec_ctx(std::move(c).value());
+		return {};
+	});
+	return ret;
+}
+
+void *criusec_secret_map(int fd, size_t len)
+{
+	void *p = secret_map(fd, len);
+	if (!p) {
+		int e = errno;
+		set_last_error(errno_string(e).c_str());
+		g_last_errno = -e;
+		errno = e; /* the caller's perror */
+	} else {
+		g_last_error[0] = '\0';
+		g_last_errno = 0;
+	}
+	return p;
+}
+
+void criusec_secret_unmap(void *p, size_t len)
+{
+	secret_unmap(p, len);
 }
 
 } /* extern "C" */

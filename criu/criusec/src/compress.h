@@ -2,7 +2,7 @@
  * Compression before encryption (Documentation/criusec-format.md, 11):
  * LZ4 (block format) or zstd (one frame per block), always on bounded
  * blocks, so that what a reader decompresses never exceeds a size it
- * knows beforehand.  Used for page regions (pages.cpp) and for the
+ * knows beforehand.  Used for page regions (page_cipher.cpp) and for the
  * content of image streams (a block stream, below).
  *
  * Compression state holds plaintext: the zstd contexts allocate through a

@@ -5,22 +5,9 @@
 #include "io.h"
 #include "kdf.h"
 #include "pkcs11.h"
+#include "x509.h"
 
 namespace criusec {
-
-Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err)
-{
-	X509Crt crt;
-	int rc = gnutls_x509_crt_init(crt.out());
-	if (rc < 0)
-		return gnutls_status("certificate", rc);
-	gnutls_datum_t d = as_datum(data.data(), data.size());
-	rc = gnutls_x509_crt_import(crt.get(), &d, fmt);
-	if (rc < 0)
-		return Status::error(err, std::string(fmt == GNUTLS_X509_FMT_PEM ? "not a PEM" : "not a DER") +
-						  " X.509 certificate: " + gnutls_strerror(rc));
-	return crt;
-}
 
 Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
 {
@@ -29,13 +16,10 @@ Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem)
 	if (!crt.ok())
 		return std::move(crt).status();
 
-	PubKey pub;
-	int rc = gnutls_pubkey_init(pub.out());
-	if (rc < 0)
-		return gnutls_status("public key", rc);
-	rc = gnutls_pubkey_import_x509(pub.get(), crt.value().get(), 0);
-	if (rc < 0)
-		return Status::error(EINVAL, std::string("certificate public key: ") + gnutls_strerror(rc));
+	auto key = crt_pubkey(crt.value().get(), EINVAL);
+	if (!key.ok())
+		return std::move(key).status();
+	PubKey pub = std::move(key).value();
 
 	unsigned bits = 0;
 	if (gnutls_pubkey_get_pk_algorithm(pub.get(), &bits) != GNUTLS_PK_RSA)

@@ -21,8 +21,6 @@ using Fingerprint = std::array<uint8_t, kFprLen>;
 /* Smallest RSA modulus accepted for a new recipient. */
 constexpr unsigned kMinRsaBits = 2048;
 
-/* One certificate (the first of a PEM buffer); a failure is err. */
-[[nodiscard]] Result<X509Crt> crt_import(std::span<const uint8_t> data, gnutls_x509_crt_fmt_t fmt, int err);
 /* The RSA public key of the first certificate in a PEM buffer. */
 [[nodiscard]] Result<PubKey> pubkey_from_cert_pem(std::span<const uint8_t> pem);
 /*

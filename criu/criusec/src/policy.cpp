@@ -1,27 +1,6 @@
 #include "policy.h"
 
-#include <ctime>
-
 namespace criusec {
-
-namespace {
-
-Status rejected(std::string msg)
-{
-	return Status::error(EKEYREJECTED, std::move(msg));
-}
-
-std::string utc(uint64_t t)
-{
-	std::time_t tt = static_cast<std::time_t>(t);
-	std::tm tm{};
-	char buf[32];
-	if (!gmtime_r(&tt, &tm) || !std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm))
-		return std::to_string(t);
-	return buf;
-}
-
-} /* namespace */
 
 Status check_header(const HeaderView &hdr, const Policy &policy, uint64_t now, Verdict &v)
 {
@@ -71,10 +50,10 @@ Status check_header(const HeaderView &hdr, const Policy &policy, uint64_t now, V
 			return rejected("cipher.img: the checkpoint is unsigned, so its age cannot be trusted "
 					"(a maximum age is set)");
 		if (hdr.created > now + kMaxClockSkew)
-			return rejected("cipher.img: the checkpoint is dated " + utc(hdr.created) +
+			return rejected("cipher.img: the checkpoint is dated " + utc_time(hdr.created) +
 					", in the future");
 		if (now > hdr.created && now - hdr.created > policy.max_age)
-			return rejected("cipher.img: the checkpoint was made " + utc(hdr.created) + ", " +
+			return rejected("cipher.img: the checkpoint was made " + utc_time(hdr.created) + ", " +
 					std::to_string(now - hdr.created) + " s ago, more than the maximum age (" +
 					std::to_string(policy.max_age) + " s)");
 	}

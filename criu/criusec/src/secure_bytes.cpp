@@ -26,13 +26,29 @@ size_t mapped_size(size_t n) noexcept
  * and, where RLIMIT_MEMLOCK allows, kept out of swap (mlock; a failure
  * there is not an error).  The pages arrive zeroed.
  */
+void *secret_mmap(int fd, size_t len, int flags) noexcept
+{
+	void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+	if (p == MAP_FAILED)
+		return nullptr;
+	madvise(p, len, MADV_DONTDUMP);
+	(void)mlock(p, len);
+	return p;
+}
+
+/* Wiped with gnutls_memset, which is not optimized away, unlike a memset before a free. */
+void secret_munmap(void *p, size_t len) noexcept
+{
+	gnutls_memset(p, 0, len);
+	munlock(p, len);
+	munmap(p, len);
+}
+
 uint8_t *secret_alloc(size_t n)
 {
-	void *p = mmap(nullptr, mapped_size(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	void *p = secret_mmap(-1, mapped_size(n), MAP_PRIVATE | MAP_ANONYMOUS);
+	if (!p)
 		throw std::bad_alloc();
-	madvise(p, mapped_size(n), MADV_DONTDUMP);
-	(void)mlock(p, mapped_size(n));
 	return static_cast<uint8_t *>(p);
 }
 
@@ -65,6 +81,17 @@ void *gmp_realloc(void *p, size_t old, size_t n)
 
 } /* namespace */
 
+void *secret_map(int fd, size_t len) noexcept
+{
+	return secret_mmap(fd, len, MAP_SHARED);
+}
+
+void secret_unmap(void *p, size_t len) noexcept
+{
+	if (p)
+		secret_munmap(p, len);
+}
+
 void wipe_bignum_scratch()
 {
 	static std::once_flag once;
@@ -81,12 +108,8 @@ SecureBytes::SecureBytes(std::span<const uint8_t> src) : SecureBytes(src.size())
 
 void SecureBytes::reset() noexcept
 {
-	if (p_) {
-		/* gnutls_memset is not optimized away, unlike a memset before a free. */
-		gnutls_memset(p_, 0, n_);
-		munlock(p_, mapped_size(n_));
-		munmap(p_, mapped_size(n_));
-	}
+	if (p_)
+		secret_munmap(p_, mapped_size(n_));
 	p_ = nullptr;
 	n_ = 0;
 }

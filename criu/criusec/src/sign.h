@@ -16,6 +16,7 @@
 
 #include "gnutls_raii.h"
 #include "status.h"
+#include "x509.h"
 
 namespace criusec {
 
@@ -29,42 +30,10 @@ enum class SigAlg : uint32_t {
 	Ed25519 = 5,
 };
 
-constexpr size_t kMaxSignerCerts = 8;
-constexpr size_t kMaxCertLen = 16384;
 constexpr size_t kMaxSignatureLen = 16384;
 
 std::optional<SigAlg> sig_alg_from_wire(uint32_t v) noexcept;
 const char *sig_alg_name(SigAlg a) noexcept;
-
-using Der = std::vector<uint8_t>;
-
-/* DER certificates of a PEM buffer, in order (1..kMaxSignerCerts). */
-[[nodiscard]] Result<std::vector<Der>> certs_from_pem(std::span<const uint8_t> pem);
-/* The subject DN of a DER certificate, RFC 4514 string ("CN=..., O=..."). */
-[[nodiscard]] Result<std::string> cert_subject(std::span<const uint8_t> der);
-/*
- * The leaf checks of section 10.4 steps 2 and 3 at time now (seconds
- * since the epoch): validity period and keyUsage digitalSignature.
- * Errors are EKEYREJECTED and name the certificate ("signer certificate
- * CN=... expired on ...").
- */
-[[nodiscard]] Status check_signing_cert(std::span<const uint8_t> der, uint64_t now);
-/*
- * The same for either use of a certificate: Sign (digitalSignature, as
- * above) or Encipher (a recipient: keyEncipherment).
- */
-enum class CertUse { Sign, Encipher };
-[[nodiscard]] Status check_cert_use(std::span<const uint8_t> der, uint64_t now, CertUse use);
-
-/* Building blocks shared with TrustStore. */
-/* One DER certificate of 1..kMaxCertLen bytes (EBADMSG otherwise). */
-[[nodiscard]] Result<X509Crt> crt_from_der(std::span<const uint8_t> der);
-[[nodiscard]] Result<std::string> crt_subject(gnutls_x509_crt_t crt);
-[[nodiscard]] Result<Der> crt_der(gnutls_x509_crt_t crt);
-/* Every certificate of a PEM buffer (any number, possibly none). */
-[[nodiscard]] Result<std::vector<X509Crt>> crts_from_pem(std::span<const uint8_t> pem);
-/* notBefore <= now <= notAfter, else EKEYREJECTED naming who. */
-[[nodiscard]] Status check_validity(gnutls_x509_crt_t crt, const std::string &who, uint64_t now);
 
 class Signer {
 public:

@@ -52,6 +52,8 @@ private:
 inline Status invalid_argument(std::string msg) { return Status::error(EINVAL, std::move(msg)); }
 inline Status bad_data(std::string msg) { return Status::error(EBADMSG, std::move(msg)); }
 inline Status unsupported(std::string msg) { return Status::error(EOPNOTSUPP, std::move(msg)); }
+/* A policy or trust refusal: the checkpoint is intact but not accepted. */
+inline Status rejected(std::string msg) { return Status::error(EKEYREJECTED, std::move(msg)); }
 
 template <typename T> class [[nodiscard]] Result {
 public:

@@ -17,11 +17,6 @@ namespace {
 constexpr unsigned kVerifyFlags = GNUTLS_VERIFY_DISABLE_TIME_CHECKS | GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS |
 				  GNUTLS_VERIFY_DO_NOT_ALLOW_UNSORTED_CHAIN; /* section 10.4: each signed by the next */
 
-Status rejected(std::string msg)
-{
-	return Status::error(EKEYREJECTED, std::move(msg));
-}
-
 bool contains(const std::vector<Der> &v, std::span<const uint8_t> der)
 {
 	return std::any_of(v.begin(), v.end(),

@@ -1,6 +1,7 @@
 /*
- * AES-256-XTS over gnutls_cipher_* (for per-page encryption; not used by
- * the C API yet).  One handle per key; the tweak is set per data unit.
+ * AES-256-XTS over gnutls_cipher_*: the page cipher's encryption of each
+ * page (page_cipher.cpp).  One handle per key; the tweak is set per data
+ * unit.
  */
 #pragma once
 

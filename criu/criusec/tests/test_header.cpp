@@ -9,6 +9,7 @@
 #include <string>
 
 #include "capi_internal.h"
+#include "capi_testing.h"
 #include "criusec.h"
 #include "test_util.h"
 

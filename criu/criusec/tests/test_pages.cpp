@@ -14,6 +14,7 @@
 #include "ctx.h"
 #include "pages.h"
 #include "io.h"
+#include "capi_testing.h"
 #include "test_util.h"
 
 using namespace criusec;

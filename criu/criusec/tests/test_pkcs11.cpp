@@ -14,6 +14,7 @@
 #include "criusec.h"
 #include "pkcs11.h"
 #include "pki.h"
+#include "capi_testing.h"
 #include "test_util.h"
 
 using namespace criusec;

@@ -18,6 +18,7 @@
 
 #include "criusec.h"
 #include "stream.h"
+#include "capi_testing.h"
 #include "test_util.h"
 
 using namespace criusec;

@@ -1,0 +1,239 @@
+#include "page_pipeline.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <new>
+#include <string>
+#include <utility>
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "bytes.h"
+#include "io.h"
+
+namespace criusec {
+
+void SealRing::start_helpers() noexcept
+{
+	started_ = true;
+	/* Signals are CRIU's main thread's business, never a helper's. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	try {
+		threads_.reserve(helpers_.size());
+		for (auto &c : helpers_)
+			threads_.emplace_back([this, &c] { helper(c); });
+	} catch (...) {
+		/* Fewer helpers (or none): the caller seals what they do not. */
+	}
+	pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+void SealRing::fail(Status s) noexcept
+{
+	if (!failed_) {
+		failed_ = true;
+		error_ = std::move(s);
+	}
+	cv_.notify_all();
+}
+
+/* Claim, read and seal the next piece; false when none can be claimed now.  lk is held on entry and on return. */
+bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept
+{
+	if (!claimable())
+		return false;
+	size_t k = next_++;
+	const Run &r = *run_;
+	size_t j = k - run_first_;
+	Piece &p = piece(k);
+	p.len = std::min(kRingPieceLen, r.len - j * kRingPieceLen);
+	p.vaddr = r.vaddr + j * kRingPieceLen;
+	p.index = r.index + j * kRingPiecePages;
+	p.region = r.region + j;
+	p.regions = r.regions;
+	p.compress = r.compress;
+	p.stored = 0;
+	p.tags_out = r.tags_out ? r.tags_out + j * kRingPiecePages * kPageTagLen : nullptr;
+	std::span<uint8_t> data{slot(k), p.len};
+	/* Plaintext is only ever in the first half (the second holds what was compressed and sealed). */
+	stage_->used(k % kRingPieces, p.len);
+	int in = r.in;
+	reading_ = true;
+	busy_++;
+	lk.unlock();
+
+	Status s;
+	try {
+		auto got = read_full(in, data);
+		if (!got.ok())
+			s = std::move(got).status().with_context("can't read pages from the pipe");
+		else if (got.value() != data.size())
+			s = Status::error(EIO, "short read of pages from the pipe (" + std::to_string(got.value()) + " of " +
+						       std::to_string(data.size()) + " bytes)");
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+
+	lk.lock();
+	reading_ = false;
+	cv_.notify_all(); /* the next piece can be read; the run may be all read */
+	if (s.ok()) {
+		lk.unlock();
+		try {
+			auto tags = std::span<uint8_t>(p.tags).first(data.size() / kPageSize * kPageTagLen);
+			if (p.compress) {
+				auto n = c.seal_region(p.region, p.vaddr, p.index, data, {cslot(k), data.size() - 1});
+				if (n.ok())
+					p.stored = n.value();
+				else
+					s = std::move(n).status();
+			}
+			if (s.ok() && !p.stored)
+				s = c.seal(p.vaddr, p.index, data, tags);
+		} catch (...) {
+			s = Status::error(ENOMEM, "out of memory");
+		}
+		lk.lock();
+	}
+	if (s.ok())
+		sealed_[k % kRingPieces] = k + 1;
+	else
+		fail(std::move(s));
+	busy_--;
+	cv_.notify_all();
+	return true;
+}
+
+/* A region's record (u32 pages, u32 stored, then an XTS region's tags), or a piece's tags alone. */
+void SealRing::add_record(const Piece &p)
+{
+	size_t pages = p.len / kPageSize;
+	auto tags = std::span<const uint8_t>(p.tags).first(pages * kPageTagLen);
+	if (p.tags_out) {
+		std::copy(tags.begin(), tags.end(), p.tags_out);
+		return;
+	}
+	if (p.regions) {
+		put_u32(records_, static_cast<uint32_t>(pages));
+		put_u32(records_, static_cast<uint32_t>(p.stored));
+		if (p.stored)
+			return;
+	}
+	put_bytes(records_, tags);
+}
+
+/* Write the sealed pieces from written_ on that lie together (a compressed one alone); false if none is ready. */
+bool SealRing::write_some(std::unique_lock<std::mutex> &lk) noexcept
+{
+	if (!writable())
+		return false;
+	size_t w = written_, n = 1;
+	size_t bytes = piece(w).stored ? piece(w).stored : piece(w).len;
+	/* Slots are contiguous, pieces only while they fill theirs (a run's last may not). */
+	while (!piece(w).stored && n < kMaxWritePieces && w + n < end_ && (w + n) % kRingPieces &&
+	       piece(w + n - 1).len == kRingPieceLen && sealed(w + n) && !piece(w + n).stored)
+		bytes += piece(w + n++).len;
+	std::span<const uint8_t> data{piece(w).stored ? cslot(w) : slot(w), bytes};
+	writing_ = true;
+	lk.unlock();
+	Status s;
+	try {
+		for (size_t j = 0; j < n; j++)
+			add_record(piece(w + j));
+		s = sink_(data);
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+	lk.lock();
+	writing_ = false;
+	if (s.ok())
+		written_ += n;
+	else
+		fail(std::move(s));
+	cv_.notify_all();
+	return true;
+}
+
+void SealRing::helper(PageCipher &c) noexcept
+{
+	std::unique_lock<std::mutex> lk(mu_);
+	while (!stop_) {
+		if (work_one(c, lk))
+			continue;
+		if (behind_ && write_some(lk))
+			continue;
+		cv_.wait(lk);
+	}
+}
+
+Status SealRing::run(PageCipher &own, const Run &r)
+{
+	if (r.len == 0)
+		return {};
+	std::unique_lock<std::mutex> lk(mu_);
+	if (failed_)
+		return error_;
+	if (!stage_) {
+		stage_ = Stage::take();
+		if (!stage_)
+			return Status::error(ENOMEM, "can't map a buffer for pages");
+	}
+	size_t n = (r.len + kRingPieceLen - 1) / kRingPieceLen;
+	run_ = &r;
+	run_first_ = end_;
+	run_end_ = end_ = end_ + n;
+	if (end_ - written_ >= kMinHelperPieces && !started_)
+		start_helpers();
+	cv_.notify_all();
+
+	/* Writing behind: until every piece of the run is read; else until every one is written. */
+	auto done = [&] { return failed_ || (behind_ ? next_ == run_end_ && !reading_ : written_ == run_end_); };
+	while (!done()) {
+		if (work_one(own, lk))
+			continue;
+		if (write_some(lk))
+			continue;
+		cv_.wait(lk);
+	}
+	/* No more claims of this run. */
+	run_end_ = next_;
+	if (!failed_) {
+		run_ = nullptr;
+		return {};
+	}
+	cv_.wait(lk, [&] { return !reading_; });
+	run_ = nullptr;
+	if (behind_)
+		return error_; /* and so is every later run, and flush() */
+	/* Nothing is behind: drop the run's pieces, and the next run starts afresh. */
+	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+	end_ = written_ = next_;
+	stage_->wipe();
+	failed_ = false;
+	return std::exchange(error_, Status{});
+}
+
+Status SealRing::flush()
+{
+	std::unique_lock<std::mutex> lk(mu_);
+	while (!failed_ && written_ < end_) {
+		if (write_some(lk))
+			continue;
+		cv_.wait(lk);
+	}
+	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+	if (failed_) {
+		/* Pieces read but not written: plaintext, some of them. */
+		if (stage_)
+			stage_->wipe();
+		return error_;
+	}
+	return {};
+}
+
+} /* namespace criusec */
