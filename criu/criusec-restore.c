@@ -102,25 +102,10 @@ int criusec_verify_to_memfd(struct criusec_ctx *ctx, const char *kind, const cha
 	return memfd;
 }
 
-/* Plaintext that holds secrets: never in a core dump, out of swap where allowed. */
-static void *map_secret(int fd, size_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_DONTDUMP);
-	mlock(p, len); /* best effort: RLIMIT_MEMLOCK may not allow it */
-	return p;
-}
-
 static void plain_free(struct plain_img *p)
 {
-	if (p->data) {
-		explicit_bzero(p->data, p->len);
-		munlock(p->data, p->len);
-		munmap(p->data, p->len);
-	}
+	if (p->data)
+		criusec_secret_unmap(p->data, p->len); /* wiped first */
 	p->data = NULL;
 	p->len = 0;
 }
@@ -142,7 +127,8 @@ static int load_plain(struct criusec_ctx *ctx, const char *kind, const char *nam
 		ret = -1;
 	} else if (st.st_size) {
 		p->len = st.st_size;
-		p->data = map_secret(memfd, p->len);
+		/* Never in a core dump, out of swap where allowed. */
+		p->data = criusec_secret_map(memfd, p->len);
 		if (!p->data) {
 			pr_perror("%s: can't map the verified plaintext", name);
 			ret = -1;
