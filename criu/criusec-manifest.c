@@ -235,59 +235,76 @@ const struct criusec_stream_info *criusec_manifest_of_header(struct dir_state *d
 	return buf;
 }
 
-/*
- * The pattern a name of this kind must match: an image kind is CRIU's
- * printf-style template of its file names ("core-%u.img"); NULL for a kind
- * CRIU does not write through the stream layer.
- */
-static const char *kind_pattern(const char *kind)
-{
-	int type;
-
-	if (!strcmp(kind, PAGE_TAGS_KIND))
-		return "pagetags-%u.img";
-	if (!strcmp(kind, CRIUSEC_PLUGIN_KIND))
-		return "%s"; /* a plugin's own file name (criu_image_open() checks it) */
-	for (type = 0; type < CR_FD_MAX; type++)
-		if (imgset_template[type].fmt && !strcmp(kind, imgset_template[type].fmt) && criusec_stream_covered(type))
-			return kind;
-	return NULL;
-}
-
 static bool is_pagemap_kind(const char *kind)
 {
 	return !strcmp(kind, criusec_kind_of(CR_FD_PAGEMAP)) || !strcmp(kind, criusec_kind_of(CR_FD_SHMEM_PAGEMAP));
 }
 
-/* The manifest's entries: well formed, and names that are plain file names of their kinds. */
-int criusec_manifest_check(CipherManifestEntry *m, bool v2)
+/*
+ * CRIU's table of the image kinds criusec seals, for the engine's manifest
+ * rules: an image kind is CRIU's printf-style template of its file names
+ * ("core-%u.img"), so it is its own pattern.
+ */
+static const struct criusec_image_kind *kind_table(size_t *n)
 {
-	size_t i;
+	static struct criusec_image_kind k[CR_FD_MAX + 2];
+	static size_t nk;
+	int type;
 
+	if (!nk) {
+		for (type = 0; type < CR_FD_MAX; type++) {
+			if (!imgset_template[type].fmt || !criusec_stream_covered(type))
+				continue;
+			k[nk].kind = k[nk].pattern = imgset_template[type].fmt;
+			k[nk].pagemap = is_pagemap_kind(k[nk].kind);
+			nk++;
+		}
+		k[nk].kind = PAGE_TAGS_KIND;
+		k[nk++].pattern = "pagetags-%u.img";
+		/* A plugin's own file name (criu_image_open() checks it). */
+		k[nk].kind = CRIUSEC_PLUGIN_KIND;
+		k[nk++].pattern = "%s";
+	}
+	*n = nk;
+	return k;
+}
+
+/* The manifest's entries: well formed, and names that are plain file names of their kinds (the engine's rules). */
+int criusec_manifest_valid(CipherManifestEntry *m, bool v2)
+{
+	const struct criusec_image_kind *kinds;
+	struct criusec_manifest_entry *e;
+	size_t i, nk;
+	int ret;
+
+	/* The protobuf's shape: parallel arrays of one length. */
 	if (m->n_kinds != m->n_images || (v2 && (m->n_sizes != m->n_images || m->n_digests != m->n_images)) ||
 	    (m->n_entries && m->n_entries != m->n_images)) {
 		pr_err("cipher-manifest.img: malformed\n");
 		return -1;
 	}
+	e = xzalloc(sizeof(*e) * (m->n_images ?: 1));
+	if (!e)
+		return -1;
 	for (i = 0; i < m->n_images; i++) {
-		const char *pattern = kind_pattern(m->kinds[i]);
-
-		if (!pattern || !criusec_name_matches(pattern, m->images[i])) {
-			pr_err("cipher-manifest.img: \"%s\" is not an image name of the kind %s\n", m->images[i],
-			       m->kinds[i]);
-			return -1;
+		e[i].kind = m->kinds[i];
+		e[i].name = m->images[i];
+		if (v2) {
+			e[i].size = m->sizes[i];
+			e[i].digest = m->digests[i].data;
+			e[i].digest_len = m->digests[i].len;
 		}
-		if (v2 && m->digests[i].len != CRIUSEC_DIGEST_LEN && (m->digests[i].len || m->sizes[i])) {
-			pr_err("cipher-manifest.img: malformed entry for %s\n", m->images[i]);
-			return -1;
-		}
-		if (m->n_entries && m->entries[i].len && (m->entries[i].len != CRIUSEC_DIGEST_LEN ||
-							  !is_pagemap_kind(m->kinds[i]))) {
-			pr_err("cipher-manifest.img: malformed entry for %s\n", m->images[i]);
-			return -1;
+		if (m->n_entries) {
+			e[i].entries = m->entries[i].data;
+			e[i].entries_len = m->entries[i].len;
 		}
 	}
-	return 0;
+	kinds = kind_table(&nk);
+	ret = criusec_manifest_check(e, m->n_images, v2, kinds, nk);
+	xfree(e);
+	if (ret)
+		pr_err("%s\n", criusec_last_error());
+	return ret ? -1 : 0;
 }
 
 /*

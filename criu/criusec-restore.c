@@ -151,7 +151,7 @@ static int verify_all(int dfd, struct dir_state *d)
 	size_t i;
 	int fd;
 
-	if (criusec_manifest_check(m, criusec_ctx_manifest_digest(d->ctx) != NULL))
+	if (criusec_manifest_valid(m, criusec_ctx_manifest_digest(d->ctx) != NULL))
 		return -1;
 	d->plain = xzalloc(sizeof(*d->plain) * (m->n_images ?: 1));
 	if (!d->plain)

@@ -137,7 +137,7 @@ extern const struct criusec_stream_info *criusec_manifest_expect(struct dir_stat
 								 struct criusec_stream_info *buf);
 extern const struct criusec_stream_info *criusec_manifest_of_header(struct dir_state *d,
 								    struct criusec_stream_info *buf);
-extern int criusec_manifest_check(CipherManifestEntry *m, bool v2);
+extern int criusec_manifest_valid(CipherManifestEntry *m, bool v2);
 extern int criusec_manifest_check_pagemaps(struct dir_state *d);
 
 /* criusec-stream.c: the stream layer under cr_img. */

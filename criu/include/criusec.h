@@ -309,6 +309,29 @@ int criusec_stream_seal_granted_fd(const uint8_t *grant, size_t grant_len, const
  */
 int criusec_name_matches(const char *pattern, const char *name);
 /*
+ * The manifest's rules, the engine's: kinds is the writer's (CRIU's) table
+ * of the image kinds it seals, each with the pattern of its names; every
+ * entry's name must be one of its kind's, in format 2 (v2) with a digest
+ * (or none and size 0: an image a page server sealed), and an entries
+ * digest only on a pagemap.  0, or -EBADMSG naming the entry.
+ */
+struct criusec_image_kind {
+	const char *kind;
+	const char *pattern;
+	bool pagemap;
+};
+struct criusec_manifest_entry {
+	const char *kind;
+	const char *name;
+	uint64_t size;
+	const uint8_t *digest; /* digest_len bytes */
+	size_t digest_len;
+	const uint8_t *entries; /* entries_len bytes */
+	size_t entries_len;
+};
+int criusec_manifest_check(const struct criusec_manifest_entry *m, size_t n, bool v2,
+			   const struct criusec_image_kind *kinds, size_t n_kinds);
+/*
  * The digest of a pagemap image's entries, the same whether the dump sent
  * them to a page server or a restore parses them: new, add each entry in
  * order, then final (which frees it; NULL out only frees).

@@ -13,6 +13,7 @@
 #include <memory>
 #include <new>
 #include <string_view>
+#include <vector>
 
 #include "capi_internal.h"
 #include "capi_testing.h"
@@ -733,6 +734,29 @@ int criusec_stream_open_buf(struct criusec_ctx *ctx, const char *kind, const cha
 int criusec_name_matches(const char *pattern, const char *name)
 {
 	return pattern && name && name_matches(pattern, name) ? 1 : 0;
+}
+
+int criusec_manifest_check(const struct criusec_manifest_entry *m, size_t n, bool v2,
+			   const struct criusec_image_kind *kinds, size_t n_kinds)
+{
+	return guarded([&]() -> Status {
+		if ((n && !m) || (n_kinds && !kinds))
+			return invalid_argument("criusec_manifest_check: NULL table");
+		std::vector<ImageKind> k;
+		for (size_t i = 0; i < n_kinds; i++) {
+			if (!kinds[i].kind || !kinds[i].pattern)
+				return invalid_argument("criusec_manifest_check: a kind without a name or pattern");
+			k.push_back({ kinds[i].kind, kinds[i].pattern, kinds[i].pagemap });
+		}
+		std::vector<ManifestEntry> e;
+		for (size_t i = 0; i < n; i++) {
+			const criusec_manifest_entry &c = m[i];
+			if (!c.kind || !c.name || (c.digest_len && !c.digest) || (c.entries_len && !c.entries))
+				return invalid_argument("criusec_manifest_check: an entry without a kind or name");
+			e.push_back({ c.kind, c.name, c.size, { c.digest, c.digest_len }, { c.entries, c.entries_len } });
+		}
+		return check_manifest(e, v2, k);
+	});
 }
 
 struct criusec_pagemap_digest *criusec_pagemap_digest_new(uint64_t pages_id)

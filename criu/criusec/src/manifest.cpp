@@ -93,4 +93,24 @@ Status PagemapDigest::finish(Digest &out)
 	return hash_.finish(out);
 }
 
+Status check_manifest(std::span<const ManifestEntry> m, bool v2, std::span<const ImageKind> kinds)
+{
+	constexpr std::string_view img = "cipher-manifest.img";
+
+	for (const ManifestEntry &e : m) {
+		const ImageKind *k = nullptr;
+		for (const ImageKind &c : kinds)
+			if (c.kind == e.kind)
+				k = &c;
+		if (!k || !name_matches(k->pattern, e.name))
+			return bad_data(std::string(img) + ": \"" + std::string(e.name) +
+					"\" is not an image name of the kind " + std::string(e.kind));
+		bool digest_bad = v2 && e.digest.size() != kSha256Len && (!e.digest.empty() || e.size);
+		bool entries_bad = !e.entries.empty() && (e.entries.size() != kSha256Len || !k->pagemap);
+		if (digest_bad || entries_bad)
+			return bad_data(std::string(img) + ": malformed entry for " + std::string(e.name));
+	}
+	return {};
+}
+
 } /* namespace criusec */

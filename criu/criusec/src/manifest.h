@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "kdf.h"
@@ -21,6 +22,30 @@ namespace criusec {
  * "%%" a '%'; anything else must be equal.
  */
 bool name_matches(std::string_view pattern, std::string_view name) noexcept;
+
+/* An image kind of the writer's (CRIU's) table: the names of its images, and whether it is a pagemap. */
+struct ImageKind {
+	std::string_view kind;
+	std::string_view pattern;
+	bool pagemap = false;
+};
+
+/* One entry of a manifest, as read from cipher-manifest.img. */
+struct ManifestEntry {
+	std::string_view kind;
+	std::string_view name;
+	uint64_t size = 0;
+	std::span<const uint8_t> digest;  /* format 2: empty for an image a page server sealed */
+	std::span<const uint8_t> entries; /* a page server's pagemap: the digest of what it was sent */
+};
+
+/*
+ * The manifest's rules (section 10.6): every name a plain file name of
+ * its kind, the kind one of the writer's (kinds); in format 2 (v2) a
+ * digest of its length, or none with size 0; an entries digest only for
+ * a pagemap.  Errors name cipher-manifest.img and the entry.
+ */
+[[nodiscard]] Status check_manifest(std::span<const ManifestEntry> m, bool v2, std::span<const ImageKind> kinds);
 
 /*
  * SHA-256 over the entries of a pagemap image:

@@ -54,6 +54,39 @@ TEST(Names, PathsAreNeverNames)
 	EXPECT_EQ(criusec_name_matches(nullptr, "x"), 0);
 }
 
+TEST(Manifest, RulesOfTheWritersKinds)
+{
+	const criusec_image_kind kinds[] = {
+		{ "core-%u.img", "core-%u.img", false },
+		{ "pagemap-%lu.img", "pagemap-%lu.img", true },
+		{ "plugin", "%s", false },
+	};
+	uint8_t d[CRIUSEC_DIGEST_LEN] = {};
+	auto check = [&](criusec_manifest_entry e, bool v2 = true) {
+		return criusec_manifest_check(&e, 1, v2, kinds, std::size(kinds));
+	};
+
+	EXPECT_EQ(check({ "core-%u.img", "core-1.img", 10, d, sizeof(d), nullptr, 0 }), 0);
+	EXPECT_EQ(check({ "plugin", "amdgpu-kfd-1.img", 10, d, sizeof(d), nullptr, 0 }), 0);
+	/* sealed by a page server: no digest, no size, but the digest of its entries */
+	EXPECT_EQ(check({ "pagemap-%lu.img", "pagemap-2.img", 0, nullptr, 0, d, sizeof(d) }), 0);
+	/* format 1 records no digests */
+	EXPECT_EQ(check({ "core-%u.img", "core-1.img", 0, nullptr, 0, nullptr, 0 }, false), 0);
+
+	EXPECT_EQ(check({ "core-%u.img", "../core-1.img", 10, d, sizeof(d), nullptr, 0 }), -EBADMSG);
+	EXPECT_STREQ(criusec_last_error(),
+		     "cipher-manifest.img: \"../core-1.img\" is not an image name of the kind core-%u.img");
+	EXPECT_EQ(check({ "core-%u.img", "mm-1.img", 10, d, sizeof(d), nullptr, 0 }), -EBADMSG);
+	EXPECT_EQ(check({ "mm-%u.img", "mm-1.img", 10, d, sizeof(d), nullptr, 0 }), -EBADMSG); /* not a kind */
+	EXPECT_EQ(check({ "plugin", "/etc/shadow", 10, d, sizeof(d), nullptr, 0 }), -EBADMSG);
+	EXPECT_EQ(check({ "core-%u.img", "core-1.img", 10, d, 5, nullptr, 0 }), -EBADMSG);
+	EXPECT_STREQ(criusec_last_error(), "cipher-manifest.img: malformed entry for core-1.img");
+	EXPECT_EQ(check({ "core-%u.img", "core-1.img", 10, nullptr, 0, nullptr, 0 }), -EBADMSG); /* size, no digest */
+	EXPECT_EQ(check({ "core-%u.img", "core-1.img", 10, d, sizeof(d), d, sizeof(d) }), -EBADMSG); /* not a pagemap */
+	EXPECT_EQ(check({ "pagemap-%lu.img", "pagemap-2.img", 0, nullptr, 0, d, 3 }), -EBADMSG);
+	EXPECT_EQ(criusec_manifest_check(nullptr, 1, true, kinds, std::size(kinds)), -EINVAL);
+}
+
 std::string digest_of(uint64_t id, std::initializer_list<std::array<uint64_t, 3>> entries)
 {
 	auto *d = criusec_pagemap_digest_new(id);
