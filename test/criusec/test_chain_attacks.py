@@ -22,9 +22,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO, dir_digest, wait_gone
 
-from conftest import REPO, wait_gone
-from test_encrypt import dir_digest, keys  # noqa: F401 (keys is a fixture)
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))

@@ -1,47 +1,11 @@
 """criu dump --encrypt: no canary in any file criu wrote, state intact after
 restore, and every kind of damage refused cleanly."""
-import hashlib
 import os
 import pathlib
-import secrets
 import shutil
-import subprocess
 
 import pytest
-
-from conftest import REPO, wait_gone
-
-MAGIC = b"CRIUSEC\x01"
-# Page images are not streams: the page cipher encrypts each page in place
-# (test_pages.py); their tags are in pagetags-N.img streams.
-PAGE_PREFIX = "pages-"
-PLAINTEXT_BY_DESIGN = {"cipher.img", "stats-dump", "stats-restore", "dump.log", "restore.log"}
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    for name in ("alice", "bob", "mallory"):
-        subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(d), name], check=True,
-                       capture_output=True)
-    return {n: (str(d / f"{n}-cert.pem"), str(d / f"{n}-key.pem")) for n in ("alice", "bob", "mallory")}
-
-
-def new_canary():
-    return "CANARY-" + secrets.token_hex(16)
-
-
-def files_with(imgdir, needle):
-    hits = []
-    for p in pathlib.Path(imgdir).rglob("*"):
-        if p.is_file() and needle in p.read_bytes():
-            hits.append(p.name)
-    return hits
-
-
-def dir_digest(imgdir):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(pathlib.Path(imgdir).iterdir()) if p.is_file() and not p.name.endswith(".log")}
+from helpers import MAGIC, PAGE_PREFIX, PLAINTEXT_BY_DESIGN, damaged_copy, files_with, new_canary, refused
 
 
 def encrypted_dump(workloads, criu, tmp_path, keys, name="img", recipients=("alice",)):
@@ -89,31 +53,10 @@ def test_any_recipient_restores(workloads, criu, tmp_path, keys):
     assert wl.report() == "secrets OK"
 
 
-def refused(criu, img, pid, key, expect=None):
-    """Restore must fail, name what is wrong, leave no task and no image changed."""
-    before = dir_digest(img)
-    r = criu.restore(img, "--tls-key", key, check=False)
-    log = (img / "restore.log").read_text(errors="replace")
-    assert r.returncode != 0, "a damaged checkpoint was restored"
-    wait_gone([pid], timeout=10)
-    assert dir_digest(img) == before, "restore changed the images"
-    if expect:
-        assert expect in log, f"no {expect!r} in the error:\n{log[-2000:]}"
-    return log
-
-
 @pytest.fixture
 def pristine(workloads, criu, tmp_path, keys):
     wl, _, img = encrypted_dump(workloads, criu, tmp_path, keys, name="pristine")
     return wl, img
-
-
-def damaged_copy(tmp_path, img, tag):
-    dst = tmp_path / tag
-    shutil.copytree(img, dst, symlinks=True)
-    for log in dst.glob("*.log"):
-        log.unlink()
-    return dst
 
 
 def image_names(img):

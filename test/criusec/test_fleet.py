@@ -13,11 +13,9 @@ import time
 
 import pytest
 from cryptography import x509
+from helpers import (CRIU, DEFAULT_CONF, DEFAULT_TRUST, REPO, dir_digest, files_with, log_tail, new_canary,
+                     restore_refused, run_client)
 
-from conftest import CRIU, REPO
-from test_encrypt import dir_digest, files_with, new_canary
-from test_libcriu import client, log_tail, run_client  # noqa: F401 (client is a fixture)
-from test_signing import DEFAULT_CONF, DEFAULT_TRUST, refused
 
 KEYGEN = str(REPO / "pki" / "criusec-keygen")
 SRC = REPO / "build" / "src"
@@ -120,14 +118,14 @@ def trust_file():
 
 def test_two_nodes_of_one_ca_restore_each_others_checkpoints(workloads, criu, tmp_path, fleet, trust_file):
     """Only the CA is trusted (the default trust file): a's checkpoint for b restores on b, and
-    b's for a on a; a checkpoint signed by a node of another CA is refused."""
+    b's for a on a; a checkpoint signed by a node of another CA is restore_refused."""
     a, b, x = fleet["node-a"], fleet["node-b"], fleet["node-x"]
     trust_file(fleet["ca1"])
     wl_ab = dump_as(workloads, criu, tmp_path / "a-for-b", a, b)
     wl_ba = dump_as(workloads, criu, tmp_path / "b-for-a", b, a)
     wl_xb = dump_as(workloads, criu, tmp_path / "x-for-b", x, b)
 
-    refused(criu, tmp_path / "x-for-b", wl_xb.pid, "--tls-key", b.key, expect=["CN=node-x", "is not trusted"])
+    restore_refused(criu, tmp_path / "x-for-b", wl_xb.pid, "--tls-key", b.key, expect=["CN=node-x", "is not trusted"])
     criu.restore(tmp_path / "a-for-b", "--tls-key", b.key)
     assert "signed by CN=node-a (CA CN=criusec test ca1)" in (tmp_path / "a-for-b" / "restore.log").read_text()
     assert wl_ab.report() == "secrets OK"
@@ -150,13 +148,13 @@ def test_rotation_old_and_new_keys(workloads, criu, tmp_path, fleet):
     both = ["--tls-key", new.key, "--tls-key", old.key, "--trust", fleet["ca1"]]
 
     # One key alone: the other's checkpoint is not for it.
-    refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
+    restore_refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
             expect=["no recipient stanza", new.key])
-    refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
+    restore_refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
             expect=["no recipient stanza", old.key])
     # A checkpoint for neither: both keys are tried, and the error says none is a recipient.
     wl_b = dump_as(workloads, criu, tmp_path / "for-b", b, b)
-    refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
+    restore_refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
 
     criu.restore(tmp_path / "for-old", *both)
     log = (tmp_path / "for-old" / "restore.log").read_text()
@@ -179,7 +177,7 @@ def test_rotation_through_config_lines(workloads, criu, tmp_path, fleet):
     try:
         criu.restore(tmp_path / "for-old")
         assert wl_old.report() == "secrets OK"
-        refused(criu, tmp_path / "for-b", wl_b.pid, expect=["none of the 2 keys"])
+        restore_refused(criu, tmp_path / "for-b", wl_b.pid, expect=["none of the 2 keys"])
         criu.restore(tmp_path / "for-b", "--tls-key", b.key)
         assert f"unlocked with {b.key}" in (tmp_path / "for-b" / "restore.log").read_text()
         assert wl_b.report() == "secrets OK"
@@ -325,9 +323,9 @@ def token_checkpoint(workloads, criu, tmp_path, token, fleet):
 
 
 BAD_KEYS = {
-    "wrong PIN (pin-value)": (lambda t: f"{t.base}?pin-value=99999999", ["the token refused the PIN"]),
+    "wrong PIN (pin-value)": (lambda t: f"{t.base}?pin-value=99999999", ["the token restore_refused the PIN"]),
     "wrong PIN (pin-source)": (lambda t: f"{t.base}?pin-source={t.d / 'wrong-pin'}",
-                               ["the token refused the PIN", "wrong-pin"]),
+                               ["the token restore_refused the PIN", "wrong-pin"]),
     "no PIN": (lambda t: t.base, ["the token needs a PIN", "pin-source=FILE"]),
     "unreadable pin-source": (lambda t: f"{t.base}?pin-source={t.d / 'no-such-file'}",
                               ["pin-source", "no-such-file", "No such file"]),
@@ -343,7 +341,7 @@ def test_token_refusals_at_restore(criu, token, fleet, token_checkpoint, case):
     img, wl = token_checkpoint
     (token.d / "wrong-pin").write_text("11111111\n")
     url, expect = BAD_KEYS[case]
-    log = refused(criu, img, wl.pid, "--tls-key", url(token), "--trust", fleet["ca1"], expect=expect)
+    log = restore_refused(criu, img, wl.pid, "--tls-key", url(token), "--trust", fleet["ca1"], expect=expect)
     assert PIN not in log and "99999999" not in log
     criu.restore(img, "--tls-key", token.url, "--trust", fleet["ca1"])
     assert wl.report() == "secrets OK"
@@ -369,7 +367,7 @@ def test_token_refusals_at_dump_freeze_nothing(workloads, criu, tmp_path, token,
 
 
 def test_crit_refuses_a_token_url_clearly(criu, tmp_path, token, fleet, token_checkpoint):
-    """crit and pycriu have no PKCS#11: a URL alone is refused in one line; with the escrow's
+    """crit and pycriu have no PKCS#11: a URL alone is restore_refused in one line; with the escrow's
     PEM key beside it, they read the checkpoint."""
     img, wl = token_checkpoint
     crit = ["/usr/bin/python3", "-m", "crit"]  # Debian's, as a user runs it (test_crit.py)
@@ -507,7 +505,7 @@ def test_runc_with_the_key_in_a_token(tmp_path, system_token, fleet, trust_file)
         r = rc.run("restore", "-d", "--image-path", str(img), "-b", str(tmp_path / "bundle"), rc.id, check=False)
         assert r.returncode != 0
         log = (img / "restore.log").read_text()
-        assert "the token refused the PIN" in log and "99999999" not in log, log[-2000:]
+        assert "the token restore_refused the PIN" in log and "99999999" not in log, log[-2000:]
         assert dir_digest(img) == before
         assert rc.status() in (None, "stopped")
         rc.run("delete", "-f", rc.id, check=False)

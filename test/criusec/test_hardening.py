@@ -1,4 +1,4 @@
-"""Issue 11, each attack performed on real images: refused, with the genuine
+"""Issue 11, each attack performed on real images: restore_refused, with the genuine
 checkpoint still restoring.
 
 - a page server that rewrites the pagemap it sealed;
@@ -7,7 +7,7 @@ checkpoint still restoring.
 - secrets left in criu's memory, or in a core file, after a restore;
 - helpers criu starts inheriting another image's plaintext;
 - the fail-closed gaps under /etc/criu/encryption-required;
-- a refused --auto-dedup restore that punched pages already;
+- a restore_refused --auto-dedup restore that punched pages already;
 - recipient certificates that are expired, not yet valid or may not encipher.
 """
 import datetime
@@ -22,13 +22,10 @@ import sys
 import time
 
 import pytest
+from pki_util import FilePki
+from helpers import (CRIU, REPO, dump_through_page_server, hex_canary, lazy_restore, merged, needs_uffd, restore_refused,
+                     server_refused, start_page_server, wait_gone)
 
-from conftest import CRIU, REPO, wait_gone
-from test_canary_paths import canary_bin, key_pair, new_canary as hex_canary, run  # noqa: F401 (fixtures)
-from test_encrypt import keys  # noqa: F401 (keys is a fixture)
-from test_pages import (dump_through_page_server, memcanary, memcanary_bin, merged, needs_uffd,  # noqa: F401
-                        start_page_server)
-from test_signing import Pki, refused
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))
@@ -93,7 +90,7 @@ def test_manifest_names_are_not_paths(memcanary, criu, tmp_path, keys, attack):
     t = time.monotonic()
     expect = {"../fifo": "not an image name of the kind", "/etc/shadow": "not an image name of the kind",
               "symlink": "Too many levels of symbolic links", "fifo": "not a regular file"}[attack]
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[expect])
+    restore_refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[expect])
     assert time.monotonic() - t < 60, "the restore blocked"
     shutil.rmtree(img)
     shutil.copytree(keep, img)
@@ -146,7 +143,7 @@ def test_page_server_cannot_rewrite_the_pagemaps_it_sealed(memcanary, criu, tmp_
     del pm["entries"][1]
     (img / name).write_bytes(criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"], ck.kind_of(name),
                                                  name, images.dumps(pm)))
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1],
+    restore_refused(criu, img, wl.pid, "--tls-key", keys["alice"][1],
             expect=[f"{name}: its entries are not the ones the dump sent the page server"])
     restored(criu, wl, keep, keys)
 
@@ -330,7 +327,6 @@ def test_lazy_dump_without_tls_is_refused_when_required(memcanary, criu, tmp_pat
 @needs_uffd
 def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanary, criu, tmp_path, keys, marker):
     """A signed checkpoint, trusted everywhere (the marker requires it); only --tls is missing."""
-    from test_pages import lazy_restore, server_refused
     alice = keys["alice"]
     wl, _ = memcanary("lazy-ps")
     img = tmp_path / "img"
@@ -342,7 +338,7 @@ def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanar
     server_refused(wl, img, daemon, server, "serving decrypted pages needs --tls")
 
 
-# ---- 7. a refused --auto-dedup restore changes no byte ----
+# ---- 7. a restore_refused --auto-dedup restore changes no byte ----
 
 def test_refused_auto_dedup_restore_punches_nothing(memcanary, criu, tmp_path, keys):
     wl, _, img = genuine(memcanary, criu, tmp_path, keys)
@@ -353,7 +349,7 @@ def test_refused_auto_dedup_restore_punches_nothing(memcanary, criu, tmp_path, k
     data[-100] ^= 0x40
     (img / name).write_bytes(bytes(data))
     blocks = {p.name: p.stat().st_blocks for p in img.glob("pages-*.img")}
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], "--auto-dedup", expect=["failed authentication"])
+    restore_refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], "--auto-dedup", expect=["failed authentication"])
     assert {p.name: p.stat().st_blocks for p in img.glob("pages-*.img")} == blocks, "pages were punched"
     (img / name).write_bytes(good)
     restored(criu, wl, img, keys, "--auto-dedup")
@@ -363,7 +359,7 @@ def test_refused_auto_dedup_restore_punches_nothing(memcanary, criu, tmp_path, k
 # ---- 8. recipient certificates ----
 
 def test_recipient_certificates_are_checked(workloads, criu, tmp_path, keys):
-    pki = Pki(tmp_path)
+    pki = FilePki(tmp_path)
     now = datetime.datetime.utcnow()
     cases = {
         "expired": (pki.make("expired", not_before=now - datetime.timedelta(days=9),
@@ -408,5 +404,5 @@ def test_a_pagemap_must_cover_exactly_its_tagged_pages(memcanary, criu, tmp_path
                                                      else (n, k, sz, d) for n, k, sz, d in es])
     with pytest.raises(criusec.FormatError, match=f"{name}: covers .* pages, but pagetags-.* holds .* tags"):
         criusec.Checkpoint(img, keys=keys["alice"][1]).verify()
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[f"{name}: covers"])
+    restore_refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[f"{name}: covers"])
     restored(criu, wl, keep, keys)

@@ -3,56 +3,17 @@ before any restored task runs (hugetlb memory and shared memory too), and
 dedup and lazy pages still work."""
 import json
 import os
-import pathlib
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
+from helpers import (touched_and_killed, CRIU, REGIONS, REPO, biggest_pages, bind_to_parent, damaged_copy,
+                     dump_through_page_server, files_with, lazy_restore, lazy_restored, merged, needs_uffd,
+                     page_images, refused, remote_lazy_restore, server_refused)
 
-from conftest import CRIU, HERE, REPO, Workload, free_port, wait_gone
-from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
 
-REGIONS = ("heap", "stack", "shared", "memfd", "sysv")
 BIG_MIB = 256
-
-
-@pytest.fixture(scope="session")
-def memcanary_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "memcanary"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memcanary.c")],
-                   check=True)
-    return str(out)
-
-
-@pytest.fixture
-def memcanary(memcanary_bin, tmp_path):
-    started = []
-
-    def start(tag, big_mib=0, mode="memcanary", sysv=True):
-        wd = tmp_path / ("wl-" + tag)
-        wd.mkdir()
-        canary = new_canary()
-        env = {"CANARY": canary} if sysv else {"CANARY": canary, "NO_SYSV": "1"}
-        wl = Workload(memcanary_bin, mode, wd, (big_mib,) if big_mib else (), env)
-        started.append(wl)
-        assert wl.report() == f"{mode} OK {big_mib}"
-        return wl, canary
-
-    yield start
-    for wl in started:
-        wl.kill()
-
-
-def page_images(img):
-    return sorted(p for p in pathlib.Path(img).iterdir() if p.name.startswith("pages-"))
-
-
-def files_with(img, needle):
-    return [p.name for p in pathlib.Path(img).rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 def test_memory_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
@@ -90,10 +51,6 @@ def pristine(memcanary, criu, tmp_path, keys):
     img = tmp_path / "pristine"
     criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
     return wl, img
-
-
-def biggest_pages(img):
-    return max(page_images(img), key=lambda p: p.stat().st_size).name
 
 
 def test_refuses_flipped_bit_in_pages(pristine, criu, tmp_path, keys):
@@ -195,15 +152,6 @@ def test_dedup_then_restore(memcanary, criu, tmp_path, keys):
     assert wl.report() == "memcanary OK 0"
 
 
-def bind_to_parent(child, parent, key, signer=None):
-    """Make the full dump child an increment over parent: its header binds
-    parent (format 10.5), and its parent link points there."""
-    sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
-    from pycriu import criusec
-    criusec.Checkpoint(child, keys=key).reseal(signer=signer, parent=criusec.Checkpoint(parent, keys=key))
-    (child / "parent").symlink_to(os.path.relpath(parent, child))
-
-
 def test_dump_with_auto_dedup(memcanary, criu, tmp_path, keys):
     wl, canary = memcanary("autodedup")
     img = tmp_path / "img"
@@ -221,38 +169,6 @@ def flip_a_page(img):
     return name
 
 
-def key_args(key):
-    """--tls-key for a key, or for each of a list of keys (rotation)."""
-    return [a for k in ([key] if isinstance(key, str) else key) for a in ("--tls-key", k)]
-
-
-def lazy_restore(criu, img, key, tmp_path, *daemon_args, restore_args=()):
-    daemon = subprocess.Popen([CRIU, "lazy-pages", "-D", str(img), "-o", "lazy-pages.log", "-v4",
-                               *key_args(key), *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        sock = img / "lazy-pages.socket"
-        deadline = time.monotonic() + 20
-        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        r = criu.restore(img, "--lazy-pages", *key_args(key), *restore_args, check=False)
-        return r, daemon
-    except Exception:
-        daemon.kill()
-        raise
-
-
-needs_uffd = pytest.mark.skipif(not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"),
-                                reason="the kernel has no userfaultfd: lazy pages cannot run here")
-
-
-def lazy_restored(wl, img, r, daemon, report="memcanary OK 0"):
-    """The lazy restore succeeded, the task's memory is intact, the daemon sent it all."""
-    assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
-    assert wl.report() == report
-    assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
-
-
 @needs_uffd
 def test_lazy_pages(pristine, criu, tmp_path, keys):
     wl, img = pristine
@@ -261,24 +177,6 @@ def test_lazy_pages(pristine, criu, tmp_path, keys):
         lazy_restored(wl, img, r, daemon)
     finally:
         daemon.kill()
-
-
-def touched_and_killed(wl):
-    """Make the task read all its memory once the lazy-pages daemon gave up:
-    what never arrived is poisoned, so the task dies of SIGBUS and never
-    reports on memory that was never checked.  (If the daemon gave up before
-    the restore finished, the restore failed and killed it already.)"""
-    before = wl.read_status()
-    try:
-        os.kill(wl.pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
-    try:
-        wait_gone([wl.pid], timeout=20)
-    finally:
-        if os.path.exists(f"/proc/{wl.pid}"):
-            os.kill(wl.pid, signal.SIGKILL)
-    assert wl.read_status() == before, "the task ran on with memory that was never checked"
 
 
 @needs_uffd
@@ -313,27 +211,6 @@ def test_lazy_pages_apply_the_restore_policy(pristine, criu, tmp_path, keys):
         daemon.kill()
 
 
-def start_page_server(img, tmp_path, *args):
-    """criu page-server on a free port, once it listens."""
-    port = str(free_port())
-    server = subprocess.Popen([CRIU, "page-server", "-D", str(img), "-o", "page-server.log", "-v4",
-                               "--address", "127.0.0.1", "--port", port, *args], cwd=tmp_path,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and server.poll() is None:
-        if f":{int(port):04X}" in open("/proc/net/tcp").read():
-            break
-        time.sleep(0.05)
-    return server, port
-
-
-def remote_lazy_restore(criu, img, key, tmp_path, *server_args):
-    """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
-    server, port = start_page_server(img, tmp_path, "--lazy-pages", *key_args(key), *server_args)
-    r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
-    return r, daemon, server
-
-
 @needs_uffd
 def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, keys):
     wl, img = pristine
@@ -361,22 +238,6 @@ def test_remote_lazy_pages_with_several_keys(pristine, criu, tmp_path, keys):
         server.kill()
 
 
-def server_refused(wl, img, daemon, server, *expect):
-    """The page server serving a lazy restore refused (each of expect in its
-    log): the lazy-pages daemon gives up, and the task dies touching what
-    never arrived.  Both daemons are gone after."""
-    try:
-        assert server.wait(timeout=60) != 0, "the page server served what it must refuse"
-        log = (img / "page-server.log").read_text()
-        for e in expect:
-            assert e in log, log[-3000:]
-        daemon.wait(timeout=60)
-        touched_and_killed(wl)
-    finally:
-        daemon.kill()
-        server.kill()
-
-
 @needs_uffd
 def test_page_server_applies_the_restore_policy(pristine, criu, tmp_path, keys):
     """criu page-server --lazy-pages serving an unsigned checkpoint under --trust: no page leaves."""
@@ -399,39 +260,6 @@ def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, 
 # "sysv" canary in private memory: upstream CRIU cannot send SysV shm through
 # a TLS page server (its IPC namespace is dumped by a forked child, whose TLS
 # records the server cannot decrypt), encrypted or not.
-
-def tls_opts(keys):
-    cert, key = keys["alice"]
-    return ["--tls", "--tls-no-cn-verify", "--tls-cacert", cert, "--tls-cert", cert, "--tls-key", key]
-
-
-def dump_through_page_server(criu, wl, tmp_path, keys, tag, *dump_args, tls=True):
-    """Dump to DIR/dump with pages going to a page server writing DIR/srv."""
-    base = tmp_path / tag
-    base.mkdir()
-    srv, dump = base / "srv", base / "dump"
-    srv.mkdir()
-    server, port = start_page_server(srv, tmp_path, *(tls_opts(keys) if tls else []))
-    try:
-        r = criu.dump(wl, dump, "--page-server", "--address", "127.0.0.1", "--port", port,
-                      *(tls_opts(keys) if tls else []), *dump_args, check=False)
-        if r.returncode == 0:
-            assert server.wait(timeout=60) == 0, (srv / "page-server.log").read_text()[-3000:]
-    finally:
-        server.kill()
-        server.wait()
-    return r, srv, dump
-
-
-def merged(base, srv, dump):
-    """What an operator restores: the page server's images beside the dump's."""
-    img = base / "merged"
-    img.mkdir()
-    for d in (srv, dump):
-        for p in d.iterdir():
-            if p.name.endswith(".img"):
-                shutil.copy2(p, img / p.name)
-    return img
 
 
 def test_page_server_dump_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):

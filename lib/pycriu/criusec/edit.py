@@ -88,7 +88,7 @@ class Editor:
         ids = [int(m.group(1)) for m in map(PAGES_RE.match, os.listdir(ck.dir)) if m]
         pid = old if old is not None and not ck.encrypted else max(ids + [old or 0, 0]) + 1
         name = "pages-%d.img" % pid
-        pc = ck._page_cipher(name) if ck.encrypted else None
+        pc = ck._memory.page_cipher(name) if ck.encrypted else None
         data, tags, index = [], [], 0
         for vaddr, nr, flags in entries:
             if not flags & PE_PRESENT or flags & PE_PARENT:

@@ -54,7 +54,8 @@ class PageReader:
                     return name
         raise CriusecError("pages-%d.img: no pagemap image refers to it" % pages_id)
 
-    def _page_cipher(self, name):
+    def page_cipher(self, name):
+        """The page cipher of the page image `name` (its key from the checkpoint's)."""
         ck = self.ck
         h = ck.header
         return PageCipher(ck.prk, name, h["ckpt_id"], h["aead"], h.get("compress") or 0)
@@ -105,7 +106,7 @@ class PageReader:
                     raise FormatError("%s: truncated (%d bytes, page %d wanted)" % (name, size, index + n - 1))
                 return data
             tags = self._page_tags(pages_id, size)
-            pc = self._page_cipher(name)
+            pc = self.page_cipher(name)
             if not pc.compress:
                 if index + n > len(tags) // PAGE_TAG_LEN:
                     raise FormatError("%s: page %d is not in the checkpoint" % (name, index + n - 1))
