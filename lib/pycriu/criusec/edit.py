@@ -50,7 +50,7 @@ class Editor:
             raise CriusecError("%s: not an image of this checkpoint; give its kind to add it" % name)
         if e is None and (kind_pattern(kind) is None or not name_matches(kind_pattern(kind), name)):
             # what criu and Checkpoint.manifest() would refuse once sealed
-            raise CriusecError("%s: not an image name of the kind %s" % (name, kind))
+            raise CriusecError("%s is not an image name of the kind %s" % (name, kind))
         kind = e[0] if e is not None else kind
         h = ck.header
         sealed = stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"], kind, name, plaintext,

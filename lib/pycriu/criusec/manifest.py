@@ -73,7 +73,7 @@ IMAGE_KINDS = frozenset((
     "rlimit-%u.img", "signal-s-%u.img", "signal-p-%u.img", "tunfile.img", "cgroup.img", "timerfd.img",
     "cpuinfo.img", "seccomp.img", "userns-%u.img", "netns-ct-%u.img", "netns-exp-%u.img", "files.img",
     "timens-%u.img", "pidns-%u.img", "bpfmap-file.img", "bpfmap-data.img", "apparmor.img", "pidfd.img",
-    "cipher-manifest.img", "irmap-cache.img",
+    "cipher-manifest.img", "irmap-cache",  # irmap-cache: its template has no .img
 ))
 
 
