@@ -118,7 +118,7 @@ def trust_file():
 
 def test_two_nodes_of_one_ca_restore_each_others_checkpoints(workloads, criu, tmp_path, fleet, trust_file):
     """Only the CA is trusted (the default trust file): a's checkpoint for b restores on b, and
-    b's for a on a; a checkpoint signed by a node of another CA is restore_refused."""
+    b's for a on a; a checkpoint signed by a node of another CA is refused."""
     a, b, x = fleet["node-a"], fleet["node-b"], fleet["node-x"]
     trust_file(fleet["ca1"])
     wl_ab = dump_as(workloads, criu, tmp_path / "a-for-b", a, b)
@@ -323,9 +323,9 @@ def token_checkpoint(workloads, criu, tmp_path, token, fleet):
 
 
 BAD_KEYS = {
-    "wrong PIN (pin-value)": (lambda t: f"{t.base}?pin-value=99999999", ["the token restore_refused the PIN"]),
+    "wrong PIN (pin-value)": (lambda t: f"{t.base}?pin-value=99999999", ["the token refused the PIN"]),
     "wrong PIN (pin-source)": (lambda t: f"{t.base}?pin-source={t.d / 'wrong-pin'}",
-                               ["the token restore_refused the PIN", "wrong-pin"]),
+                               ["the token refused the PIN", "wrong-pin"]),
     "no PIN": (lambda t: t.base, ["the token needs a PIN", "pin-source=FILE"]),
     "unreadable pin-source": (lambda t: f"{t.base}?pin-source={t.d / 'no-such-file'}",
                               ["pin-source", "no-such-file", "No such file"]),
@@ -367,7 +367,7 @@ def test_token_refusals_at_dump_freeze_nothing(workloads, criu, tmp_path, token,
 
 
 def test_crit_refuses_a_token_url_clearly(criu, tmp_path, token, fleet, token_checkpoint):
-    """crit and pycriu have no PKCS#11: a URL alone is restore_refused in one line; with the escrow's
+    """crit and pycriu have no PKCS#11: a URL alone is refused in one line; with the escrow's
     PEM key beside it, they read the checkpoint."""
     img, wl = token_checkpoint
     crit = ["/usr/bin/python3", "-m", "crit"]  # Debian's, as a user runs it (test_crit.py)
@@ -505,7 +505,7 @@ def test_runc_with_the_key_in_a_token(tmp_path, system_token, fleet, trust_file)
         r = rc.run("restore", "-d", "--image-path", str(img), "-b", str(tmp_path / "bundle"), rc.id, check=False)
         assert r.returncode != 0
         log = (img / "restore.log").read_text()
-        assert "the token restore_refused the PIN" in log and "99999999" not in log, log[-2000:]
+        assert "the token refused the PIN" in log and "99999999" not in log, log[-2000:]
         assert dir_digest(img) == before
         assert rc.status() in (None, "stopped")
         rc.run("delete", "-f", rc.id, check=False)

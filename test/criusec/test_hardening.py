@@ -1,4 +1,4 @@
-"""Issue 11, each attack performed on real images: restore_refused, with the genuine
+"""Issue 11, each attack performed on real images: refused, with the genuine
 checkpoint still restoring.
 
 - a page server that rewrites the pagemap it sealed;
@@ -7,7 +7,7 @@ checkpoint still restoring.
 - secrets left in criu's memory, or in a core file, after a restore;
 - helpers criu starts inheriting another image's plaintext;
 - the fail-closed gaps under /etc/criu/encryption-required;
-- a restore_refused --auto-dedup restore that punched pages already;
+- a refused --auto-dedup restore that punched pages already;
 - recipient certificates that are expired, not yet valid or may not encipher.
 """
 import datetime
@@ -23,8 +23,8 @@ import time
 
 import pytest
 from pki_util import FilePki
-from helpers import (CRIU, REPO, dump_through_page_server, hex_canary, lazy_restore, merged, needs_uffd, restore_refused,
-                     server_refused, start_page_server, wait_gone)
+from helpers import (CRIU, REPO, dump_through_page_server, hex_canary, lazy_restore, merged, needs_uffd,
+                     restore_refused, server_refused, start_page_server, wait_gone)
 
 
 SRC = REPO / "build" / "src"
@@ -338,7 +338,7 @@ def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanar
     server_refused(wl, img, daemon, server, "serving decrypted pages needs --tls")
 
 
-# ---- 7. a restore_refused --auto-dedup restore changes no byte ----
+# ---- 7. a refused --auto-dedup restore changes no byte ----
 
 def test_refused_auto_dedup_restore_punches_nothing(memcanary, criu, tmp_path, keys):
     wl, _, img = genuine(memcanary, criu, tmp_path, keys)

@@ -1,7 +1,7 @@
 """Signed checkpoints and the restore policy (format 2): a checkpoint forged
 with only the recipient's public certificate, a plaintext one, one without
 cipher.img, one signed by an untrusted or expired signer, or too old, is
-restore_refused before any task runs, with nothing changed; the genuine signed
+refused before any task runs, with nothing changed; the genuine signed
 checkpoint restores.  Through the command line, a config file, the default
 trust file, the encryption-required marker, swrk RPC and libcriu."""
 import datetime
@@ -190,7 +190,7 @@ def test_unusable_signing_identities_are_refused_before_anything_is_frozen(workl
         assert r.returncode != 0, f"case {i}: dumped with an unusable signing identity"
         assert expect in log, f"case {i}: no {expect!r} in:\n{log[-2000:]}"
         assert "Freezing" not in log and "Seizing" not in log, f"case {i}: the task was frozen first"
-        assert os.path.exists(f"/proc/{wl.pid}"), "a restore_refused dump must leave the task running"
+        assert os.path.exists(f"/proc/{wl.pid}"), "a refused dump must leave the task running"
 
 
 def test_signer_expired_since_the_dump_is_refused(workloads, criu, tmp_path, pki):
@@ -297,7 +297,7 @@ def test_config_file_lines(workloads, criu, tmp_path, keys):
         criu.dump(wl, tmp_path / "img")
         assert (tmp_path / "img" / "cipher.img").exists()
         assert "Signing as CN=criusec" in (tmp_path / "img" / "dump.log").read_text()
-        # A checkpoint the attacker made for alice is restore_refused by the same config.
+        # A checkpoint the attacker made for alice is refused by the same config.
         DEFAULT_CONF.write_text(f"encrypt\ntls-cert {alice[0]}\nsign-key {mallory[1]}\nsign-cert {mallory[0]}\n")
         evil = workloads("secrets", env={"CANARY": new_canary()})
         criu.dump(evil, tmp_path / "evil")

@@ -44,13 +44,13 @@ Every failure raises ``CriusecError`` (or a subclass) whose message starts
 with the name of the image at fault (cipher.img for the header).
 """
 from .common import (  # noqa: F401
-    HAVE_CRYPTOGRAPHY, MAGIC, STREAM_HEADER_LEN, TAG_LEN, ID_LEN, FPR_LEN, MAC_LEN, MK_LEN, DIGEST_LEN, PAGE_SIZE, PAGE_TAG_LEN,
-    MAX_COUNTER, AEAD_NAMES, SIG_ALGS, MAX_SIGNER_CERTS, MAX_CERT_LEN, MAX_SIG_LEN, FUTURE_SLACK, V2_FIELDS,
-    COMPRESS_NAMES, STREAM_BLOCK, STORED_FLAG, REGION_PAGES, MAX_REGION_PAGES, DEFAULT_KEY, TRUSTED_SIGNERS,
-    REQUIRED_MARKER, CIPHER_IMG, MANIFEST_IMG, MANIFEST_KIND, PAGE_TAGS_KIND, PLUGIN_KIND, PLAIN_BY_DESIGN,
-    PAGES_RE, HOW_TO_TRUST, HOW_TO_SIGN, HOW_TO_ENCRYPT, PE_PARENT, PE_LAZY, PE_PRESENT, CriusecError,
-    FormatError, EncryptedImageError, PrivateKeyError, PolicyError, UntrustedSignerError, _need_crypto, _b,
-    _label, _exists, _now, _utc, replace_file, _hex)
+    HAVE_CRYPTOGRAPHY, MAGIC, STREAM_HEADER_LEN, TAG_LEN, ID_LEN, FPR_LEN, MAC_LEN, MK_LEN, DIGEST_LEN, PAGE_SIZE,
+    PAGE_TAG_LEN, MAX_COUNTER, AEAD_NAMES, SIG_ALGS, MAX_SIGNER_CERTS, MAX_CERT_LEN, MAX_SIG_LEN, FUTURE_SLACK,
+    V2_FIELDS, COMPRESS_NAMES, STREAM_BLOCK, STORED_FLAG, REGION_PAGES, MAX_REGION_PAGES, DEFAULT_KEY,
+    TRUSTED_SIGNERS, REQUIRED_MARKER, CIPHER_IMG, MANIFEST_IMG, MANIFEST_KIND, PAGE_TAGS_KIND, PLUGIN_KIND,
+    PLAIN_BY_DESIGN, PAGES_RE, HOW_TO_TRUST, HOW_TO_SIGN, HOW_TO_ENCRYPT, PE_PARENT, PE_LAZY, PE_PRESENT,
+    CriusecError, FormatError, EncryptedImageError, PrivateKeyError, PolicyError, UntrustedSignerError,
+    _need_crypto, _b, _label, _exists, _now, _utc, replace_file, _hex)
 from .kdf import (  # noqa: F401
     prk_of, derive)
 from .keys import (  # noqa: F401
@@ -64,8 +64,8 @@ from .policy import (  # noqa: F401
     Policy)
 from .header import (  # noqa: F401
     _recipients, canonical, canonical2, mac_input, header_mac, parent_binding, valid_chunk_size, check_header,
-    import_header, recipient_stanza, new_header, _set_parent, seal_header, _one_entry, _image_of,
-    decode_cipher_img, encode_cipher_img, read_cipher_img)
+    import_header, recipient_stanza, new_header, _set_parent, seal_header, _one_entry, _image_of, decode_cipher_img,
+    encode_cipher_img, read_cipher_img)
 from .compress import (  # noqa: F401
     BlockCodec, blocks_encode, blocks_decode)
 from .stream import (  # noqa: F401
