@@ -1,4 +1,4 @@
-"""Shared fixtures for criusec's integration tests.
+"""Shared fixtures for criusec's integration tests (their helpers are in helpers.py).
 
 Workloads run as children of the test process, which is made a child
 subreaper so that restored trees (re-parented when ``criu restore -d``
@@ -11,12 +11,13 @@ import pathlib
 import subprocess
 
 import pytest
-
-from hermetic import private_config_dirs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, new_canary
+from hermetic import private_config_dirs
+from helpers import (CHAIN_MIB, HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, chain_dump, make_increment,
+                     new_canary)
+from pycriu import criusec  # noqa: E402 (helpers puts build/src/lib on sys.path)
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -161,3 +162,26 @@ def rsa_keys(tmp_path_factory):
                                          serialization.NoEncryption()))
         out[name] = (k, str(path))
     return out
+
+
+@pytest.fixture
+def chain(workloads, criu, tmp_path, keys):
+    """A genuine signed chain a <- b of one process (16 MiB of checked memory), and
+    tmp_path/other, a third checkpoint of it."""
+    wl = workloads("memory", CHAIN_MIB)
+    a, b = tmp_path / "a", tmp_path / "b"
+    chain_dump(criu, wl, a, keys, leave_running=True)
+    chain_dump(criu, wl, tmp_path / "other", keys, leave_running=True)
+    chain_dump(criu, wl, b, keys)
+    signer = criusec.Signer.from_files(keys["alice"][1], keys["alice"][0])
+    moved = make_increment(b, a, wl.pid, keys["alice"][1], signer)
+    assert moved * criusec.PAGE_SIZE >= (CHAIN_MIB << 20) // 2
+    return wl, a, b, signer
+
+
+@pytest.fixture
+def mem_pristine(memcanary, criu, tmp_path, keys):
+    wl, _ = memcanary("pristine")
+    img = tmp_path / "pristine"
+    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
+    return wl, img

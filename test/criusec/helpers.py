@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import importlib
 import io
+import json
 import os
 import pathlib
 import secrets
@@ -19,6 +20,7 @@ import sys
 import time
 
 import pytest
+
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -635,3 +637,209 @@ class Synth:
         (self.dir / name).write_bytes(sealed)
         if listed:
             self.manifest.append((kind, name, len(sealed), pt))
+
+
+# ---- attacks ----
+
+def encrypted_dump(workloads, criu, tmp_path, keys, name="img", recipients=("alice",)):
+    canary = new_canary()
+    wl = workloads("secrets", env={"CANARY": canary})
+    assert wl.report() == "secrets OK"
+    args = ["--encrypt"]
+    for r in recipients:
+        args += ["--tls-cert", keys[r][0]]
+    criu.dump(wl, tmp_path / name, *args)
+    return wl, canary, tmp_path / name
+
+
+def enc_args(keys, who="alice"):
+    return ["--encrypt", "--tls-cert", keys[who][0]]
+
+
+def genuine(memcanary, criu, tmp_path, keys, tag="g", name="img"):
+    """An encrypted checkpoint of the memcanary workload (heap, stack, shared memory, memfd, SysV shm)."""
+    wl, canary = memcanary(tag)
+    img = tmp_path / name
+    criu.dump(wl, img, *enc_args(keys))
+    return wl, canary, img
+
+
+def restored(criu, wl, img, keys, *args):
+    criu.restore(img, "--tls-key", keys["alice"][1], *args)
+    assert wl.report() == "memcanary OK 0"
+
+
+def edit_manifest(img, key, edit):
+    """As a key holder can: the manifest rewritten by edit([(name, kind, size, digest)]), sealed
+    again, and the header that records its digest made anew (unsigned)."""
+    ck = criusec.Checkpoint(img, keys=key)
+    ck.unlock()
+    h = ck.header
+    entries = edit(criusec.decode_manifest(ck.read(criusec.MANIFEST_IMG)))
+    mpt = criusec.encode_manifest(entries)
+    (img / criusec.MANIFEST_IMG).write_bytes(criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"],
+                                                                 criusec.MANIFEST_KIND, criusec.MANIFEST_IMG, mpt))
+    nh = criusec.new_header(ck.mk, h["ckpt_id"], h["recipients"], h["aead"], h["chunk_size"],
+                            manifest_digest=hashlib.sha256(mpt).digest())
+    criusec.seal_header(nh, ck.mk)
+    (img / criusec.CIPHER_IMG).write_bytes(criusec.encode_cipher_img(nh))
+
+
+def sign_args(cert, key):
+    return ["--sign-key", key, "--sign-cert", cert]
+
+
+def signed_dump(workloads, criu, img, recipient_cert, signer=None, extra=()):
+    """A workload holding a canary, dumped encrypted for recipient_cert, signed by signer (cert, key)."""
+    canary = new_canary()
+    wl = workloads("secrets", env={"CANARY": canary})
+    assert wl.report() == "secrets OK"
+    args = ["--encrypt", "--tls-cert", recipient_cert, *extra]
+    if signer:
+        args += sign_args(*signer)
+    criu.dump(wl, img, *args)
+    assert files_with(img, canary.encode()) == []
+    return wl
+
+
+def swap_in(genuine, forged):
+    """Put forged's files in place of the genuine checkpoint's (as an attacker with write access would)."""
+    for p in genuine.iterdir():
+        if p.is_file():
+            p.unlink()
+    for p in forged.iterdir():
+        if p.is_file() and not p.name.endswith(".log"):
+            shutil.copy2(p, genuine / p.name)
+
+
+def flip_in(path, off):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)
+        f.seek(off)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+CHAIN_MIB = 16
+
+
+def chain_dump(criu, wl, img, keys, *extra, leave_running=False):
+    alice = keys["alice"]
+    args = ["--encrypt", "--tls-cert", alice[0], *sign_args(*alice), *extra]
+    if leave_running:
+        criu.run("dump", img, "-t", wl.pid, "--leave-running", *args)
+    else:
+        criu.dump(wl, img, *args)
+
+
+def big_entries(ck, pagemap):
+    """The biggest present pagemap entries (the workload's memory; CRIU cuts it into pieces)."""
+    _, entries = ck.pagemap(pagemap)
+    present = [e for e in entries if e[2] & criusec.PE_PRESENT and not e[2] & criusec.PE_PARENT]
+    most = max(e[1] for e in present)
+    return {e for e in present if e[1] == most}
+
+
+def to_parent(ck, pagemap, moved):
+    """Rewrite pagemap with the entries moved marked "in parent" (their pages leave the child)."""
+    pages = dict(ck.pages(pagemap))
+    _, entries = ck.pagemap(pagemap)
+    ck.write_pages(pagemap, [(v, n, criusec.PE_PARENT if (v, n, f) in moved else f) for v, n, f in entries], pages)
+
+
+def make_increment(child, parent, pid, key, signer=None, parent_ck=None, bind=True):
+    """Turn the full dump `child` into an increment over `parent`: the biggest
+    region of its memory is taken from the parent (where it must be the same).
+    bind=False: only the pagemap edit and the link (a plaintext child)."""
+    pm = f"pagemap-{pid}.img"
+    ck = criusec.Checkpoint(child, keys=key)
+    par = parent_ck or criusec.Checkpoint(parent, keys=key)
+    moved = big_entries(ck, pm)
+    if bind:
+        for v, n, _ in moved:
+            end = v + n * criusec.PAGE_SIZE
+            assert dict(par.pages(pm, v, end)) == dict(ck.pages(pm, v, end)), "the memory changed between the dumps"
+    to_parent(ck, pm, moved)
+    if ck.encrypted:
+        ck.reseal(signer=signer, parent=par if bind else None)
+    link = pathlib.Path(child) / "parent"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(os.path.relpath(parent, child))
+    return sum(n for _, n, _ in moved)
+
+
+def refused_everywhere(criu, img, pid, keys, expect, crit_expect):
+    """criu restore (expect in its log), crit (crit_expect in its one-line
+    error) and pycriu all refuse the chain ending in img."""
+    alice = keys["alice"]
+    dirs = [img, img / "parent"]
+    before = {d: dir_digest(d) for d in dirs}
+    r = criu.restore(img, "--tls-key", alice[1], check=False)
+    log = (img / "restore.log").read_text(errors="replace")
+    assert r.returncode != 0, f"the chain was restored:\n{log[-3000:]}"
+    assert expect in log, f"no {expect!r} in:\n{log[-3000:]}"
+    # Only the child's images were read: the parent was refused on its header.
+    assert log.count("images of the checkpoint authenticated") <= 1, log[-3000:]
+    wait_gone([pid], timeout=10)
+    c = crit("x", img, "mems", "--pid", pid, "--pages", "0-ffffffffffff", "--tls-key", alice[1], check=False)
+    assert c.returncode != 0 and "Traceback" not in c.stderr, c.stderr
+    assert crit_expect in c.stderr, c.stderr
+    ck = criusec.Checkpoint(img, keys=alice[1])
+    with pytest.raises(criusec.CriusecError, match=crit_expect):
+        dict(ck.pages(f"pagemap-{pid}.img"))
+    for d in dirs:
+        after = dir_digest(d)
+        after.pop("restore.log", None)
+        before[d].pop("restore.log", None)
+        assert after == before[d], f"{d} changed"
+    return log
+
+
+def attackers_dump(workloads, criu, tmp_path, keys, name):
+    """The attacker's own process, dumped for alice (public certificate) and
+    for the attacker, who can then edit it with pycriu: a checkpoint alice's
+    key opens, made without it."""
+    wl = workloads("memory", CHAIN_MIB)
+    img = tmp_path / name
+    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0], "--tls-cert", keys["mallory"][0])
+    return wl, img
+
+
+def load_cert(path):
+    from cryptography import x509
+    return x509.load_pem_x509_certificate(pathlib.Path(path).read_bytes())
+
+
+def clone_as(src, dst_dir, recipients, key, ckpt_id):
+    """Every image of the checkpoint src re-encrypted in a new checkpoint with the given id."""
+    dst = criusec.Checkpoint.create(dst_dir, recipients, keys=key, ckpt_id=ckpt_id)
+    pagemaps = []
+    for kind, name in src.manifest():
+        if name.startswith("pagemap-"):
+            pagemaps.append((kind, name))
+        elif kind != criusec.PAGE_TAGS_KIND:
+            dst.write_image(name, src.read(name), kind)
+    for kind, name in pagemaps:
+        dst.write_pages(name, src.pagemap(name)[1], dict(src.pages(name)), kind=kind,
+                        magic_name=src.load(name)["magic"])
+    dst.reseal()
+    return dst
+
+
+def flip_a_page(img):
+    name = biggest_pages(img)
+    data = bytearray((img / name).read_bytes())
+    data[len(data) // 2 + 5] ^= 0x04
+    (img / name).write_bytes(bytes(data))
+    return name
+
+
+def crit_decode(img, key=None):
+    src = REPO / "build" / "src"
+    env = dict(os.environ, PYTHONPATH=f"{src / 'lib'}:{src / 'crit'}")
+    r = subprocess.run(["/usr/bin/python3", "-m", "crit", "decode", "-i", str(img),
+                        *(["--tls-key", key] if key else [])],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"crit decode {img}: {r.stderr}"
+    return json.loads(r.stdout)["entries"]

@@ -149,9 +149,9 @@ def test_rotation_old_and_new_keys(workloads, criu, tmp_path, fleet):
 
     # One key alone: the other's checkpoint is not for it.
     restore_refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
-            expect=["no recipient stanza", new.key])
+                    expect=["no recipient stanza", new.key])
     restore_refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
-            expect=["no recipient stanza", old.key])
+                    expect=["no recipient stanza", old.key])
     # A checkpoint for neither: both keys are tried, and the error says none is a recipient.
     wl_b = dump_as(workloads, criu, tmp_path / "for-b", b, b)
     restore_refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
