@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hermetic import private_config_dirs
 from helpers import (CHAIN_MIB, HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, chain_dump, make_increment,
                      new_canary)
-from pycriu import criusec  # noqa: E402 (helpers puts build/src/lib on sys.path)
+from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
 PR_SET_CHILD_SUBREAPER = 36
 

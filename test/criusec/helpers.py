@@ -296,8 +296,6 @@ def biggest_pages(img):
 def bind_to_parent(child, parent, key, signer=None):
     """Make the full dump child an increment over parent: its header binds
     parent (format 10.5), and its parent link points there."""
-    sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
-    from pycriu import criusec
     criusec.Checkpoint(child, keys=key).reseal(signer=signer, parent=criusec.Checkpoint(parent, keys=key))
     (child / "parent").symlink_to(os.path.relpath(parent, child))
 

@@ -24,7 +24,7 @@ import pytest
 
 from helpers import (CRIU, PLAINTEXT_BY_DESIGN, biggest_pages, crit_decode, damaged_copy, edit_manifest,
                      encrypted_dump, flip_in, genuine, new_canary, refused, restore_refused, restored, wait_gone)
-from pycriu import criusec  # noqa: E402 (helpers puts build/src/lib on sys.path)
+from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import (CHAIN_MIB, SRC, attackers_dump, big_entries, clone_as, load_cert, refused_everywhere,
                      restore_refused, signed_dump, swap_in, to_parent)
-from pycriu import criusec  # noqa: E402 (helpers puts build/src/lib on sys.path)
+from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
 
 @pytest.mark.parametrize("how", ["unsigned", "signed by the attacker"])

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import (damaged_copy, dump_through_page_server, enc_args, flip_a_page, merged, refused, restore_refused,
                      restored)
-from pycriu import criusec  # noqa: E402 (helpers puts build/src/lib on sys.path)
+from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
 
 def test_page_server_cannot_rewrite_the_pagemaps_it_sealed(memcanary, criu, tmp_path, keys):
