@@ -1,4 +1,4 @@
-"""Shared fixtures for criusec's integration tests.
+"""Shared fixtures for criusec's integration tests (their helpers are in helpers.py).
 
 Workloads run as children of the test process, which is made a child
 subreaper so that restored trees (re-parented when ``criu restore -d``
@@ -8,19 +8,17 @@ killed and reaped at teardown, whatever the test's outcome.
 import ctypes
 import os
 import pathlib
-import signal
-import socket
 import subprocess
-import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hermetic import private_config_dirs
+from helpers import (CHAIN_MIB, HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, chain_dump, make_increment,
+                     new_canary)
+from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-CRIU = os.environ.get("CRIU") or str(REPO / "build" / "src" / "criu" / "criu")
-CRIU_TIMEOUT = 180
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -44,139 +42,6 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs root: criu dump/restore of real processes")
         for item in items:
             item.add_marker(skip)
-
-
-def reap_all():
-    """Reap every zombie child (including re-parented grandchildren)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pids, timeout=20):
-    """Wait until no pid of the list exists, not even as a zombie: a restore
-    of a pid that is still a zombie fails with 'File exists'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reap_all()
-        if not any(os.path.exists(f"/proc/{p}") for p in pids):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pids {pids} still exist after {timeout}s")
-
-
-def tree_pids(root):
-    """The root and all its descendants."""
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except FileNotFoundError:
-            pass
-    return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Workload:
-    def __init__(self, binary, mode, workdir, args=(), env=None):
-        self.mode = mode
-        self.workdir = pathlib.Path(workdir)
-        self.status_path = self.workdir / f"{mode}.status"
-        self.log = open(self.workdir / f"{mode}.log", "w")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        # A new session, no terminal: criu needs no --shell-job.
-        self.proc = subprocess.Popen(
-            [binary, mode, str(self.status_path), *map(str, args)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-            cwd=self.workdir, env=full_env, start_new_session=True)
-        self.pid = self.proc.pid
-        self.last = self.wait_status(lambda s: "ready" in s, "ready")
-
-    def read_status(self):
-        try:
-            return self.status_path.read_text()
-        except FileNotFoundError:
-            return ""
-
-    def wait_status(self, pred, what, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s = self.read_status()
-            if s and pred(s):
-                return s
-            if self.proc.poll() is not None and not pid_alive(self.pid):
-                raise AssertionError(f"{self.mode} exited ({self.proc.returncode}) waiting for {what}")
-            time.sleep(0.02)
-        raise AssertionError(f"{self.mode}: no {what} in {timeout}s (status {self.read_status()!r})")
-
-    def report(self):
-        """Ask for a fresh report (SIGUSR1) and return its payload."""
-        before = self.read_status().split(" ", 1)[0]
-        os.kill(self.pid, signal.SIGUSR1)
-        s = self.wait_status(lambda s: s.split(" ", 1)[0] != before, "report")
-        return s.split(" ", 1)[1]
-
-    def kill(self):
-        for p in tree_pids(self.pid):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except Exception:
-            pass
-        reap_all()
-        self.log.close()
-
-
-class Criu:
-    def __init__(self, workdir):
-        self.workdir = pathlib.Path(workdir)
-
-    def run(self, action, imgdir, *args, check=True):
-        imgdir = pathlib.Path(imgdir)
-        imgdir.mkdir(parents=True, exist_ok=True)
-        log = f"{action}.log"
-        cmd = [CRIU, action, "-D", str(imgdir), "-o", log, "-v4", *map(str, args)]
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=CRIU_TIMEOUT, cwd=self.workdir)
-        if check and r.returncode != 0:
-            tail = (imgdir / log).read_text()[-4000:] if (imgdir / log).exists() else ""
-            raise AssertionError(f"criu {action} failed ({r.returncode}): {r.stderr}\n{tail}")
-        return r
-
-    def dump(self, wl, imgdir, *args, check=True):
-        pids = tree_pids(wl.pid)
-        r = self.run("dump", imgdir, "-t", wl.pid, *args, check=check)
-        if r.returncode == 0:
-            wait_gone(pids)
-        return r
-
-    def restore(self, imgdir, *args, check=True):
-        return self.run("restore", imgdir, "-d", *args, check=check)
 
 
 @pytest.fixture(scope="session")
@@ -208,3 +73,115 @@ def workloads(workload_bin, tmp_path):
 @pytest.fixture
 def criu(tmp_path):
     return Criu(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    for name in ("alice", "bob", "mallory"):
+        subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(d), name], check=True,
+                       capture_output=True)
+    return {n: (str(d / f"{n}-cert.pem"), str(d / f"{n}-key.pem")) for n in ("alice", "bob", "mallory")}
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("canary-keys")
+    subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(d), "k"], check=True, capture_output=True)
+    return str(d / "k-cert.pem"), str(d / "k-key.pem")
+
+
+@pytest.fixture(scope="session")
+def canary_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("canary-bin") / "canary"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out),
+                    str(HERE / "workloads" / "canary.c")], check=True)
+    return str(out)
+
+
+@pytest.fixture
+def run(request, tmp_path, canary_bin, key_pair):
+    r = Run(tmp_path, canary_bin, key_pair, getattr(request, "param", None))
+    yield r
+    r.kill()
+
+
+@pytest.fixture(scope="session")
+def memcanary_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bin") / "memcanary"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memcanary.c")],
+                   check=True)
+    return str(out)
+
+
+@pytest.fixture
+def memcanary(memcanary_bin, tmp_path):
+    started = []
+
+    def start(tag, big_mib=0, mode="memcanary", sysv=True):
+        wd = tmp_path / ("wl-" + tag)
+        wd.mkdir()
+        canary = new_canary()
+        env = {"CANARY": canary} if sysv else {"CANARY": canary, "NO_SYSV": "1"}
+        wl = Workload(memcanary_bin, mode, wd, (big_mib,) if big_mib else (), env)
+        started.append(wl)
+        assert wl.report() == f"{mode} OK {big_mib}"
+        return wl, canary
+
+    yield start
+    for wl in started:
+        wl.kill()
+
+
+@pytest.fixture(scope="session")
+def client(tmp_path_factory):
+    lib = LIBDIR / "libcriu.so"
+    if not lib.exists():
+        pytest.skip(f"no {lib}: build libcriu first (make)")
+    d = tmp_path_factory.mktemp("libcriu")
+    # The library's soname is libcriu.so.2: give the loader that name.
+    (d / "libcriu.so.2").symlink_to(lib)
+    (d / "include").mkdir()
+    (d / "include" / "version.h").write_bytes(VERSION_H.read_bytes())
+    out = d / "libcriu_client"
+    includes = [LIBDIR, REPO / "build" / "src" / "images", d / "include"]
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *[f"-I{i}" for i in includes], "-o", str(out),
+                    str(HERE / "workloads" / "libcriu_client.c"), str(d / "libcriu.so.2"),
+                    f"-Wl,-rpath,{d}"], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def rsa_keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth-keys")
+    out = {}
+    for name in ("alice", "mallory"):
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path = d / f"{name}.pem"
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        out[name] = (k, str(path))
+    return out
+
+
+@pytest.fixture
+def chain(workloads, criu, tmp_path, keys):
+    """A genuine signed chain a <- b of one process (16 MiB of checked memory), and
+    tmp_path/other, a third checkpoint of it."""
+    wl = workloads("memory", CHAIN_MIB)
+    a, b = tmp_path / "a", tmp_path / "b"
+    chain_dump(criu, wl, a, keys, leave_running=True)
+    chain_dump(criu, wl, tmp_path / "other", keys, leave_running=True)
+    chain_dump(criu, wl, b, keys)
+    signer = criusec.Signer.from_files(keys["alice"][1], keys["alice"][0])
+    moved = make_increment(b, a, wl.pid, keys["alice"][1], signer)
+    assert moved * criusec.PAGE_SIZE >= (CHAIN_MIB << 20) // 2
+    return wl, a, b, signer
+
+
+@pytest.fixture
+def mem_pristine(memcanary, criu, tmp_path, keys):
+    wl, _ = memcanary("pristine")
+    img = tmp_path / "pristine"
+    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
+    return wl, img

@@ -3,6 +3,7 @@ python3-cryptography's x509 builder: a root CA, intermediates, signer
 leaves of every key type of format 2 (section 10.3) and the broken
 variants a trust store must refuse."""
 import datetime
+import pathlib
 import shutil
 import subprocess
 
@@ -147,3 +148,61 @@ def openssl_pss_signed(d, ca):
                     "-days", "30", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
                     "-extfile", ext, "-out", out], check=True, capture_output=True)
     return Cert("signer-pss-signed", key, x509.load_pem_x509_certificate(out.read_bytes()))
+
+
+# ---- keys and certificates as PEM files, any validity window and key usage ----
+
+class FilePki:
+    """Keys and certificates written as PEM files under a directory."""
+
+    def __init__(self, d):
+        self.d = pathlib.Path(d)
+
+    def _write(self, name, key, cert):
+        kp, cp = self.d / f"{name}-key.pem", self.d / f"{name}-cert.pem"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        kp.chmod(0o600)
+        cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return str(cp), str(kp)
+
+    @staticmethod
+    def _key(kind):
+        if kind == "rsa":
+            return rsa.generate_private_key(65537, 2048)
+        if kind == "p256":
+            return ec.generate_private_key(ec.SECP256R1())
+        if kind == "p384":
+            return ec.generate_private_key(ec.SECP384R1())
+        return ed25519.Ed25519PrivateKey.generate()
+
+    def make(self, name, kind="rsa", issuer=None, ca=False, usage=("sign", "encipher"),
+             not_before=None, not_after=None):
+        """A certificate: self-signed, or issued by issuer = (cert, key) objects."""
+        key = self._key(kind)
+        now = datetime.datetime.utcnow()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        b = (x509.CertificateBuilder()
+             .subject_name(subject)
+             .issuer_name(issuer[0].subject if issuer else subject)
+             .public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(not_before or now - datetime.timedelta(hours=1))
+             .not_valid_after(not_after or now + datetime.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature="sign" in usage, content_commitment=False,
+                                          key_encipherment="encipher" in usage, data_encipherment=False,
+                                          key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                                          encipher_only=False, decipher_only=False), critical=True))
+        signer = issuer[1] if issuer else key
+        alg = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+        cert = b.sign(signer, alg)
+        self.objs = getattr(self, "objs", {})
+        self.objs[name] = (cert, key)
+        return self._write(name, key, cert)
+
+    def chain(self, name, *names):
+        """A PEM file with the certificates of name, then names (its issuers)."""
+        p = self.d / f"{name}-chain.pem"
+        p.write_bytes(b"".join((self.d / f"{n}-cert.pem").read_bytes() for n in (name, *names)))
+        return str(p)

@@ -27,17 +27,12 @@ import subprocess
 import zlib
 
 import pytest
+from helpers import CRIU, MAGIC, free_port, hex_canary, tree_pids, wait_gone
 
-from conftest import CRIU, CRIU_TIMEOUT, HERE, REPO, Workload, free_port, tree_pids, wait_gone
 
-MAGIC = b"CRIUSEC\x01"
 # Every file is scanned, page images too (the page cipher encrypts them).
 # A prefix here would leave matching files out of the scans.
 UNSCANNED_PREFIX = None
-
-
-def new_canary(nhex=24):
-    return secrets.token_hex(nhex // 2)
 
 
 def _members(data):
@@ -74,79 +69,6 @@ def find(needle, *dirs, skip_logs=False):
         if any(needle in m for m in _members(p.read_bytes())):
             hits.append(p.name)
     return hits
-
-
-@pytest.fixture(scope="session")
-def key_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("canary-keys")
-    subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(d), "k"], check=True, capture_output=True)
-    return str(d / "k-cert.pem"), str(d / "k-key.pem")
-
-
-@pytest.fixture(scope="session")
-def canary_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("canary-bin") / "canary"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out),
-                    str(HERE / "workloads" / "canary.c")], check=True)
-    return str(out)
-
-
-class Run:
-    """One path's round trip: plain dump (left running), encrypted dump,
-    restore, each with its own images dir and a separate work dir."""
-
-    def __init__(self, tmp_path, canary_bin, keys, compress=None):
-        self.compress = compress  # None, or --compress-alg's name
-        self.tmp = tmp_path
-        self.bin = canary_bin
-        self.cert, self.key = keys
-        self.started = []
-
-    def start(self, mode, *args, canary):
-        wl = Workload(self.bin, mode, self.tmp, args, env={"CANARY": canary})
-        self.started.append(wl)
-        return wl
-
-    def criu(self, action, name, *args, check=True):
-        img, work = self.tmp / name, self.tmp / (name + "-work")
-        img.mkdir(exist_ok=True)
-        work.mkdir(exist_ok=True)
-        log = f"{action}.log"
-        cmd = [CRIU, action, "-D", str(img), "-W", str(work), "-o", log, "-v4", *map(str, args)]
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=CRIU_TIMEOUT, cwd=self.tmp)
-        r.log = (work / log).read_text(errors="replace") if (work / log).exists() else ""
-        if check and r.returncode != 0:
-            raise AssertionError(f"criu {action} -D {name} failed ({r.returncode}): {r.stderr}\n"
-                                 + "\n".join(r.log.splitlines()[-40:]))
-        return r
-
-    def plain_dump(self, wl, *args, check=True):
-        return self.criu("dump", "plain", "-t", wl.pid, "--leave-running", *args, check=check)
-
-    def encrypted_dump(self, wl, *args):
-        pids = tree_pids(wl.pid)
-        z = ("--compress", "--compress-alg", self.compress) if self.compress else ()
-        r = self.criu("dump", "img", "-t", wl.pid, "--encrypt", "--tls-cert", self.cert, *z, *args)
-        wait_gone(pids)
-        return r
-
-    def restore(self, *args):
-        return self.criu("restore", "img", "-d", "--tls-key", self.key, *args)
-
-    def dirs(self, name):
-        return self.tmp / name, self.tmp / (name + "-work")
-
-    def kill(self):
-        for wl in self.started:
-            wl.kill()
-
-
-@pytest.fixture
-def run(request, tmp_path, canary_bin, key_pair):
-    r = Run(tmp_path, canary_bin, key_pair, getattr(request, "param", None))
-    yield r
-    r.kill()
 
 
 def images(d, pattern):
@@ -193,7 +115,7 @@ def round_trip(run, wl, needles, kinds, dump_args=(), restore_args=(), report=No
 
 @pytest.mark.parametrize("run", [None, "lz4"], indirect=True, ids=["plain-streams", "compressed"])
 def test_tcp_queues(run):
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("tcpq", free_port(), canary=c)
     st = dict(kv.split("=") for kv in wl.last.split()[2:])
     mark = len(c) + 1
@@ -210,7 +132,7 @@ def test_tcp_queues(run):
 
 @pytest.mark.parametrize("run", [None, "zstd"], indirect=True, ids=["plain-streams", "compressed"])
 def test_tmpfs_archive(run):
-    c = new_canary()
+    c = hex_canary()
     root, mnt = run.tmp / "root", run.tmp / "mnt"
     root.mkdir()
     mnt.mkdir()
@@ -243,10 +165,10 @@ def ula(b):
 
 
 def test_netns_ip_dumps(run):
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("netns", canary=c)
-    label = "lo:" + new_canary(12)            # IFNAMSIZ: at most 15 characters
-    iif = "x" + new_canary(14)
+    label = "lo:" + hex_canary(12)            # IFNAMSIZ: at most 15 characters
+    iif = "x" + hex_canary(14)
     a6, r6 = b"\xfd" + secrets.token_bytes(15), b"\xfd" + secrets.token_bytes(15)
     dst4 = bytes([10]) + secrets.token_bytes(3)
     metric = secrets.randbelow(1 << 30) + 1024
@@ -307,7 +229,7 @@ def test_netns_iptables(run):
     ipt, ip6t = legacy_iptables(False), legacy_iptables(True)
     if not ipt or not ip6t:
         pytest.skip("no legacy (x_tables) iptables/ip6tables: criu dumps nf_tables rules with nftables")
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("netns", canary=c)
     for tool, name in ((ipt, "ipt4-"), (ip6t, "ipt6-")):
         r = nsenter(wl.pid, tool, "-A", "INPUT", "-m", "comment", "--comment", name + c, "-j", "ACCEPT",
@@ -329,7 +251,7 @@ def test_netns_iptables(run):
 def test_netns_nftables(run):
     if shutil.which("nft") is None:
         pytest.skip("no nft tool to set up a ruleset")
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("netns", canary=c)
     script = (f'table inet criusec {{\n'
               f'  set s {{ type ipv4_addr; elements = {{ 10.9.8.7 }}; comment "set-{c}"; }}\n'
@@ -355,7 +277,7 @@ def test_netns_nftables(run):
 # 4. BPF maps -----------------------------------------------------------------
 
 def test_bpf_map(run):
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("bpf", canary=c)
     if "unsupported" in wl.last:
         pytest.skip(f"the kernel cannot make a BPF map here: {wl.last.split(': ', 1)[1]}")
@@ -378,7 +300,7 @@ def test_bpf_map(run):
 
 @pytest.mark.parametrize("run", [None, "zstd"], indirect=True, ids=["plain-streams", "compressed"])
 def test_sysv_ipc(run):
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("ipc", canary=c)
     sems = [int(c[4 * i:4 * i + 4], 16) & 0x7fff for i in range(6)]
     needles = {"message": c.encode(), "semaphore values": struct.pack("<6H", *sems)}
@@ -396,7 +318,7 @@ def test_sysv_ipc(run):
 def test_tty_queued_data(run):
     """criu saves data queued in a pty pair whose both ends the dumped tasks
     hold (tty.c, tty_dump_queued_data), in tty-data.img."""
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("tty", canary=c)
     needles = {"master->slave": b"M" + c.encode(), "slave->master": b"S" + c.encode()}
     round_trip(run, wl, needles, ["tty-data.img"], report="tty OK")
@@ -414,7 +336,7 @@ GHOST_OFFSETS = (100, (1 << 20) + 333, (3 << 20) - 10, GHOST_SIZE - 64)
 def test_chunked_ghost_file(run, chunker):
     """A sparse deleted file over criu's GHOST_CHUNKS_THRESH (12 KiB) is saved
     as chunks (files-reg.c: copy_file_to_chunks_fiemap / SEEK_DATA)."""
-    c = new_canary()
+    c = hex_canary()
     wl = run.start("ghost", run.tmp / "ghost.data", GHOST_SIZE, *GHOST_OFFSETS, canary=c)
     needles = {f"canary at {o}": f"G{o}{c}".encode() for o in GHOST_OFFSETS}
     run.plain_dump(wl, chunker)
@@ -439,7 +361,7 @@ def test_irmap_cache(run):
         pytest.skip("the irmap cache is written only by pre-dump, which needs soft-dirty memory "
                     "tracking (CONFIG_MEM_SOFT_DIRTY); criu check --feature mem_dirty_track: "
                     + (chk.stderr.strip().splitlines() or ["failed"])[-1])
-    c = new_canary()
+    c = hex_canary()
     d = run.tmp / f"irmap-{c}"
     d.mkdir()
     watched = d / "watched"

@@ -30,7 +30,7 @@ import pytest
 
 import chainkeys
 from chainkeys import chain_keys
-from conftest import CRIU, REPO
+from helpers import CRIU, REPO
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))

@@ -11,12 +11,10 @@ import struct
 import sys
 
 import pytest
+from helpers import (REPO, biggest_pages, bind_to_parent, damaged_copy, dump_through_page_server, files_with,
+                     lazy_restore, lazy_restored, merged, needs_uffd, new_canary, page_images, refused,
+                     remote_lazy_restore, run_crit)
 
-from conftest import REPO
-from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
-from test_pages import (biggest_pages, bind_to_parent, dump_through_page_server, files_with,  # noqa: F401
-                        lazy_restore, lazy_restored, memcanary, memcanary_bin, merged, needs_uffd,
-                        page_images, remote_lazy_restore)
 
 ALGS = ("zstd", "lz4")
 RECORDS_MIB = 32
@@ -202,7 +200,6 @@ def test_crit_and_pycriu_read_compressed(workloads, criu, tmp_path, keys):
     wl, canary = records(workloads, "crit", 8)
     img = tmp_path / "img"
     criu.dump(wl, img, *enc(keys, "--compress"))
-    from test_crit import run_crit
     code, out, err = run_crit("x", img, "ps", "--tls-key", keys["alice"][1])
     assert code == 0 and str(wl.pid) in out, err
     code, out, err = run_crit("info", img, "--tls-key", keys["alice"][1])

@@ -1,6 +1,7 @@
 """Plain dump and restore of real workloads: the state carries over."""
 import socket
 import time
+from helpers import free_port
 
 
 def counter_value(wl):
@@ -41,7 +42,6 @@ def greeting(port):
 
 
 def test_tcp_listener_accepts(workloads, criu, tmp_path):
-    from conftest import free_port
     port = free_port()
     wl = workloads("tcp", port)
     assert greeting(port) == f"hello from {wl.pid}\n"

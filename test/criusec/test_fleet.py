@@ -13,11 +13,9 @@ import time
 
 import pytest
 from cryptography import x509
+from helpers import (CRIU, DEFAULT_CONF, DEFAULT_TRUST, REPO, dir_digest, files_with, log_tail, new_canary,
+                     restore_refused, run_client)
 
-from conftest import CRIU, REPO
-from test_encrypt import dir_digest, files_with, new_canary
-from test_libcriu import client, log_tail, run_client  # noqa: F401 (client is a fixture)
-from test_signing import DEFAULT_CONF, DEFAULT_TRUST, refused
 
 KEYGEN = str(REPO / "pki" / "criusec-keygen")
 SRC = REPO / "build" / "src"
@@ -127,7 +125,7 @@ def test_two_nodes_of_one_ca_restore_each_others_checkpoints(workloads, criu, tm
     wl_ba = dump_as(workloads, criu, tmp_path / "b-for-a", b, a)
     wl_xb = dump_as(workloads, criu, tmp_path / "x-for-b", x, b)
 
-    refused(criu, tmp_path / "x-for-b", wl_xb.pid, "--tls-key", b.key, expect=["CN=node-x", "is not trusted"])
+    restore_refused(criu, tmp_path / "x-for-b", wl_xb.pid, "--tls-key", b.key, expect=["CN=node-x", "is not trusted"])
     criu.restore(tmp_path / "a-for-b", "--tls-key", b.key)
     assert "signed by CN=node-a (CA CN=criusec test ca1)" in (tmp_path / "a-for-b" / "restore.log").read_text()
     assert wl_ab.report() == "secrets OK"
@@ -150,13 +148,13 @@ def test_rotation_old_and_new_keys(workloads, criu, tmp_path, fleet):
     both = ["--tls-key", new.key, "--tls-key", old.key, "--trust", fleet["ca1"]]
 
     # One key alone: the other's checkpoint is not for it.
-    refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
-            expect=["no recipient stanza", new.key])
-    refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
-            expect=["no recipient stanza", old.key])
+    restore_refused(criu, tmp_path / "for-old", wl_old.pid, "--tls-key", new.key, "--trust", fleet["ca1"],
+                    expect=["no recipient stanza", new.key])
+    restore_refused(criu, tmp_path / "for-new", wl_new.pid, "--tls-key", old.key, "--trust", fleet["ca1"],
+                    expect=["no recipient stanza", old.key])
     # A checkpoint for neither: both keys are tried, and the error says none is a recipient.
     wl_b = dump_as(workloads, criu, tmp_path / "for-b", b, b)
-    refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
+    restore_refused(criu, tmp_path / "for-b", wl_b.pid, *both, expect=["none of the 2 keys", "is a recipient"])
 
     criu.restore(tmp_path / "for-old", *both)
     log = (tmp_path / "for-old" / "restore.log").read_text()
@@ -179,7 +177,7 @@ def test_rotation_through_config_lines(workloads, criu, tmp_path, fleet):
     try:
         criu.restore(tmp_path / "for-old")
         assert wl_old.report() == "secrets OK"
-        refused(criu, tmp_path / "for-b", wl_b.pid, expect=["none of the 2 keys"])
+        restore_refused(criu, tmp_path / "for-b", wl_b.pid, expect=["none of the 2 keys"])
         criu.restore(tmp_path / "for-b", "--tls-key", b.key)
         assert f"unlocked with {b.key}" in (tmp_path / "for-b" / "restore.log").read_text()
         assert wl_b.report() == "secrets OK"
@@ -343,7 +341,7 @@ def test_token_refusals_at_restore(criu, token, fleet, token_checkpoint, case):
     img, wl = token_checkpoint
     (token.d / "wrong-pin").write_text("11111111\n")
     url, expect = BAD_KEYS[case]
-    log = refused(criu, img, wl.pid, "--tls-key", url(token), "--trust", fleet["ca1"], expect=expect)
+    log = restore_refused(criu, img, wl.pid, "--tls-key", url(token), "--trust", fleet["ca1"], expect=expect)
     assert PIN not in log and "99999999" not in log
     criu.restore(img, "--tls-key", token.url, "--trust", fleet["ca1"])
     assert wl.report() == "secrets OK"

@@ -1,17 +1,14 @@
-"""Issue 11, each attack performed on real images: refused, with the genuine
-checkpoint still restoring.
+"""Issue 11, on real images: what criu leaves behind and what it refuses to
+do, with the genuine checkpoint still restoring.  (Its attacks on the
+images, by a page server or by anyone who can write them, are in
+test_attack_page_server.py and test_attack_disk.py.)
 
-- a page server that rewrites the pagemap it sealed;
-- names in the manifest that are paths (../fifo, /etc/shadow), links, FIFOs;
-- an image replaced by a sparse 4 GiB file (memory stays bounded);
 - secrets left in criu's memory, or in a core file, after a restore;
 - helpers criu starts inheriting another image's plaintext;
 - the fail-closed gaps under /etc/criu/encryption-required;
-- a refused --auto-dedup restore that punched pages already;
 - recipient certificates that are expired, not yet valid or may not encipher.
 """
 import datetime
-import hashlib
 import os
 import pathlib
 import resource
@@ -23,132 +20,17 @@ import time
 
 import pytest
 
-from conftest import CRIU, REPO, wait_gone
-from test_canary_paths import canary_bin, key_pair, new_canary as hex_canary, run  # noqa: F401 (fixtures)
-from test_encrypt import keys  # noqa: F401 (keys is a fixture)
-from test_pages import (dump_through_page_server, memcanary, memcanary_bin, merged, needs_uffd,  # noqa: F401
-                        start_page_server)
-from test_signing import Pki, refused
+from helpers import (CRIU, REPO, enc_args, genuine, hex_canary, lazy_restore, needs_uffd, server_refused,
+                     start_page_server)
+
+from pki_util import FilePki
+
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))
 from pycriu import criusec  # noqa: E402
 
 MARKER = pathlib.Path("/etc/criu/encryption-required")  # on the tests' private tmpfs (conftest)
-
-
-def enc_args(keys, who="alice"):
-    return ["--encrypt", "--tls-cert", keys[who][0]]
-
-
-def genuine(memcanary, criu, tmp_path, keys, tag="g", name="img"):
-    """An encrypted checkpoint of the memcanary workload (heap, stack, shared memory, memfd, SysV shm)."""
-    wl, canary = memcanary(tag)
-    img = tmp_path / name
-    criu.dump(wl, img, *enc_args(keys))
-    return wl, canary, img
-
-
-def restored(criu, wl, img, keys, *args):
-    criu.restore(img, "--tls-key", keys["alice"][1], *args)
-    assert wl.report() == "memcanary OK 0"
-
-
-def edit_manifest(img, key, edit):
-    """As a key holder can: the manifest rewritten by edit([(name, kind, size, digest)]), sealed
-    again, and the header that records its digest made anew (unsigned)."""
-    ck = criusec.Checkpoint(img, keys=key)
-    ck.unlock()
-    h = ck.header
-    entries = edit(criusec.decode_manifest(ck.read(criusec.MANIFEST_IMG)))
-    mpt = criusec.encode_manifest(entries)
-    (img / criusec.MANIFEST_IMG).write_bytes(criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"],
-                                                                 criusec.MANIFEST_KIND, criusec.MANIFEST_IMG, mpt))
-    nh = criusec.new_header(ck.mk, h["ckpt_id"], h["recipients"], h["aead"], h["chunk_size"],
-                            manifest_digest=hashlib.sha256(mpt).digest())
-    criusec.seal_header(nh, ck.mk)
-    (img / criusec.CIPHER_IMG).write_bytes(criusec.encode_cipher_img(nh))
-
-
-# ---- 2. names in the manifest ----
-
-@pytest.mark.parametrize("attack", ["../fifo", "/etc/shadow", "symlink", "fifo"])
-def test_manifest_names_are_not_paths(memcanary, criu, tmp_path, keys, attack):
-    wl, _, img = genuine(memcanary, criu, tmp_path, keys)
-    keep = tmp_path / "keep"
-    shutil.copytree(img, keep)
-    os.mkfifo(tmp_path / "fifo")
-    core = next(p.name for p in img.glob("core-*.img"))
-    pid = int(core[5:-4])
-    name = {"../fifo": "../fifo", "/etc/shadow": "/etc/shadow"}.get(attack, f"core-{pid + 1}.img")
-    if attack == "symlink":
-        os.symlink("/etc/shadow", img / name)
-    elif attack == "fifo":
-        os.mkfifo(img / name)
-
-    def add(entries):
-        n, k, size, digest = next(e for e in entries if e[0] == core)[:4]
-        return entries + [(name, k, size, digest)]
-    edit_manifest(img, keys["alice"][1], add)
-    t = time.monotonic()
-    expect = {"../fifo": "not an image name of the kind", "/etc/shadow": "not an image name of the kind",
-              "symlink": "Too many levels of symbolic links", "fifo": "not a regular file"}[attack]
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[expect])
-    assert time.monotonic() - t < 60, "the restore blocked"
-    shutil.rmtree(img)
-    shutil.copytree(keep, img)
-    restored(criu, wl, img, keys)
-
-
-# ---- 3. verification is bounded ----
-
-def test_a_sparse_giant_is_refused_unread(memcanary, criu, tmp_path, keys):
-    wl, _, img = genuine(memcanary, criu, tmp_path, keys)
-    victim = next(img.glob("mm-*.img"))
-    keep = victim.read_bytes()
-    with open(victim, "r+b") as f:
-        f.truncate(4 << 30)
-    r = subprocess.Popen([CRIU, "restore", "-D", str(img), "-o", "restore.log", "-v4", "-d", "--tls-key",
-                          keys["alice"][1]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, cwd=tmp_path)
-    _, status, usage = os.wait4(r.pid, 0)
-    log = (img / "restore.log").read_text()
-    assert os.waitstatus_to_exitcode(status) != 0
-    assert f"{victim.name}: 4294967296 bytes, but the dump wrote" in log, log[-2000:]
-    assert usage.ru_maxrss < 256 << 10, f"criu grew to {usage.ru_maxrss} KiB refusing it"
-    wait_gone([wl.pid])
-    victim.write_bytes(keep)
-    restored(criu, wl, img, keys)
-
-
-# ---- 1. a page server that rewrites its pagemap ----
-
-def test_page_server_cannot_rewrite_the_pagemaps_it_sealed(memcanary, criu, tmp_path, keys):
-    # SysV shm cannot go through a TLS page server in upstream CRIU (see test_pages.py).
-    wl, canary = memcanary("ps", sysv=False)
-    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "ps", *enc_args(keys))
-    assert r.returncode == 0, r.stderr
-    img = merged(tmp_path / "ps", srv, dump)
-    keep = tmp_path / "keep"
-    shutil.copytree(img, keep)
-
-    # The page server held the key of each pagemap it sealed (the grant):
-    # it drops an entry of one and seals it again.
-    ck = criusec.Checkpoint(img, keys=keys["alice"][1])
-    ck.unlock()
-    h = ck.header
-    from pycriu import images
-    victims = sorted(p.name for p in srv.glob("pagemap-*.img"))
-    assert victims, "the page server wrote no pagemap"
-    name = max(victims, key=lambda n: len(ck.pagemap(n)[1]))
-    pm = images.loads(ck.read(name))
-    assert len(pm["entries"]) > 2
-    del pm["entries"][1]
-    (img / name).write_bytes(criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"], ck.kind_of(name),
-                                                 name, images.dumps(pm)))
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1],
-            expect=[f"{name}: its entries are not the ones the dump sent the page server"])
-    restored(criu, wl, keep, keys)
 
 
 # ---- 4. secrets in criu's memory, and core files ----
@@ -330,7 +212,6 @@ def test_lazy_dump_without_tls_is_refused_when_required(memcanary, criu, tmp_pat
 @needs_uffd
 def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanary, criu, tmp_path, keys, marker):
     """A signed checkpoint, trusted everywhere (the marker requires it); only --tls is missing."""
-    from test_pages import lazy_restore, server_refused
     alice = keys["alice"]
     wl, _ = memcanary("lazy-ps")
     img = tmp_path / "img"
@@ -342,28 +223,10 @@ def test_page_server_serves_decrypted_pages_only_over_tls_when_required(memcanar
     server_refused(wl, img, daemon, server, "serving decrypted pages needs --tls")
 
 
-# ---- 7. a refused --auto-dedup restore changes no byte ----
-
-def test_refused_auto_dedup_restore_punches_nothing(memcanary, criu, tmp_path, keys):
-    wl, _, img = genuine(memcanary, criu, tmp_path, keys)
-    name = max(img.glob("pages-*.img"), key=lambda p: p.stat().st_size).name
-    data = bytearray((img / name).read_bytes())
-    good = bytes(data)
-    # The last page: every page before it is read (and checked) first.
-    data[-100] ^= 0x40
-    (img / name).write_bytes(bytes(data))
-    blocks = {p.name: p.stat().st_blocks for p in img.glob("pages-*.img")}
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], "--auto-dedup", expect=["failed authentication"])
-    assert {p.name: p.stat().st_blocks for p in img.glob("pages-*.img")} == blocks, "pages were punched"
-    (img / name).write_bytes(good)
-    restored(criu, wl, img, keys, "--auto-dedup")
-    assert (img / name).stat().st_blocks < len(good) // 512, "a successful restore punched nothing"
-
-
 # ---- 8. recipient certificates ----
 
 def test_recipient_certificates_are_checked(workloads, criu, tmp_path, keys):
-    pki = Pki(tmp_path)
+    pki = FilePki(tmp_path)
     now = datetime.datetime.utcnow()
     cases = {
         "expired": (pki.make("expired", not_before=now - datetime.timedelta(days=9),
@@ -383,30 +246,3 @@ def test_recipient_certificates_are_checked(workloads, criu, tmp_path, keys):
     criu.dump(wl, tmp_path / "lab", "--encrypt", "--tls-cert", cert, "--unchecked-recipients")
     criu.restore(tmp_path / "lab", "--tls-key", key)
     assert wl.report() == "secrets OK"
-
-
-# ---- 1. every pagemap covers exactly its tagged pages ----
-
-def test_a_pagemap_must_cover_exactly_its_tagged_pages(memcanary, criu, tmp_path, keys):
-    """A key holder's edit, sealed consistently (manifest, header): a pagemap
-    that lost an entry no longer covers the pages its image has tags for.
-    criu restore and pycriu refuse it."""
-    wl, _, img = genuine(memcanary, criu, tmp_path, keys)
-    keep = tmp_path / "keep"
-    shutil.copytree(img, keep)
-    from pycriu import images
-    ck = criusec.Checkpoint(img, keys=keys["alice"][1])
-    name = f"pagemap-{wl.pid}.img"
-    pm = images.loads(ck.read(name))
-    present = [i for i, e in enumerate(pm["entries"][1:], 1) if e.get("flags", 0) & criusec.PE_PRESENT]
-    del pm["entries"][present[0]]
-    pt = images.dumps(pm)
-    h = ck.header
-    sealed = criusec.stream_seal(ck.mk, h["ckpt_id"], h["aead"], h["chunk_size"], ck.kind_of(name), name, pt)
-    (img / name).write_bytes(sealed)
-    edit_manifest(img, keys["alice"][1], lambda es: [(n, k, len(sealed), hashlib.sha256(pt).digest()) if n == name
-                                                     else (n, k, sz, d) for n, k, sz, d in es])
-    with pytest.raises(criusec.FormatError, match=f"{name}: covers .* pages, but pagetags-.* holds .* tags"):
-        criusec.Checkpoint(img, keys=keys["alice"][1]).verify()
-    refused(criu, img, wl.pid, "--tls-key", keys["alice"][1], expect=[f"{name}: covers"])
-    restored(criu, wl, keep, keys)

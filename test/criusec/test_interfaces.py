@@ -6,10 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import CRIU, MAGIC, REPO, new_canary, wait_gone
 
-from conftest import CRIU, REPO
-
-from test_encrypt import MAGIC, keys, new_canary  # noqa: F401 (keys is a fixture)
 
 SRC = REPO / "build" / "src"
 
@@ -57,7 +55,6 @@ def test_rpc_fields(workloads, criu, tmp_path, keys):
     c.opts.encrypt_certs.append(keys["bob"][0])
     c.dump()
     os.close(c.opts.images_dir_fd)
-    from conftest import wait_gone
     wait_gone([wl.pid])
     assert len(crit_show(img / "cipher.img")["entries"][0]["recipients"]) == 2
     assert (img / f"core-{wl.pid}.img").read_bytes()[:8] == MAGIC

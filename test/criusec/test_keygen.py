@@ -8,8 +8,8 @@ import stat
 import subprocess
 
 import pytest
+from helpers import REPO
 
-from conftest import REPO
 
 KEYGEN = str(REPO / "pki" / "criusec-keygen")
 

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import CRIU, REPO
 
-from conftest import CRIU, REPO
 
 SRC = REPO / "build" / "src"
 DOC = SRC / "Documentation"

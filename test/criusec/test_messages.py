@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from conftest import CRIU, REPO, wait_gone
 from devlog import run_with_devlog
-from test_encrypt import keys, new_canary  # noqa: F401 (keys is a fixture)
+from helpers import CRIU, REPO, fill_opts, new_canary, wait_gone
 
 SRC = REPO / "build" / "src"
 ERROR = re.compile(r"^\([0-9. ]+\) Error \(([^)]*)\): (.*)$", re.M)
@@ -27,19 +26,6 @@ def pycriu():
     sys.path.insert(0, str(SRC / "lib"))
     import pycriu as mod
     return mod
-
-
-def fill_opts(opts, img, log_file, **fields):
-    """criu_opts of a request on the images in img (a descriptor the caller
-    closes: opts.images_dir_fd), logging at -v4; list values are repeated fields."""
-    opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
-    opts.log_file = log_file
-    opts.log_level = 4
-    for k, v in fields.items():
-        if isinstance(v, list):
-            getattr(opts, k).extend(v)
-        else:
-            setattr(opts, k, v)
 
 
 def rpc(typ, img, **fields):

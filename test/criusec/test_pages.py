@@ -1,58 +1,20 @@
 """The page cipher: memory canaries never reach a file, pages are checked
-before any restored task runs (hugetlb memory and shared memory too), and
-dedup and lazy pages still work."""
-import json
+before any restored task runs (hugetlb memory too; tampered pages of every
+other kind are refused in test_attack_disk.py and test_attack_page_server.py),
+and dedup and lazy pages still work."""
 import os
-import pathlib
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import CRIU, HERE, REPO, Workload, free_port, wait_gone
-from test_encrypt import damaged_copy, keys, new_canary, refused  # noqa: F401 (keys is a fixture)
+from helpers import (CRIU, REGIONS, biggest_pages, bind_to_parent, crit_decode, damaged_copy, dump_through_page_server,
+                     files_with, flip_a_page, flip_in, lazy_restore, lazy_restored, merged, needs_uffd, page_images,
+                     refused, remote_lazy_restore, server_refused, touched_and_killed)
 
-REGIONS = ("heap", "stack", "shared", "memfd", "sysv")
+
 BIG_MIB = 256
-
-
-@pytest.fixture(scope="session")
-def memcanary_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "memcanary"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memcanary.c")],
-                   check=True)
-    return str(out)
-
-
-@pytest.fixture
-def memcanary(memcanary_bin, tmp_path):
-    started = []
-
-    def start(tag, big_mib=0, mode="memcanary", sysv=True):
-        wd = tmp_path / ("wl-" + tag)
-        wd.mkdir()
-        canary = new_canary()
-        env = {"CANARY": canary} if sysv else {"CANARY": canary, "NO_SYSV": "1"}
-        wl = Workload(memcanary_bin, mode, wd, (big_mib,) if big_mib else (), env)
-        started.append(wl)
-        assert wl.report() == f"{mode} OK {big_mib}"
-        return wl, canary
-
-    yield start
-    for wl in started:
-        wl.kill()
-
-
-def page_images(img):
-    return sorted(p for p in pathlib.Path(img).iterdir() if p.name.startswith("pages-"))
-
-
-def files_with(img, needle):
-    return [p.name for p in pathlib.Path(img).rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 def test_memory_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
@@ -84,90 +46,8 @@ def test_memory_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
     assert wl.report() == f"memcanary OK {BIG_MIB}"
 
 
-@pytest.fixture
-def pristine(memcanary, criu, tmp_path, keys):
-    wl, _ = memcanary("pristine")
-    img = tmp_path / "pristine"
-    criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
-    return wl, img
-
-
-def biggest_pages(img):
-    return max(page_images(img), key=lambda p: p.stat().st_size).name
-
-
-def test_refuses_flipped_bit_in_pages(pristine, criu, tmp_path, keys):
-    wl, img = pristine
-    name = biggest_pages(img)
-    d = damaged_copy(tmp_path, img, "flip")
-    data = bytearray((d / name).read_bytes())
-    data[len(data) // 2 + 123] ^= 0x04
-    (d / name).write_bytes(bytes(data))
-    log = refused(criu, d, wl.pid, keys["alice"][1], name)
-    assert "failed authentication" in log
-
-
-def test_refuses_swapped_pages(pristine, criu, tmp_path, keys):
-    wl, img = pristine
-    name = biggest_pages(img)
-    d = damaged_copy(tmp_path, img, "swap")
-    data = bytearray((d / name).read_bytes())
-    assert len(data) >= 2 * 4096
-    data[0:4096], data[4096:8192] = data[4096:8192], data[0:4096]
-    (d / name).write_bytes(bytes(data))
-    log = refused(criu, d, wl.pid, keys["alice"][1], name)
-    assert "failed authentication" in log
-
-
-def flip_in(path, off):
-    with open(path, "r+b") as f:
-        f.seek(off)
-        b = f.read(1)
-        f.seek(off)
-        f.write(bytes([b[0] ^ 0x10]))
-
-
-def test_refuses_flipped_bit_in_shared_memory_pages(pristine, criu, tmp_path, keys):
-    """Pages of MAP_SHARED anonymous memory, a memfd and a SysV segment are
-    restored by criu itself (shmem.c), not in the task: a page that fails
-    its tag there must fail the restore too, not leave the memory zeroed
-    and the restore going on (it did, before shmem.c checked read_pages())."""
-    wl, img = pristine
-    shmem = sorted(img.glob("pagemap-shmem-*.img"))
-    assert len(shmem) == 3, [p.name for p in shmem]  # shared, memfd, sysv
-    for pm in shmem:
-        entries = crit_decode(pm, keys["alice"][1])
-        name = f"pages-{entries[0]['pages_id']}.img"
-        d = damaged_copy(tmp_path, img, "flip-" + pm.stem)
-        flip_in(d / name, (entries[1]["nr_pages"] * 4096) // 2 + 99)
-        log = refused(criu, d, wl.pid, keys["alice"][1], f"{name}: page")
-        assert "failed authentication" in log and "Can't read the pages of shmem" in log, log[-3000:]
-        assert "pie: " not in log, "the restorer ran"
-
-
-def test_refuses_pages_of_another_dump_of_the_same_process(memcanary, criu, tmp_path, keys):
-    wl, _ = memcanary("twice")
-    a, b = tmp_path / "a", tmp_path / "b"
-    criu.run("dump", a, "-t", wl.pid, "--leave-running", "--encrypt", "--tls-cert", keys["alice"][0])
-    criu.dump(wl, b, "--encrypt", "--tls-cert", keys["alice"][0])
-    name = biggest_pages(a)
-    assert (b / name).exists()
-    # The pages alone, then the pages with their tags.
-    d = damaged_copy(tmp_path, a, "other-pages")
-    shutil.copy(b / name, d / name)
-    refused(criu, d, wl.pid, keys["alice"][1], name)
-    tags = "pagetags-" + name[len("pages-"):]
-    d = damaged_copy(tmp_path, a, "other-pages-and-tags")
-    shutil.copy(b / name, d / name)
-    shutil.copy(b / tags, d / tags)
-    refused(criu, d, wl.pid, keys["alice"][1], tags)
-    # Both dumps themselves are sound.
-    criu.restore(a, "--tls-key", keys["alice"][1])
-    assert wl.report() == "memcanary OK 0"
-
-
-def test_auto_dedup_restore(pristine, criu, tmp_path, keys):
-    wl, img = pristine
+def test_auto_dedup_restore(mem_pristine, criu, tmp_path, keys):
+    wl, img = mem_pristine
     name = biggest_pages(img)
     blocks = (img / name).stat().st_blocks
     criu.restore(img, "--auto-dedup", "--tls-key", keys["alice"][1])
@@ -195,15 +75,6 @@ def test_dedup_then_restore(memcanary, criu, tmp_path, keys):
     assert wl.report() == "memcanary OK 0"
 
 
-def bind_to_parent(child, parent, key, signer=None):
-    """Make the full dump child an increment over parent: its header binds
-    parent (format 10.5), and its parent link points there."""
-    sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
-    from pycriu import criusec
-    criusec.Checkpoint(child, keys=key).reseal(signer=signer, parent=criusec.Checkpoint(parent, keys=key))
-    (child / "parent").symlink_to(os.path.relpath(parent, child))
-
-
 def test_dump_with_auto_dedup(memcanary, criu, tmp_path, keys):
     wl, canary = memcanary("autodedup")
     img = tmp_path / "img"
@@ -213,49 +84,9 @@ def test_dump_with_auto_dedup(memcanary, criu, tmp_path, keys):
     assert wl.report() == "memcanary OK 0"
 
 
-def flip_a_page(img):
-    name = biggest_pages(img)
-    data = bytearray((img / name).read_bytes())
-    data[len(data) // 2 + 5] ^= 0x04
-    (img / name).write_bytes(bytes(data))
-    return name
-
-
-def key_args(key):
-    """--tls-key for a key, or for each of a list of keys (rotation)."""
-    return [a for k in ([key] if isinstance(key, str) else key) for a in ("--tls-key", k)]
-
-
-def lazy_restore(criu, img, key, tmp_path, *daemon_args, restore_args=()):
-    daemon = subprocess.Popen([CRIU, "lazy-pages", "-D", str(img), "-o", "lazy-pages.log", "-v4",
-                               *key_args(key), *daemon_args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        sock = img / "lazy-pages.socket"
-        deadline = time.monotonic() + 20
-        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        r = criu.restore(img, "--lazy-pages", *key_args(key), *restore_args, check=False)
-        return r, daemon
-    except Exception:
-        daemon.kill()
-        raise
-
-
-needs_uffd = pytest.mark.skipif(not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd"),
-                                reason="the kernel has no userfaultfd: lazy pages cannot run here")
-
-
-def lazy_restored(wl, img, r, daemon, report="memcanary OK 0"):
-    """The lazy restore succeeded, the task's memory is intact, the daemon sent it all."""
-    assert r.returncode == 0, (img / "restore.log").read_text()[-3000:]
-    assert wl.report() == report
-    assert daemon.wait(timeout=60) == 0, (img / "lazy-pages.log").read_text()[-3000:]
-
-
 @needs_uffd
-def test_lazy_pages(pristine, criu, tmp_path, keys):
-    wl, img = pristine
+def test_lazy_pages(mem_pristine, criu, tmp_path, keys):
+    wl, img = mem_pristine
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
         lazy_restored(wl, img, r, daemon)
@@ -263,30 +94,12 @@ def test_lazy_pages(pristine, criu, tmp_path, keys):
         daemon.kill()
 
 
-def touched_and_killed(wl):
-    """Make the task read all its memory once the lazy-pages daemon gave up:
-    what never arrived is poisoned, so the task dies of SIGBUS and never
-    reports on memory that was never checked.  (If the daemon gave up before
-    the restore finished, the restore failed and killed it already.)"""
-    before = wl.read_status()
-    try:
-        os.kill(wl.pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
-    try:
-        wait_gone([wl.pid], timeout=20)
-    finally:
-        if os.path.exists(f"/proc/{wl.pid}"):
-            os.kill(wl.pid, signal.SIGKILL)
-    assert wl.read_status() == before, "the task ran on with memory that was never checked"
-
-
 @needs_uffd
-def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
+def test_lazy_pages_refuse_a_tampered_page(mem_pristine, criu, tmp_path, keys):
     """Lazy restore starts the task before its pages arrive (by design); a
     page that fails its tag is never copied in: the daemon stops naming it
     and poisons what it never sent, so the task dies when it touches it."""
-    wl, img = pristine
+    wl, img = mem_pristine
     name = flip_a_page(img)
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
@@ -299,10 +112,10 @@ def test_lazy_pages_refuse_a_tampered_page(pristine, criu, tmp_path, keys):
 
 
 @needs_uffd
-def test_lazy_pages_apply_the_restore_policy(pristine, criu, tmp_path, keys):
+def test_lazy_pages_apply_the_restore_policy(mem_pristine, criu, tmp_path, keys):
     """The lazy-pages daemon is a reader like restore: under --trust it
     serves no page of an unsigned checkpoint (the task never gets them)."""
-    wl, img = pristine
+    wl, img = mem_pristine
     r, daemon = lazy_restore(criu, img, keys["alice"][1], tmp_path, "--trust", keys["alice"][0])
     try:
         assert daemon.wait(timeout=60) != 0, "the lazy-pages daemon served an unsigned checkpoint under --trust"
@@ -313,30 +126,9 @@ def test_lazy_pages_apply_the_restore_policy(pristine, criu, tmp_path, keys):
         daemon.kill()
 
 
-def start_page_server(img, tmp_path, *args):
-    """criu page-server on a free port, once it listens."""
-    port = str(free_port())
-    server = subprocess.Popen([CRIU, "page-server", "-D", str(img), "-o", "page-server.log", "-v4",
-                               "--address", "127.0.0.1", "--port", port, *args], cwd=tmp_path,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and server.poll() is None:
-        if f":{int(port):04X}" in open("/proc/net/tcp").read():
-            break
-        time.sleep(0.05)
-    return server, port
-
-
-def remote_lazy_restore(criu, img, key, tmp_path, *server_args):
-    """criu page-server --lazy-pages serves the images; lazy-pages fetches from it."""
-    server, port = start_page_server(img, tmp_path, "--lazy-pages", *key_args(key), *server_args)
-    r, daemon = lazy_restore(criu, img, key, tmp_path, "--page-server", "--address", "127.0.0.1", "--port", port)
-    return r, daemon, server
-
-
 @needs_uffd
-def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, keys):
-    wl, img = pristine
+def test_remote_lazy_pages_through_the_page_server(mem_pristine, criu, tmp_path, keys):
+    wl, img = mem_pristine
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
     try:
         lazy_restored(wl, img, r, daemon)
@@ -346,10 +138,10 @@ def test_remote_lazy_pages_through_the_page_server(pristine, criu, tmp_path, key
 
 
 @needs_uffd
-def test_remote_lazy_pages_with_several_keys(pristine, criu, tmp_path, keys):
+def test_remote_lazy_pages_with_several_keys(mem_pristine, criu, tmp_path, keys):
     """Rotation: page-server, lazy-pages and restore each hold a key that is not a
     recipient (tried first) and the recipient's."""
-    wl, img = pristine
+    wl, img = mem_pristine
     r, daemon, server = remote_lazy_restore(criu, img, [keys["bob"][1], keys["alice"][1]], tmp_path)
     try:
         lazy_restored(wl, img, r, daemon)
@@ -361,33 +153,17 @@ def test_remote_lazy_pages_with_several_keys(pristine, criu, tmp_path, keys):
         server.kill()
 
 
-def server_refused(wl, img, daemon, server, *expect):
-    """The page server serving a lazy restore refused (each of expect in its
-    log): the lazy-pages daemon gives up, and the task dies touching what
-    never arrived.  Both daemons are gone after."""
-    try:
-        assert server.wait(timeout=60) != 0, "the page server served what it must refuse"
-        log = (img / "page-server.log").read_text()
-        for e in expect:
-            assert e in log, log[-3000:]
-        daemon.wait(timeout=60)
-        touched_and_killed(wl)
-    finally:
-        daemon.kill()
-        server.kill()
-
-
 @needs_uffd
-def test_page_server_applies_the_restore_policy(pristine, criu, tmp_path, keys):
+def test_page_server_applies_the_restore_policy(mem_pristine, criu, tmp_path, keys):
     """criu page-server --lazy-pages serving an unsigned checkpoint under --trust: no page leaves."""
-    wl, img = pristine
+    wl, img = mem_pristine
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path, "--trust", keys["alice"][0])
     server_refused(wl, img, daemon, server, "the checkpoint is unsigned")
 
 
 @needs_uffd
-def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, keys):
-    wl, img = pristine
+def test_page_server_refuses_to_serve_a_tampered_page(mem_pristine, criu, tmp_path, keys):
+    wl, img = mem_pristine
     name = flip_a_page(img)
     r, daemon, server = remote_lazy_restore(criu, img, keys["alice"][1], tmp_path)
     server_refused(wl, img, daemon, server, f"{name}: page", "failed authentication")
@@ -399,39 +175,6 @@ def test_page_server_refuses_to_serve_a_tampered_page(pristine, criu, tmp_path, 
 # "sysv" canary in private memory: upstream CRIU cannot send SysV shm through
 # a TLS page server (its IPC namespace is dumped by a forked child, whose TLS
 # records the server cannot decrypt), encrypted or not.
-
-def tls_opts(keys):
-    cert, key = keys["alice"]
-    return ["--tls", "--tls-no-cn-verify", "--tls-cacert", cert, "--tls-cert", cert, "--tls-key", key]
-
-
-def dump_through_page_server(criu, wl, tmp_path, keys, tag, *dump_args, tls=True):
-    """Dump to DIR/dump with pages going to a page server writing DIR/srv."""
-    base = tmp_path / tag
-    base.mkdir()
-    srv, dump = base / "srv", base / "dump"
-    srv.mkdir()
-    server, port = start_page_server(srv, tmp_path, *(tls_opts(keys) if tls else []))
-    try:
-        r = criu.dump(wl, dump, "--page-server", "--address", "127.0.0.1", "--port", port,
-                      *(tls_opts(keys) if tls else []), *dump_args, check=False)
-        if r.returncode == 0:
-            assert server.wait(timeout=60) == 0, (srv / "page-server.log").read_text()[-3000:]
-    finally:
-        server.kill()
-        server.wait()
-    return r, srv, dump
-
-
-def merged(base, srv, dump):
-    """What an operator restores: the page server's images beside the dump's."""
-    img = base / "merged"
-    img.mkdir()
-    for d in (srv, dump):
-        for p in d.iterdir():
-            if p.name.endswith(".img"):
-                shutil.copy2(p, img / p.name)
-    return img
 
 
 def test_page_server_dump_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
@@ -457,40 +200,6 @@ def test_page_server_dump_canaries_absent_and_restored(memcanary, criu, tmp_path
     img = merged(tmp_path / "enc", srv, dump)
     criu.restore(img, "--tls-key", keys["alice"][1])
     assert wl.report() == f"memcanary OK {BIG_MIB}"
-
-
-@pytest.fixture
-def ps_pristine(memcanary, criu, tmp_path, keys):
-    wl, _ = memcanary("ps-pristine", sysv=False)
-    r, srv, dump = dump_through_page_server(criu, wl, tmp_path, keys, "pristine", "--encrypt")
-    assert r.returncode == 0, (dump / "dump.log").read_text()[-3000:]
-    return wl, merged(tmp_path / "pristine", srv, dump)
-
-
-def test_page_server_dump_tampered_page_refused(ps_pristine, criu, tmp_path, keys):
-    wl, img = ps_pristine
-    d = damaged_copy(tmp_path, img, "flip")
-    name = flip_a_page(d)
-    refused(criu, d, wl.pid, keys["alice"][1], f"{name}: page")
-
-
-def test_page_server_dump_tampered_pagemap_refused(ps_pristine, criu, tmp_path, keys):
-    wl, img = ps_pristine
-    d = damaged_copy(tmp_path, img, "pagemap")
-    pm = max((p for p in d.iterdir() if p.name.startswith("pagemap-")), key=lambda p: p.stat().st_size)
-    data = bytearray(pm.read_bytes())
-    data[40] ^= 0x01
-    pm.write_bytes(bytes(data))
-    refused(criu, d, wl.pid, keys["alice"][1], f"{pm.name}: chunk 0 failed authentication")
-
-
-def test_page_server_dump_without_its_images_refused(ps_pristine, criu, tmp_path, keys):
-    """The dump's manifest lists the pagemaps the page server wrote."""
-    wl, img = ps_pristine
-    d = damaged_copy(tmp_path, img, "nopagemap")
-    pm = next(p for p in d.iterdir() if p.name.startswith("pagemap-"))
-    pm.unlink()
-    refused(criu, d, wl.pid, keys["alice"][1], f"{pm.name}: missing from the encrypted checkpoint")
 
 
 def test_page_server_dump_needs_tls(memcanary, criu, tmp_path, keys):
@@ -561,16 +270,6 @@ def hugecanary(memcanary, hugepages):
     return start
 
 
-def crit_decode(img, key=None):
-    src = REPO / "build" / "src"
-    env = dict(os.environ, PYTHONPATH=f"{src / 'lib'}:{src / 'crit'}")
-    r = subprocess.run(["/usr/bin/python3", "-m", "crit", "decode", "-i", str(img),
-                        *(["--tls-key", key] if key else [])],
-                       env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"crit decode {img}: {r.stderr}"
-    return json.loads(r.stdout)["entries"]
-
-
 def page_offset(pagemap, key, vaddr):
     """(pages image name, offset in it) of the page at vaddr, from a pagemap image."""
     entries = crit_decode(pagemap, key)
@@ -634,8 +333,8 @@ def test_hugetlb_canaries_absent_and_restored(hugecanary, criu, tmp_path, keys):
 
 @pytest.fixture
 def hugepristine(hugecanary, criu, tmp_path, keys):
-    wl, _, regions = hugecanary("pristine")
-    img = tmp_path / "pristine"
+    wl, _, regions = hugecanary("mem_pristine")
+    img = tmp_path / "mem_pristine"
     criu.dump(wl, img, "--encrypt", "--tls-cert", keys["alice"][0])
     return wl, img, regions
 
@@ -654,7 +353,7 @@ def test_refuses_flipped_bit_in_hugetlb_page(hugepristine, criu, tmp_path, keys,
     else:
         assert "Can't read the pages of shmem" in log
     assert "pie: " not in log, "the restorer ran"
-    # The pristine checkpoint still restores.
+    # The mem_pristine checkpoint still restores.
     criu.restore(img, "--tls-key", keys["alice"][1])
     assert wl.report() == "hugecanary OK 0"
 

@@ -13,9 +13,8 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import CRIU, MAGIC, files_with, new_canary, wait_gone
 
-from conftest import CRIU, wait_gone
-from test_encrypt import MAGIC, files_with, keys, new_canary  # noqa: F401 (keys is a fixture)
 
 HERE = pathlib.Path(__file__).resolve().parent
 PLUGIN_H = pathlib.Path(CRIU).resolve().parent / "include" / "criu-plugin.h"

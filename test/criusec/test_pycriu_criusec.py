@@ -4,37 +4,20 @@ independent computation with the cryptography primitives.  Needs no criu:
 the images are made here, as criu would write them."""
 import hashlib
 import os
-import struct
-import subprocess
 import sys
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from helpers import REPO, Synth, crit, page_of, spec_page
 
-from conftest import REPO
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))
 import pycriu  # noqa: E402
 from pycriu import criusec  # noqa: E402
 
-CRIT_ENV = dict(os.environ, PYTHONPATH=f"{SRC / 'lib'}:{SRC / 'crit'}")
 MK = bytes(range(32))
 CKPT = bytes(range(0x10, 0x20))
 SALT = bytes(range(0xa0, 0xb0))
-
-
-def crit(*args, check=True, stdin=None):
-    r = subprocess.run(["/usr/bin/python3", "-m", "crit", *map(str, args)], env=CRIT_ENV, stdin=stdin,
-                       capture_output=True, text=True, timeout=120)
-    if check and r.returncode != 0:
-        raise AssertionError(f"crit {args} failed ({r.returncode}): {r.stderr}")
-    return r
 
 
 # ---- Documentation/criusec-format.md section 5 ----
@@ -100,24 +83,6 @@ def test_stream_refusals(aead):
 
 # ---- the page cipher, computed independently here ----
 
-def hkdf_expand(prk, info, n):
-    return HKDFExpand(SHA256(), n, info).derive(prk)
-
-
-def spec_page(prk, name, v, i, page):
-    """The page format exactly as specified, with the raw primitives."""
-    xts_key = hkdf_expand(prk, b"criusec v1 pages xts" + b"\x00" + name, 64)
-    tag_key = hkdf_expand(prk, b"criusec v1 pages tag" + b"\x00" + name, 32)
-    tweak = v.to_bytes(8, "little") + i.to_bytes(8, "little")
-    enc = Cipher(algorithms.AES(xts_key), modes.XTS(tweak)).encryptor()
-    ct = enc.update(page) + enc.finalize()
-    tag = AESGCM(tag_key).encrypt(i.to_bytes(8, "little") + bytes(4), b"", tweak + ct)
-    return ct, tag
-
-
-def page_of(seed):
-    return hashlib.sha256(seed).digest() * (4096 // 32)
-
 
 # Pinned, so that the engine (criu/criusec/src/pages.cpp) can be checked
 # against the same numbers: MK 00..1f, ckpt_id 10..1f, pages-3.img,
@@ -181,122 +146,6 @@ def test_page_refusals():
 
 
 # ---- a synthetic encrypted checkpoint, with pages encrypted as specified ----
-
-@pytest.fixture(scope="module")
-def rsa_keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth-keys")
-    out = {}
-    for name in ("alice", "mallory"):
-        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        path = d / f"{name}.pem"
-        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-        out[name] = (k, str(path))
-    return out
-
-
-def image(magic_name, entries):
-    return pycriu.images.dumps({"magic": magic_name, "entries": entries})
-
-
-def write_cipher_img_v1(d, mk, ckpt_id, pub, parent_id=None, aead=1, chunk=65536):
-    """A format-1 header, as criusec 1.0 wrote it."""
-    h = {"version": 1, "ckpt_id": ckpt_id, "has_parent": 1 if parent_id else 0, "parent_id": parent_id or b"",
-         "aead": aead, "chunk_size": chunk,
-         "recipients": [(criusec.fingerprint(pub), 1, pub.encrypt(mk, padding.PKCS1v15()))]}
-    h["mac"] = criusec.header_mac(criusec.prk_of(mk, ckpt_id), h)
-    ce = pycriu.images.pb.cipher_entry(version=1, ckpt_id=ckpt_id, aead=aead, chunk_size=chunk, mac=h["mac"])
-    if parent_id:
-        ce.parent_id = parent_id
-    for fpr, alg, wrapped in h["recipients"]:
-        ce.recipients.add(fingerprint=fpr, wrap_alg=alg, wrapped_key=wrapped)
-    m = pycriu.images.magic.by_name
-    body = ce.SerializeToString()
-    (d / "cipher.img").write_bytes(struct.pack("<iii", m["IMG_COMMON"], m["CIPHER"], len(body)) + body)
-
-
-def manifest_bytes(entries):
-    """cipher-manifest.img's plaintext, built here with protobuf: [(kind, name, size, digest)];
-    size None: format 1 (no sizes, no digests)."""
-    e = pycriu.images.pb.cipher_manifest_entry()
-    for kind, name, size, digest in entries:
-        e.images.append(name)
-        e.kinds.append(kind)
-        if size is not None:
-            e.sizes.append(size)
-            e.digests.append(digest)
-    m = pycriu.images.magic.by_name
-    body = e.SerializeToString()
-    return struct.pack("<iii", m["IMG_COMMON"], m["CIPHER_MANIFEST"], len(body)) + body
-
-
-class Synth:
-    """An encrypted checkpoint of one task (pid 42) whose pagemap is
-    `layout`: [(vaddr, nr_pages, flags)].  Present pages get contents
-    page_of(vaddr); pages-1.img and pagetags-1.img are made with
-    spec_page(), not with the module under test.
-
-    Format 2 (version=2): signed by signer (a criusec.Signer) or unsigned;
-    parent: the parent Synth (bound with its key), or (parent_id, binding)
-    as a forger would write them.  recipients: more public keys."""
-
-    def __init__(self, d, key, layout, parent=None, tags=True, aead=1, version=2, signer=None, ckpt_id=None,
-                 created=None, recipients=()):
-        d.mkdir(parents=True, exist_ok=True)
-        self.dir, self.mk, self.ckpt_id = d, os.urandom(32), ckpt_id or os.urandom(16)
-        self.version, self.pubs = version, [key.public_key(), *recipients]
-        if version == 1:
-            write_cipher_img_v1(d, self.mk, self.ckpt_id, key.public_key(), parent and parent.ckpt_id, aead)
-        self.aead = aead
-        self.manifest = []
-        self.plain = {}
-        prk = criusec.prk_of(self.mk, self.ckpt_id)
-        pages, ptags, i = [], [], 0
-        for vaddr, nr, flags in layout:
-            if flags & criusec.PE_PRESENT:
-                for k in range(nr):
-                    v = vaddr + k * 4096
-                    self.plain[v] = page_of(b"%x" % v)
-                    ct, tag = spec_page(prk, b"pages-1.img", v, i, self.plain[v]) if tags else (self.plain[v], b"")
-                    pages.append(ct)
-                    ptags.append(tag)
-                    i += 1
-        (d / "pages-1.img").write_bytes(b"".join(pages))
-        if tags:
-            self.stream("pagetags", "pagetags-1.img", b"".join(ptags))
-        self.stream("pagemap-%lu.img", "pagemap-42.img", image("PAGEMAP", [{"pages_id": 1}] + [
-            {"vaddr": v, "compat_nr_pages": 0, "nr_pages": n, "flags": f} for v, n, f in layout]))
-        self.stream("pstree.img", "pstree.img", image("PSTREE", [{"pid": 42, "ppid": 0, "pgid": 42, "sid": 42}]))
-        self.stream("core-%u.img", "core-42.img", image("CORE", [{"mtype": "X86_64", "tc": {
-            "task_state": 1, "exit_code": 0, "personality": 0, "flags": 0, "blk_sigset": 0, "comm": "synth"}}]))
-        self.mf = manifest_bytes([(k, n, s if version >= 2 else None, hashlib.sha256(pt).digest())
-                                  for k, n, s, pt in self.manifest])
-        self.stream("cipher-manifest.img", "cipher-manifest.img", self.mf, listed=False)
-        if version >= 2:
-            if isinstance(parent, Synth):
-                parent = (parent.ckpt_id, criusec.parent_binding(criusec.prk_of(parent.mk, parent.ckpt_id),
-                                                                 parent.ckpt_id, self.ckpt_id))
-            self.header = criusec.new_header(self.mk, self.ckpt_id, self.pubs, aead, 65536, created, parent,
-                                             hashlib.sha256(self.mf).digest())
-            self.seal(signer)
-
-    def seal(self, signer=None, **fields):
-        """(Re)write cipher.img: the header with fields changed, signed by
-        signer, MAC'd with the checkpoint's key (what a recipient can do)."""
-        self.header.update(fields)
-        criusec.seal_header(self.header, self.mk, signer)
-        self.write_header()
-
-    def write_header(self, **fields):
-        """cipher.img as it is, with fields changed and nothing recomputed."""
-        self.header.update(fields)
-        (self.dir / "cipher.img").write_bytes(criusec.encode_cipher_img(self.header))
-
-    def stream(self, kind, name, pt, listed=True):
-        sealed = criusec.stream_seal(self.mk, self.ckpt_id, self.aead, 65536, kind, name, pt)
-        (self.dir / name).write_bytes(sealed)
-        if listed:
-            self.manifest.append((kind, name, len(sealed), pt))
 
 
 P = criusec.PE_PRESENT

@@ -20,15 +20,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 import pki_util
 from pki_util import KEY_TYPES, SIG_ALG_OF, Pki, make_cert
-from test_crit import refusal
-from test_pycriu_criusec import P, Synth, crit, image, manifest_bytes, page_of, rsa_keys  # noqa: F401 (a fixture)
 
-import pycriu  # noqa: E402 (test_pycriu_criusec puts build/src/lib on sys.path)
+from helpers import Synth, crit, image, manifest_bytes, page_of, refusal  # helpers puts build/src/lib on sys.path
+import pycriu  # noqa: E402
 from pycriu import criusec  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "criu" / "criusec" / "tests"))
 import criusec_ref  # noqa: E402
+
+P = criusec.PE_PRESENT
 
 
 @pytest.fixture(scope="module")

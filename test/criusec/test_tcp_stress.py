@@ -31,10 +31,8 @@ import time
 import zlib
 
 import pytest
+from helpers import HERE, REPO, Workload, lazy_restore, needs_uffd
 
-from conftest import HERE, REPO, Workload
-from test_encrypt import keys  # noqa: F401 (a fixture)
-from test_pages import lazy_restore, needs_uffd
 
 ROUNDS = int(os.environ.get("CRIUSEC_TCP_STRESS_ROUNDS", "4"))
 PROGRESS_S = 60      # a restored pair must finish two rounds on each side in this

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Cross-check of the C++ engine against an independent implementation of
 the criusec formats (1 and 2), written from Documentation/criusec-format.md with
-python3-cryptography (OpenSSL): pycriu's lib/pycriu/criusec.py.
+python3-cryptography (OpenSSL): pycriu's criusec package, lib/pycriu/criusec/.
 
     criusec_ref.py --helper PATH/criusec-format-helper
 
@@ -25,13 +25,17 @@ except ImportError:
 
 
 def load_reference():
-    """The reader itself is pycriu's criusec module (lib/pycriu/criusec.py,
+    """The reader itself is pycriu's criusec package (lib/pycriu/criusec/,
     at the same place in the repository and in CRIU's tree): one
     implementation, used by crit and checked against the engine here.  It
-    is loaded by path, so neither pycriu nor protobuf need be importable."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "lib", "pycriu", "criusec.py")
-    spec = importlib.util.spec_from_file_location("criusec", path)
+    is loaded by path, as a package of its own, so neither pycriu nor
+    protobuf need be importable (what needs them, cipher.img's and the
+    manifest's protobuf encoding, is not used here)."""
+    pkg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "lib", "pycriu", "criusec")
+    spec = importlib.util.spec_from_file_location("criusec", os.path.join(pkg, "__init__.py"),
+                                                  submodule_search_locations=[pkg])
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # for the package's relative imports of its modules
     spec.loader.exec_module(mod)
     return mod
 
