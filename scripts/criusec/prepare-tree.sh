@@ -72,4 +72,14 @@ for d in criu images lib crit test scripts Documentation pki include compel socc
 		echo "/$f" >>"$exclude.new"
 	done
 done
+# A file that left the repo (moved or split) leaves the tree too: the old
+# overlay list is the exclude file of the last run.
+if [ -f "$exclude" ]; then
+	sort "$exclude.new" >"$exclude.sorted"
+	sort "$exclude" | comm -23 - "$exclude.sorted" | while read -r f; do
+		case "$f" in /*) ;; *) continue ;; esac
+		g cat-file -e "HEAD:${f#/}" 2>/dev/null || rm -f "$src$f"
+	done
+	rm -f "$exclude.sorted"
+fi
 mv "$exclude.new" "$exclude"

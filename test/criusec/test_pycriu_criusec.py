@@ -84,7 +84,7 @@ def test_stream_refusals(aead):
 # ---- the page cipher, computed independently here ----
 
 
-# Pinned, so that the engine (criu/criusec/src/pages.cpp) can be checked
+# Pinned, so that the engine (criu/criusec/src/page_cipher.cpp) can be checked
 # against the same numbers: MK 00..1f, ckpt_id 10..1f, pages-3.img,
 # v = 0x7f0000001000, i = 5, page = SHA-256("criusec page") repeated.
 PAGE_VECTOR = {"xts_key": "cbb77e7843180658981a51b39be42ae4fadcd821dd87ce47d066edab8e92cadd"

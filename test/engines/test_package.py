@@ -23,7 +23,7 @@ FILES = {
     "libcompel1": [f"/usr/lib/{MULTIARCH}/libcompel.so.1", f"/usr/lib/{MULTIARCH}/compel/std.lib.a"],
     "libcompel-dev": ["/usr/include/compel/infect.h"],
     "python3-pycriu": ["/usr/bin/crit", "/usr/sbin/criu-ns",
-                       "/usr/lib/python3/dist-packages/pycriu/criusec.py"],
+                       "/usr/lib/python3/dist-packages/pycriu/criusec/__init__.py"],
 }
 
 pytestmark = pytest.mark.skipif(

@@ -22,7 +22,7 @@ Its modules mirror the engine's (criu/criusec/src/):
 * ``compress``, ``stream``: block compression and image streams
   (``stream_seal``, ``stream_open``) (compress.cpp, stream.cpp);
 * ``pages``: the page cipher, ``PageCipher``, and compressed regions
-  (pages.cpp);
+  (page_cipher.cpp, page_index.cpp);
 * ``manifest``: cipher-manifest.img and CRIU's table of image kinds
   (manifest.cpp);
 * ``checkpoint``: ``Checkpoint``, an image directory.  It finds

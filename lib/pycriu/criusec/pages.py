@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-only
 """Memory pages (sections 5 and 11.3): the page cipher (XTS plus a tag per
-page), and compressed regions with their records (engine: pages.cpp).
+page), and compressed regions with their records (engine: page_cipher.cpp, page_index.cpp).
 
 Every 4096-byte page of pages-<N>.img is encrypted on its own, in place:
   xts_key = derive("criusec v1 pages xts" || 0x00 || name, 64)
