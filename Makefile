@@ -16,7 +16,7 @@ export PYTHON	:= /usr/bin/python3
 CRIU		:= $(SRC)/criu/criu
 
 .PHONY: all help deps fetch tree criu engine install demo test test-unit \
-	test-integration test-zdtm test-vm zdtm-full patch-tree patches-export reset-tree \
+	test-integration test-zdtm test-vm zdtm-full lint patch-tree patches-export reset-tree \
 	clean distclean fuzz bench deb test-engines
 
 all: criu
@@ -25,7 +25,8 @@ help:
 	@echo "make [all]          fetch upstream, apply patches, build criu, compel, crit, libcriu"
 	@echo "make deps           install the Debian packages for the build and the tests"
 	@echo "make demo           dump and restore a demo process"
-	@echo "make test           unit, integration and ZDTM smoke tests"
+	@echo "make test           lint, unit, integration and ZDTM smoke tests"
+	@echo "make lint           CRIU's clang-format and make lint on our C, the series' hunks, our Python and shell"
 	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's kernel)"
 	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
 	@echo "make fuzz           bounded libFuzzer runs of the decoders"
@@ -98,6 +99,11 @@ demo: criu
 
 test: criu engine
 	@scripts/criusec/run-tests.sh $(SRC) $(ENGINE_BUILD)
+
+# CRIU's own style checks (its .clang-format, its 'make lint') on what we
+# write: see scripts/criusec/lint.sh.  Part of 'make test'.
+lint: tree
+	@scripts/criusec/lint.sh $(SRC) $(CURDIR)
 
 test-unit: engine
 	ctest --test-dir $(ENGINE_BUILD) --output-on-failure

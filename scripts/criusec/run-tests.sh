@@ -1,5 +1,5 @@
 #!/bin/bash
-# make test: the three layers, each with its own count, then the total.
+# make test: lint, then the three layers, each with its own count, then the total.
 # Exits non-zero if any layer fails or runs no test.
 # Usage: run-tests.sh SRC ENGINE_BUILD
 set -u -o pipefail
@@ -10,6 +10,11 @@ export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 log=$(mktemp -d /tmp/criusec-tests.XXXXXX)
 # shellcheck source=scripts/criusec/layers.sh
 . "$repo/scripts/criusec/layers.sh"
+
+echo "== lint (make lint: CRIU's clang-format and make lint, each check one count)"
+"$repo/scripts/criusec/lint.sh" "$src" "$repo" 2>&1 | tee "$log/lint"
+rc=$?
+layer lint "$(count "$log/lint" '[0-9]+ passed,')" "$(count "$log/lint" '[0-9]+ failed$')" 0 "$rc"
 
 echo "== unit tests (CTest/GoogleTest)"
 ctest --test-dir "$engine" --output-on-failure 2>&1 | tee "$log/unit"
