@@ -114,7 +114,6 @@ out:
 	return ret;
 }
 
-
 void criusec_pb_header_free(struct pb_header *ph)
 {
 	xfree(ph->rs);

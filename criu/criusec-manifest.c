@@ -211,7 +211,7 @@ int criusec_manifest_index(struct dir_state *d, const char *name)
 
 /* What a format-2 manifest records of image i; NULL when nothing (format 1, or a page server's image). */
 const struct criusec_stream_info *criusec_manifest_expect(struct dir_state *d, size_t i,
-							 struct criusec_stream_info *buf)
+							  struct criusec_stream_info *buf)
 {
 	CipherManifestEntry *m = d->manifest;
 

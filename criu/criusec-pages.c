@@ -31,8 +31,6 @@
 
 static struct page_img *page_imgs;
 
-
-
 /* pages-N.img -> pagetags-N.img */
 static char *tags_name(const char *pages)
 {

@@ -243,7 +243,6 @@ bool criusec_policy_refuses(enum criusec_act act)
 	return true;
 }
 
-
 int check_criusec(void)
 {
 	struct criusec_signer *s;

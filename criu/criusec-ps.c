@@ -28,7 +28,6 @@
 #undef LOG_PREFIX
 #define LOG_PREFIX "criusec: "
 
-
 /*
  * criu page-server: the grant a dump sent for the pagemap it opens next
  * (PS_IOV_CRIUSEC_GRANT), until that image is opened.

@@ -20,7 +20,6 @@
 #undef LOG_PREFIX
 #define LOG_PREFIX "criusec: "
 
-
 /*
  * restore --auto-dedup: the pages criu read (and checked) are punched out
  * of their images only once the whole restore succeeded, so a refused
@@ -34,11 +33,12 @@ struct punch_rec {
 	char name[32]; /* pages-N.img */
 	uint64_t off, len;
 };
-static struct punch_shm {
+struct punch_shm {
 	unsigned int used;
 	int overflow; /* too many: punch nothing (only a saving is lost) */
 	struct punch_rec r[PUNCH_RECS];
-} *punches;
+};
+static struct punch_shm *punches;
 
 void criusec_punches_init(void)
 {

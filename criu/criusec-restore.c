@@ -34,7 +34,6 @@
 
 static struct dir_state *dirs;
 
-
 /* A private copy (own offset) of a verified plaintext. */
 int criusec_plain_copy(const struct plain_img *p, const char *name)
 {
@@ -66,7 +65,7 @@ int criusec_plain_copy(const struct plain_img *p, const char *name)
  * of another size is refused before it is read.
  */
 int criusec_verify_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
-			   const struct criusec_stream_info *expect)
+			    const struct criusec_stream_info *expect)
 {
 	struct stat st;
 	int memfd;

@@ -50,9 +50,9 @@ static struct pending_img *pending;
 bool criusec_stream_covered(int type)
 {
 	switch (type) {
-	case CR_FD_CIPHER: /* the header itself; MAC-protected */
-	case CR_FD_STATS:  /* timings and counters, no process state */
-	case CR_FD_PAGES:  /* the page cipher: see struct page_img */
+	case CR_FD_CIPHER:    /* the header itself; MAC-protected */
+	case CR_FD_STATS:     /* timings and counters, no process state */
+	case CR_FD_PAGES:     /* the page cipher: see struct page_img */
 	case CR_FD_PAGES_OLD: /* formats older than CRIU 2.x: never written */
 	case CR_FD_SHM_PAGES_OLD:
 		return false;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * criusec: the pages the restorer reads itself, checked for it.
  *

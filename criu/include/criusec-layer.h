@@ -14,12 +14,12 @@
 #include "criusec.h"
 #include "images/cipher.pb-c.h"
 
-#define CRIUSEC_DEFAULT_CERT	 SYSCONFDIR "/pki/criu/cert.pem"
-#define CRIUSEC_DEFAULT_KEY	 SYSCONFDIR "/pki/criu/private/key.pem"
+#define CRIUSEC_DEFAULT_CERT	SYSCONFDIR "/pki/criu/cert.pem"
+#define CRIUSEC_DEFAULT_KEY	SYSCONFDIR "/pki/criu/private/key.pem"
 #define CRIUSEC_REQUIRED_MARKER GLOBAL_CONFIG_DIR "encryption-required"
-#define CRIUSEC_DEFAULT_TRUST	 GLOBAL_CONFIG_DIR "trusted-signers.pem"
-#define CRIUSEC_DEFAULT_CONF	 GLOBAL_CONFIG_DIR "default.conf"
-#define CHAIN_KEY_TTL		 (7 * 24 * 3600) /* see criusec_chain_key_store() */
+#define CRIUSEC_DEFAULT_TRUST	GLOBAL_CONFIG_DIR "trusted-signers.pem"
+#define CRIUSEC_DEFAULT_CONF	GLOBAL_CONFIG_DIR "default.conf"
+#define CHAIN_KEY_TTL		(7 * 24 * 3600) /* see criusec_chain_key_store() */
 
 /*
  * Restore side: what one directory (the images dir, a parent, the work
@@ -75,12 +75,12 @@ struct page_img {
 	pid_t owner;
 	char *name;
 	struct criusec_pages *pc; /* with the tags or region records */
-	struct dir_state *dir; /* restore: where it is */
+	struct dir_state *dir;	  /* restore: where it is */
 	/* dump through a page server: the pagemap it writes, and its entries */
 	char *pm_kind, *pm_name;
 	struct criusec_pagemap_digest *pmd;
-	int dfd;	/* dump: where the tags go */
-	int wfd;	/* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
+	int dfd; /* dump: where the tags go */
+	int wfd; /* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
 	bool in_imgdir;
 	bool remote; /* dump: fd is the page server's socket */
 	struct page_img *next;
@@ -95,12 +95,12 @@ struct pb_header {
 
 /* criusec-policy.c: host policy, decided there and nowhere else. */
 enum criusec_act {
-	CRIUSEC_DUMP_PLAIN,	/* a dump or pre-dump without --encrypt */
+	CRIUSEC_DUMP_PLAIN,	 /* a dump or pre-dump without --encrypt */
 	CRIUSEC_DUMP_LAZY_PLAIN, /* --lazy-pages without --tls: those pages leave unencrypted */
-	CRIUSEC_DUMP_UNSIGNED,	/* an encrypted dump without a signing identity */
-	CRIUSEC_SERVE_PLAIN,	/* a page server sending decrypted pages without --tls */
-	CRIUSEC_RECEIVE_PLAIN,	/* a page server taking the pagemaps of a dump without --encrypt */
-	CRIUSEC_RESTORE_PLAIN,	/* restoring (or dumping over) a checkpoint without cipher.img */
+	CRIUSEC_DUMP_UNSIGNED,	 /* an encrypted dump without a signing identity */
+	CRIUSEC_SERVE_PLAIN,	 /* a page server sending decrypted pages without --tls */
+	CRIUSEC_RECEIVE_PLAIN,	 /* a page server taking the pagemaps of a dump without --encrypt */
+	CRIUSEC_RESTORE_PLAIN,	 /* restoring (or dumping over) a checkpoint without cipher.img */
 };
 extern bool criusec_policy_refuses(enum criusec_act act);
 extern int criusec_check_header(const struct criusec_header *h);

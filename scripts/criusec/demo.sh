@@ -11,7 +11,7 @@ keys=$2
 work=$(mktemp -d /tmp/criusec-demo.XXXXXX)
 pid=""
 cleanup() {
-	[ -n "$pid" ] && pkill -KILL -s "$pid" 2>/dev/null || true
+	if [ -n "$pid" ]; then pkill -KILL -s "$pid" 2>/dev/null || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -65,17 +65,17 @@ step "criu dump --encrypt --tls-cert $keys/demo-cert.pem"
 wait "$pid" 2>/dev/null || true
 # The tree's other tasks were re-parented to init: wait until they are gone
 # too, or restoring their pids fails with "File exists".
-for p in $(cat "$work/pids"); do
+while read -r p; do
 	for _ in $(seq 200); do [ -e "/proc/$p" ] || break; sleep 0.05; done
-done
+done <"$work/pids"
 before=$(cat "$work/count")
 echo "dumped at $before"
-ls -la "$work/img" | head -30
+find "$work/img" -maxdepth 1 -type f -printf '%M %10s %f\n' | sort -k3 | head -30
 
-step "the secret is in none of the $(ls "$work/img" | wc -l) files criu wrote (pages, pipe data and logs included)"
+step "the secret is in none of the $(find "$work/img" -maxdepth 1 -type f | wc -l) files criu wrote (pages, pipe data and logs included)"
 hits=$(holding "$work/img")
 [ -z "$hits" ] || fail "secret found in: $hits"
-echo "encrypted images: the secret is in no file (the plain dump held it in $(echo $hits_plain | wc -w) of its files)"
+echo "encrypted images: the secret is in no file (the plain dump held it in $(echo "$hits_plain" | wc -w) of its files)"
 head -c 8 "$work/img/pstree.img" | od -c | head -1
 
 step "criu restore without the key is refused"

@@ -41,7 +41,7 @@ rc=0
 # shellcheck disable=SC2086
 /usr/bin/python3 zdtm.py run $sel -f uns -p 2 --keep-going --report "$report" "$@" || rc=$?
 
-tap=$(ls "$report"/criu-testreport*.tap 2>/dev/null | head -1)
+tap=$(find "$report" -maxdepth 1 -name 'criu-testreport*.tap' 2>/dev/null | head -1)
 [ -n "$tap" ] || die "zdtm wrote no report (exit $rc): nothing ran"
 skipped=$(( $(grep -c '^ok .*# SKIP' "$tap" || true) + ${excluded:-0} ))
 passed=$(grep '^ok ' "$tap" | grep -vc '# SKIP' || true)

@@ -38,8 +38,12 @@ ENGINE_CGROUPS = ("libpod_parent", "docker", "default")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _enc(s):
+    return None if s is None else s.encode()
+
+
 def _mount(src, target, fstype, flags=0, data=None):
-    enc = lambda s: None if s is None else s.encode()
+    enc = _enc
     if _libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype or ''} {src} on {target}: {os.strerror(err)}")

@@ -532,9 +532,9 @@ TEST(StreamDefaultChunk, TamperClasses)
 	auto t = st;
 	t[28 + sealed + 100] ^= 1;
 	EXPECT_NE(open_buf(ctx.get(), t).error.find("chunk 1 failed authentication"), std::string::npos);
-	auto fo = open_fd(ctx.get(), t);
-	EXPECT_LT(fo.rc, 0);
-	EXPECT_EQ(fo.out, std::vector<uint8_t>(pt.begin(), pt.begin() + c));
+	auto opened = open_fd(ctx.get(), t);
+	EXPECT_LT(opened.rc, 0);
+	EXPECT_EQ(opened.out, std::vector<uint8_t>(pt.begin(), pt.begin() + c));
 
 	t.assign(st.begin(), st.begin() + 28 + 2 * sealed);
 	EXPECT_NE(open_buf(ctx.get(), t).error.find("stream truncated (no final chunk)"), std::string::npos);
