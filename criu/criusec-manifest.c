@@ -39,14 +39,10 @@ struct manifest_rec {
 	unsigned short klen, nlen; /* with their NULs */
 	char names[];		   /* "kind\0name\0" */
 };
-#define MAX_PS_IMAGES 4096
 struct manifest_shm {
 	unsigned int used; /* bytes of recs[] in use */
 	int failed;	   /* a seal failed somewhere: the dump must fail */
-	/* pages image ids the page server answered: none may come twice */
-	unsigned int nr_ps_ids;
-	uint32_t ps_ids[MAX_PS_IMAGES];
-	char recs[]; /* struct manifest_rec, one after another, aligned */
+	char recs[];	   /* struct manifest_rec, one after another, aligned */
 };
 static struct manifest_shm *manifest;
 /* What sealing cipher-manifest.img gave: its digest goes into the header. */
@@ -85,26 +81,6 @@ bool criusec_manifest_failed(void)
 void criusec_manifest_sealed(const struct criusec_stream_info *info)
 {
 	manifest_info = *info;
-}
-
-/* Two images under one id would share a page key, tweaks and GMAC nonces. */
-int criusec_manifest_claim_pages_id(uint32_t pages_id)
-{
-	unsigned int i;
-
-	for (i = 0; i < manifest->nr_ps_ids; i++) {
-		if (manifest->ps_ids[i] == pages_id) {
-			pr_err("The page server answered pages image %u twice in this dump\n", pages_id);
-			return -1;
-		}
-	}
-	i = __atomic_fetch_add(&manifest->nr_ps_ids, 1, __ATOMIC_SEQ_CST);
-	if (i >= MAX_PS_IMAGES) {
-		pr_err("Too many page server images\n");
-		return -1;
-	}
-	manifest->ps_ids[i] = pages_id;
-	return 0;
 }
 
 /*

@@ -99,8 +99,11 @@ int criusec_ps_opened(int sk, int fd_type, unsigned long img_id, uint32_t pages_
 
 	if (pagemap_name(fd_type, img_id, name, sizeof(name)))
 		return -1;
-	if (criusec_manifest_claim_pages_id(pages_id))
+	/* One image per id: the page cipher's safety rests on it (the engine's rule). */
+	if (criusec_ctx_claim_pages_id(criusec_dump_ctx, pages_id)) {
+		pr_err("The page server answered pages image %u: %s\n", pages_id, criusec_last_error());
 		return -1;
+	}
 	snprintf(pages, sizeof(pages), imgset_template[CR_FD_PAGES].fmt, pages_id);
 	criusec_page_forget(sk);
 	p = criusec_page_new(sk, pages, criusec_dump_ctx);

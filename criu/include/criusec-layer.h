@@ -131,7 +131,6 @@ extern void criusec_manifest_fail(void);
 extern bool criusec_manifest_failed(void);
 extern void criusec_manifest_sealed(const struct criusec_stream_info *info);
 extern int criusec_manifest_write(uint8_t digest[CRIUSEC_DIGEST_LEN]);
-extern int criusec_manifest_claim_pages_id(uint32_t pages_id);
 extern int criusec_manifest_index(struct dir_state *d, const char *name);
 extern const struct criusec_stream_info *criusec_manifest_expect(struct dir_state *d, size_t i,
 								 struct criusec_stream_info *buf);

@@ -241,6 +241,13 @@ int criusec_ctx_chain_secret(const struct criusec_ctx *ctx, uint8_t out[CRIUSEC_
 struct criusec_ctx *criusec_ctx_import_secret(const struct criusec_header *hdr,
 					      const uint8_t secret[CRIUSEC_CHAIN_SECRET_LEN]);
 void criusec_ctx_free(struct criusec_ctx *ctx);
+/*
+ * A dump's context (criusec_ctx_new): claim the page image id about to be
+ * written, once per checkpoint and across the processes criu forks after
+ * making ctx (two images under one id would share a page key, tweaks and
+ * GMAC nonces).  0, -EEXIST if it was claimed before, -ENOSPC past 4096.
+ */
+int criusec_ctx_claim_pages_id(struct criusec_ctx *ctx, uint32_t id);
 const uint8_t *criusec_ctx_id(const struct criusec_ctx *ctx);
 enum criusec_aead criusec_ctx_aead(const struct criusec_ctx *ctx);
 /* Format 2: the manifest's digest the header records; NULL for format 1. */

@@ -328,10 +328,21 @@ struct criusec_ctx *criusec_ctx_new(enum criusec_aead aead)
 		auto c = Ctx::create(*alg);
 		if (!c.ok())
 			return std::move(c).status();
-		ret = new criusec_ctx(std::move(c).value());
+		auto handle = std::make_unique<criusec_ctx>(std::move(c).value());
+		handle->page_ids = std::make_unique<PageIds>();
+		ret = handle.release();
 		return {};
 	});
 	return ret;
+}
+
+int criusec_ctx_claim_pages_id(struct criusec_ctx *ctx, uint32_t id)
+{
+	return guarded([&]() -> Status {
+		if (!ctx || !ctx->page_ids)
+			return invalid_argument("not a dump's context");
+		return ctx->page_ids->claim(id);
+	});
 }
 
 int criusec_ctx_set_parent(struct criusec_ctx *ctx, const struct criusec_ctx *parent)

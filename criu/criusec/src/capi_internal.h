@@ -6,10 +6,12 @@
  */
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "criusec.h"
 #include "ctx.h"
+#include "page_ids.h"
 
 struct criusec_ctx {
 	explicit criusec_ctx(criusec::Ctx c) : ctx(std::move(c)) {}
@@ -17,6 +19,8 @@ struct criusec_ctx {
 	/* What the last export handed out; valid until the next export or seal. */
 	std::vector<criusec_recipient> exported;
 	std::vector<criusec_blob> exported_certs;
+	/* A dump's: the page image ids written (criusec_ctx_claim_pages_id). */
+	std::unique_ptr<criusec::PageIds> page_ids;
 };
 
 /* The C header as the engine's view (no copy: spans into *hdr). */

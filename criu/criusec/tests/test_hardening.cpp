@@ -9,6 +9,9 @@
 #include <ctime>
 #include <string>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "criusec.h"
 #include "ctx.h"
 #include "manifest.h"
@@ -215,6 +218,39 @@ TEST_F(Unwrap, BadPaddingGivesADeterministicSubstitute)
 	auto s31 = unwrap(w31.value());
 	EXPECT_NE(std::vector<uint8_t>(s31.begin(), s31.begin() + 31), std::vector<uint8_t>(mk_.begin(), mk_.begin() + 31));
 	EXPECT_EQ(s31, unwrap(w31.value()));
+}
+
+} /* namespace */
+
+namespace {
+
+/* A page image id is written once per checkpoint, in any process criu forks after the context. */
+TEST(PageIds, OncePerCheckpointAcrossForks)
+{
+	criusec_ctx *ctx = criusec_ctx_new(CRIUSEC_AEAD_AUTO);
+	ASSERT_NE(ctx, nullptr);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(ctx, 1), 0);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(ctx, 0xffffffffu), 0);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(ctx, 1), -EEXIST);
+	EXPECT_NE(std::string(criusec_last_error()).find("page image 1 twice"), std::string::npos);
+
+	pid_t pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) /* the child claims 2 and sees 1 taken */
+		_exit(criusec_ctx_claim_pages_id(ctx, 2) == 0 && criusec_ctx_claim_pages_id(ctx, 1) == -EEXIST ? 0 : 1);
+	int status = 0;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(ctx, 2), -EEXIST); /* the child's claim is seen here */
+	EXPECT_EQ(criusec_ctx_claim_pages_id(ctx, 3), 0);
+
+	/* Another checkpoint's ids are its own. */
+	criusec_ctx *other = criusec_ctx_new(CRIUSEC_AEAD_AUTO);
+	ASSERT_NE(other, nullptr);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(other, 1), 0);
+	EXPECT_EQ(criusec_ctx_claim_pages_id(nullptr, 1), -EINVAL);
+	criusec_ctx_free(other);
+	criusec_ctx_free(ctx);
 }
 
 } /* namespace */
