@@ -259,13 +259,11 @@ static uint8_t *page_batch;
 static uint8_t *page_batch_buf(void)
 {
 	if (!page_batch) {
-		page_batch = mmap(NULL, PAGE_BATCH, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (page_batch == MAP_FAILED) {
+		page_batch = criusec_secret_map(-1, PAGE_BATCH);
+		if (!page_batch) {
 			pr_perror("Can't map a page buffer");
-			page_batch = NULL;
 			return NULL;
 		}
-		madvise(page_batch, PAGE_BATCH, MADV_DONTDUMP);
 	}
 	return page_batch;
 }
@@ -280,11 +278,8 @@ void criusec_pages_forget_all(void)
 		page_free(p);
 	}
 	page_imgs = NULL;
-	if (page_batch) {
-		explicit_bzero(page_batch, PAGE_BATCH);
-		munmap(page_batch, PAGE_BATCH);
-		page_batch = NULL;
-	}
+	criusec_secret_unmap(page_batch, PAGE_BATCH); /* wiped first */
+	page_batch = NULL;
 }
 
 /*

@@ -40,10 +40,10 @@ static struct {
 	bool used; /* the last open took it: the dump waits for the pages image's id */
 } ps_grant;
 
+/* A grant is a key: in secret memory (criusec_secret_map()), wiped when freed. */
 void criusec_grant_free(uint8_t *grant, size_t len)
 {
-	explicit_bzero(grant, len);
-	xfree(grant);
+	criusec_secret_unmap(grant, len ?: 1);
 }
 
 /* The page server's connection is TLS when --tls is given. */
@@ -152,9 +152,11 @@ int criusec_ps_take_grant(int fd_type, unsigned long img_id, const uint8_t *gran
 	if (pagemap_name(fd_type, img_id, ps_grant.name, sizeof(ps_grant.name)))
 		return -1;
 	criusec_holding_keys();
-	ps_grant.grant = xmalloc(len ?: 1);
-	if (!ps_grant.grant)
+	ps_grant.grant = criusec_secret_map(-1, len ?: 1);
+	if (!ps_grant.grant) {
+		pr_perror("Can't keep the grant");
 		return -1;
+	}
 	memcpy(ps_grant.grant, grant, len);
 	ps_grant.len = len;
 	ps_grant.type = fd_type;

@@ -447,10 +447,11 @@ int criusec_keyring_store(struct criusec_ctx *ctx, unsigned int ttl_seconds, cha
 struct criusec_ctx *criusec_keyring_import(const struct criusec_header *h, bool *found, char *desc, size_t desc_len);
 
 /*
- * Secret memory for authenticated plaintext that CRIU keeps whole (a memfd
- * of it, mapped MAP_SHARED): left out of core dumps and, where
- * RLIMIT_MEMLOCK allows, out of swap.  map: NULL with errno set on
- * failure.  unmap wipes the len bytes, then unmaps them.
+ * Secret memory for what CRIU's side holds: authenticated plaintext it
+ * keeps whole (fd: a memfd of it, mapped MAP_SHARED), or with fd -1 len
+ * zeroed bytes of its own (a grant, a staging buffer).  Left out of core
+ * dumps and, where RLIMIT_MEMLOCK allows, out of swap.  map: NULL with
+ * errno set on failure.  unmap wipes the len bytes, then unmaps them.
  */
 void *criusec_secret_map(int fd, size_t len);
 void criusec_secret_unmap(void *p, size_t len);

@@ -83,7 +83,7 @@ void *gmp_realloc(void *p, size_t old, size_t n)
 
 void *secret_map(int fd, size_t len) noexcept
 {
-	return secret_mmap(fd, len, MAP_SHARED);
+	return fd < 0 ? secret_mmap(-1, len, MAP_PRIVATE | MAP_ANONYMOUS) : secret_mmap(fd, len, MAP_SHARED);
 }
 
 void secret_unmap(void *p, size_t len) noexcept

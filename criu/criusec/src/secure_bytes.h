@@ -26,9 +26,10 @@ void wipe_bignum_scratch();
 
 /*
  * Secret memory that is not a SecureBytes: the len bytes of the file fd
- * (a memfd of authenticated plaintext) mapped MAP_SHARED, on the same
- * terms (out of core dumps, locked where the limit allows).  nullptr with
- * errno set on failure.  secret_unmap() wipes the len bytes, then unmaps.
+ * (a memfd of authenticated plaintext) mapped MAP_SHARED, or with fd -1
+ * len zeroed private bytes, on the same terms (out of core dumps, locked
+ * where the limit allows).  nullptr with errno set on failure.
+ * secret_unmap() wipes the len bytes, then unmaps.
  */
 void *secret_map(int fd, size_t len) noexcept;
 void secret_unmap(void *p, size_t len) noexcept;

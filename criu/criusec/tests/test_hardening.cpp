@@ -254,3 +254,19 @@ TEST(PageIds, OncePerCheckpointAcrossForks)
 }
 
 } /* namespace */
+
+namespace {
+
+/* Secret memory of CRIU's side's own (fd -1): zeroed, writable, out of core dumps. */
+TEST(SecretMemory, AnonymousBuffers)
+{
+	auto *p = static_cast<uint8_t *>(criusec_secret_map(-1, 5000));
+	ASSERT_NE(p, nullptr);
+	EXPECT_EQ(p[0], 0);
+	EXPECT_EQ(p[4999], 0);
+	std::memset(p, 0xa5, 5000);
+	criusec_secret_unmap(p, 5000);
+	criusec_secret_unmap(nullptr, 10); /* nothing to do */
+}
+
+} /* namespace */

@@ -222,7 +222,7 @@ TEST(SecretMemory, MapsSharedOutOfCoreDumpsAndWipes)
 TEST(SecretMemory, FailureKeepsErrno)
 {
 	errno = 0;
-	EXPECT_EQ(criusec_secret_map(-1, 4096), nullptr);
+	EXPECT_EQ(criusec_secret_map(1 << 20, 4096), nullptr); /* not an open descriptor (-1 is anonymous memory) */
 	EXPECT_EQ(errno, EBADF);
 	EXPECT_EQ(criusec_last_errno(), -EBADF);
 	int fd = memfd_create("criusec-test-empty", MFD_CLOEXEC);
