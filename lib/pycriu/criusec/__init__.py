@@ -25,6 +25,8 @@ Its modules mirror the engine's (criu/criusec/src/):
   (page_cipher.cpp, page_index.cpp);
 * ``manifest``: cipher-manifest.img and CRIU's table of image kinds
   (manifest.cpp);
+* ``crit``: what crit does with an encrypted checkpoint (crit only calls
+  in here; imported by crit, not by this package);
 * ``checkpoint``: ``Checkpoint``, an image directory.  It finds
   ``cipher.img`` beside the images, applies the policy, verifies the
   signature, unwraps the checkpoint's key with a recipient's private key,
