@@ -69,7 +69,7 @@ static bool same_time(const struct timespec *a, const struct timespec *b)
 	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
 }
 
-void criusec_imgdir_forget(void)
+static void snap_free(void)
 {
 	size_t i;
 
@@ -78,6 +78,11 @@ void criusec_imgdir_forget(void)
 	xfree(snap);
 	snap = NULL;
 	nr_snap = 0;
+}
+
+void criusec_imgdir_forget(void)
+{
+	snap_free();
 	sealed = false;
 }
 
@@ -166,13 +171,7 @@ static int snap_one(const char *name, const struct stat *st, void *arg)
 /* snap: what the images directory holds now. */
 static int snapshot_dir(void)
 {
-	size_t i;
-
-	for (i = 0; i < nr_snap; i++)
-		xfree(snap[i].name);
-	xfree(snap);
-	snap = NULL;
-	nr_snap = 0;
+	snap_free();
 	if (walk_dir(get_service_fd(IMG_FD_OFF), snap_one, NULL)) {
 		criusec_imgdir_forget();
 		return -1;
