@@ -237,6 +237,13 @@ def test_crit_refusals(secrets_dump, tmp_path, keys):
     refusal(crit_cli("x", d, "ps", "--tls-key", alice), core, "failed authentication")
     d = damaged("cut", "files.img", lambda p: p.write_bytes(p.read_bytes()[:-5]))
     refusal(crit_cli("x", d, "fds", "--tls-key", alice), "files.img")
+    # A plugin's image written beside the checkpoint in clear (or added): as criu restore, crit refuses it.
+    d = damaged("plugin", core, lambda p: None)
+    (d / "amdgpu-kfd-1.img").write_bytes(b"GPU memory in clear")
+    refusal(crit_cli("x", d, "ps", "--tls-key", alice), "amdgpu-kfd-1.img", "not in the checkpoint's manifest")
+    (d / "amdgpu-kfd-1.img").unlink()
+    (d / "stats-restore").write_bytes(b"criu's own, in clear by design")
+    assert crit_cli("x", d, "ps", "--tls-key", alice).returncode == 0
     d = damaged("hdr", "cipher.img", flip)
     refusal(crit_cli("show", d / "pstree.img", "--tls-key", alice), "cipher.img")
     d = damaged("nohdr", "cipher.img", lambda p: p.unlink())

@@ -75,7 +75,8 @@ from .stream import (  # noqa: F401
 from .pages import (  # noqa: F401
     parse_regions, pages_described, page_keys, PageCipher)
 from .manifest import (  # noqa: F401
-    _check_name, _CONVERSIONS, IMAGE_KINDS, name_matches, kind_pattern, decode_manifest, encode_manifest,
+    _check_name, _CONVERSIONS, IMAGE_KINDS, UNSEALED_KINDS, criu_image_name, is_plugin_image_name, name_matches,
+    kind_pattern, decode_manifest, encode_manifest,
     pagemap_digest)
 from .checkpoint import (  # noqa: F401
     Checkpoint)

@@ -20,7 +20,7 @@ from .edit import Editor
 from .header import check_header, import_header, new_header, parent_binding, read_cipher_img
 from .kdf import prk_of
 from .keys import _no_pkcs11, default_keys, fingerprint, is_pkcs11_url, load_private_key
-from .manifest import _check_name, decode_manifest, pagemap_digest
+from .manifest import _check_name, decode_manifest, is_plugin_image_name, pagemap_digest
 from .memory import PageReader
 from .pages import pages_described, parse_regions
 from .policy import Policy
@@ -306,7 +306,18 @@ class Checkpoint:
             return 0
         n = self._verify_images()
         self._check_pagemaps()
+        self._check_unlisted()
         return n
+
+    def _check_unlisted(self):
+        """As criu restore does: an image file in the directory that the
+        manifest does not list (a plugin's image written in clear, or one
+        added) makes the checkpoint refused."""
+        listed = {name for _, name in self.manifest()}
+        for name in sorted(os.listdir(self.dir)):
+            if is_plugin_image_name(name) and name not in listed:
+                raise FormatError("%s is in the images directory but not in the checkpoint's manifest (a plugin's "
+                                  "image written in clear, or added): refusing the encrypted checkpoint" % name)
 
     def _verify_images(self):
         """verify() but for the pagemaps' coverage: what an edit in progress

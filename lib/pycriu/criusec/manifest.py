@@ -77,6 +77,22 @@ IMAGE_KINDS = frozenset((
 ))
 
 
+# CRIU's images the stream layer leaves out (stream_covered()): with
+# IMAGE_KINDS and the page tags, every name CRIU gives an image.
+UNSEALED_KINDS = ("cipher.img", "stats-%s", "pages-%u.img", "pages-%d.img", "pages-shmem-%ld.img")
+
+
+def criu_image_name(name):
+    """name is one of CRIU's own image names, as criusec_criu_image_name() decides."""
+    return any(name_matches(p, name) for p in (*IMAGE_KINDS, *UNSEALED_KINDS, "pagetags-%u.img"))
+
+
+def is_plugin_image_name(name):
+    """A file of an images directory that only a plugin writes: *.img, not
+    one of CRIU's own names (criu/criusec-plugin.c's is_plugin_image_name())."""
+    return name.endswith(".img") and not criu_image_name(name)
+
+
 def kind_pattern(kind):
     """The names images of this kind may have, as criu's kind_pattern()
     decides: an image kind of CRIU's table is its own pattern; page tags:
