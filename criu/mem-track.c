@@ -102,6 +102,7 @@ struct mt_wire {
 static LIST_HEAD(prev_tasks); /* taken from the parent's holder */
 static LIST_HEAD(next_tasks); /* protected in this pass */
 static bool prev_loaded;
+static bool other_method; /* the parent was tracked by userfaultfd, this run by soft-dirty */
 static const char *prev_missing = "the parent images record no tracking holder";
 static char token[MEM_TRACK_TOKEN_LEN + 1];
 
@@ -391,7 +392,7 @@ int mem_track_holder_main(int argc, char **argv)
 	return 0;
 }
 
-static void __attribute__((noreturn)) holder_exec(int lsk)
+static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
 {
 	char a_mfd[16], a_lsk[16];
 	struct sigaction sa = { .sa_handler = SIG_DFL };
@@ -412,12 +413,13 @@ static void __attribute__((noreturn)) holder_exec(int lsk)
 	}
 
 	/* Keep the socket, the memfd and the userfaultfds; nothing of criu's */
-	keep = xmalloc((nr_keep + 2) * sizeof(int));
+	keep = xmalloc((nr_keep + 3) * sizeof(int));
 	if (!keep)
 		_exit(1);
 	nr_keep = 0;
 	keep[nr_keep++] = lsk;
 	keep[nr_keep++] = mfd;
+	keep[nr_keep++] = ready; /* close-on-exec: its EOF tells criu the exec is done */
 	list_for_each_entry(t, &next_tasks, l)
 		keep[nr_keep++] = t->uffd;
 	for (i = 1; i < nr_keep; i++) { /* insertion sort: a few fds */
@@ -436,7 +438,8 @@ static void __attribute__((noreturn)) holder_exec(int lsk)
 			cr_close_range(prev + 1, max, 0);
 		if (i < nr_keep) {
 			prev = keep[i];
-			fcntl(keep[i], F_SETFD, 0);
+			if (keep[i] != ready)
+				fcntl(keep[i], F_SETFD, 0);
 		}
 	}
 
@@ -466,8 +469,9 @@ static void __attribute__((noreturn)) holder_exec(int lsk)
 static int spawn_holder(void)
 {
 	struct sockaddr_un addr;
-	int sk, len, status;
+	int sk, len, status, ready[2];
 	pid_t pid;
+	char c;
 
 	if (holder_dir(true))
 		return -1;
@@ -487,10 +491,19 @@ static int spawn_holder(void)
 	if (chmod(addr.sun_path, 0600))
 		pr_warn("Can't chmod %s\n", addr.sun_path);
 
+	if (pipe2(ready, O_CLOEXEC)) {
+		pr_perror("Can't create a pipe");
+		close(sk);
+		unlink(addr.sun_path);
+		return -1;
+	}
+
 	pid = fork();
 	if (pid < 0) {
 		pr_perror("Can't fork the holder");
 		close(sk);
+		close(ready[0]);
+		close(ready[1]);
 		unlink(addr.sun_path);
 		return -1;
 	}
@@ -500,10 +513,16 @@ static int spawn_holder(void)
 		pid = fork();
 		if (pid != 0)
 			_exit(pid < 0);
-		holder_exec(sk);
+		close(ready[0]);
+		holder_exec(sk, ready[1]);
 	}
 
 	close(sk);
+	close(ready[1]);
+	/* EOF once the holder has exec'd (or died): the next run finds it */
+	if (read(ready[0], &c, 1) != 0)
+		pr_warn("The holder said something before exec\n");
+	close(ready[0]);
 	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
 		pr_err("The holder did not start\n");
 		unlink(addr.sun_path);
@@ -587,17 +606,30 @@ out:
 
 int mem_track_dump_start(InventoryEntry *parent_ie)
 {
-	if (!uffd_tracking())
-		return 0;
-
 	if (!parent_ie || !parent_ie->mem_track_holder) {
-		if (parent_ie)
+		if (parent_ie && uffd_tracking())
 			pr_warn("The parent images record no tracking holder: every page is dumped\n");
 		return 0;
 	}
 	if (!token_valid(parent_ie->mem_track_holder)) {
 		pr_err("The parent images name a malformed tracking holder\n");
 		return -1;
+	}
+
+	if (!uffd_tracking()) {
+		/*
+		 * The chain of userfaultfds ends here: the holder goes.  Soft-dirty
+		 * bits were not reset by that chain: no page from the parent.
+		 */
+		if (!take_from_holder(parent_ie->mem_track_holder))
+			pr_info("Tracking with userfaultfd ends: the holder is released\n");
+		mt_free_list(&prev_tasks);
+		if (opts.track_mem) {
+			pr_warn("The parent images were tracked with userfaultfd, not %s: every page is dumped\n",
+				mem_track_method_name(mem_track_method()));
+			other_method = true;
+		}
+		return 0;
 	}
 	if (take_from_holder(parent_ie->mem_track_holder)) {
 		pr_warn("Memory tracking was lost (the holder is gone or failed): every page is dumped\n");
@@ -760,6 +792,8 @@ int mem_track_task_start(struct pstree_item *item, struct vm_area_list *vmas, st
 
 int mem_track_vma_state(struct pstree_item *item, struct vma_area *vma)
 {
+	if (other_method)
+		return MEM_UNTRACKED_TASK;
 	if (!uffd_tracking())
 		return MEM_TRACKED;
 	if (cur.untracked_task)
