@@ -331,3 +331,34 @@ def test_holder_ends_with_the_chain(workloads, criu, tmp_path):
     maps = open(f"/proc/{wl.pid}/smaps").read()
     assert not re.search(r"^VmFlags:.* uw", maps, re.M), "the registration outlived the chain"
     churn_generation(wl)
+
+
+@needs_uffd
+def test_rpc_mem_tracker(workloads, tmp_path):
+    """The RPC's mem_tracker (what runc and libcriu send) chooses the mechanism."""
+    import pycriu.rpc_pb2 as rpc
+    wl = workloads("churn", 32)
+    pages, hot = map(int, wl.last.split()[-2:])
+    for name, parent in (("pre1", None), ("pre2", "../pre1")):
+        d = tmp_path / name
+        d.mkdir()
+        if parent:
+            wait_rewritten(wl)
+        c = pycriu.criu()
+        c.use_binary(CRIU)
+        fd = os.open(d, os.O_DIRECTORY)
+        try:
+            c.opts.images_dir_fd = fd
+            c.opts.pid = wl.pid
+            c.opts.track_mem = True
+            c.opts.mem_tracker = rpc.TRACK_UFFD
+            c.opts.log_file = "pre-dump.log"
+            c.opts.log_level = 4
+            if parent:
+                c.opts.parent_img = parent
+            c.pre_dump()
+        finally:
+            os.close(fd)
+    s = stats(tmp_path / "pre2")
+    assert s["pages_skipped_parent"] >= pages - hot - HUGE, s
+    assert "write-protected for tracking" in (tmp_path / "pre2" / "pre-dump.log").read_text()
