@@ -363,3 +363,23 @@ def test_rpc_mem_tracker(workloads, tmp_path):
     s = stats(tmp_path / "pre2")
     assert s["pages_skipped_parent"] >= pages - hot - HUGE, s
     assert "write-protected for tracking" in (tmp_path / "pre2" / "pre-dump.log").read_text()
+
+
+@needs_uffd
+def test_task_with_its_own_userfaultfd(memtrack_bin, criu, tmp_path):
+    """A task that registered a VMA with a userfaultfd of its own keeps it:
+    criu's registration of that VMA fails (EBUSY), and the VMA is dumped
+    whole at every pass, counted; the rest is tracked."""
+    wl = start_memtrack(memtrack_bin, tmp_path, "ownuffd")
+    try:
+        pages, hot = map(int, wl.last.split()[-2:])
+        dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+        log = (tmp_path / "pre1" / "pre-dump.log").read_text()
+        assert re.search(r"can't register [0-9a-f]+-[0-9a-f]+: 16\b", log), "no EBUSY in the log"
+        s = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1")
+        print(s)
+        assert s["pages_untracked_vma"] >= 1024, s           # region 2, whole
+        assert s["pages_skipped_parent"] >= pages - hot - HUGE, s
+        assert wl.report() == "memtrack OK 0"
+    finally:
+        wl.kill()

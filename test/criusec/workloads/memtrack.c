@@ -16,7 +16,8 @@
  *      others, move the moved region again and grow it.
  * With "closefds" it closes every fd it has after each step and opens its
  * status file by name to write it: tracking must not need any fd of the
- * task's.
+ * task's.  With "ownuffd" it registers region 2 with a userfaultfd of its
+ * own (missing mode, never triggered: the region is populated) and keeps it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +27,8 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "common.h"
 
@@ -223,6 +226,15 @@ int main(int argc, char **argv)
 	new_region(1, SMALL_MB * 256, 0);
 	new_region(2, SMALL_MB * 256, 0);
 	hot = reg[0].pages / 8;
+	if (argc > 4 && !strcmp(argv[4], "ownuffd")) {
+		int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+		struct uffdio_api api = { .api = UFFD_API };
+		struct uffdio_register r = { .range = { (unsigned long)reg[2].addr, reg[2].pages * PAGE },
+					     .mode = UFFDIO_REGISTER_MODE_MISSING };
+
+		if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) || ioctl(uffd, UFFDIO_REGISTER, &r))
+			return 5;
+	}
 	if (closefds)
 		close_all();
 	put_status(status_path, "ready %zu %zu", reg[0].pages, hot);
