@@ -34,6 +34,7 @@
  * and counted in stats-dump (pages_untracked_task, pages_untracked_vma).
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -466,6 +467,27 @@ static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
 	_exit(1);
 }
 
+/* A holder lives at most MEM_TRACK_HOLD_SECONDS: older sockets are a killed one's */
+static void remove_stale_sockets(void)
+{
+	time_t stale = time(NULL) - MEM_TRACK_HOLD_SECONDS - 60;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	d = opendir(MEM_TRACK_DIR);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		if (!token_valid(de->d_name))
+			continue;
+		if (!fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISSOCK(st.st_mode) &&
+		    st.st_mtime < stale)
+			unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
 static int spawn_holder(void)
 {
 	struct sockaddr_un addr;
@@ -475,6 +497,7 @@ static int spawn_holder(void)
 
 	if (holder_dir(true))
 		return -1;
+	remove_stale_sockets();
 
 	sk = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (sk < 0) {
