@@ -98,6 +98,7 @@ struct mt_wire {
 	s32 pid;
 	u32 nr;
 	u32 last; /* no more tasks */
+	s32 fd;	  /* in the holder's memfd: the userfaultfd's number */
 };
 
 static LIST_HEAD(prev_tasks); /* taken from the parent's holder */
@@ -330,7 +331,7 @@ static int holder_load(int mfd)
 		if (!t)
 			return -1;
 		t->pid = w.pid;
-		t->uffd = w.last; /* the fd number, in this record only */
+		t->uffd = w.fd;
 		t->nr = w.nr;
 		t->r = malloc(size ?: 1);
 		if (!t->r)
@@ -405,7 +406,7 @@ static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
 	if (mfd < 0)
 		_exit(1);
 	list_for_each_entry(t, &next_tasks, l) {
-		struct mt_wire w = { .magic = MEM_TRACK_MAGIC, .pid = t->pid, .nr = t->nr, .last = t->uffd };
+		struct mt_wire w = { .magic = MEM_TRACK_MAGIC, .pid = t->pid, .nr = t->nr, .fd = t->uffd };
 		size_t size = (size_t)t->nr * sizeof(*t->r);
 
 		if (write(mfd, &w, sizeof(w)) != sizeof(w) || write(mfd, t->r, size) != size)
