@@ -1,0 +1,38 @@
+#ifndef __CR_MEM_TRACK_H__
+#define __CR_MEM_TRACK_H__
+
+#include <stdbool.h>
+
+#include "images/inventory.pb-c.h"
+
+struct pstree_item;
+struct vm_area_list;
+struct vma_area;
+struct parasite_ctl;
+
+/*
+ * Memory tracking with a userfaultfd in asynchronous write-protect mode
+ * (mem_track_method() == MEM_TRACK_UFFD): one userfaultfd per task, made
+ * in the task by the parasite, kept between two runs of criu by a holder
+ * process (see mem-track.c).
+ */
+
+/* Why a VMA's pages can't be taken from the parent images */
+enum {
+	MEM_TRACKED = 0,
+	MEM_UNTRACKED_TASK, /* no record for the task: new task, lost holder, exec */
+	MEM_UNTRACKED_VMA,  /* VMA new, moved, resized, or not registered by us */
+};
+
+extern int mem_track_dump_start(InventoryEntry *parent_ie);
+extern int mem_track_task_start(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
+extern int mem_track_vma_state(struct pstree_item *item, struct vma_area *vma);
+extern int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
+extern void mem_track_inventory(InventoryEntry *he, bool pre_dump);
+extern int mem_track_dump_finish(int ret);
+
+/* criu's argv[1] when it runs as a holder (exec'd by a pre-dump) */
+#define MEM_TRACK_HOLDER_ARG "__mem-track-holder"
+extern int mem_track_holder_main(int argc, char **argv);
+
+#endif /* __CR_MEM_TRACK_H__ */

@@ -1,0 +1,916 @@
+/*
+ * Memory tracking without soft-dirty: userfaultfd write-protect (async)
+ * and PAGEMAP_SCAN.
+ *
+ * Each dumped task gets a userfaultfd, created in the task by the parasite
+ * (a userfaultfd acts on its creator's mm) and handed to criu; the task
+ * keeps no fd of it.  At the end of each pass, with the task frozen and its
+ * pages taken, criu registers the task's private VMAs with it
+ * (UFFDIO_REGISTER_MODE_WP, in asynchronous mode) and write-protects them
+ * (PAGEMAP_SCAN, PM_SCAN_WP_MATCHING).  A write to a protected page is
+ * resolved by the kernel, which clears the mark; the next pass reads the
+ * marks (PAGE_IS_WRITTEN) in the same PAGEMAP_SCAN pagemap-cache.c already
+ * does and takes every unwritten page from the parent images.
+ *
+ * Between two runs the userfaultfds belong to neither, so a pre-dump (or a
+ * dump --track-mem --leave-running) leaves a holder: a process of criu's,
+ * root's, in no namespace or cgroup of the tasks, that keeps them open and
+ * listens on a unix socket in a root-only directory (MEM_TRACK_DIR).  Its
+ * name, a random token, is recorded in the inventory of the images, so the
+ * next run finds it through its parent images (sealed with them under
+ * --encrypt).  The next run takes the userfaultfds, and the holder exits;
+ * the run leaves a new holder if the chain goes on.  A holder nobody asks
+ * for exits after MEM_TRACK_HOLD_SECONDS.  The application sees no fd, no
+ * signal and no process of it; what it does see is that its VMAs are
+ * registered, so its own UFFDIO_REGISTER on them fails with EBUSY while
+ * the chain lasts.
+ *
+ * Never a stale page: a page is taken from the parent only if the task has
+ * a record from the holder named by the parent images, the VMA has the
+ * same bounds as when it was protected, it is still registered (checked
+ * with PM_SCAN_CHECK_WPASYNC before anything is registered in this pass),
+ * with our userfaultfd (UFFDIO_REGISTER with it succeeds: another one gets
+ * EBUSY), and the page is not written.  Everything else is dumped in full
+ * and counted in stats-dump (pages_untracked_task, pages_untracked_vma).
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "common/list.h"
+#include "cr_options.h"
+#include "kerndat.h"
+#include "linux/userfaultfd.h"
+#include "log.h"
+#include "mem.h"
+#include "mem-track.h"
+#include "mman.h"
+#include "pagemap_scan.h"
+#include "parasite-syscall.h"
+#include "pstree.h"
+#include "util.h"
+#include "vma.h"
+#include "xmalloc.h"
+
+#undef LOG_PREFIX
+#define LOG_PREFIX "mem-track: "
+
+#define MEM_TRACK_DIR	       "/run/criu-mem-track"
+#define MEM_TRACK_HOLD_SECONDS (60 * 60)
+#define MEM_TRACK_TOKEN_LEN    32 /* hex digits */
+#define MEM_TRACK_MAGIC	       0x4d54524bU
+#define MEM_TRACK_CHUNK	       1024 /* VMA bounds per message */
+
+#define UFFD_TRACK_FEATURES (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+
+struct mt_range {
+	u64 start;
+	u64 end;
+};
+
+/* One task's tracking: its userfaultfd and what it protected last */
+struct mt_task {
+	struct list_head l;
+	pid_t pid;
+	int uffd;
+	unsigned int nr;
+	struct mt_range *r; /* sorted */
+};
+
+/* What a holder sends for each task, with the userfaultfd */
+struct mt_wire {
+	u32 magic;
+	s32 pid;
+	u32 nr;
+	u32 last; /* no more tasks */
+	s32 fd;	  /* in the holder's memfd: the userfaultfd's number */
+};
+
+static LIST_HEAD(prev_tasks); /* taken from the parent's holder */
+static LIST_HEAD(next_tasks); /* protected in this pass */
+static bool prev_loaded;
+static bool other_method; /* the parent was tracked by userfaultfd, this run by soft-dirty */
+static const char *prev_missing = "the parent images record no tracking holder";
+static char token[MEM_TRACK_TOKEN_LEN + 1];
+
+/* The task being dumped, and its VMAs that can be taken from the parent */
+static struct {
+	pid_t pid;
+	struct mt_task *rec;
+	bool untracked_task;
+	unsigned int nr;
+	struct mt_range *r;
+} cur;
+
+static bool uffd_tracking(void)
+{
+	return opts.track_mem && mem_track_method() == MEM_TRACK_UFFD;
+}
+
+static void mt_free(struct mt_task *t)
+{
+	if (!t)
+		return;
+	close_safe(&t->uffd);
+	xfree(t->r);
+	xfree(t);
+}
+
+static void mt_free_list(struct list_head *h)
+{
+	struct mt_task *t, *n;
+
+	list_for_each_entry_safe(t, n, h, l) {
+		list_del(&t->l);
+		mt_free(t);
+	}
+}
+
+static int mt_add_range(struct mt_range **r, unsigned int *nr, u64 start, u64 end)
+{
+	if (*nr % 64 == 0 && xrealloc_safe(r, (*nr + 64) * sizeof(**r)))
+		return -1;
+	(*r)[*nr].start = start;
+	(*r)[*nr].end = end;
+	(*nr)++;
+	return 0;
+}
+
+static bool mt_has_range(const struct mt_range *r, unsigned int nr, u64 start, u64 end)
+{
+	unsigned int lo = 0, hi = nr;
+
+	while (lo < hi) {
+		unsigned int mid = (lo + hi) / 2;
+
+		if (r[mid].start == start)
+			return r[mid].end == end;
+		if (r[mid].start < start)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/*
+ * What this mechanism can register and protect: private memory criu dumps
+ * page by page.  Shared memory is written through other mappings (and
+ * other tasks) that a per-mapping mark would not see: it is dumped in full.
+ */
+static bool vma_trackable(struct vma_area *vma)
+{
+	if (!vma_area_is_private(vma, kdat.task_size))
+		return false;
+	if (vma->e->status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_AIORING | VMA_AREA_GUARD |
+			      VMA_AREA_UPROBES | VMA_AREA_SHSTK))
+		return false;
+	if (vma->e->flags & (MAP_HUGETLB | MAP_DROPPABLE))
+		return false;
+	return true;
+}
+
+static bool token_valid(const char *t)
+{
+	size_t i;
+
+	if (strlen(t) != MEM_TRACK_TOKEN_LEN)
+		return false;
+	for (i = 0; i < MEM_TRACK_TOKEN_LEN; i++)
+		if (!((t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static int holder_addr(struct sockaddr_un *addr, const char *t)
+{
+	memset(addr, 0, sizeof(*addr));
+	addr->sun_family = AF_UNIX;
+	snprintf(addr->sun_path, sizeof(addr->sun_path), "%s/%s", MEM_TRACK_DIR, t);
+	return offsetof(struct sockaddr_un, sun_path) + strlen(addr->sun_path) + 1;
+}
+
+/* The holders' directory: root's, and nobody else's to enter */
+static int holder_dir(bool create)
+{
+	struct stat st;
+
+	if (create && mkdir(MEM_TRACK_DIR, 0700) && errno != EEXIST) {
+		pr_perror("Can't create %s", MEM_TRACK_DIR);
+		return -1;
+	}
+	if (lstat(MEM_TRACK_DIR, &st)) {
+		pr_perror("Can't stat %s", MEM_TRACK_DIR);
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 077)) {
+		pr_err("%s is not a directory of root's that only root can enter: no holder used\n", MEM_TRACK_DIR);
+		return -1;
+	}
+	return 0;
+}
+
+static int peer_is_root(int sk)
+{
+	struct ucred uc;
+	socklen_t len = sizeof(uc);
+
+	if (getsockopt(sk, SOL_SOCKET, SO_PEERCRED, &uc, &len))
+		return 0;
+	return uc.uid == 0;
+}
+
+static int send_wire(int sk, struct mt_wire *w, int fd)
+{
+	struct iovec iov = { .iov_base = w, .iov_len = sizeof(*w) };
+	char cbuf[CMSG_SPACE(sizeof(int))] = {};
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *ch;
+
+	if (fd >= 0) {
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		ch = CMSG_FIRSTHDR(&mh);
+		ch->cmsg_level = SOL_SOCKET;
+		ch->cmsg_type = SCM_RIGHTS;
+		ch->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(ch), &fd, sizeof(int));
+	}
+	return sendmsg(sk, &mh, MSG_NOSIGNAL) == sizeof(*w) ? 0 : -1;
+}
+
+static int recv_wire(int sk, struct mt_wire *w, int *fd)
+{
+	struct iovec iov = { .iov_base = w, .iov_len = sizeof(*w) };
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *ch;
+
+	*fd = -1;
+	if (recvmsg(sk, &mh, MSG_CMSG_CLOEXEC) != sizeof(*w) || w->magic != MEM_TRACK_MAGIC)
+		return -1;
+	ch = CMSG_FIRSTHDR(&mh);
+	if (ch && ch->cmsg_level == SOL_SOCKET && ch->cmsg_type == SCM_RIGHTS)
+		memcpy(fd, CMSG_DATA(ch), sizeof(int));
+	return 0;
+}
+
+/* Holder: hand everything to the first root peer that names the token */
+static int holder_serve(int sk)
+{
+	char req[MEM_TRACK_TOKEN_LEN];
+	struct timeval tv = { .tv_sec = 10 };
+	struct mt_task *t;
+	struct mt_wire w;
+	unsigned int i;
+
+	setsockopt(sk, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(sk, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (!peer_is_root(sk))
+		return -1;
+	if (recv(sk, req, sizeof(req), 0) != sizeof(req) || memcmp(req, token, sizeof(req)))
+		return -1;
+
+	list_for_each_entry(t, &next_tasks, l) {
+		w = (struct mt_wire){ .magic = MEM_TRACK_MAGIC, .pid = t->pid, .nr = t->nr };
+		if (send_wire(sk, &w, t->uffd))
+			return -1;
+		for (i = 0; i < t->nr; i += MEM_TRACK_CHUNK) {
+			size_t n = min(t->nr - i, (unsigned int)MEM_TRACK_CHUNK) * sizeof(*t->r);
+
+			if (send(sk, t->r + i, n, MSG_NOSIGNAL) != n)
+				return -1;
+		}
+	}
+	w = (struct mt_wire){ .magic = MEM_TRACK_MAGIC, .last = 1 };
+	return send_wire(sk, &w, -1);
+}
+
+/*
+ * The holder runs a fresh image of criu (exec'd, so that nothing of this
+ * run's memory, keys included, stays with it) that finds what it holds in
+ * a memfd: a wire record per task, its VMA bounds after it.
+ */
+static int holder_load(int mfd)
+{
+	struct stat st;
+	char *p, *end;
+
+	if (fstat(mfd, &st))
+		return -1;
+	p = mmap(NULL, st.st_size ?: 1, PROT_READ, MAP_PRIVATE, mfd, 0);
+	if (p == MAP_FAILED)
+		return -1;
+	end = p + st.st_size;
+	while (p + sizeof(struct mt_wire) <= end) {
+		struct mt_wire w;
+		struct mt_task *t;
+		size_t size;
+
+		memcpy(&w, p, sizeof(w));
+		p += sizeof(w);
+		size = (size_t)w.nr * sizeof(struct mt_range);
+		if (w.magic != MEM_TRACK_MAGIC || p + size > end)
+			return -1;
+		t = calloc(1, sizeof(*t));
+		if (!t)
+			return -1;
+		t->pid = w.pid;
+		t->uffd = w.fd;
+		t->nr = w.nr;
+		t->r = malloc(size ?: 1);
+		if (!t->r)
+			return -1;
+		memcpy(t->r, p, size);
+		p += size;
+		list_add_tail(&t->l, &next_tasks);
+	}
+	return 0;
+}
+
+int mem_track_holder_main(int argc, char **argv)
+{
+	time_t deadline = time(NULL) + MEM_TRACK_HOLD_SECONDS;
+	struct sockaddr_un addr;
+	int lsk, mfd;
+
+	if (argc != 5)
+		return 1;
+	mfd = atoi(argv[2]);
+	lsk = atoi(argv[3]);
+	if (!token_valid(argv[4]))
+		return 1;
+	memcpy(token, argv[4], sizeof(token));
+	holder_addr(&addr, token);
+	prctl(PR_SET_NAME, "criu-mem-track", 0, 0, 0);
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+	if (holder_load(mfd)) {
+		unlink(addr.sun_path);
+		return 1;
+	}
+	close(mfd);
+
+	while (1) {
+		struct pollfd pfd = { .fd = lsk, .events = POLLIN };
+		long left = deadline - time(NULL);
+		int sk;
+
+		if (left <= 0)
+			break;
+		if (poll(&pfd, 1, left * 1000) <= 0)
+			continue;
+		sk = accept4(lsk, NULL, NULL, SOCK_CLOEXEC);
+		if (sk < 0)
+			continue;
+		if (holder_serve(sk) == 0) {
+			/* Wait for the peer to have everything before closing */
+			char c;
+
+			shutdown(sk, SHUT_WR);
+			if (read(sk, &c, 1) < 0)
+				;
+			close(sk);
+			break;
+		}
+		close(sk);
+	}
+	unlink(addr.sun_path);
+	return 0;
+}
+
+static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
+{
+	char a_mfd[16], a_lsk[16];
+	struct sigaction sa = { .sa_handler = SIG_DFL };
+	struct mt_task *t;
+	int *keep, nr_keep = 0, i, max, prev, mfd;
+	sigset_t all;
+
+	mfd = memfd_create("criu-mem-track", 0);
+	if (mfd < 0)
+		_exit(1);
+	list_for_each_entry(t, &next_tasks, l) {
+		struct mt_wire w = { .magic = MEM_TRACK_MAGIC, .pid = t->pid, .nr = t->nr, .fd = t->uffd };
+		size_t size = (size_t)t->nr * sizeof(*t->r);
+
+		if (write(mfd, &w, sizeof(w)) != sizeof(w) || write(mfd, t->r, size) != size)
+			_exit(1);
+		nr_keep++;
+	}
+
+	/* Keep the socket, the memfd and the userfaultfds; nothing of criu's */
+	keep = xmalloc((nr_keep + 3) * sizeof(int));
+	if (!keep)
+		_exit(1);
+	nr_keep = 0;
+	keep[nr_keep++] = lsk;
+	keep[nr_keep++] = mfd;
+	keep[nr_keep++] = ready; /* close-on-exec: its EOF tells criu the exec is done */
+	list_for_each_entry(t, &next_tasks, l)
+		keep[nr_keep++] = t->uffd;
+	for (i = 1; i < nr_keep; i++) { /* insertion sort: a few fds */
+		int k = keep[i], j = i - 1;
+
+		while (j >= 0 && keep[j] > k) {
+			keep[j + 1] = keep[j];
+			j--;
+		}
+		keep[j + 1] = k;
+	}
+	prev = -1;
+	for (i = 0; i <= nr_keep; i++) {
+		max = i < nr_keep ? keep[i] - 1 : (int)(~0U >> 1);
+		if (max >= prev + 1)
+			cr_close_range(prev + 1, max, 0);
+		if (i < nr_keep) {
+			prev = keep[i];
+			if (keep[i] != ready)
+				fcntl(keep[i], F_SETFD, 0);
+		}
+	}
+
+	i = open("/dev/null", O_RDWR);
+	if (i >= 0) {
+		dup2(i, 0);
+		dup2(i, 1);
+		dup2(i, 2);
+		if (i > 2)
+			close(i);
+	}
+	for (i = 1; i < NSIG; i++)
+		sigaction(i, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	if (chdir("/"))
+		; /* nothing relies on the cwd */
+
+	snprintf(a_mfd, sizeof(a_mfd), "%d", mfd);
+	snprintf(a_lsk, sizeof(a_lsk), "%d", lsk);
+	execl("/proc/self/exe", "criu-mem-track", MEM_TRACK_HOLDER_ARG, a_mfd, a_lsk, token, NULL);
+	_exit(1);
+}
+
+/* A holder lives at most MEM_TRACK_HOLD_SECONDS: older sockets are a killed one's */
+static void remove_stale_sockets(void)
+{
+	time_t stale = time(NULL) - MEM_TRACK_HOLD_SECONDS - 60;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	d = opendir(MEM_TRACK_DIR);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		if (!token_valid(de->d_name))
+			continue;
+		if (!fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) && S_ISSOCK(st.st_mode) &&
+		    st.st_mtime < stale)
+			unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+static int spawn_holder(void)
+{
+	struct sockaddr_un addr;
+	int sk, len, status, ready[2];
+	pid_t pid;
+	char c;
+
+	if (holder_dir(true))
+		return -1;
+	remove_stale_sockets();
+
+	sk = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sk < 0) {
+		pr_perror("Can't create the holder's socket");
+		return -1;
+	}
+	len = holder_addr(&addr, token);
+	unlink(addr.sun_path);
+	if (bind(sk, (struct sockaddr *)&addr, len) || listen(sk, 4)) {
+		pr_perror("Can't bind the holder's socket %s", addr.sun_path);
+		close(sk);
+		return -1;
+	}
+	if (chmod(addr.sun_path, 0600))
+		pr_warn("Can't chmod %s\n", addr.sun_path);
+
+	if (pipe2(ready, O_CLOEXEC)) {
+		pr_perror("Can't create a pipe");
+		close(sk);
+		unlink(addr.sun_path);
+		return -1;
+	}
+
+	pid = fork();
+	if (pid < 0) {
+		pr_perror("Can't fork the holder");
+		close(sk);
+		close(ready[0]);
+		close(ready[1]);
+		unlink(addr.sun_path);
+		return -1;
+	}
+	if (pid == 0) {
+		/* Detach: a session of its own, and not criu's child */
+		setsid();
+		pid = fork();
+		if (pid != 0)
+			_exit(pid < 0);
+		close(ready[0]);
+		holder_exec(sk, ready[1]);
+	}
+
+	close(sk);
+	close(ready[1]);
+	/* EOF once the holder has exec'd (or died): the next run finds it */
+	if (read(ready[0], &c, 1) != 0)
+		pr_warn("The holder said something before exec\n");
+	close(ready[0]);
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
+		pr_err("The holder did not start\n");
+		unlink(addr.sun_path);
+		return -1;
+	}
+	pr_info("Left a holder at %s\n", addr.sun_path);
+	return 0;
+}
+
+static int take_from_holder(const char *t)
+{
+	struct sockaddr_un addr;
+	struct timeval tv = { .tv_sec = 10 };
+	int sk, len, ret = -1;
+
+	if (holder_dir(false))
+		return -1;
+
+	sk = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sk < 0) {
+		pr_perror("Can't create a socket");
+		return -1;
+	}
+	setsockopt(sk, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(sk, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	len = holder_addr(&addr, t);
+	if (connect(sk, (struct sockaddr *)&addr, len)) {
+		pr_warn("The holder %s is gone (%s)\n", addr.sun_path, strerror(errno));
+		goto out;
+	}
+	if (!peer_is_root(sk)) {
+		pr_err("The holder %s is not root's\n", addr.sun_path);
+		goto out;
+	}
+	if (send(sk, t, MEM_TRACK_TOKEN_LEN, MSG_NOSIGNAL) != MEM_TRACK_TOKEN_LEN)
+		goto out;
+
+	while (1) {
+		struct mt_task *task;
+		struct mt_wire w;
+		int fd;
+		size_t got = 0, size;
+
+		if (recv_wire(sk, &w, &fd)) {
+			pr_err("The holder sent a bad record\n");
+			goto out;
+		}
+		if (w.last) {
+			close_safe(&fd);
+			break;
+		}
+		task = xzalloc(sizeof(*task));
+		if (!task || fd < 0) {
+			close_safe(&fd);
+			xfree(task);
+			goto out;
+		}
+		task->uffd = fd;
+		task->pid = w.pid;
+		task->nr = w.nr;
+		list_add_tail(&task->l, &prev_tasks);
+		size = (size_t)w.nr * sizeof(*task->r);
+		task->r = xmalloc(size ?: 1);
+		if (!task->r)
+			goto out;
+		while (got < size) {
+			ssize_t n = recv(sk, (char *)task->r + got, size - got, 0);
+
+			if (n <= 0)
+				goto out;
+			got += n;
+		}
+	}
+	ret = 0;
+out:
+	close(sk);
+	if (ret)
+		mt_free_list(&prev_tasks);
+	return ret;
+}
+
+int mem_track_dump_start(InventoryEntry *parent_ie)
+{
+	if (!parent_ie || !parent_ie->mem_track_holder) {
+		if (parent_ie && uffd_tracking())
+			pr_warn("The parent images record no tracking holder: every page is dumped\n");
+		return 0;
+	}
+	if (!token_valid(parent_ie->mem_track_holder)) {
+		pr_err("The parent images name a malformed tracking holder\n");
+		return -1;
+	}
+
+	if (!uffd_tracking()) {
+		/*
+		 * The chain of userfaultfds ends here: the holder goes.  Soft-dirty
+		 * bits were not reset by that chain: no page from the parent.
+		 */
+		if (!take_from_holder(parent_ie->mem_track_holder))
+			pr_info("Tracking with userfaultfd ends: the holder is released\n");
+		mt_free_list(&prev_tasks);
+		if (opts.track_mem) {
+			pr_warn("The parent images were tracked with userfaultfd, not %s: every page is dumped\n",
+				mem_track_method_name(mem_track_method()));
+			other_method = true;
+		}
+		return 0;
+	}
+	if (take_from_holder(parent_ie->mem_track_holder)) {
+		pr_warn("Memory tracking was lost (the holder is gone or failed): every page is dumped\n");
+		prev_missing = "tracking was lost: no holder";
+		return 0;
+	}
+	prev_loaded = true;
+	prev_missing = "a task not tracked at the last pass";
+	return 0;
+}
+
+static struct mt_task *take_prev(pid_t pid)
+{
+	struct mt_task *t;
+
+	list_for_each_entry(t, &prev_tasks, l)
+		if (t->pid == pid) {
+			list_del(&t->l);
+			return t;
+		}
+	return NULL;
+}
+
+static int uffd_register(int uffd, u64 start, u64 end)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = end - start },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	return ioctl(uffd, UFFDIO_REGISTER, &reg);
+}
+
+/* Is [start, end) registered with a userfaultfd in async write-protect mode? */
+static int wp_registered(int pm, u64 start, u64 end)
+{
+	struct pm_scan_arg args = {
+		.size = sizeof(args),
+		.flags = PM_SCAN_CHECK_WPASYNC,
+		.start = start,
+		.end = end,
+		/* Registered VMAs match nothing: the walk stops at the VMA */
+		.category_inverted = PAGE_IS_WPALLOWED,
+		.category_mask = PAGE_IS_WPALLOWED,
+	};
+
+	return ioctl(pm, PAGEMAP_SCAN, &args) == 0;
+}
+
+/*
+ * Protect the populated pages only.  An unpopulated one would get a pte
+ * marker, which PAGEMAP_SCAN reports as swapped and not written, like a
+ * page that is in the parent: left alone, it gets no mark, and the first
+ * write populates it as written.
+ */
+static int wp_protect(int pm, u64 start, u64 end)
+{
+	struct pm_scan_arg args = {
+		.size = sizeof(args),
+		.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+		.start = start,
+		.end = end,
+		.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+	};
+
+	return ioctl(pm, PAGEMAP_SCAN, &args);
+}
+
+/*
+ * A task with no userfaultfd yet gets one now, while the parasite's
+ * arguments are free: the page dump that follows needs them intact.
+ */
+static void get_uffd(pid_t pid, struct parasite_ctl *ctl)
+{
+	if (!cur.rec) {
+		cur.rec = xzalloc(sizeof(*cur.rec));
+		if (!cur.rec)
+			return;
+		cur.rec->uffd = -1;
+		cur.rec->pid = pid;
+	}
+	if (cur.rec->uffd >= 0)
+		return;
+	cur.rec->uffd = parasite_get_uffd_seized(ctl, UFFD_TRACK_FEATURES);
+	if (cur.rec->uffd < 0)
+		pr_warn("%d: can't have a userfaultfd in the task: its memory is dumped in full at every pass\n", pid);
+}
+
+int mem_track_task_start(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl)
+{
+	pid_t pid = item->pid->real;
+	struct vma_area *vma;
+	unsigned int lost = 0;
+	int pm = -1;
+
+	xfree(cur.r);
+	memset(&cur, 0, sizeof(cur));
+	cur.pid = pid;
+
+	if (!uffd_tracking())
+		return 0;
+
+	cur.rec = take_prev(pid);
+	if (!cur.rec) {
+		if (prev_loaded || strcmp(prev_missing, "the parent images record no tracking holder"))
+			pr_warn("%d: no tracking record (%s): all its memory is dumped\n", pid, prev_missing);
+		get_uffd(pid, ctl);
+		cur.untracked_task = true;
+		return 0;
+	}
+
+	pm = open_proc(pid, "pagemap");
+	if (pm < 0)
+		return -1;
+
+	/* Checked before this pass registers anything new */
+	list_for_each_entry(vma, &vmas->h, list) {
+		u64 s = vma->e->start, e = vma->e->end;
+
+		if (!vma_trackable(vma))
+			continue;
+		if (!mt_has_range(cur.rec->r, cur.rec->nr, s, e)) {
+			pr_info("%d: %" PRIx64 "-%" PRIx64 " is new or changed since the last pass\n", pid, s, e);
+			lost++;
+			continue;
+		}
+		if (!wp_registered(pm, s, e)) {
+			pr_info("%d: %" PRIx64 "-%" PRIx64 " lost its registration (%d)\n", pid, s, e, errno);
+			lost++;
+			continue;
+		}
+		if (uffd_register(cur.rec->uffd, s, e)) {
+			if (errno == ENOMEM || errno == ESRCH) {
+				/* The userfaultfd's mm is gone: an exec, or another task */
+				pr_warn("%d: its tracked mm is gone: all its memory is dumped\n", pid);
+				close_safe(&cur.rec->uffd);
+				cur.nr = 0;
+				break;
+			}
+			pr_info("%d: %" PRIx64 "-%" PRIx64 " is registered with another userfaultfd (%d)\n", pid, s,
+				e, errno);
+			lost++;
+			continue;
+		}
+		if (mt_add_range(&cur.r, &cur.nr, s, e)) {
+			close(pm);
+			return -1;
+		}
+	}
+	close(pm);
+
+	if (cur.rec->uffd < 0) {
+		cur.untracked_task = true;
+		get_uffd(pid, ctl);
+	}
+	if (lost)
+		pr_warn("%d: %u VMAs not tracked since the last pass are dumped in full\n", pid, lost);
+	return 0;
+}
+
+int mem_track_vma_state(struct pstree_item *item, struct vma_area *vma)
+{
+	if (other_method)
+		return MEM_UNTRACKED_TASK;
+	if (!uffd_tracking())
+		return MEM_TRACKED;
+	if (cur.untracked_task)
+		return MEM_UNTRACKED_TASK;
+	if (!mt_has_range(cur.r, cur.nr, vma->e->start, vma->e->end))
+		return MEM_UNTRACKED_VMA;
+	return MEM_TRACKED;
+}
+
+int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl)
+{
+	pid_t pid = item->pid->real;
+	struct mt_task *t = cur.rec;
+	struct vma_area *vma;
+	unsigned int failed = 0;
+	int pm;
+
+	cur.rec = NULL;
+	if (!t || t->uffd < 0) {
+		mt_free(t);
+		return 0;
+	}
+	t->pid = pid;
+	t->nr = 0;
+	xfree(t->r);
+	t->r = NULL;
+	list_add_tail(&t->l, &next_tasks);
+
+	pm = open_proc(pid, "pagemap");
+	if (pm < 0)
+		return -1;
+
+	list_for_each_entry(vma, &vmas->h, list) {
+		u64 s = vma->e->start, e = vma->e->end;
+
+		if (!vma_trackable(vma))
+			continue;
+		if (uffd_register(t->uffd, s, e)) {
+			/* EBUSY: the task's own userfaultfd; EINVAL: a kind the kernel won't track */
+			pr_info("%d: can't register %" PRIx64 "-%" PRIx64 ": %d\n", pid, s, e, errno);
+			failed++;
+			continue;
+		}
+		if (wp_protect(pm, s, e) < 0) {
+			pr_info("%d: can't write-protect %" PRIx64 "-%" PRIx64 ": %d\n", pid, s, e, errno);
+			failed++;
+			continue;
+		}
+		if (mt_add_range(&t->r, &t->nr, s, e)) {
+			close(pm);
+			return -1;
+		}
+	}
+	close(pm);
+
+	if (failed)
+		pr_warn("%d: %u VMAs can't be tracked: they are dumped in full at every pass\n", pid, failed);
+	pr_info("%d: %u VMAs write-protected for tracking\n", pid, t->nr);
+	return 0;
+}
+
+void mem_track_inventory(InventoryEntry *he, bool pre_dump)
+{
+	u8 rnd[MEM_TRACK_TOKEN_LEN / 2];
+	int i;
+
+	if (!uffd_tracking() || list_empty(&next_tasks))
+		return;
+	/* The chain goes on only if the tasks do */
+	if (!pre_dump && opts.final_state != TASK_ALIVE)
+		return;
+
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) {
+		pr_perror("Can't name the tracking holder");
+		return;
+	}
+	for (i = 0; i < sizeof(rnd); i++)
+		sprintf(token + 2 * i, "%02x", rnd[i]);
+	he->mem_track_holder = token;
+}
+
+int mem_track_dump_finish(int ret)
+{
+	int err = 0;
+
+	if (!ret && token[0] && spawn_holder())
+		pr_warn("No tracking holder: the next dump will dump every page\n");
+
+	/* The holder has its copies: criu's go, and with the last one, tracking */
+	mt_free_list(&prev_tasks);
+	mt_free_list(&next_tasks);
+	xfree(cur.r);
+	memset(&cur, 0, sizeof(cur));
+	token[0] = '\0';
+	return err;
+}

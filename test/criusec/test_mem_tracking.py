@@ -1,0 +1,385 @@
+"""Memory tracking without soft-dirty (issue 20): userfaultfd write-protect
+(async) and PAGEMAP_SCAN, criu --mem-tracker=uffd.
+
+Pre-dump, pre-dump, dump of a process that keeps rewriting an eighth of
+256 MiB, plain and --encrypt --compress: the later dumps take every other
+page from their parent (stats-dump) and the restored process finds every
+byte as it was.  Between the passes the memory changes shape (a fork, a
+new and an unmapped VMA, MADV_DONTNEED, mremap): what was not tracked is
+dumped in full and counted, and restore still finds every byte.  A task
+that closes all its fds keeps its chain; the tracking leaves no fd in it.
+A lost holder makes the next dump dump everything, never take a parent's
+page.
+
+They need a kernel with userfaultfd write-protect (async) and PAGEMAP_SCAN
+(6.7 or later) and skip, saying so, without.
+"""
+import ctypes
+import functools
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CRIU, HERE, REPO, Workload, reap_all, tree_pids, wait_gone
+
+sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
+import pycriu  # noqa: E402
+
+HOLDERS = pathlib.Path("/run/criu-mem-track")
+MIB = 256
+HUGE = 512  # 4 KiB pages in a 2 MiB huge page
+UFFD = ["--mem-tracker=uffd"]
+
+
+@functools.cache
+def uffd_tracking():
+    r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track", *UFFD],
+                       capture_output=True, text=True, timeout=60)
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+def needs_uffd(f):
+    ok, why = uffd_tracking()
+    return pytest.mark.skipif(not ok, reason="memory tracking with userfaultfd needs userfaultfd "
+                              f"write-protect (async) and PAGEMAP_SCAN, Linux 6.7 or later: {why}")(f)
+
+
+# --- chain keys: criusec leaves one per encrypted checkpoint in root's user keyring
+SYS_KEYCTL, KEYCTL_DESCRIBE, KEYCTL_UNLINK, KEYCTL_READ, KEY_SPEC_USER_KEYRING = 250, 6, 9, 11, -4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def chain_keys():
+    buf = ctypes.create_string_buffer(65536)
+    n = _libc.syscall(SYS_KEYCTL, KEYCTL_READ, KEY_SPEC_USER_KEYRING, buf, len(buf))
+    out = set()
+    for i in range(0, max(n, 0), 4):
+        serial = int.from_bytes(buf.raw[i:i + 4], sys.byteorder, signed=True)
+        d = ctypes.create_string_buffer(512)
+        if _libc.syscall(SYS_KEYCTL, KEYCTL_DESCRIBE, serial, d, len(d)) > 0 and \
+                d.value.decode().rsplit(";", 1)[-1].startswith("criusec:"):
+            out.add(serial)
+    return out
+
+
+def holders():
+    """{token: pid} of the tracking holders running."""
+    out = {}
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 4 and argv[1] == b"__mem-track-holder":
+            out[argv[4].decode()] = int(p.name)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def cleanup():
+    """No holder, chain key or big image of a test outlives it."""
+    keys, before = chain_keys(), set(holders())
+    yield
+    for token, pid in holders().items():
+        if token not in before:
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    reap_all()
+    for serial in chain_keys() - keys:
+        _libc.syscall(SYS_KEYCTL, KEYCTL_UNLINK, serial, KEY_SPEC_USER_KEYRING)
+
+
+@pytest.fixture(scope="module")
+def memtrack_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bin") / "memtrack"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memtrack.c")],
+                   check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(d), "alice"], check=True, capture_output=True)
+    return str(d / "alice-cert.pem"), str(d / "alice-key.pem")
+
+
+def stats(img):
+    with open(img / "stats-dump", "rb") as f:
+        return pycriu.images.load(f)["entries"][0]["dump"]
+
+
+def inventory(img):
+    with open(img / "inventory.img", "rb") as f:
+        return pycriu.images.load(f)["entries"][0]
+
+
+def holder_of(img, enc, new_tokens):
+    """The holder a dump names: in its inventory, sealed when encrypted."""
+    if not enc:
+        return inventory(img).get("mem_track_holder")
+    assert len(new_tokens) <= 1, new_tokens
+    for t in new_tokens:
+        assert t.encode() not in (img / "inventory.img").read_bytes(), "the holder's name is in clear"
+        return t
+    return None
+
+
+def uffd_fds(pid):
+    """The task's fds that are userfaultfds: there must be none."""
+    out = []
+    for p in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if "userfaultfd" in os.readlink(p):
+                out.append(p.name)
+        except OSError:
+            pass
+    return out
+
+
+def dump(criu, action, img, pid, parent, *args):
+    img.mkdir()
+    more = ["--prev-images-dir", f"../{parent}"] if parent else []
+    pids = tree_pids(pid)
+    criu.run(action, img, "-t", pid, "--track-mem", *UFFD, *more, *args)
+    if action == "dump":
+        wait_gone(pids)
+    return stats(img)
+
+
+def churn_generation(wl):
+    r = wl.report()
+    m = re.fullmatch(r"churn OK (\d+)", r)
+    assert m, r
+    return int(m.group(1))
+
+
+def wait_rewritten(wl):
+    start = churn_generation(wl)
+    deadline = time.monotonic() + 120
+    while churn_generation(wl) <= start:
+        assert time.monotonic() < deadline, "the workload stopped rewriting its memory"
+        time.sleep(0.2)
+
+
+@needs_uffd
+def test_check_says_which_mechanism():
+    r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track", *UFFD], capture_output=True, text=True)
+    assert r.returncode == 0 and "Memory tracking: uffd" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True)
+    assert r.returncode == 0 and re.search(r"Memory tracking: (soft-dirty|uffd)", r.stdout), r.stdout
+    r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track", "--mem-tracker=bogus"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--mem-tracker" in r.stdout + r.stderr
+
+
+@needs_uffd
+@pytest.mark.parametrize("kind", ["plain", "encrypted-compressed"])
+def test_uffd_chain(workloads, criu, tmp_path, kind, keys):
+    enc = ["--encrypt", "--compress", "--tls-cert", keys[0]] if kind != "plain" else []
+    wl = workloads("churn", MIB)
+    pages, hot = map(int, wl.last.split()[-2:])
+    cold = pages - hot
+
+    before = set(holders())
+    s = dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None, *enc)
+    assert s["pages_written"] >= pages and s["pages_skipped_parent"] == 0, s
+    assert uffd_fds(wl.pid) == []
+    token = holder_of(tmp_path / "pre1", enc, set(holders()) - before)
+    assert token in holders(), "the pre-dump left no holder"
+    st = os.stat(HOLDERS)
+    assert st.st_uid == 0 and st.st_mode & 0o077 == 0, oct(st.st_mode)
+
+    for prev, name in (("pre1", "pre2"), ("pre2", "img")):
+        wait_rewritten(wl)
+        before = set(holders())
+        s = dump(criu, "dump" if name == "img" else "pre-dump", tmp_path / name, wl.pid, prev, *enc)
+        print(name, s)
+        assert s["pages_skipped_parent"] >= cold - HUGE, (name, s)
+        assert hot <= s["pages_written"] <= hot + HUGE + 1024, (name, s)
+        assert token not in holders(), "the holder outlived the run that took its userfaultfds"
+        if name == "pre2":
+            token = holder_of(tmp_path / name, enc, set(holders()) - before)
+            assert token in holders()
+    assert token not in holders() and not (HOLDERS / token).exists(), "the final dump left a holder"
+    assert holder_of(tmp_path / "img", enc, set(holders()) - before) is None
+
+    criu.restore(tmp_path / "img", *(["--tls-key", keys[1]] if enc else []))
+    gen = churn_generation(wl)  # every byte as it was, whichever dump holds it
+    wait_rewritten(wl)
+    assert churn_generation(wl) > gen
+
+
+def start_memtrack(memtrack_bin, tmp_path, *args):
+    wl = Workload(memtrack_bin, "memtrack", tmp_path, [MIB, *args])
+    return wl
+
+
+def step(wl, n):
+    os.kill(wl.pid, signal.SIGUSR2)
+    wl.wait_status(lambda s: f"stepped {n}" in s, f"step {n}")
+
+
+def check_child(path):
+    before = path.read_text().split(" ", 1)[0] if path.exists() else ""
+    pid = None
+    for line in open(path.parent / "child.pid"):
+        pid = int(line)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        s = path.read_text() if path.exists() else ""
+        if s and s.split(" ", 1)[0] != before:
+            return s.split(" ", 1)[1]
+        time.sleep(0.05)
+    raise AssertionError("the child did not report")
+
+
+@needs_uffd
+@pytest.mark.parametrize("closefds", [False, True], ids=["shapes", "shapes-closefds"])
+def test_uffd_chain_memory_changes_shape(memtrack_bin, criu, tmp_path, closefds):
+    """A fork, a new VMA, an unmapped one, MADV_DONTNEED and mremap between
+    the passes: untracked memory is dumped in full and counted, and the
+    restored parent and child find every byte as they left it.  The same
+    for a task that closes every fd it has, after each step."""
+    wl = start_memtrack(memtrack_bin, tmp_path, *(["closefds"] if closefds else []))
+    try:
+        pages = int(wl.last.split()[-2])
+        s1 = dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+        assert s1["pages_written"] >= pages, s1
+        step(wl, 1)
+        children = [int(c) for c in open(f"/proc/{wl.pid}/task/{wl.pid}/children").read().split()]
+        assert len(children) == 1
+        (tmp_path / "child.pid").write_text(f"{children[0]}\n")
+        if closefds:
+            assert os.listdir(f"/proc/{wl.pid}/fd") == [], "the workload kept an fd"
+
+        s2 = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1")
+        print("pre2", s2)
+        # The child is new (no parent to take from: dumped whole); the new
+        # and moved VMAs of the parent (and region 0, if the moved one merged
+        # with it) were not tracked: dumped whole and counted
+        assert s2["pages_written"] >= pages + 2 * 1024, s2
+        assert s2["pages_untracked_vma"] >= 2 * 1024, s2
+        log = (tmp_path / "pre2" / "pre-dump.log").read_text()
+        assert f"{children[0]}: no tracking record" in log
+        assert "is new or changed since the last pass" in log
+        assert uffd_fds(wl.pid) == [] and uffd_fds(children[0]) == []
+        if closefds:
+            assert os.listdir(f"/proc/{wl.pid}/fd") == [], "tracking left an fd in the task"
+
+        step(wl, 2)
+        s3 = dump(criu, "dump", tmp_path / "img", wl.pid, "pre2")
+        print("img", s3)
+        assert s3["pages_skipped_parent"] >= pages, s3  # both tasks' cold memory
+        assert s3["pages_untracked_vma"] >= 1024, s3    # the grown, moved region
+        assert s3["pages_untracked_task"] == 0, s3
+
+        criu.restore(tmp_path / "img")
+        assert wl.report() == "memtrack OK 2"
+        assert check_child(pathlib.Path(str(wl.status_path) + ".child")) == "child OK 1"
+    finally:
+        wl.kill()
+
+
+@needs_uffd
+def test_lost_holder_dumps_everything(workloads, criu, tmp_path):
+    """The holder killed between two passes: the next dump can't know what
+    was written, so it dumps every page and takes none from the parent."""
+    wl = workloads("churn", MIB)
+    pages = int(wl.last.split()[-2])
+    dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+    token = inventory(tmp_path / "pre1")["mem_track_holder"]
+    os.kill(holders()[token], signal.SIGKILL)
+    time.sleep(0.2)
+    reap_all()
+    wait_rewritten(wl)
+
+    s = dump(criu, "dump", tmp_path / "img", wl.pid, "pre1")
+    print(s)
+    assert s["pages_skipped_parent"] == 0, s
+    assert s["pages_written"] >= pages and s["pages_untracked_task"] >= pages, s
+    log = (tmp_path / "img" / "dump.log").read_text()
+    assert "Memory tracking was lost" in log and "no tracking record" in log
+
+    criu.restore(tmp_path / "img")
+    churn_generation(wl)
+
+
+@needs_uffd
+def test_holder_ends_with_the_chain(workloads, criu, tmp_path):
+    """A plain dump (not --track-mem) of a tracked task ends its chain: the
+    holder goes, and with it the registration (the task may use
+    userfaultfd itself again)."""
+    wl = workloads("churn", 32)
+    dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+    token = inventory(tmp_path / "pre1")["mem_track_holder"]
+    assert token in holders()
+    maps = open(f"/proc/{wl.pid}/smaps").read()
+    assert " uw" in maps or "uw " in maps, "no VMA is registered for write-protect"
+    (tmp_path / "img").mkdir()
+    criu.run("dump", tmp_path / "img", "-t", wl.pid, "--leave-running", *UFFD, "--prev-images-dir", "../pre1")
+    assert token not in holders() and not (HOLDERS / token).exists()
+    time.sleep(0.2)
+    maps = open(f"/proc/{wl.pid}/smaps").read()
+    assert not re.search(r"^VmFlags:.* uw", maps, re.M), "the registration outlived the chain"
+    churn_generation(wl)
+
+
+@needs_uffd
+def test_rpc_mem_tracker(workloads, tmp_path):
+    """The RPC's mem_tracker (what runc and libcriu send) chooses the mechanism."""
+    import pycriu.rpc_pb2 as rpc
+    wl = workloads("churn", 32)
+    pages, hot = map(int, wl.last.split()[-2:])
+    for name, parent in (("pre1", None), ("pre2", "../pre1")):
+        d = tmp_path / name
+        d.mkdir()
+        if parent:
+            wait_rewritten(wl)
+        c = pycriu.criu()
+        c.use_binary(CRIU)
+        fd = os.open(d, os.O_DIRECTORY)
+        try:
+            c.opts.images_dir_fd = fd
+            c.opts.pid = wl.pid
+            c.opts.track_mem = True
+            c.opts.mem_tracker = rpc.TRACK_UFFD
+            c.opts.log_file = "pre-dump.log"
+            c.opts.log_level = 4
+            if parent:
+                c.opts.parent_img = parent
+            c.pre_dump()
+        finally:
+            os.close(fd)
+    s = stats(tmp_path / "pre2")
+    assert s["pages_skipped_parent"] >= pages - hot - HUGE, s
+    assert "write-protected for tracking" in (tmp_path / "pre2" / "pre-dump.log").read_text()
+
+
+@needs_uffd
+def test_task_with_its_own_userfaultfd(memtrack_bin, criu, tmp_path):
+    """A task that registered a VMA with a userfaultfd of its own keeps it:
+    criu's registration of that VMA fails (EBUSY), and the VMA is dumped
+    whole at every pass, counted; the rest is tracked."""
+    wl = start_memtrack(memtrack_bin, tmp_path, "ownuffd")
+    try:
+        pages, hot = map(int, wl.last.split()[-2:])
+        dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+        log = (tmp_path / "pre1" / "pre-dump.log").read_text()
+        assert re.search(r"can't register [0-9a-f]+-[0-9a-f]+: 16\b", log), "no EBUSY in the log"
+        s = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1")
+        print(s)
+        assert s["pages_untracked_vma"] >= 1024, s           # region 2, whole
+        assert s["pages_skipped_parent"] >= pages - hot - HUGE, s
+        assert wl.report() == "memtrack OK 0"
+    finally:
+        wl.kill()
