@@ -22,6 +22,7 @@
 #define LOG_PREFIX "criusec: "
 
 struct criusec_ctx *criusec_dump_ctx;
+struct criusec_ctx *criusec_dump_parent_ctx;
 static struct criusec_signer *dump_signer;
 
 static int dump_parent(struct dir_state **pd)
@@ -140,6 +141,7 @@ int criusec_dump_start(void)
 		pr_err("Can't compress: %s\n", criusec_last_error());
 		goto err;
 	}
+	criusec_dump_parent_ctx = parent ? parent->ctx : NULL; /* the parent's directory keeps it */
 	if (parent && criusec_ctx_set_parent(criusec_dump_ctx, parent->ctx)) {
 		pr_err("Can't bind the checkpoint to its parent: %s\n", criusec_last_error());
 		goto err;
@@ -159,6 +161,7 @@ err:
 	criusec_manifest_end();
 	criusec_ctx_free(criusec_dump_ctx);
 	criusec_dump_ctx = NULL;
+	criusec_dump_parent_ctx = NULL;
 	criusec_signer_free(dump_signer);
 	dump_signer = NULL;
 	return -1;
@@ -190,6 +193,7 @@ int criusec_dump_finish(int ret)
 		criusec_imgdir_forget(); /* else criusec_dump_check_late() checks the plugins' exit */
 	criusec_ctx_free(criusec_dump_ctx);
 	criusec_dump_ctx = NULL;
+	criusec_dump_parent_ctx = NULL;
 	criusec_signer_free(dump_signer);
 	dump_signer = NULL;
 	criusec_manifest_end();

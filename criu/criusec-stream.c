@@ -188,10 +188,18 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 	}
 
 	/*
-	 * An irmap cache sealed by an earlier pre-dump (each has its own key,
-	 * and a work dir has no cipher.img) is only a cache: go on without it.
+	 * An irmap cache in the work dir, sealed by an earlier pre-dump (a work
+	 * dir has no cipher.img): the parent's key opens the one its pre-dump
+	 * left; any other is only a cache, so go on without it.
 	 */
 	if (type == CR_FD_IRMAP_CACHE && is_stream && !(criusec_dump_ctx && criusec_is_imgdir(dfd))) {
+		if (criusec_dump_parent_ctx) {
+			memfd = criusec_verify_to_memfd(criusec_dump_parent_ctx, criusec_kind_of(type), path, *fd, NULL);
+			if (memfd >= 0) {
+				pr_info("%s: the parent pre-dump's, read with its key\n", path);
+				goto swap;
+			}
+		}
 		pr_warn("Ignoring the encrypted %s of an earlier dump\n", path);
 		close(*fd);
 		*fd = -1;

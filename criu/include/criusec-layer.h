@@ -111,6 +111,8 @@ extern void criusec_holding_keys(void);
 
 /* criusec-dump.c: the context of the dump or pre-dump in progress (NULL: none, or not encrypting). */
 extern struct criusec_ctx *criusec_dump_ctx;
+/* Its parent's, when it is an increment (owned by the parent's directory state). */
+extern struct criusec_ctx *criusec_dump_parent_ctx;
 
 /* criusec-keyring.c: the chain key of the checkpoint just dumped, for the next incremental dump. */
 extern void criusec_chain_key_store(struct criusec_ctx *ctx);

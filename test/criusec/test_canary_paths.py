@@ -355,11 +355,12 @@ def test_irmap_cache(run):
     """The irmap cache (file "irmap-cache", no .img) holds the paths of
     inotify/fanotify watches.  Only pre-dump writes it (irmap.c,
     irmap_predump_run), into the work dir, and the next dump with the same
-    work dir reads it back.  pre-dump needs soft-dirty memory tracking."""
+    work dir reads it back (encrypted: with its parent's key).  pre-dump
+    needs memory tracking (soft-dirty, or userfaultfd write-protect)."""
     chk = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True)
     if chk.returncode != 0:
-        pytest.skip("the irmap cache is written only by pre-dump, which needs soft-dirty memory "
-                    "tracking (CONFIG_MEM_SOFT_DIRTY); criu check --feature mem_dirty_track: "
+        pytest.skip("the irmap cache is written only by pre-dump, which needs memory tracking "
+                    "(soft-dirty, or userfaultfd write-protect); criu check --feature mem_dirty_track: "
                     + (chk.stderr.strip().splitlines() or ["failed"])[-1])
     c = hex_canary()
     d = run.tmp / f"irmap-{c}"
@@ -382,8 +383,9 @@ def test_irmap_cache(run):
     wait_gone(pids)
     assert "irmap: Loading irmap cache" in (run.tmp / "img-work" / "dump.log").read_text()
     # The logs name the path ("Irmap cache ... -> PATH"): they are left out.
-    for name in ("pre", "img"):
-        assert_encrypted(run, needles, ["pstree.img"], name=name, skip_logs=True)
+    # A pre-dump writes no pstree.img: its pagemaps are its stream images.
+    for name, kinds in (("pre", ["pagemap-*.img"]), ("img", ["pstree.img"])):
+        assert_encrypted(run, needles, kinds, name=name, skip_logs=True)
     run.restore()
     watched.write_text("y")
     assert wl.report() == "inotify OK"

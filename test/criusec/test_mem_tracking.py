@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import CRIU, HERE, REPO, Workload, reap_all, tree_pids, wait_gone
+from helpers import CRIU, HERE, REPO, Workload, reap_all, tree_pids, wait_gone
 
 sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
 import pycriu  # noqa: E402
