@@ -19,8 +19,9 @@
  * name, a random token, is recorded in the inventory of the images, so the
  * next run finds it through its parent images (sealed with them under
  * --encrypt).  The next run takes the userfaultfds, and the holder exits;
- * the run leaves a new holder if the chain goes on.  A holder nobody asks
- * for exits after MEM_TRACK_HOLD_SECONDS.  The application sees no fd, no
+ * the run leaves a new holder if the chain goes on.  A holder exits once
+ * every task it tracks is gone, and, nobody having asked for it, after
+ * MEM_TRACK_HOLD_SECONDS.  The application sees no fd, no
  * signal and no process of it; what it does see is that its VMAs are
  * registered, so its own UFFDIO_REGISTER on them fails with EBUSY while
  * the chain lasts.
@@ -49,6 +50,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
@@ -343,11 +345,55 @@ static int holder_load(int mfd)
 	return 0;
 }
 
+/*
+ * What the holder waits on: its socket first, then a pidfd per task, so
+ * that it goes once every task it tracks is gone (nothing is left to
+ * dump).  A task already gone gets no pidfd.
+ */
+static struct pollfd *holder_pollfds(int lsk, int *npfd)
+{
+	struct pollfd *pfd;
+	struct mt_task *t;
+	int n = 1;
+
+	list_for_each_entry(t, &next_tasks, l)
+		n++;
+	pfd = calloc(n, sizeof(*pfd));
+	if (!pfd)
+		return NULL;
+	pfd[0] = (struct pollfd){ .fd = lsk, .events = POLLIN };
+	n = 1;
+	list_for_each_entry(t, &next_tasks, l) {
+		pfd[n].fd = syscall(SYS_pidfd_open, t->pid, 0);
+		pfd[n].events = POLLIN; /* readable once the task exited */
+		n++;
+	}
+	*npfd = n;
+	return pfd;
+}
+
+/* Some task is still there; a gone one stops being polled (a negative fd). */
+static bool tasks_alive(struct pollfd *pfd, int npfd)
+{
+	bool alive = false;
+	int i;
+
+	for (i = 1; i < npfd; i++) {
+		if (pfd[i].fd >= 0 && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+			close(pfd[i].fd);
+			pfd[i].fd = -1;
+		}
+		alive |= pfd[i].fd >= 0;
+	}
+	return alive;
+}
+
 int mem_track_holder_main(int argc, char **argv)
 {
 	time_t deadline = time(NULL) + MEM_TRACK_HOLD_SECONDS;
 	struct sockaddr_un addr;
-	int lsk, mfd;
+	struct pollfd *pfd;
+	int lsk, mfd, npfd;
 
 	if (argc != 5)
 		return 1;
@@ -365,15 +411,19 @@ int mem_track_holder_main(int argc, char **argv)
 		return 1;
 	}
 	close(mfd);
+	pfd = holder_pollfds(lsk, &npfd);
+	if (!pfd) {
+		unlink(addr.sun_path);
+		return 1;
+	}
 
 	while (1) {
-		struct pollfd pfd = { .fd = lsk, .events = POLLIN };
 		long left = deadline - time(NULL);
 		int sk;
 
-		if (left <= 0)
+		if (left <= 0 || !tasks_alive(pfd, npfd))
 			break;
-		if (poll(&pfd, 1, left * 1000) <= 0)
+		if (poll(pfd, npfd, left * 1000) <= 0 || !(pfd[0].revents & POLLIN))
 			continue;
 		sk = accept4(lsk, NULL, NULL, SOCK_CLOEXEC);
 		if (sk < 0)

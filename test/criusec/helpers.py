@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import re
 import pathlib
 import secrets
 import shutil
@@ -841,3 +842,23 @@ def crit_decode(img, key=None):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"crit decode {img}: {r.stderr}"
     return json.loads(r.stdout)["entries"]
+
+
+def churn_generation(wl):
+    """Check every byte of the churn workload's memory; its current generation."""
+    r = wl.report()
+    m = re.fullmatch(r"churn OK (\d+)", r)
+    assert m, r
+    return int(m.group(1))
+
+
+def wait_rewritten(wl):
+    """Until the churn workload's churned eighth has been rewritten whole
+    since the last dump: two generations on, as the dump may have caught
+    the cursor anywhere in a sweep (one generation on, only the pages after
+    it were rewritten)."""
+    start = churn_generation(wl)
+    deadline = time.monotonic() + 120
+    while churn_generation(wl) <= start + 1:
+        assert time.monotonic() < deadline, "the workload stopped rewriting its memory"
+        time.sleep(0.2)

@@ -20,7 +20,6 @@ saying so, where the kernel has neither.
 """
 import functools
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +30,7 @@ import pytest
 
 import chainkeys
 from chainkeys import chain_keys
-from helpers import CRIU, REPO, wait_gone
+from helpers import CRIU, REPO, churn_generation, wait_gone, wait_rewritten
 
 SRC = REPO / "build" / "src"
 sys.path.insert(0, str(SRC / "lib"))
@@ -127,25 +126,6 @@ def needs_no_tracking(f):
 def dump_stats(imgdir):
     with open(imgdir / "stats-dump", "rb") as f:
         return pycriu.images.load(f)["entries"][0]["dump"]
-
-
-def generation(wl):
-    """Check every byte of the workload's memory; its current generation."""
-    r = wl.report()
-    m = re.fullmatch(r"churn OK (\d+)", r)
-    assert m, r
-    return int(m.group(1))
-
-
-def wait_rewritten(wl):
-    """Until the churned eighth has been rewritten whole since the last dump:
-    two generations on, as the dump may have caught the cursor anywhere in
-    a sweep (one generation on, only the pages after it were rewritten)."""
-    start = generation(wl)
-    deadline = time.monotonic() + 120
-    while generation(wl) <= start + 1:
-        assert time.monotonic() < deadline, "the workload stopped rewriting its memory"
-        time.sleep(0.2)
 
 
 def chain_dump(criu, wl, tmp_path, action, name, args, how, hosts):
@@ -245,9 +225,9 @@ def test_pre_dump_chain(workloads, criu, tmp_path, kind, hosts):
     daemon = lazy_restore(criu, tmp_path / "img", rargs) if how.get("lazy") else None
     if not daemon:
         criu.restore(tmp_path / "img", *rargs)
-    gen = generation(wl)  # every byte as dumped, whichever dump holds it
+    gen = churn_generation(wl)  # every byte as dumped, whichever dump holds it
     wait_rewritten(wl)    # and it carries on
-    assert generation(wl) > gen
+    assert churn_generation(wl) > gen
     if daemon:
         assert daemon.wait(timeout=120) == 0, (tmp_path / "img" / "lazy-pages.log").read_text()[-3000:]
 
@@ -303,9 +283,9 @@ def test_encrypted_chain_tampered(workloads, criu, tmp_path, hosts):
     assert other.exists()
 
     criu.restore(img, *args)
-    gen = generation(wl)
+    gen = churn_generation(wl)
     wait_rewritten(wl)
-    assert generation(wl) > gen
+    assert churn_generation(wl) > gen
 
 
 def test_incremental_dump_reads_its_parent_from_the_keyring(workloads, criu, tmp_path, hosts):

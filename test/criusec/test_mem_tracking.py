@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from helpers import CRIU, HERE, REPO, Workload, reap_all, tree_pids, wait_gone
+from helpers import CRIU, HERE, REPO, Workload, churn_generation, reap_all, tree_pids, wait_gone, wait_rewritten
 
 sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
 import pycriu  # noqa: E402
@@ -155,21 +155,6 @@ def dump(criu, action, img, pid, parent, *args):
     return stats(img)
 
 
-def churn_generation(wl):
-    r = wl.report()
-    m = re.fullmatch(r"churn OK (\d+)", r)
-    assert m, r
-    return int(m.group(1))
-
-
-def wait_rewritten(wl):
-    start = churn_generation(wl)
-    deadline = time.monotonic() + 120
-    while churn_generation(wl) <= start:
-        assert time.monotonic() < deadline, "the workload stopped rewriting its memory"
-        time.sleep(0.2)
-
-
 @needs_uffd
 def test_check_says_which_mechanism():
     r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track", *UFFD], capture_output=True, text=True)
@@ -179,6 +164,26 @@ def test_check_says_which_mechanism():
     r = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track", "--mem-tracker=bogus"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "--mem-tracker" in r.stdout + r.stderr
+
+
+@needs_uffd
+def test_holder_goes_with_its_tasks(workloads, criu, tmp_path):
+    """A holder whose tasks are all gone has nothing left to track: it exits
+    (and removes its socket) instead of waiting out its hour."""
+    wl = workloads("churn", 16)
+    before = set(holders())
+    dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+    token = holder_of(tmp_path / "pre1", [], set(holders()) - before)
+    assert token in holders(), "the pre-dump left no holder"
+    time.sleep(0.5)
+    assert token in holders(), "the holder left while its task runs"
+    os.kill(wl.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while token in holders() and time.monotonic() < deadline:
+        reap_all()
+        time.sleep(0.05)
+    assert token not in holders(), "the holder outlived its task"
+    assert not (HOLDERS / token).exists(), "the holder left its socket"
 
 
 @needs_uffd
