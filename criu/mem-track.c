@@ -345,6 +345,8 @@ static int holder_load(int mfd)
 	return 0;
 }
 
+#define HOLD_UNWATCHED (-2) /* a task without a pidfd, but maybe alive (poll() skips negative fds) */
+
 /*
  * What the holder waits on: its socket first, then a pidfd per task, so
  * that it goes once every task it tracks is gone (nothing is left to
@@ -365,6 +367,9 @@ static struct pollfd *holder_pollfds(int lsk, int *npfd)
 	n = 1;
 	list_for_each_entry(t, &next_tasks, l) {
 		pfd[n].fd = syscall(SYS_pidfd_open, t->pid, 0);
+		/* Gone already (ESRCH); can't watch it otherwise: hold on, to the time limit. */
+		if (pfd[n].fd < 0 && errno != ESRCH)
+			pfd[n].fd = HOLD_UNWATCHED;
 		pfd[n].events = POLLIN; /* readable once the task exited */
 		n++;
 	}
@@ -383,7 +388,7 @@ static bool tasks_alive(struct pollfd *pfd, int npfd)
 			close(pfd[i].fd);
 			pfd[i].fd = -1;
 		}
-		alive |= pfd[i].fd >= 0;
+		alive |= pfd[i].fd >= 0 || pfd[i].fd == HOLD_UNWATCHED;
 	}
 	return alive;
 }
