@@ -91,6 +91,9 @@ def cleanup():
     for token, pid in holders().items():
         if token not in before:
             os.kill(pid, signal.SIGKILL)
+    for p in HOLDERS.glob("*") if HOLDERS.is_dir() else ():
+        if p.name not in before and p.name not in holders():
+            p.unlink(missing_ok=True)  # a killed holder's socket
     time.sleep(0.1)
     reap_all()
     for serial in chain_keys() - keys:
