@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hermetic import private_config_dirs
-from helpers import (CHAIN_MIB, HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, chain_dump, make_increment,
-                     new_canary)
+from helpers import (CHAIN_MIB, HERE, LIBDIR, REPO, VERSION_H, Criu, Run, Workload, build_workload, chain_dump,
+                     make_increment, new_canary)
 from pycriu import criusec  # helpers puts build/src/lib on sys.path
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -46,10 +46,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def workload_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "workload"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out),
-                    str(HERE / "workloads" / "workload.c")], check=True)
-    return str(out)
+    return build_workload(tmp_path_factory, "workload", "-pthread")
 
 
 @pytest.fixture
@@ -93,10 +90,7 @@ def key_pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def canary_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("canary-bin") / "canary"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out),
-                    str(HERE / "workloads" / "canary.c")], check=True)
-    return str(out)
+    return build_workload(tmp_path_factory, "canary")
 
 
 @pytest.fixture
@@ -108,10 +102,7 @@ def run(request, tmp_path, canary_bin, key_pair):
 
 @pytest.fixture(scope="session")
 def memcanary_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "memcanary"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memcanary.c")],
-                   check=True)
-    return str(out)
+    return build_workload(tmp_path_factory, "memcanary")
 
 
 @pytest.fixture

@@ -220,6 +220,14 @@ def refused(criu, img, pid, key, expect=None):
     return log
 
 
+def build_workload(tmp_path_factory, name, *flags):
+    """test/criusec/workloads/NAME.c, built into a fresh directory: its path."""
+    out = tmp_path_factory.mktemp("bin") / name
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *flags, "-o", str(out), str(HERE / "workloads" / f"{name}.c")],
+                   check=True)
+    return str(out)
+
+
 def damaged_copy(tmp_path, img, tag):
     dst = tmp_path / tag
     shutil.copytree(img, dst, symlinks=True)

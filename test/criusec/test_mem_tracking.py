@@ -26,7 +26,8 @@ import time
 
 import pytest
 
-from helpers import CRIU, HERE, REPO, Workload, churn_generation, reap_all, tree_pids, wait_gone, wait_rewritten
+from helpers import (CRIU, REPO, Workload, build_workload, churn_generation, reap_all, tree_pids, wait_gone,
+                     wait_rewritten)
 
 sys.path.insert(0, str(REPO / "build" / "src" / "lib"))
 import pycriu  # noqa: E402
@@ -102,10 +103,7 @@ def cleanup():
 
 @pytest.fixture(scope="module")
 def memtrack_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "memtrack"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "memtrack.c")],
-                   check=True)
-    return str(out)
+    return build_workload(tmp_path_factory, "memtrack")
 
 
 @pytest.fixture(scope="module")

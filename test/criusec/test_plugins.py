@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import CRIU, MAGIC, files_with, new_canary, wait_gone
+from helpers import CRIU, MAGIC, damaged_copy, files_with, new_canary, wait_gone
 
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -239,14 +239,6 @@ def test_api_plugin_listed_for_crit(api_dump, keys):
     assert r.stdout.split() == ["True", "plugin", canary]
 
 
-def damaged(tmp_path, img, tag):
-    d = tmp_path / tag
-    shutil.copytree(img, d, symlinks=True)
-    for log in d.glob("*.log"):
-        log.unlink()
-    return d
-
-
 def refused(criu, img, wl, out, keys, plugin_dir, expect):
     before = out_lines(out)
     r = criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1], check=False)
@@ -262,7 +254,7 @@ def refused(criu, img, wl, out, keys, plugin_dir, expect):
 @pytest.mark.parametrize("where", ["head", "middle", "tail"])
 def test_flipped_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys, where):
     wl, img, _, out = api_dump
-    d = damaged(tmp_path, img, f"flip-{where}")
+    d = damaged_copy(tmp_path, img, f"flip-{where}")
     p = d / plugin_image(img).name
     data = bytearray(p.read_bytes())
     off = {"head": 20, "middle": len(data) // 2, "tail": len(data) - 1}[where]
@@ -275,7 +267,7 @@ def test_flipped_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys
 
 def test_removed_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys):
     wl, img, _, out = api_dump
-    d = damaged(tmp_path, img, "removed")
+    d = damaged_copy(tmp_path, img, "removed")
     (d / plugin_image(img).name).unlink()
     refused(criu, d, wl, out, keys, plugin_dir, "missing from the encrypted checkpoint")
     criu.restore(img, *libdir(plugin_dir), "--tls-key", keys["alice"][1])
@@ -286,7 +278,7 @@ def test_added_plugin_image_refused(api_dump, criu, tmp_path, plugin_dir, keys):
     """An image file the manifest does not list (a plugin's, in clear, or an
     attacker's) is refused before any plugin could read it."""
     wl, img, _, out = api_dump
-    d = damaged(tmp_path, img, "added")
+    d = damaged_copy(tmp_path, img, "added")
     (d / "testplugin-1.img").write_bytes(b"planted by an attacker")
     refused(criu, d, wl, out, keys, plugin_dir, "testplugin-1.img is in the images directory but not in the "
             "checkpoint's manifest")
@@ -335,7 +327,7 @@ def test_plugin_image_from_another_checkpoint_refused(api_dump, workloads, criu,
     other = workloads("secrets", env={"CANARY": new_canary()})
     oimg = tmp_path / "other"
     criu.dump(other, oimg, *libdir(plugin_dir), *enc(keys))
-    d = damaged(tmp_path, img, "swapped")
+    d = damaged_copy(tmp_path, img, "swapped")
     name = plugin_image(img).name
     shutil.copyfile(plugin_image(oimg), d / name)
     refused(criu, d, wl, out, keys, plugin_dir, name)
@@ -422,7 +414,7 @@ def test_amdgpu_image_helpers(workloads, criu, tmp_path, plugin, amdgpu_util_dir
                 assert data == len(canary).to_bytes(8, "little") + canary.encode(), n
         if encrypt:
             assert files_with(img, canary.encode()) == []
-            d = damaged(tmp_path, img, "amdgpu-flip")
+            d = damaged_copy(tmp_path, img, "amdgpu-flip")
             p = d / names[1]
             b = bytearray(p.read_bytes())
             b[len(b) // 2] ^= 0x80

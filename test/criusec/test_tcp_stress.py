@@ -31,7 +31,7 @@ import time
 import zlib
 
 import pytest
-from helpers import HERE, REPO, Workload, lazy_restore, needs_uffd
+from helpers import REPO, Workload, build_workload, lazy_restore, needs_uffd
 
 
 ROUNDS = int(os.environ.get("CRIUSEC_TCP_STRESS_ROUNDS", "4"))
@@ -101,10 +101,7 @@ def locate(data):
 
 @pytest.fixture(scope="session")
 def tcpstress_bin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bin") / "tcpstress"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(HERE / "workloads" / "tcpstress.c")],
-                   check=True)
-    return str(out)
+    return build_workload(tmp_path_factory, "tcpstress")
 
 
 STATUS_RE = re.compile(r"#\d+ (?P<what>\w+) (?P<side>[AB]) (?:round (?P<round>\d+) )?tx (?P<tx>\d+) rx (?P<rx>\d+)"
