@@ -377,6 +377,15 @@ def test_irmap_cache(run):
     run.criu("pre-dump", "pre", "-t", wl.pid, *enc)
     cache = run.tmp / "pre-work" / "irmap-cache"
     assert cache.exists() and cache.read_bytes()[:8] == MAGIC, "the irmap cache is not a stream"
+    # A cache altered in the work dir fails its parent's key: only a cache, so the dump goes on without it.
+    shutil.copytree(run.tmp / "pre-work", run.tmp / "flip-work")
+    flipped = bytearray(cache.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x10
+    (run.tmp / "flip-work" / "irmap-cache").write_bytes(bytes(flipped))
+    run.criu("dump", "flip", "-t", wl.pid, "--leave-running", "--prev-images-dir", "../pre", *enc)
+    log = (run.tmp / "flip-work" / "dump.log").read_text()
+    assert "Ignoring the encrypted irmap-cache" in log and "irmap: Loading irmap cache" not in log, log[-3000:]
+    # The genuine cache, with the same parent.
     shutil.copytree(run.tmp / "pre-work", run.tmp / "img-work")
     pids = tree_pids(wl.pid)
     run.criu("dump", "img", "-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre", *enc)
