@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -44,12 +45,83 @@ void secret_munmap(void *p, size_t len) noexcept
 	munmap(p, len);
 }
 
+/*
+ * Freed SecureBytes mappings, wiped, kept for the next of the same size: a
+ * checkpoint opens dozens of images, each with its keys and chunk buffers,
+ * and a fresh mapping each time costs mmap, madvise, mlock, its page
+ * faults and, in a process with helper threads, a TLB shootdown on
+ * munmap.  Bounded, so the locked memory it keeps stays small.  try_lock
+ * only: a contended pool, or one whose lock a fork left held in the child,
+ * is simply bypassed.
+ */
+class SecretPool {
+public:
+	void *take(size_t len) noexcept
+	{
+		std::unique_lock lk(m_, std::try_to_lock);
+		if (!lk.owns_lock())
+			return nullptr;
+		for (size_t i = 0; i < n_; i++) {
+			if (slots_[i].len != len)
+				continue;
+			void *p = slots_[i].p;
+			slots_[i] = slots_[--n_];
+			bytes_ -= len;
+			return p;
+		}
+		return nullptr;
+	}
+
+	/* p's len bytes are wiped already; false: not kept, unmap it. */
+	bool give(void *p, size_t len) noexcept
+	{
+		if (len > kMaxBytes / 4)
+			return false;
+		std::unique_lock lk(m_, std::try_to_lock);
+		if (!lk.owns_lock() || n_ == slots_.size() || bytes_ + len > kMaxBytes)
+			return false;
+		slots_[n_++] = {p, len};
+		bytes_ += len;
+		return true;
+	}
+
+private:
+	static constexpr size_t kMaxBytes = 4u << 20;
+	struct Slot {
+		void *p;
+		size_t len;
+	};
+	std::mutex m_;
+	std::array<Slot, 64> slots_{};
+	size_t n_ = 0;
+	size_t bytes_ = 0;
+};
+
+SecretPool &secret_pool() noexcept
+{
+	/* Never destroyed: a static SecureBytes may be freed after static destructors ran. */
+	static SecretPool *pool = new SecretPool;
+	return *pool;
+}
+
 uint8_t *secret_alloc(size_t n)
 {
-	void *p = secret_mmap(-1, mapped_size(n), MAP_PRIVATE | MAP_ANONYMOUS);
+	size_t len = mapped_size(n);
+	void *p = secret_pool().take(len);
+	if (!p)
+		p = secret_mmap(-1, len, MAP_PRIVATE | MAP_ANONYMOUS);
 	if (!p)
 		throw std::bad_alloc();
 	return static_cast<uint8_t *>(p);
+}
+
+void secret_free(void *p, size_t len) noexcept
+{
+	gnutls_memset(p, 0, len);
+	if (secret_pool().give(p, len))
+		return; /* zeroed, as a fresh mapping would be */
+	munlock(p, len);
+	munmap(p, len);
 }
 
 /* GMP's allocators must not fail: it has no way to report it. */
@@ -109,7 +181,7 @@ SecureBytes::SecureBytes(std::span<const uint8_t> src) : SecureBytes(src.size())
 void SecureBytes::reset() noexcept
 {
 	if (p_)
-		secret_munmap(p_, mapped_size(n_));
+		secret_free(p_, mapped_size(n_));
 	p_ = nullptr;
 	n_ = 0;
 }

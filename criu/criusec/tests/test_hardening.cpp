@@ -8,12 +8,14 @@
 #include <cstring>
 #include <ctime>
 #include <string>
+#include <vector>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "criusec.h"
 #include "ctx.h"
+#include "secure_bytes.h"
 #include "manifest.h"
 #include "pki.h"
 #include "test_util.h"
@@ -267,6 +269,42 @@ TEST(SecretMemory, AnonymousBuffers)
 	std::memset(p, 0xa5, 5000);
 	criusec_secret_unmap(p, 5000);
 	criusec_secret_unmap(nullptr, 10); /* nothing to do */
+}
+
+} /* namespace */
+
+namespace {
+
+/*
+ * A freed secret's pages may serve the next one of the same size (a pool
+ * spares the mmap, mlock and munmap per image), but only wiped: every new
+ * SecureBytes reads as zeros, whatever the last one held.
+ */
+TEST(SecretMemory, ReusedPagesComeBackZeroed)
+{
+	const uint8_t *first = nullptr;
+	for (int i = 0; i < 8; i++) {
+		criusec::SecureBytes b(5000);
+		ASSERT_EQ(b.size(), 5000u);
+		for (size_t j = 0; j < b.size(); j++)
+			ASSERT_EQ(b.data()[j], 0) << "round " << i << " byte " << j;
+		std::memset(b.data(), 0xa5, b.size());
+		if (i == 0)
+			first = b.data();
+		else
+			EXPECT_EQ(b.data(), first) << "the pool should hand back the same pages";
+	}
+	/* Many at once: more than the pool keeps, all distinct and zeroed. */
+	std::vector<criusec::SecureBytes> many;
+	for (int i = 0; i < 100; i++) {
+		many.emplace_back(64 * 1024);
+		ASSERT_EQ(many.back().data()[64 * 1024 - 1], 0);
+		std::memset(many.back().data(), i, 64 * 1024);
+	}
+	many.clear();
+	criusec::SecureBytes again(64 * 1024);
+	for (size_t j = 0; j < again.size(); j += 511)
+		ASSERT_EQ(again.data()[j], 0);
 }
 
 } /* namespace */
