@@ -17,11 +17,22 @@ def fingerprint(pub):
     return hashlib.sha256(der).digest()
 
 
+_REJECTION_MSG = b"criusec v1 implicit rejection key"
+
+
 def _rejection_key(priv):
     """The key of implicit rejection (section 3.4 step 6), as the engine
-    derives it: SHA-256 of a PKCS#1 v1.5 signature of a fixed message, which
-    only the private key can make, and always the same."""
-    sig = priv.sign(b"criusec v1 implicit rejection key", padding.PKCS1v15(), hashes.SHA256())
+    derives it: HMAC-SHA-256 keyed with the private exponent d (big-endian,
+    no leading zeros) of the fixed message; for a key that keeps d (a
+    token), SHA-256 of a PKCS#1 v1.5 signature of that message.  Both only
+    the private key can make, and always the same."""
+    try:
+        d = priv.private_numbers().d
+    except (AttributeError, NotImplementedError):
+        d = None
+    if d:
+        return hmac.new(d.to_bytes((d.bit_length() + 7) // 8, "big"), _REJECTION_MSG, hashlib.sha256).digest()
+    sig = priv.sign(_REJECTION_MSG, padding.PKCS1v15(), hashes.SHA256())
     return hashlib.sha256(sig).digest()
 
 
