@@ -367,6 +367,7 @@ def test_rpc_mem_tracker(workloads, tmp_path):
             c.opts.mem_tracker = rpc.TRACK_UFFD
             c.opts.log_file = "pre-dump.log"
             c.opts.log_level = 4
+            c.opts.mem_track_hold = 600
             if parent:
                 c.opts.parent_img = parent
             c.pre_dump()
@@ -377,6 +378,35 @@ def test_rpc_mem_tracker(workloads, tmp_path):
     tracked = "\n".join(line for line in log.splitlines() if "mem-track" in line or "racking" in line)
     assert s["pages_skipped_parent"] >= pages - hot - HUGE, (s, tracked)
     assert "write-protected for tracking" in log, tracked
+    (pid,) = holders().values()
+    assert open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[5] == b"600", "mem_track_hold not passed on"
+
+
+@needs_uffd
+def test_holder_time_limit(workloads, criu, tmp_path):
+    """--mem-track-hold (here a config file line): a holder nobody asks for
+    goes at its time limit, though its task runs, and removes its socket;
+    the next pass finds no holder and dumps everything.  0 is refused."""
+    wl = workloads("churn", 16)
+    pages = int(wl.last.split()[-2])
+    conf = tmp_path / "criu.conf"
+    conf.write_text("mem-track-hold 1\n")
+    dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None, "--config", str(conf))
+    token = inventory(tmp_path / "pre1")["mem_track_holder"]
+    deadline = time.monotonic() + 60
+    while token in holders() and time.monotonic() < deadline:
+        reap_all()
+        time.sleep(0.1)
+    assert token not in holders(), "the holder outlived --mem-track-hold"
+    assert not (HOLDERS / token).exists(), "the holder left its socket"
+    s = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1")
+    assert s["pages_skipped_parent"] == 0 and s["pages_untracked_task"] >= pages, s
+    assert "is gone" in (tmp_path / "pre2" / "pre-dump.log").read_text()
+
+    (tmp_path / "bad").mkdir()
+    r = subprocess.run([CRIU, "pre-dump", "-D", str(tmp_path / "bad"), "-t", str(wl.pid), "--track-mem", *UFFD,
+                        "--mem-track-hold", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--mem-track-hold" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @needs_uffd
