@@ -73,10 +73,10 @@
 #undef LOG_PREFIX
 #define LOG_PREFIX "mem-track: "
 
-#define MEM_TRACK_DIR	       "/run/criu-mem-track"
-#define MEM_TRACK_TOKEN_LEN    32 /* hex digits */
-#define MEM_TRACK_MAGIC	       0x4d54524bU
-#define MEM_TRACK_CHUNK	       1024 /* VMA bounds per message */
+#define MEM_TRACK_DIR	    "/run/criu-mem-track"
+#define MEM_TRACK_TOKEN_LEN 32 /* hex digits */
+#define MEM_TRACK_MAGIC	    0x4d54524bU
+#define MEM_TRACK_CHUNK	    1024 /* VMA bounds per message */
 
 #define UFFD_TRACK_FEATURES (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
 
