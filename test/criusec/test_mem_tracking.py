@@ -489,8 +489,16 @@ def test_uffd_chain_shared_memory_and_thp(memshare_bin, criu, tmp_path):
         assert s2["pages_skipped_parent"] >= thp_pages - 4 * HUGE, s2
         step(wl, 2)
 
-        s3 = dump(criu, "dump", tmp_path / "img", wl.pid, "pre2")
+        (tmp_path / "img").mkdir()
+        pids = tree_pids(wl.pid)
+        r = criu.run("dump", tmp_path / "img", "-t", wl.pid, "--track-mem", *UFFD, "--prev-images-dir", "../pre2",
+                     "--display-stats")
+        wait_gone(pids)
+        s3 = stats(tmp_path / "img")
         print("img", s3)
+        out = r.stdout + r.stderr + (tmp_path / "img" / "dump.log").read_text()
+        assert f"Shared memory pages written: {s3['shpages_written']}, " \
+               f"of them untracked: {s3['pages_untracked_shmem']}" in out, r.stdout
         # CRIU dumps shared anonymous memory and memfds as memfds, and SysV
         # shm with its IPC namespace, at the final dump only: all of it
         # whole, counted, and said once per object
