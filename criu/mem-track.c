@@ -21,7 +21,7 @@
  * --encrypt).  The next run takes the userfaultfds, and the holder exits;
  * the run leaves a new holder if the chain goes on.  A holder exits once
  * every task it tracks is gone, and, nobody having asked for it, after
- * MEM_TRACK_HOLD_SECONDS.  The application sees no fd, no
+ * --mem-track-hold seconds.  The application sees no fd, no
  * signal and no process of it; what it does see is that its VMAs are
  * registered, so its own UFFDIO_REGISTER on them fails with EBUSY while
  * the chain lasts.
@@ -37,6 +37,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -72,11 +73,10 @@
 #undef LOG_PREFIX
 #define LOG_PREFIX "mem-track: "
 
-#define MEM_TRACK_DIR	       "/run/criu-mem-track"
-#define MEM_TRACK_HOLD_SECONDS (60 * 60)
-#define MEM_TRACK_TOKEN_LEN    32 /* hex digits */
-#define MEM_TRACK_MAGIC	       0x4d54524bU
-#define MEM_TRACK_CHUNK	       1024 /* VMA bounds per message */
+#define MEM_TRACK_DIR	    "/run/criu-mem-track"
+#define MEM_TRACK_TOKEN_LEN 32 /* hex digits */
+#define MEM_TRACK_MAGIC	    0x4d54524bU
+#define MEM_TRACK_CHUNK	    1024 /* VMA bounds per message */
 
 #define UFFD_TRACK_FEATURES (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
 
@@ -395,17 +395,18 @@ static bool tasks_alive(struct pollfd *pfd, int npfd)
 
 int mem_track_holder_main(int argc, char **argv)
 {
-	time_t deadline = time(NULL) + MEM_TRACK_HOLD_SECONDS;
 	struct sockaddr_un addr;
 	struct pollfd *pfd;
 	int lsk, mfd, npfd;
+	time_t deadline;
 
-	if (argc != 5)
+	if (argc != 6)
 		return 1;
 	mfd = atoi(argv[2]);
 	lsk = atoi(argv[3]);
-	if (!token_valid(argv[4]))
+	if (!token_valid(argv[4]) || atoi(argv[5]) <= 0)
 		return 1;
+	deadline = time(NULL) + atoi(argv[5]);
 	memcpy(token, argv[4], sizeof(token));
 	holder_addr(&addr, token);
 	prctl(PR_SET_NAME, "criu-mem-track", 0, 0, 0);
@@ -451,7 +452,7 @@ int mem_track_holder_main(int argc, char **argv)
 
 static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
 {
-	char a_mfd[16], a_lsk[16];
+	char a_mfd[16], a_lsk[16], a_hold[16];
 	struct sigaction sa = { .sa_handler = SIG_DFL };
 	struct mt_task *t;
 	int *keep, nr_keep = 0, i, max, prev, mfd;
@@ -519,14 +520,18 @@ static void __attribute__((noreturn)) holder_exec(int lsk, int ready)
 
 	snprintf(a_mfd, sizeof(a_mfd), "%d", mfd);
 	snprintf(a_lsk, sizeof(a_lsk), "%d", lsk);
-	execl("/proc/self/exe", "criu-mem-track", MEM_TRACK_HOLDER_ARG, a_mfd, a_lsk, token, NULL);
+	snprintf(a_hold, sizeof(a_hold), "%u", min(opts.mem_track_hold, (unsigned int)INT_MAX));
+	execl("/proc/self/exe", "criu-mem-track", MEM_TRACK_HOLDER_ARG, a_mfd, a_lsk, token, a_hold, NULL);
 	_exit(1);
 }
 
-/* A holder lives at most MEM_TRACK_HOLD_SECONDS: older sockets are a killed one's */
+/*
+ * A socket's mtime is its holder's deadline (spawn_holder()): one well past
+ * it is a killed holder's.
+ */
 static void remove_stale_sockets(void)
 {
-	time_t stale = time(NULL) - MEM_TRACK_HOLD_SECONDS - 60;
+	time_t stale = time(NULL) - 60;
 	struct dirent *de;
 	struct stat st;
 	DIR *d;
@@ -546,6 +551,7 @@ static void remove_stale_sockets(void)
 
 static int spawn_holder(void)
 {
+	struct timespec ts[2] = {};
 	struct sockaddr_un addr;
 	int sk, len, status, ready[2];
 	pid_t pid;
@@ -569,6 +575,11 @@ static int spawn_holder(void)
 	}
 	if (chmod(addr.sun_path, 0600))
 		pr_warn("Can't chmod %s\n", addr.sun_path);
+	/* The holder's deadline, for remove_stale_sockets() */
+	ts[0].tv_nsec = UTIME_OMIT;
+	ts[1].tv_sec = time(NULL) + min(opts.mem_track_hold, (unsigned int)INT_MAX);
+	if (utimensat(AT_FDCWD, addr.sun_path, ts, AT_SYMLINK_NOFOLLOW))
+		pr_warn("Can't set the deadline of %s\n", addr.sun_path);
 
 	if (pipe2(ready, O_CLOEXEC)) {
 		pr_perror("Can't create a pipe");
