@@ -49,6 +49,12 @@ constexpr int kZstdLevel = 1;
 constexpr size_t kProbeLen = 4096;
 constexpr size_t kProbeMinInput = 4 * kProbeLen;
 constexpr size_t kProbeMinSaving = kProbeLen / 16;
+/*
+ * LZ4 gives up on bytes without matches faster with a higher acceleration
+ * (random 4 KiB: 750 ns at 1, 360 ns at 16 here), while text, zeros and
+ * records still show their saving.
+ */
+constexpr int kProbeAcceleration = 16;
 
 /* zstd's buffers hold plaintext: wipe them before they go back to the heap. */
 void *wiping_alloc(void *, size_t size)
@@ -85,11 +91,11 @@ struct BlockCodec::Impl {
 		ZSTD_freeDCtx(dctx);
 	}
 	/* LZ4 into out; 0 when it does not fit. */
-	size_t lz4(std::span<const uint8_t> in, std::span<uint8_t> out)
+	size_t lz4(std::span<const uint8_t> in, std::span<uint8_t> out, int acceleration = 1)
 	{
 		int n = LZ4_compress_fast_extState(lz4_state.data(), reinterpret_cast<const char *>(in.data()),
 						   reinterpret_cast<char *>(out.data()), static_cast<int>(in.size()),
-						   static_cast<int>(out.size()), 1);
+						   static_cast<int>(out.size()), acceleration);
 		return n > 0 ? static_cast<size_t>(n) : 0;
 	}
 };
@@ -138,7 +144,8 @@ Result<size_t> BlockCodec::compress(std::span<const uint8_t> in, std::span<uint8
 		/* The start and the middle: a region of random or compressed bytes saves nothing in either. */
 		uint8_t probe[kProbeLen - kProbeMinSaving];
 		size_t mid = (in.size() / 2) & ~(kProbeLen - 1);
-		if (!impl_->lz4(in.first(kProbeLen), probe) && !impl_->lz4(in.subspan(mid, kProbeLen), probe))
+		if (!impl_->lz4(in.first(kProbeLen), probe, kProbeAcceleration) &&
+		    !impl_->lz4(in.subspan(mid, kProbeLen), probe, kProbeAcceleration))
 			return size_t{0};
 	}
 	if (alg_ == CompressAlg::Lz4)
