@@ -153,6 +153,8 @@ int criusec_dump_start(void)
 	/* What the images directory holds before this dump: see criusec-plugin.c. */
 	if (criusec_imgdir_snapshot())
 		goto err;
+	/* The pipeline's memory faults in while the tasks are seized, not once they are frozen. */
+	criusec_pages_warm();
 	/* cipher.img is written last, when the manifest's digest is known. */
 	pr_info("Images are encrypted with %s%s%s\n", criusec_aead_name(criusec_ctx_aead(criusec_dump_ctx)),
 		compress ? ", compressed with " : "", compress ? criusec_compress_name(compress) : "");

@@ -401,6 +401,11 @@ void criusec_pages_keep_page_size(struct criusec_pages *p);
 void criusec_pages_write_behind(struct criusec_pages *p);
 int criusec_pages_index(struct criusec_pages *p, const uint8_t **index, size_t *len);
 /*
+ * A dump will seal pages soon: map and fault in the pipeline's memory on a
+ * thread of its own meanwhile (the first run waits for it).
+ */
+void criusec_pages_warm(void);
+/*
  * Restore: the authenticated pagetags plaintext and the page image's size,
  * which must be what it describes.  Then read checks, decrypts and
  * decompresses len bytes of pages starting at page number index of fd

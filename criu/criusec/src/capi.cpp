@@ -22,6 +22,7 @@
 #include "io.h"
 #include "keyring.h"
 #include "manifest.h"
+#include "page_pipeline.h"
 #include "pages.h"
 #include "pkcs11.h"
 #include "pki.h"
@@ -873,6 +874,11 @@ void criusec_pages_keep_page_size(struct criusec_pages *p)
 size_t criusec_page_workers(void)
 {
 	return page_workers();
+}
+
+void criusec_pages_warm(void)
+{
+	Stage::warm();
 }
 
 void criusec_pages_write_behind(struct criusec_pages *p)

@@ -33,8 +33,10 @@
 #include <utility>
 #include <vector>
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "page_cipher.h"
 #include "pages.h"
@@ -70,18 +72,31 @@ class Stage {
 public:
 	static Stage *take() noexcept
 	{
-		std::lock_guard<std::mutex> lk(spare_mu_);
-		if (spare_)
+		join_warm();
+		/* try_lock: in a child forked while a thread held the lock, it stays held. */
+		std::unique_lock<std::mutex> lk(spare_mu_, std::try_to_lock);
+		if (lk.owns_lock() && spare_)
 			return std::exchange(spare_, nullptr);
-		void *m = mmap(nullptr, kStageMapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (m == MAP_FAILED)
-			return nullptr;
-		/* Plaintext pages pass through here: never in a core dump. */
-		madvise(m, kStageMapLen, MADV_DONTDUMP);
-		auto *s = new (std::nothrow) Stage(static_cast<uint8_t *>(m));
-		if (!s)
-			munmap(m, kStageMapLen);
-		return s;
+		return map();
+	}
+	/*
+	 * Map and fault in the spare stage on a thread of its own, while the
+	 * caller goes on (a dump seizing its tasks): its first run then starts
+	 * on memory already there, where faulting in 8 MiB costs milliseconds
+	 * in a VM.  The next take() waits for it.  Only in this process: a
+	 * child forked meanwhile maps its own.
+	 */
+	static void warm() noexcept
+	{
+		if (warm_pid_ == getpid())
+			return;
+		{
+			std::unique_lock<std::mutex> lk(spare_mu_, std::try_to_lock);
+			if (!lk.owns_lock() || spare_)
+				return;
+		}
+		if (pthread_create(&warm_thread_, nullptr, warm_main, nullptr) == 0)
+			warm_pid_ = getpid();
 	}
 	/* Back for the next ring, wiped; unmapped if one is kept already. */
 	static void give(Stage *s) noexcept
@@ -89,8 +104,8 @@ public:
 		if (!s)
 			return;
 		s->wipe();
-		std::lock_guard<std::mutex> lk(spare_mu_);
-		if (!spare_) {
+		std::unique_lock<std::mutex> lk(spare_mu_, std::try_to_lock);
+		if (lk.owns_lock() && !spare_) {
 			spare_ = s;
 			return;
 		}
@@ -117,13 +132,56 @@ public:
 
 private:
 	explicit Stage(uint8_t *p) noexcept : p_(p) {}
+	static Stage *map() noexcept
+	{
+		void *m = mmap(nullptr, kStageMapLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED)
+			return nullptr;
+		/* Plaintext pages pass through here: never in a core dump. */
+		madvise(m, kStageMapLen, MADV_DONTDUMP);
+		auto *s = new (std::nothrow) Stage(static_cast<uint8_t *>(m));
+		if (!s)
+			munmap(m, kStageMapLen);
+		return s;
+	}
+	static void *warm_main(void *) noexcept
+	{
+		Stage *s = map();
+		if (!s)
+			return nullptr;
+#ifdef MADV_POPULATE_WRITE
+		if (madvise(s->p_, kStageMapLen, MADV_POPULATE_WRITE))
+#endif
+			for (size_t off = 0; off < kStageMapLen; off += kPageSize)
+				s->p_[off] = 0;
+		std::lock_guard<std::mutex> lk(spare_mu_);
+		if (spare_)
+			delete s;
+		else
+			spare_ = s;
+		return nullptr;
+	}
+	/* A warm-up of this process is joined once; a forked child has none. */
+	static void join_warm() noexcept
+	{
+		if (warm_pid_ != getpid())
+			return;
+		pthread_join(warm_thread_, nullptr);
+		warm_pid_ = 0;
+	}
 	uint8_t *p_;
 	std::array<size_t, kRingPieces> used_{};
 	static inline std::mutex spare_mu_;
 	static inline Stage *spare_ = nullptr;
+	static inline pthread_t warm_thread_{};
+	static inline pid_t warm_pid_ = 0;
 	/* The one kept is wiped and unmapped at exit. */
 	struct Keeper {
-		~Keeper() { delete std::exchange(spare_, nullptr); }
+		~Keeper()
+		{
+			join_warm();
+			delete std::exchange(spare_, nullptr);
+		}
 	};
 	static inline Keeper keeper_;
 };
