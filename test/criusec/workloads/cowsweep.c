@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * cowsweep|cowsweep-shared STATUS MIB THREADS: threads that sweep MIB MiB flat
+ * out, for the copy-on-write dump (issue 21).
+ *
+ * Each thread owns a slice of the region and sweeps it again and again,
+ * stamping the head of each page with (generation, page index), after
+ * checking that the page holds the previous generation: a consistent
+ * memory has, in each slice, pages of generation g up to the thread's
+ * position and g - 1 after it, one sweep boundary.  A page from later (or
+ * earlier) than the rest, as a dump not taken at one instant would give,
+ * makes the thread report "BAD" and the process exit.  So the check goes
+ * on after a restore, and the images can be checked the same way.
+ *
+ * Each thread also keeps the longest time it spent on one page (a write
+ * fault waiting for criu shows there) and counts its pages: SIGUSR1
+ * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ...".
+ * As cowsweep-shared, the region is MAP_SHARED.  $CANARY, if set, is
+ * written at offset 64 of every page (to look for it in the images).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common.h"
+
+#define PAGE	 4096
+#define MAX_THR	 16
+
+struct stamp {
+	uint64_t gen;
+	uint64_t page;
+};
+
+static char *region;
+static size_t npages;
+static int nthreads;
+static volatile uint64_t done[MAX_THR];
+static volatile uint64_t max_stall_ns[MAX_THR];
+static volatile int bad;
+static char bad_msg[256];
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void *sweep(void *arg)
+{
+	long t = (long)arg;
+	size_t first = npages * t / nthreads, last = npages * (t + 1) / nthreads, p;
+	uint64_t gen, prev = now_ns();
+
+	for (gen = 2;; gen++) {
+		for (p = first; p < last; p++) {
+			struct stamp *s = (struct stamp *)(region + p * PAGE);
+			uint64_t n;
+
+			if (s->gen != gen - 1 || s->page != p) {
+				snprintf(bad_msg, sizeof(bad_msg), "BAD thread %ld page %zu: gen %llu page %llu, expected %llu",
+					 t, p, (unsigned long long)s->gen, (unsigned long long)s->page,
+					 (unsigned long long)gen - 1);
+				bad = 1;
+				return NULL;
+			}
+			s->gen = gen;
+			done[t]++;
+			n = now_ns();
+			if (n - prev > max_stall_ns[t])
+				max_stall_ns[t] = n - prev;
+			prev = n;
+		}
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	pthread_t th[MAX_THR];
+	size_t mib, p;
+	long t;
+	int shared;
+
+	if (argc < 5)
+		return 2;
+	shared = !strcmp(argv[1], "cowsweep-shared");
+	status_fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	mib = strtoul(argv[3], NULL, 0);
+	nthreads = atoi(argv[4]);
+	if (status_fd < 0 || nthreads < 1 || nthreads > MAX_THR)
+		return 2;
+	signal(SIGUSR1, on_usr1);
+
+	npages = mib * 1024 * 1024 / PAGE;
+	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+		      -1, 0);
+	if (region == MAP_FAILED)
+		return 2;
+	for (p = 0; p < npages; p++) {
+		struct stamp *s = (struct stamp *)(region + p * PAGE);
+
+		s->gen = 1;
+		s->page = p;
+		if (getenv("CANARY"))
+			strcpy(region + p * PAGE + 64, getenv("CANARY"));
+	}
+	for (t = 0; t < nthreads; t++)
+		if (pthread_create(&th[t], NULL, sweep, (void *)t))
+			return 2;
+
+	status("ready %p %zu %d", region, npages, nthreads);
+	for (;;) {
+		char buf[1024];
+		uint64_t stall = 0;
+		int n = 0;
+
+		while (!report_wanted && !bad)
+			nap_ms(5);
+		if (bad) {
+			status("%s", bad_msg);
+			_exit(1);
+		}
+		report_wanted = 0;
+		for (t = 0; t < nthreads; t++) {
+			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)done[t]);
+			if (max_stall_ns[t] > stall)
+				stall = max_stall_ns[t];
+		}
+		status("cowsweep OK %llu%s", (unsigned long long)stall / 1000, buf);
+	}
+}
