@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * cowsweep|cowsweep-shared STATUS MIB THREADS: threads that sweep MIB MiB flat
+ * cowsweep|cowsweep-shared|cowsweep-rest STATUS MIB THREADS: threads that sweep MIB MiB flat
  * out, for the copy-on-write dump (issue 21).
  *
  * Each thread owns a slice of the region and sweeps it again and again,
@@ -15,8 +15,10 @@
  * Each thread also keeps the longest time it spent on one page (a write
  * fault waiting for criu shows there) and counts its pages: SIGUSR1
  * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ...".
- * As cowsweep-shared, the region is MAP_SHARED.  $CANARY, if set, is
- * written at offset 64 of every page (to look for it in the images).
+ * As cowsweep-shared, the region is MAP_SHARED; as cowsweep-rest, nothing
+ * writes it after it is filled.  $CANARY, if set, is
+ * written at offset 64 of every page (to look for it in the images); with
+ * $NOISE set, the rest of each page is pseudo-random (not compressible).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -85,11 +87,12 @@ int main(int argc, char **argv)
 	pthread_t th[MAX_THR];
 	size_t mib, p;
 	long t;
-	int shared;
+	int shared, rest;
 
 	if (argc < 5)
 		return 2;
 	shared = !strcmp(argv[1], "cowsweep-shared");
+	rest = !strcmp(argv[1], "cowsweep-rest");
 	status_fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	mib = strtoul(argv[3], NULL, 0);
 	nthreads = atoi(argv[4]);
@@ -109,8 +112,19 @@ int main(int argc, char **argv)
 		s->page = p;
 		if (getenv("CANARY"))
 			strcpy(region + p * PAGE + 64, getenv("CANARY"));
+		if (getenv("NOISE")) {
+			uint64_t *w = (uint64_t *)(region + p * PAGE), x = p * 0x9e3779b97f4a7c15ULL + 1;
+			int i;
+
+			for (i = 16; i < PAGE / 8; i++) {
+				x ^= x << 13;
+				x ^= x >> 7;
+				x ^= x << 17;
+				w[i] = x;
+			}
+		}
 	}
-	for (t = 0; t < nthreads; t++)
+	for (t = 0; t < nthreads && !rest; t++)
 		if (pthread_create(&th[t], NULL, sweep, (void *)t))
 			return 2;
 
