@@ -3,8 +3,9 @@
 (issue 21): plain, --encrypt, --encrypt --compress, for a process of MiB
 of incompressible memory at rest and with two threads writing it flat out
 (test/criusec/workloads/cowsweep.c).  Prints stats-dump's frozen_time, the
-dump's wall time, the pages copied at a write fault, and the longest time
-a writing thread spent on one page (the freeze included).  A benchmark,
+dump's wall time, the pages copied at a write fault, the longest time
+a writing thread spent on one page (the freeze included), and how many
+pages took long (of the last run).  A benchmark,
 not a test: nothing here passes or fails on time.
 
     bench-cow.py CRIU [MiB ...]       (REPEAT=n, default 1)
@@ -65,7 +66,8 @@ def one(criu, binary, w, mib, busy, mode, cow, cert):
         os.kill(wl.pid, signal.SIGUSR1)
         rep = wait_for(st, lambda s: "cowsweep OK" in s)
         stall = int(rep.split()[3]) / 1000.0
-        return frozen_ms(img), wall, int(m.group(1)) if m else 0, stall
+        hist = rep.split("|")[1].split()
+        return frozen_ms(img), wall, int(m.group(1)) if m else 0, stall, "/".join(hist)
     finally:
         wl.kill()
         wl.wait()
@@ -82,17 +84,19 @@ def main():
                        check=True)
         subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(w), "k"], check=True, capture_output=True)
         cert = str(w / "k-cert.pem")
-        print("| MiB | writers | mode | cow | frozen ms | dump wall ms | pages copied at a fault | worst stall ms |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| MiB | writers | mode | cow | frozen ms | dump wall ms | pages copied at a fault | worst stall ms "
+              "| pages taking 50-100us/0.1-1/1-10/10-100/>100 ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for mib in sizes:
             for busy in (False, True):
                 for mode in MODES:
                     for cow in (False, True):
                         runs = [one(criu, binary, w, mib, busy, mode, cow, cert) for _ in range(repeat)]
-                        f, wall, faults, stall = (statistics.median(x) for x in zip(*runs))
+                        f, wall, faults, stall = (statistics.median(x) for x in zip(*[r[:4] for r in runs]))
+                        hist = runs[-1][4] if busy else ""
                         print(f"| {mib} | {'flat out' if busy else 'at rest'} | {mode} | {'yes' if cow else 'no'} "
-                              f"| {f:.0f} | {wall:.0f} | {faults:.0f} | {stall if busy else float('nan'):.1f} |",
-                              flush=True)
+                              f"| {f:.0f} | {wall:.0f} | {faults:.0f} | {stall if busy else float('nan'):.1f} "
+                              f"| {hist} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def counts(wl):
     """(max stall in us, [pages stamped by each thread]); fails on a BAD report."""
     r = wl.report()
     assert r.startswith("cowsweep OK"), r
-    v = [int(x) for x in r.split()[2:]]
+    v = [int(x) for x in r.split("|")[0].split()[2:]]
     return v[0], v[1:]
 
 

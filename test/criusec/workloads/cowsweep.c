@@ -14,7 +14,10 @@
  *
  * Each thread also keeps the longest time it spent on one page (a write
  * fault waiting for criu shows there) and counts its pages: SIGUSR1
- * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ...".
+ * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ... |
+ * H0 H1 H2 H3 H4": how many pages took, all threads together, 50-100 us,
+ * 0.1-1 ms, 1-10 ms, 10-100 ms, and longer (a write fault waiting for
+ * criu, or the freeze, or the scheduler on a busy machine).
  * As cowsweep-shared, the region is MAP_SHARED; as cowsweep-rest, nothing
  * writes it after it is filled.  $CANARY, if set, is
  * written at offset 64 of every page (to look for it in the images); with
@@ -42,6 +45,8 @@ static size_t npages;
 static int nthreads;
 static volatile uint64_t done[MAX_THR];
 static volatile uint64_t max_stall_ns[MAX_THR];
+#define NBUCKET 5
+static volatile uint64_t hist[MAX_THR][NBUCKET];
 static volatile int bad;
 static char bad_msg[256];
 
@@ -76,6 +81,12 @@ static void *sweep(void *arg)
 			n = now_ns();
 			if (n - prev > max_stall_ns[t])
 				max_stall_ns[t] = n - prev;
+			if (n - prev >= 50000) {
+				uint64_t d = n - prev;
+				int b = d < 100000 ? 0 : d < 1000000 ? 1 : d < 10000000 ? 2 : d < 100000000 ? 3 : 4;
+
+				hist[t][b]++;
+			}
 			prev = n;
 		}
 	}
@@ -145,6 +156,14 @@ int main(int argc, char **argv)
 			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)done[t]);
 			if (max_stall_ns[t] > stall)
 				stall = max_stall_ns[t];
+		}
+		n += snprintf(buf + n, sizeof(buf) - n, " |");
+		for (int b = 0; b < NBUCKET; b++) {
+			uint64_t h = 0;
+
+			for (t = 0; t < nthreads; t++)
+				h += hist[t][b];
+			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)h);
 		}
 		status("cowsweep OK %llu%s", (unsigned long long)stall / 1000, buf);
 	}
