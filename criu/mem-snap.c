@@ -95,13 +95,15 @@ struct snap_range {
 struct snap_task {
 	struct list_head l;
 	pid_t pid;
-	unsigned long id; /* for the image names */
 	int uffd;
 	unsigned int nr;
 	struct snap_range *r;
 	unsigned long nr_pages;
 	unsigned char *state;
 	void **copy;
+	/* Opened while frozen, as a dump does: the ids of page images are in order */
+	struct page_xfer xfer;
+	bool xfer_open;
 };
 
 static LIST_HEAD(snap_tasks);
@@ -123,7 +125,7 @@ static bool snap_usable(void)
 	if (opts.final_state != TASK_ALIVE)
 		why = "the tasks are not left running (--leave-running)";
 	else if (opts.track_mem)
-		why = "memory tracking (--track-mem) write-protects the pages its own way";
+		why = "memory tracking (pre-dump, --track-mem) write-protects the pages its own way";
 	else if (opts.img_parent)
 		why = "parent images (--prev-images-dir) are not done yet";
 	else if (opts.lazy_pages)
@@ -159,6 +161,8 @@ static void snap_free(struct snap_task *t)
 	if (!t)
 		return;
 	close_safe(&t->uffd);
+	if (t->xfer_open)
+		t->xfer.close(&t->xfer);
 	if (t->copy)
 		for (i = 0; i < t->nr_pages; i++)
 			xfree(t->copy[i]);
@@ -195,7 +199,6 @@ int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl)
 		return -1;
 	}
 	t->pid = item->pid->real;
-	t->id = vpid(item);
 	t->uffd = uffd;
 	snap_free(cur);
 	cur = t;
@@ -321,7 +324,8 @@ static const char *vma_register(struct snap_task *t, struct snap_range *r)
 	return NULL;
 }
 
-int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp)
+int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
+			  struct page_xfer *xfer)
 {
 	struct snap_task *t = cur;
 	struct vma_area *vma;
@@ -380,6 +384,8 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 	}
 
 	pr_info("%d: %lu pages to write once the tree runs\n", t->pid, t->nr_pages);
+	t->xfer = *xfer;
+	t->xfer_open = true;
 	list_add_tail(&t->l, &snap_tasks);
 	return 0;
 err:
@@ -585,12 +591,9 @@ static int write_chunk(struct page_xfer *xfer, int p[2], unsigned long addr, voi
 
 static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long chunk)
 {
-	struct page_xfer xfer;
+	struct page_xfer *xfer = &t->xfer;
 	unsigned int i;
 	int ret = -1;
-
-	if (open_page_xfer(&xfer, CR_FD_PAGEMAP, t->id) < 0)
-		return -1;
 
 	for (i = 0; i < t->nr; i++) {
 		struct snap_range *r = &t->r[i];
@@ -637,14 +640,15 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 			if (failed[0])
 				goto out;
 
-			if (write_chunk(&xfer, p, addr, buf, n * PAGE_SIZE))
+			if (write_chunk(xfer, p, addr, buf, n * PAGE_SIZE))
 				goto out;
 			nr_written += n;
 		}
 	}
 	ret = 0;
 out:
-	xfer.close(&xfer);
+	t->xfer_open = false;
+	xfer->close(xfer);
 	/* Nothing of it is protected any more: let the kernel forget it */
 	close_safe(&t->uffd);
 	return ret;
