@@ -44,8 +44,8 @@ def cowsweep_bin(tmp_path_factory):
 def sweeper(cowsweep_bin, tmp_path):
     started = []
 
-    def start(mib, mode="cowsweep", canary=None):
-        env = {"CANARY": canary} if canary else None
+    def start(mib, mode="cowsweep", canary=None, env=None):
+        env = dict(env or {}, **({"CANARY": canary} if canary else {}))
         wl = Workload(cowsweep_bin, mode, tmp_path, (mib, THREADS), env)
         started.append(wl)
         addr, npages = wl.last.split()[2:4]  # "#0 ready ADDR NPAGES THREADS"
@@ -153,30 +153,53 @@ def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
     restore_and_check(img, wl, key)
 
 
+def cow_dump_started(wl, img, *args):
+    """A criu dump --cow-dump in the background, once it writes the pages of the running tasks."""
+    img.mkdir()
+    log = img / "dump.log"
+    p = subprocess.Popen([CRIU, "dump", "-D", str(img), "-o", "dump.log", "-v4", "-t", str(wl.pid), "--leave-running",
+                          "--cow-dump", *args],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + CRIU_TIMEOUT
+    while "Writing the pages of the running tasks" not in (log.read_text(errors="replace") if log.exists() else ""):
+        if p.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "no userfaultfd write-protect" in text:
+                pytest.skip("this kernel has no userfaultfd write-protect (with its events)")
+            raise AssertionError("criu ended before its copy-on-write phase:\n" + text[-3000:])
+        if time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError("criu never reached its copy-on-write phase")
+        time.sleep(0.005)
+    return p
+
+
+def blocked_threads(pid):
+    """Threads of pid waiting on a userfaultfd."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                if f.read().strip() == "handle_userfault":
+                    out.append(tid)
+        except OSError:
+            pass
+    return out
+
+
 def test_cow_dump_criu_killed_leaves_no_writer_blocked(sweeper, keys, tmp_path):
     canary = "CANARY-cow-" + os.urandom(8).hex()
     wl = sweeper(1024, canary=canary)
     advancing(wl, 1000)
     img = tmp_path / "img"
-    img.mkdir()
-    log = img / "dump.log"
-    p = subprocess.Popen([CRIU, "dump", "-D", str(img), "-o", "dump.log", "-v4", "-t", str(wl.pid), "--leave-running",
-                          "--cow-dump", *enc_args(keys, "encrypt-compress")],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = cow_dump_started(wl, img, *enc_args(keys, "encrypt-compress"))
     try:
-        deadline = time.monotonic() + CRIU_TIMEOUT
-        while "Writing the pages of the running tasks" not in (log.read_text(errors="replace")
-                                                               if log.exists() else ""):
-            if p.poll() is not None:
-                text = log.read_text(errors="replace")
-                if "no userfaultfd write-protect" in text:
-                    pytest.skip("this kernel has no userfaultfd write-protect (with its events)")
-                raise AssertionError("criu ended before its copy-on-write phase:\n" + text[-3000:])
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        # Some pages in: the writers have faulted on protected ones by now
-        time.sleep(0.2)
-        assert p.poll() is None, "criu finished before it could be killed: make the region bigger"
+        # Killed while a writer waits for it
+        deadline = time.monotonic() + 30
+        while not blocked_threads(wl.pid):
+            assert p.poll() is None, "criu finished before a writer waited for it: make the region bigger"
+            assert time.monotonic() < deadline, "no writer ever waited for criu"
+            time.sleep(0.001)
         p.send_signal(signal.SIGKILL)
         p.wait()
     finally:
@@ -245,3 +268,26 @@ def test_cow_dump_through_rpc(sweeper, tmp_path):
     assert "Writing the pages of the running tasks" in log
     one_boundary(stamps(img, wl, None), wl.npages)
     advancing(wl, 1000)
+
+
+@pytest.mark.parametrize("drop", ["munmap", "dontneed"])
+def test_cow_dump_fails_when_unsaved_memory_goes(sweeper, tmp_path, drop):
+    """Memory unmapped (munmap) or dropped (MADV_DONTNEED) before criu has
+    saved it can't be in the snapshot any more: the dump fails, saying
+    why, and the task runs on."""
+    wl = sweeper(1024, env={"DROP": drop})
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    p = cow_dump_started(wl, img)
+    try:
+        os.kill(wl.pid, signal.SIGUSR2)
+        wl.wait_status(lambda s: "dropped" in s, "dropped")
+        p.wait(timeout=CRIU_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    log = (img / "dump.log").read_text(errors="replace")
+    assert p.returncode != 0, "criu saved the region before it went: make the sweep bigger"
+    assert re.search(r"task %d unmapped or dropped memory at [0-9a-f]+-[0-9a-f]+ before it was saved" % wl.pid, log)
+    advancing(wl, wl.npages // THREADS)

@@ -22,6 +22,9 @@
  * writes it after it is filled.  $CANARY, if set, is
  * written at offset 64 of every page (to look for it in the images); with
  * $NOISE set, the rest of each page is pseudo-random (not compressible).
+ * With $DROP set to "munmap" or "dontneed", a second region of 16 MiB is
+ * mapped (above the first) and filled, and SIGUSR2 unmaps it or drops its
+ * pages (MADV_DONTNEED), then reports "dropped".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -48,6 +51,13 @@ static volatile uint64_t max_stall_ns[MAX_THR];
 #define NBUCKET 5
 static volatile uint64_t hist[MAX_THR][NBUCKET];
 static volatile int bad;
+static volatile sig_atomic_t drop_wanted;
+
+static void on_usr2(int sig)
+{
+	(void)sig;
+	drop_wanted = 1;
+}
 static char bad_msg[256];
 
 static uint64_t now_ns(void)
@@ -99,6 +109,8 @@ int main(int argc, char **argv)
 	size_t mib, p;
 	long t;
 	int shared, rest;
+	const char *drop = getenv("DROP");
+	char *extra = NULL;
 
 	if (argc < 5)
 		return 2;
@@ -110,6 +122,14 @@ int main(int argc, char **argv)
 	if (status_fd < 0 || nthreads < 1 || nthreads > MAX_THR)
 		return 2;
 	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR2, on_usr2);
+	if (drop) {
+		/* Mapped first: above the region, so written after it */
+		extra = mmap(NULL, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (extra == MAP_FAILED)
+			return 2;
+		memset(extra, 0x5a, 16 << 20);
+	}
 
 	npages = mib * 1024 * 1024 / PAGE;
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
@@ -145,8 +165,16 @@ int main(int argc, char **argv)
 		uint64_t stall = 0;
 		int n = 0;
 
-		while (!report_wanted && !bad)
+		while (!report_wanted && !bad && !drop_wanted)
 			nap_ms(5);
+		if (drop_wanted && extra) {
+			drop_wanted = 0;
+			if (!strcmp(drop, "munmap") ? munmap(extra, 16 << 20) : madvise(extra, 16 << 20, MADV_DONTNEED))
+				return 2;
+			extra = NULL;
+			status("dropped");
+			continue;
+		}
 		if (bad) {
 			status("%s", bad_msg);
 			_exit(1);
