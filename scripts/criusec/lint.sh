@@ -30,7 +30,7 @@ check() { # NAME COMMAND...: one check, its output only when it fails
 }
 
 # Globs: more criu/criusec-*.c files are coming.
-c_ours() { (cd "$repo" && ls criu/criusec*.c criu/include/criusec*.h criu/mem-track.c criu/include/mem-track.h 2>/dev/null); }
+c_ours() { (cd "$repo" && ls criu/criusec*.c criu/include/criusec*.h criu/mem-track.c criu/include/mem-track.h criu/mem-snap.c criu/include/mem-snap.h 2>/dev/null); }
 
 clang_format_ours() {
 	(cd "$repo" && c_ours | xargs -r clang-format --style="file:$style" --dry-run --Werror)

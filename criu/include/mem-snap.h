@@ -1,0 +1,36 @@
+#ifndef __CR_MEM_SNAP_H__
+#define __CR_MEM_SNAP_H__
+
+#include <stdbool.h>
+
+struct pstree_item;
+struct vm_area_list;
+struct parasite_ctl;
+struct page_pipe;
+struct page_xfer;
+
+/*
+ * Copy-on-write dump (--cow-dump): a task's private pages are
+ * write-protected with a userfaultfd (synchronous mode) while it is frozen
+ * and written once it runs again; a write to a page not yet saved waits in
+ * the kernel until criu has saved it (see mem-snap.c).
+ */
+
+/* 1: dump this task's pages copy-on-write; 0: frozen, as always; -1: error */
+extern int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl);
+/*
+ * The task frozen, its pagemap in pp (which stays the caller's): what to
+ * protect.  On success, xfer (open) is mem-snap's: the pages go there later.
+ */
+extern int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
+				 struct page_xfer *xfer);
+/* Tasks whose pages are still to be written once the tree runs again */
+extern bool mem_snap_pending(void);
+/* The tree frozen, nothing of criu's left in it: write-protect their pages */
+extern int mem_snap_arm(void);
+/* The tree runs again: write their pages, serving write faults meanwhile */
+extern int mem_snap_write(void);
+/* Drop whatever is left (a failed dump): the tasks' writes go on */
+extern void mem_snap_fini(void);
+
+#endif /* __CR_MEM_SNAP_H__ */

@@ -1,0 +1,706 @@
+/*
+ * Copy-on-write dump (--cow-dump): the tasks run while their pages are
+ * written.
+ *
+ * While a task is frozen, its pagemap is collected as always, but its
+ * pages are not taken: its private VMAs are registered with a userfaultfd
+ * of its mm in synchronous write-protect mode (made in the task by the
+ * parasite, PARASITE_CMD_GET_UFFD, and held by criu alone) and the pages
+ * to dump are write-protected.  Once everything else is dumped, the tree
+ * runs again and criu writes the pages, each chunk read with
+ * process_vm_readv and unprotected after.  A task that writes to a page
+ * not yet saved waits in the kernel; between two chunks criu reads the
+ * faults, copies those pages (still as they were at the freeze) and
+ * unprotects them, which wakes the writers.  The pagemap is written in
+ * address order: a copied page waits in memory until its chunk comes.
+ *
+ * Only criu holds the userfaultfd: if criu dies, its release drops the
+ * registration and wakes every blocked writer.
+ *
+ * What the mechanism can't protect is copied while the task is frozen:
+ * pages of VMAs the kernel won't register (private file mappings, special
+ * mappings, VMAs the task registered with a userfaultfd of its own),
+ * unreadable ones (process_vm_readv can't read them once their protection
+ * is back) and executable ones (criu writes its syscall code into one at
+ * the parasite's cure: it must never wait for a fault only criu serves).
+ * Shared memory is dumped by shmem.c while the tree is frozen, as always.
+ *
+ * What changes the mapping of a page not yet saved (munmap, mremap,
+ * MADV_DONTNEED and friends, seen as userfaultfd events), exec and exit
+ * make the dump fail: the task runs on, the images are not used.  fork is
+ * safe: the parent's pages stay protected and the child is not dumped.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+
+#include "common/list.h"
+#include "cr_options.h"
+#include "image.h"
+#include "kerndat.h"
+#include "linux/userfaultfd.h"
+#include "log.h"
+#include "mem-snap.h"
+#include "page-pipe.h"
+#include "page-xfer.h"
+#include "parasite-syscall.h"
+#include "pstree.h"
+#include "util.h"
+#include "vma.h"
+#include "xmalloc.h"
+
+#include "images/pagemap.pb-c.h"
+
+#undef LOG_PREFIX
+#define LOG_PREFIX "cow-dump: "
+
+#ifndef UFFDIO_WRITEPROTECT
+struct uffdio_writeprotect {
+	struct uffdio_range range;
+#define UFFDIO_WRITEPROTECT_MODE_WP	  ((__u64)1 << 0)
+#define UFFDIO_WRITEPROTECT_MODE_DONTWAKE ((__u64)1 << 1)
+	__u64 mode;
+};
+#define UFFDIO_WRITEPROTECT _IOWR(UFFDIO, 0x06, struct uffdio_writeprotect)
+#endif
+
+#define SNAP_FEATURES \
+	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
+
+/* Pages read, unprotected and written at once: a writer waits at most that */
+#define SNAP_CHUNK 64
+
+enum {
+	PG_PROTECTED, /* as at the freeze, write-protected */
+	PG_COPIED,    /* its content at the freeze in copy[] */
+	PG_TAKEN,     /* in the image (or its chunk being written) */
+};
+
+/* Pages to dump, in address order, each range within one VMA */
+struct snap_range {
+	unsigned long start;
+	unsigned long end;
+	unsigned long first; /* index of its first page */
+	unsigned long vma_start, vma_end;
+	bool wp; /* write-protected; else copied at the freeze */
+};
+
+struct snap_task {
+	struct list_head l;
+	pid_t pid;
+	int uffd;
+	unsigned int nr;
+	struct snap_range *r;
+	unsigned long nr_pages;
+	unsigned char *state;
+	void **copy;
+	/* Opened while frozen, as a dump does: the ids of page images are in order */
+	struct page_xfer xfer;
+	bool xfer_open;
+};
+
+static LIST_HEAD(snap_tasks);
+static struct snap_task *cur;
+static int usable = -1;
+static char failed[256];
+static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
+
+static bool snap_usable(void)
+{
+	const char *why = NULL;
+
+	if (usable >= 0)
+		return usable;
+	usable = 0;
+	if (!opts.cow_dump)
+		return false;
+
+	if (opts.final_state != TASK_ALIVE)
+		why = "the tasks are not left running (--leave-running)";
+	else if (opts.track_mem)
+		why = "memory tracking (pre-dump, --track-mem) write-protects the pages its own way";
+	else if (opts.img_parent)
+		why = "parent images (--prev-images-dir) are not done yet";
+	else if (opts.lazy_pages)
+		why = "lazy pages are served from the frozen tasks";
+	else if (opts.use_page_server)
+		why = "a page server is not done yet";
+	else if (!kdat.has_uffd || (kdat.uffd_features & SNAP_FEATURES) != SNAP_FEATURES)
+		why = "the kernel has no userfaultfd write-protect with its events";
+
+	if (why) {
+		pr_warn("the tasks stay frozen until their pages are written: %s\n", why);
+		return false;
+	}
+	usable = 1;
+	return true;
+}
+
+static void snap_fail(const char *fmt, ...)
+{
+	va_list args;
+
+	if (failed[0])
+		return;
+	va_start(args, fmt);
+	vsnprintf(failed, sizeof(failed), fmt, args);
+	va_end(args);
+}
+
+static void snap_free(struct snap_task *t)
+{
+	unsigned long i;
+
+	if (!t)
+		return;
+	close_safe(&t->uffd);
+	if (t->xfer_open)
+		t->xfer.close(&t->xfer);
+	if (t->copy)
+		for (i = 0; i < t->nr_pages; i++)
+			xfree(t->copy[i]);
+	xfree(t->copy);
+	xfree(t->state);
+	xfree(t->r);
+	xfree(t);
+}
+
+int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl)
+{
+	struct snap_task *t;
+	int uffd;
+
+	if (!snap_usable())
+		return 0;
+
+	uffd = parasite_get_uffd_seized(ctl, SNAP_FEATURES);
+	if (uffd < 0) {
+		pr_warn("%d: no userfaultfd for its memory: it stays frozen until its pages are written\n",
+			item->pid->real);
+		return 0;
+	}
+	/* criu alone holds it: no child of criu may outlive it with a copy */
+	if (fcntl(uffd, F_SETFD, FD_CLOEXEC)) {
+		pr_perror("Can't set FD_CLOEXEC on the userfaultfd");
+		close(uffd);
+		return -1;
+	}
+
+	t = xzalloc(sizeof(*t));
+	if (!t) {
+		close(uffd);
+		return -1;
+	}
+	t->pid = item->pid->real;
+	t->uffd = uffd;
+	snap_free(cur);
+	cur = t;
+	return 1;
+}
+
+static int add_range(struct snap_task *t, struct vma_area *vma, unsigned long start, unsigned long end)
+{
+	struct snap_range *r;
+
+	if (t->nr % 64 == 0 && xrealloc_safe(&t->r, (t->nr + 64) * sizeof(*t->r)))
+		return -1;
+	r = &t->r[t->nr++];
+	r->start = start;
+	r->end = end;
+	r->first = t->nr_pages;
+	r->vma_start = vma->e->start;
+	r->vma_end = vma->e->end;
+	r->wp = false;
+	t->nr_pages += (end - start) / PAGE_SIZE;
+	return 0;
+}
+
+/* The pagemap's iovs cut at VMA bounds (adjacent VMAs share iovs) */
+static int collect_ranges(struct snap_task *t, struct vm_area_list *vmas, struct page_pipe *pp)
+{
+	struct vma_area *vma = list_first_entry(&vmas->h, struct vma_area, list);
+	struct page_pipe_buf *ppb;
+	unsigned int i;
+
+	list_for_each_entry(ppb, &pp->bufs, l) {
+		for (i = 0; i < ppb->nr_segs; i++) {
+			unsigned long start = (unsigned long)ppb->iov[i].iov_base;
+			unsigned long end = start + ppb->iov[i].iov_len;
+
+			while (start < end) {
+				unsigned long e;
+
+				while (&vma->list != &vmas->h && vma->e->end <= start)
+					vma = list_entry(vma->list.next, struct vma_area, list);
+				if (&vma->list == &vmas->h || vma->e->start > start) {
+					pr_err("%d: page %lx of the pagemap in no VMA\n", t->pid, start);
+					return -1;
+				}
+				e = min(end, (unsigned long)vma->e->end);
+				if (add_range(t, vma, start, e))
+					return -1;
+				start = e;
+			}
+		}
+	}
+	return 0;
+}
+
+static struct vma_area *range_vma(struct vm_area_list *vmas, struct vma_area *from, struct snap_range *r)
+{
+	struct vma_area *vma = from;
+
+	while (&vma->list != &vmas->h && vma->e->end <= r->start)
+		vma = list_entry(vma->list.next, struct vma_area, list);
+	return vma;
+}
+
+static int read_page(pid_t pid, unsigned long addr, void *buf, unsigned long len)
+{
+	struct iovec local = { .iov_base = buf, .iov_len = len };
+	struct iovec remote = { .iov_base = (void *)addr, .iov_len = len };
+	ssize_t n;
+
+	n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+	if (n == (ssize_t)len)
+		return 0;
+	if (n < 0)
+		return -errno;
+	return -EFAULT;
+}
+
+/* Copy a range's pages now (the task frozen): what can't be protected */
+static int copy_frozen(struct snap_task *t, struct snap_range *r)
+{
+	unsigned long addr, i = r->first;
+	int ret;
+
+	for (addr = r->start; addr < r->end; addr += PAGE_SIZE, i++) {
+		t->copy[i] = xmalloc(PAGE_SIZE);
+		if (!t->copy[i])
+			return -1;
+		ret = read_page(t->pid, addr, t->copy[i], PAGE_SIZE);
+		if (ret) {
+			pr_err("%d: can't read page %lx: %s\n", t->pid, addr, strerror(-ret));
+			return -1;
+		}
+		t->state[i] = PG_COPIED;
+		nr_frozen_copies++;
+	}
+	return 0;
+}
+
+/* Why a VMA's pages are copied at the freeze, or NULL: they may be protected */
+static const char *vma_unprotectable(struct vma_area *vma)
+{
+	if (!(vma->e->prot & PROT_READ))
+		return "not readable once the tree runs";
+	if (vma->e->prot & PROT_EXEC)
+		return "executable (criu writes code into it)";
+	if (vma->e->flags & MAP_HUGETLB)
+		return "hugetlb";
+	return NULL;
+}
+
+static const char *vma_register(struct snap_task *t, struct snap_range *r)
+{
+	struct uffdio_register reg = {};
+
+	reg.range.start = r->vma_start;
+	reg.range.len = r->vma_end - r->vma_start;
+	reg.mode = UFFDIO_REGISTER_MODE_WP;
+	if (ioctl(t->uffd, UFFDIO_REGISTER, &reg)) {
+		if (errno == EBUSY)
+			return "registered with another userfaultfd (the task's own?)";
+		return "the kernel won't register it";
+	}
+	return NULL;
+}
+
+int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
+			  struct page_xfer *xfer)
+{
+	struct snap_task *t = cur;
+	struct vma_area *vma;
+	unsigned int i;
+
+	BUG_ON(!t || t->pid != item->pid->real);
+	cur = NULL;
+
+	if (pp->free_hole) {
+		pr_err("%d: a pagemap with holes (parent images)\n", t->pid);
+		goto err;
+	}
+	if (collect_ranges(t, vmas, pp))
+		goto err;
+	t->state = xzalloc(t->nr_pages ?: 1);
+	t->copy = xzalloc(sizeof(void *) * (t->nr_pages ?: 1));
+	if (!t->state || !t->copy)
+		goto err;
+
+	/*
+	 * Copied now what won't be readable once the parasite has put the
+	 * VMAs' protections back; the rest is protected at the very end,
+	 * mem_snap_arm(): the kernel writes to the task's memory while the
+	 * parasite runs in it (rseq), and that must not wait for criu.
+	 */
+	vma = list_first_entry(&vmas->h, struct vma_area, list);
+	for (i = 0; i < t->nr; i++) {
+		struct snap_range *r = &t->r[i];
+		const char *why;
+
+		vma = range_vma(vmas, vma, r);
+		why = vma_unprotectable(vma);
+		if (!why)
+			continue;
+		if (!i || r->vma_start != r[-1].vma_start)
+			pr_info("%d: VMA %lx-%lx copied while frozen: %s\n", t->pid, r->vma_start, r->vma_end, why);
+		if (copy_frozen(t, r))
+			goto err;
+	}
+
+	/* Written through other mappings too: shmem.c and memfd.c dump it, frozen */
+	list_for_each_entry(vma, &vmas->h, list) {
+		const char *kind = NULL;
+
+		if (!(vma->e->flags & MAP_SHARED))
+			continue;
+		if (vma_area_is(vma, VMA_AREA_SYSVIPC))
+			kind = "SysV shared memory";
+		else if (vma_area_is(vma, VMA_AREA_MEMFD))
+			kind = "memfd (or anonymous) shared memory";
+		else if (vma_area_is(vma, VMA_ANON_SHARED))
+			kind = "anonymous shared memory";
+		if (kind)
+			pr_info("%d: VMA %lx-%lx is %s: dumped while the tree is frozen\n", t->pid,
+				(unsigned long)vma->e->start, (unsigned long)vma->e->end, kind);
+	}
+
+	pr_info("%d: %lu pages to write once the tree runs\n", t->pid, t->nr_pages);
+	t->xfer = *xfer;
+	t->xfer_open = true;
+	list_add_tail(&t->l, &snap_tasks);
+	return 0;
+err:
+	snap_free(t);
+	return -1;
+}
+
+/* The tree still frozen, the parasites gone: register and write-protect */
+static int arm_task(struct snap_task *t)
+{
+	const char *why = NULL;
+	unsigned int i;
+
+	for (i = 0; i < t->nr; i++) {
+		struct snap_range *r = &t->r[i];
+		struct uffdio_writeprotect wp = {};
+
+		if (t->state[r->first] != PG_PROTECTED)
+			continue; /* copied at collection */
+		if (!i || r->vma_start != r[-1].vma_start) {
+			why = vma_register(t, r);
+			if (why)
+				pr_info("%d: VMA %lx-%lx copied while frozen: %s\n", t->pid, r->vma_start, r->vma_end,
+					why);
+		}
+		if (!why) {
+			wp.range.start = r->start;
+			wp.range.len = r->end - r->start;
+			wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+			if (!ioctl(t->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+				r->wp = true;
+				continue;
+			}
+			pr_info("%d: %lx-%lx copied while frozen: can't write-protect it: %s\n", t->pid, r->start,
+				r->end, strerror(errno));
+		}
+		if (copy_frozen(t, r))
+			return -1;
+	}
+	return 0;
+}
+
+int mem_snap_arm(void)
+{
+	struct snap_task *t;
+
+	list_for_each_entry(t, &snap_tasks, l)
+		if (arm_task(t))
+			return -1;
+	return 0;
+}
+
+bool mem_snap_pending(void)
+{
+	return !list_empty(&snap_tasks);
+}
+
+static long page_index(struct snap_task *t, unsigned long addr)
+{
+	unsigned int lo = 0, hi = t->nr;
+
+	while (lo < hi) {
+		unsigned int mid = (lo + hi) / 2;
+		struct snap_range *r = &t->r[mid];
+
+		if (addr < r->start)
+			hi = mid;
+		else if (addr >= r->end)
+			lo = mid + 1;
+		else
+			return r->first + (addr - r->start) / PAGE_SIZE;
+	}
+	return -1;
+}
+
+static bool any_protected(struct snap_task *t, unsigned long start, unsigned long end)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->nr; i++) {
+		struct snap_range *r = &t->r[i];
+		unsigned long s, e, p;
+
+		s = max(start, r->start);
+		e = min(end, r->end);
+		for (p = s; p < e; p += PAGE_SIZE)
+			if (t->state[r->first + (p - r->start) / PAGE_SIZE] == PG_PROTECTED)
+				return true;
+	}
+	return false;
+}
+
+static int serve_task(struct snap_task *t, int depth);
+
+/* Unprotect and wake; events not yet read make the kernel refuse (EAGAIN) */
+static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len, int depth)
+{
+	struct uffdio_writeprotect wp = { .range = { .start = addr, .len = len }, .mode = 0 };
+
+	while (ioctl(t->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+		if (errno == EAGAIN && depth < 8) {
+			if (serve_task(t, depth + 1))
+				return;
+			continue;
+		}
+		if (errno == ESRCH)
+			snap_fail("task %d exited or called exec before its pages were saved", t->pid);
+		else if (errno != ENOENT)
+			snap_fail("can't unprotect %lx-%lx of task %d: %s", addr, addr + len, t->pid, strerror(errno));
+		return;
+	}
+}
+
+static void on_fault(struct snap_task *t, unsigned long addr, int depth)
+{
+	long i;
+
+	addr &= ~(PAGE_SIZE - 1);
+	i = page_index(t, addr);
+	if (i >= 0 && t->state[i] == PG_PROTECTED) {
+		/* Still as at the freeze: the writer waits until we unprotect it */
+		t->copy[i] = xmalloc(PAGE_SIZE);
+		if (!t->copy[i] || read_page(t->pid, addr, t->copy[i], PAGE_SIZE)) {
+			snap_fail("can't save page %lx of task %d before it is written", addr, t->pid);
+			/* The dump fails; the writer goes on */
+		} else {
+			t->state[i] = PG_COPIED;
+			nr_fault_copies++;
+		}
+	}
+	unprotect(t, addr, PAGE_SIZE, depth);
+}
+
+/* Read what the task's userfaultfd has: write faults, and mapping changes */
+static int serve_task(struct snap_task *t, int depth)
+{
+	struct uffd_msg msg[16];
+	ssize_t n;
+	int i;
+
+	if (t->uffd < 0)
+		return 0;
+	for (;;) {
+		n = read(t->uffd, msg, sizeof(msg));
+		if (n < 0) {
+			if (errno == EAGAIN)
+				return 0;
+			if (errno == EINTR)
+				continue;
+			snap_fail("can't read the userfaultfd of task %d: %s", t->pid, strerror(errno));
+			return -1;
+		}
+		for (i = 0; i < n / (ssize_t)sizeof(msg[0]); i++) {
+			struct uffd_msg *m = &msg[i];
+
+			switch (m->event) {
+			case UFFD_EVENT_PAGEFAULT:
+				on_fault(t, m->arg.pagefault.address, depth);
+				break;
+			case UFFD_EVENT_REMOVE:
+			case UFFD_EVENT_UNMAP:
+				if (any_protected(t, m->arg.remove.start, m->arg.remove.end))
+					snap_fail("task %d unmapped or dropped memory at %llx-%llx before it was saved",
+						  t->pid, (unsigned long long)m->arg.remove.start,
+						  (unsigned long long)m->arg.remove.end);
+				break;
+			case UFFD_EVENT_REMAP:
+				if (any_protected(t, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+					snap_fail("task %d moved memory at %llx (mremap) before it was saved", t->pid,
+						  (unsigned long long)m->arg.remap.from);
+				break;
+			}
+		}
+	}
+}
+
+static void serve_all(void)
+{
+	struct snap_task *t;
+
+	list_for_each_entry(t, &snap_tasks, l)
+		serve_task(t, 0);
+}
+
+static int write_chunk(struct page_xfer *xfer, int p[2], unsigned long addr, void *buf, unsigned long len)
+{
+	struct iovec iov = { .iov_base = (void *)addr, .iov_len = len };
+	unsigned long off = 0;
+
+	if (xfer->write_pagemap(xfer, &iov, PE_PRESENT))
+		return -1;
+	while (off < len) {
+		ssize_t n = write(p[1], buf + off, len - off);
+
+		if (n < 0) {
+			pr_perror("Can't fill the page pipe");
+			return -1;
+		}
+		off += n;
+	}
+	return xfer->write_pages(xfer, p[0], len);
+}
+
+static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long chunk)
+{
+	struct page_xfer *xfer = &t->xfer;
+	unsigned int i;
+	int ret = -1;
+
+	for (i = 0; i < t->nr; i++) {
+		struct snap_range *r = &t->r[i];
+		unsigned long addr, n, k, idx;
+
+		for (addr = r->start; addr < r->end; addr += n * PAGE_SIZE) {
+			bool need_read = false;
+
+			/* The pages being written first */
+			serve_all();
+			if (failed[0])
+				goto out;
+
+			n = min(chunk, (r->end - addr) / PAGE_SIZE);
+			idx = r->first + (addr - r->start) / PAGE_SIZE;
+			for (k = 0; k < n; k++)
+				if (t->state[idx + k] == PG_PROTECTED)
+					need_read = true;
+
+			/*
+			 * Protected pages are as at the freeze: nobody else
+			 * unprotects them.  Copied ones may have been written
+			 * since: their copy replaces what was read.
+			 */
+			if (need_read) {
+				int err = read_page(t->pid, addr, buf, n * PAGE_SIZE);
+
+				if (err) {
+					snap_fail("can't read %lx-%lx of task %d: %s", addr, addr + n * PAGE_SIZE,
+						  t->pid, strerror(-err));
+					goto out;
+				}
+			}
+			for (k = 0; k < n; k++) {
+				if (t->state[idx + k] == PG_COPIED) {
+					memcpy(buf + k * PAGE_SIZE, t->copy[idx + k], PAGE_SIZE);
+					xfree(t->copy[idx + k]);
+					t->copy[idx + k] = NULL;
+				}
+				t->state[idx + k] = PG_TAKEN;
+			}
+			if (r->wp && need_read)
+				unprotect(t, addr, n * PAGE_SIZE, 0);
+			if (failed[0])
+				goto out;
+
+			if (write_chunk(xfer, p, addr, buf, n * PAGE_SIZE))
+				goto out;
+			nr_written += n;
+		}
+	}
+	ret = 0;
+out:
+	t->xfer_open = false;
+	xfer->close(xfer);
+	/* Nothing of it is protected any more: let the kernel forget it */
+	close_safe(&t->uffd);
+	return ret;
+}
+
+int mem_snap_write(void)
+{
+	unsigned long chunk = SNAP_CHUNK;
+	struct snap_task *t;
+	int p[2], ret = 0;
+	void *buf;
+
+	if (pipe(p)) {
+		pr_perror("Can't make a pipe");
+		return -1;
+	}
+	if (fcntl(p[1], F_SETPIPE_SZ, SNAP_CHUNK * PAGE_SIZE) < (int)(SNAP_CHUNK * PAGE_SIZE))
+		chunk = 16; /* a pipe's default size */
+	buf = xmalloc(chunk * PAGE_SIZE);
+	if (!buf) {
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+
+	pr_info("Writing the pages of the running tasks\n");
+	list_for_each_entry(t, &snap_tasks, l) {
+		ret = write_task(t, buf, p, chunk);
+		if (ret)
+			break;
+	}
+	if (failed[0])
+		pr_err("The copy-on-write dump failed: %s\n", failed);
+	else if (!ret)
+		pr_info("%lu pages written: %lu copied at a write fault, %lu copied while frozen\n", nr_written,
+			nr_fault_copies, nr_frozen_copies);
+
+	xfree(buf);
+	close(p[0]);
+	close(p[1]);
+	mem_snap_fini();
+	return (ret || failed[0]) ? -1 : 0;
+}
+
+void mem_snap_fini(void)
+{
+	struct snap_task *t, *n;
+
+	list_for_each_entry_safe(t, n, &snap_tasks, l) {
+		list_del(&t->l);
+		snap_free(t);
+	}
+	snap_free(cur);
+	cur = NULL;
+}

@@ -1,0 +1,293 @@
+"""Copy-on-write dump (issue 21): `criu dump --leave-running --cow-dump`
+lets the tasks run while their pages are written; a write to a page not
+yet saved waits until criu has saved it.
+
+The workload (workloads/cowsweep.c) has threads sweeping a region flat
+out, stamping each page with a generation after checking it holds the
+previous one: the image must show, in each thread's slice, exactly one
+sweep boundary, and the restored process goes on checking every page it
+stamps.  criu SIGKILLed while it writes must leave no thread blocked and
+no plaintext behind; shared memory is dumped while the tree is frozen.
+
+Needs root and a kernel with userfaultfd write-protect (each test skips,
+saying so, without)."""
+import os
+import re
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from helpers import (CRIU, CRIU_TIMEOUT, Workload, build_workload, criusec, files_with, pid_alive, pycriu,
+                     reap_all, tree_pids, wait_gone)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="criu dump and restore need root")
+
+PAGE = 4096
+THREADS = 2
+
+MODES = {
+    "plain": (),
+    "encrypt": ("--encrypt",),
+    "encrypt-compress": ("--encrypt", "--compress"),
+}
+
+
+@pytest.fixture(scope="module")
+def cowsweep_bin(tmp_path_factory):
+    return build_workload(tmp_path_factory, "cowsweep", "-pthread")
+
+
+@pytest.fixture
+def sweeper(cowsweep_bin, tmp_path):
+    started = []
+
+    def start(mib, mode="cowsweep", canary=None, env=None):
+        env = dict(env or {}, **({"CANARY": canary} if canary else {}))
+        wl = Workload(cowsweep_bin, mode, tmp_path, (mib, THREADS), env)
+        started.append(wl)
+        addr, npages = wl.last.split()[2:4]  # "#0 ready ADDR NPAGES THREADS"
+        wl.addr, wl.npages = int(addr, 16), int(npages)
+        return wl
+
+    yield start
+    for wl in started:
+        wl.kill()
+
+
+def counts(wl):
+    """(max stall in us, [pages stamped by each thread]); fails on a BAD report."""
+    r = wl.report()
+    assert r.startswith("cowsweep OK"), r
+    v = [int(x) for x in r.split("|")[0].split()[2:]]
+    return v[0], v[1:]
+
+
+def advancing(wl, at_least):
+    """Every thread stamps at least `at_least` more pages, each checked."""
+    _, before = counts(wl)
+    deadline = time.monotonic() + 60
+    while True:
+        _, now = counts(wl)
+        if all(n - b >= at_least for n, b in zip(now, before)):
+            return now
+        assert time.monotonic() < deadline, f"threads stuck: {before} -> {now}"
+        time.sleep(0.1)
+
+
+def criu(action, img, *args, check=True):
+    img.mkdir(parents=True, exist_ok=True)
+    cmd = [CRIU, action, "-D", str(img), "-o", f"{action}.log", "-v4", *map(str, args)]
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CRIU_TIMEOUT)
+    r.log = (img / f"{action}.log").read_text(errors="replace")
+    if check and r.returncode:
+        raise AssertionError(f"criu {action} failed ({r.returncode}): {r.stderr}\n{r.log[-4000:]}")
+    return r
+
+
+def cow_dump(wl, img, *args):
+    # Its status file as dumped: restore checks the size of an open file
+    wl.dumped_status = wl.read_status()
+    r = criu("dump", img, "-t", wl.pid, "--leave-running", "--cow-dump", *args, check=False)
+    if "no userfaultfd write-protect" in r.log:
+        pytest.skip("this kernel has no userfaultfd write-protect (with its events)")
+    assert r.returncode == 0, f"{r.stderr}\n{r.log[-4000:]}"
+    return r
+
+
+def enc_args(keys, mode):
+    args = MODES[mode]
+    return (*args, "--tls-cert", keys["alice"][0]) if args else ()
+
+
+def stamps(img, wl, key):
+    """(generation, page index) at the head of each page of the region, as dumped."""
+    ck = criusec.Checkpoint(img, keys=key) if key else criusec.Checkpoint(img)
+    got = dict(ck.pages("pagemap-%d.img" % wl.pid, wl.addr, wl.addr + wl.npages * PAGE))
+    assert len(got) == wl.npages, f"{wl.npages - len(got)} pages of the region are not in the image"
+    return [struct.unpack_from("<QQ", got[wl.addr + p * PAGE]) for p in range(wl.npages)]
+
+
+def one_boundary(st, npages):
+    """Each thread's slice: generation g up to its position, g - 1 after."""
+    for t in range(THREADS):
+        first, last = npages * t // THREADS, npages * (t + 1) // THREADS
+        gens = [st[p][0] for p in range(first, last)]
+        assert all(st[p][1] == p for p in range(first, last)), "a page stamped with another index"
+        boundaries = [p for p in range(1, len(gens)) if gens[p] != gens[p - 1]]
+        assert len(boundaries) <= 1, f"thread {t}: {len(boundaries)} sweep boundaries in the image"
+        if boundaries:
+            b = boundaries[0]
+            assert gens[b - 1] == gens[b] + 1, f"thread {t}: generations {gens[b - 1]} then {gens[b]}"
+
+
+def restore_and_check(img, wl, key):
+    pids = tree_pids(wl.pid)
+    wl.kill()
+    wait_gone(pids)
+    wl.status_path.write_text(wl.dumped_status)
+    criu("restore", img, "-d", *(("--tls-key", key) if key else ()))
+    # The restored threads check each page before they stamp it
+    advancing(wl, wl.npages // THREADS * 2)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
+    wl = sweeper(256)
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    r = cow_dump(wl, img, *enc_args(keys, mode))
+
+    assert "Writing the pages of the running tasks" in r.log
+    m = re.search(r"(\d+) pages written: (\d+) copied at a write fault, (\d+) copied while frozen", r.log)
+    assert m, r.log[-2000:]
+    print(m.group(0))
+    # The writers ran while criu wrote, and waited for their pages
+    assert int(m.group(2)) > 0
+    advancing(wl, 1000)
+
+    key = keys["alice"][1] if MODES[mode] else None
+    one_boundary(stamps(img, wl, key), wl.npages)
+    restore_and_check(img, wl, key)
+
+
+def cow_dump_started(wl, img, *args):
+    """A criu dump --cow-dump in the background, once it writes the pages of the running tasks."""
+    img.mkdir()
+    log = img / "dump.log"
+    p = subprocess.Popen([CRIU, "dump", "-D", str(img), "-o", "dump.log", "-v4", "-t", str(wl.pid), "--leave-running",
+                          "--cow-dump", *args],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + CRIU_TIMEOUT
+    while "Writing the pages of the running tasks" not in (log.read_text(errors="replace") if log.exists() else ""):
+        if p.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "no userfaultfd write-protect" in text:
+                pytest.skip("this kernel has no userfaultfd write-protect (with its events)")
+            raise AssertionError("criu ended before its copy-on-write phase:\n" + text[-3000:])
+        if time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError("criu never reached its copy-on-write phase")
+        time.sleep(0.005)
+    return p
+
+
+def blocked_threads(pid):
+    """Threads of pid waiting on a userfaultfd."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                if f.read().strip() == "handle_userfault":
+                    out.append(tid)
+        except OSError:
+            pass
+    return out
+
+
+def test_cow_dump_criu_killed_leaves_no_writer_blocked(sweeper, keys, tmp_path):
+    canary = "CANARY-cow-" + os.urandom(8).hex()
+    wl = sweeper(1024, canary=canary)
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    p = cow_dump_started(wl, img, *enc_args(keys, "encrypt-compress"))
+    try:
+        # Killed while a writer waits for it
+        deadline = time.monotonic() + 30
+        while not blocked_threads(wl.pid):
+            assert p.poll() is None, "criu finished before a writer waited for it: make the region bigger"
+            assert time.monotonic() < deadline, "no writer ever waited for criu"
+            time.sleep(0.001)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    reap_all()
+
+    assert pid_alive(wl.pid)
+    # Every thread goes on: none waits on a fault nobody serves
+    advancing(wl, wl.npages // THREADS)
+    assert files_with(img, canary.encode()) == []
+
+
+def test_cow_dump_shared_memory_is_dumped_frozen(sweeper, tmp_path):
+    wl = sweeper(64, mode="cowsweep-shared")
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    r = cow_dump(wl, img)
+    assert re.search(r"VMA %x-[0-9a-f]+ is .*shared memory: dumped while the tree is frozen" % wl.addr, r.log)
+    advancing(wl, 1000)
+    restore_and_check(img, wl, None)
+
+
+def test_cow_dump_memory_registered_by_another_userfaultfd(sweeper, tmp_path):
+    """A pre-dump leaves the task's memory registered with the userfaultfd
+    its holder keeps (memory tracking, Documentation/mem-tracking.md), as a
+    task's own userfaultfd would (criu can't dump a task holding one): the
+    copy-on-write dump can't register it (EBUSY) and copies those pages
+    while the task is frozen, saying why; the image is still exact."""
+    wl = sweeper(64)
+    advancing(wl, 1000)
+    r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, check=False)
+    if r.returncode:
+        pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    r = cow_dump(wl, img)
+    assert re.search(r"VMA %x-[0-9a-f]+ copied while frozen: registered with another userfaultfd" % wl.addr, r.log)
+    one_boundary(stamps(img, wl, None), wl.npages)
+    advancing(wl, 1000)
+
+
+def test_cow_dump_through_rpc(sweeper, tmp_path):
+    """CriuOpts.cow_dump (what libcriu's criu_set_cow_dump() sends)."""
+    wl = sweeper(64)
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    img.mkdir()
+    c = pycriu.criu()
+    c.use_binary(CRIU)
+    fd = os.open(img, os.O_DIRECTORY)
+    try:
+        c.opts.images_dir_fd = fd
+        c.opts.pid = wl.pid
+        c.opts.leave_running = True
+        c.opts.cow_dump = True
+        c.opts.log_file = "dump.log"
+        c.opts.log_level = 4
+        c.dump()
+    finally:
+        os.close(fd)
+    log = (img / "dump.log").read_text()
+    if "no userfaultfd write-protect" in log:
+        pytest.skip("this kernel has no userfaultfd write-protect (with its events)")
+    assert "Writing the pages of the running tasks" in log
+    one_boundary(stamps(img, wl, None), wl.npages)
+    advancing(wl, 1000)
+
+
+@pytest.mark.parametrize("drop", ["munmap", "dontneed"])
+def test_cow_dump_fails_when_unsaved_memory_goes(sweeper, tmp_path, drop):
+    """Memory unmapped (munmap) or dropped (MADV_DONTNEED) before criu has
+    saved it can't be in the snapshot any more: the dump fails, saying
+    why, and the task runs on."""
+    wl = sweeper(1024, env={"DROP": drop})
+    advancing(wl, 1000)
+    img = tmp_path / "img"
+    p = cow_dump_started(wl, img)
+    try:
+        os.kill(wl.pid, signal.SIGUSR2)
+        wl.wait_status(lambda s: "dropped" in s, "dropped")
+        p.wait(timeout=CRIU_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    log = (img / "dump.log").read_text(errors="replace")
+    assert p.returncode != 0, "criu saved the region before it went: make the sweep bigger"
+    assert re.search(r"task %d unmapped or dropped memory at [0-9a-f]+-[0-9a-f]+ before it was saved" % wl.pid, log)
+    advancing(wl, wl.npages // THREADS)

@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * cowsweep|cowsweep-shared|cowsweep-rest STATUS MIB THREADS: threads that sweep MIB MiB flat
+ * out, for the copy-on-write dump (issue 21).
+ *
+ * Each thread owns a slice of the region and sweeps it again and again,
+ * stamping the head of each page with (generation, page index), after
+ * checking that the page holds the previous generation: a consistent
+ * memory has, in each slice, pages of generation g up to the thread's
+ * position and g - 1 after it, one sweep boundary.  A page from later (or
+ * earlier) than the rest, as a dump not taken at one instant would give,
+ * makes the thread report "BAD" and the process exit.  So the check goes
+ * on after a restore, and the images can be checked the same way.
+ *
+ * Each thread also keeps the longest time it spent on one page (a write
+ * fault waiting for criu shows there) and counts its pages: SIGUSR1
+ * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ... |
+ * H0 H1 H2 H3 H4": how many pages took, all threads together, 50-100 us,
+ * 0.1-1 ms, 1-10 ms, 10-100 ms, and longer (a write fault waiting for
+ * criu, or the freeze, or the scheduler on a busy machine).
+ * As cowsweep-shared, the region is MAP_SHARED; as cowsweep-rest, nothing
+ * writes it after it is filled.  $CANARY, if set, is
+ * written at offset 64 of every page (to look for it in the images); with
+ * $NOISE set, the rest of each page is pseudo-random (not compressible).
+ * With $DROP set to "munmap" or "dontneed", a second region of 16 MiB is
+ * mapped (above the first) and filled, and SIGUSR2 unmaps it or drops its
+ * pages (MADV_DONTNEED), then reports "dropped".
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common.h"
+
+#define PAGE	 4096
+#define MAX_THR	 16
+
+struct stamp {
+	uint64_t gen;
+	uint64_t page;
+};
+
+static char *region;
+static size_t npages;
+static int nthreads;
+static volatile uint64_t done[MAX_THR];
+static volatile uint64_t max_stall_ns[MAX_THR];
+#define NBUCKET 5
+static volatile uint64_t hist[MAX_THR][NBUCKET];
+static volatile int bad;
+static volatile sig_atomic_t drop_wanted;
+
+static void on_usr2(int sig)
+{
+	(void)sig;
+	drop_wanted = 1;
+}
+static char bad_msg[256];
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void *sweep(void *arg)
+{
+	long t = (long)arg;
+	size_t first = npages * t / nthreads, last = npages * (t + 1) / nthreads, p;
+	uint64_t gen, prev = now_ns();
+
+	for (gen = 2;; gen++) {
+		for (p = first; p < last; p++) {
+			struct stamp *s = (struct stamp *)(region + p * PAGE);
+			uint64_t n;
+
+			if (s->gen != gen - 1 || s->page != p) {
+				snprintf(bad_msg, sizeof(bad_msg), "BAD thread %ld page %zu: gen %llu page %llu, expected %llu",
+					 t, p, (unsigned long long)s->gen, (unsigned long long)s->page,
+					 (unsigned long long)gen - 1);
+				bad = 1;
+				return NULL;
+			}
+			s->gen = gen;
+			done[t]++;
+			n = now_ns();
+			if (n - prev > max_stall_ns[t])
+				max_stall_ns[t] = n - prev;
+			if (n - prev >= 50000) {
+				uint64_t d = n - prev;
+				int b = d < 100000 ? 0 : d < 1000000 ? 1 : d < 10000000 ? 2 : d < 100000000 ? 3 : 4;
+
+				hist[t][b]++;
+			}
+			prev = n;
+		}
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	pthread_t th[MAX_THR];
+	size_t mib, p;
+	long t;
+	int shared, rest;
+	const char *drop = getenv("DROP");
+	char *extra = NULL;
+
+	if (argc < 5)
+		return 2;
+	shared = !strcmp(argv[1], "cowsweep-shared");
+	rest = !strcmp(argv[1], "cowsweep-rest");
+	status_fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	mib = strtoul(argv[3], NULL, 0);
+	nthreads = atoi(argv[4]);
+	if (status_fd < 0 || nthreads < 1 || nthreads > MAX_THR)
+		return 2;
+	signal(SIGUSR1, on_usr1);
+	signal(SIGUSR2, on_usr2);
+	if (drop) {
+		/* Mapped first: above the region, so written after it */
+		extra = mmap(NULL, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (extra == MAP_FAILED)
+			return 2;
+		memset(extra, 0x5a, 16 << 20);
+	}
+
+	npages = mib * 1024 * 1024 / PAGE;
+	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+		      -1, 0);
+	if (region == MAP_FAILED)
+		return 2;
+	for (p = 0; p < npages; p++) {
+		struct stamp *s = (struct stamp *)(region + p * PAGE);
+
+		s->gen = 1;
+		s->page = p;
+		if (getenv("CANARY"))
+			strcpy(region + p * PAGE + 64, getenv("CANARY"));
+		if (getenv("NOISE")) {
+			uint64_t *w = (uint64_t *)(region + p * PAGE), x = p * 0x9e3779b97f4a7c15ULL + 1;
+			int i;
+
+			for (i = 16; i < PAGE / 8; i++) {
+				x ^= x << 13;
+				x ^= x >> 7;
+				x ^= x << 17;
+				w[i] = x;
+			}
+		}
+	}
+	for (t = 0; t < nthreads && !rest; t++)
+		if (pthread_create(&th[t], NULL, sweep, (void *)t))
+			return 2;
+
+	status("ready %p %zu %d", region, npages, nthreads);
+	for (;;) {
+		char buf[1024];
+		uint64_t stall = 0;
+		int n = 0;
+
+		while (!report_wanted && !bad && !drop_wanted)
+			nap_ms(5);
+		if (drop_wanted && extra) {
+			drop_wanted = 0;
+			if (!strcmp(drop, "munmap") ? munmap(extra, 16 << 20) : madvise(extra, 16 << 20, MADV_DONTNEED))
+				return 2;
+			extra = NULL;
+			status("dropped");
+			continue;
+		}
+		if (bad) {
+			status("%s", bad_msg);
+			_exit(1);
+		}
+		report_wanted = 0;
+		for (t = 0; t < nthreads; t++) {
+			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)done[t]);
+			if (max_stall_ns[t] > stall)
+				stall = max_stall_ns[t];
+		}
+		n += snprintf(buf + n, sizeof(buf) - n, " |");
+		for (int b = 0; b < NBUCKET; b++) {
+			uint64_t h = 0;
+
+			for (t = 0; t < nthreads; t++)
+				h += hist[t][b];
+			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)h);
+		}
+		status("cowsweep OK %llu%s", (unsigned long long)stall / 1000, buf);
+	}
+}
