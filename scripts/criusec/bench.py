@@ -250,10 +250,16 @@ class Bench:
         """One pass: {frozen ms, wall ms, pages written, from the parent, dumped untracked}."""
         shutil.rmtree(img, ignore_errors=True)
         img.mkdir()
-        wall, _ = self.criu_run(self.criu, action, img, "-t", str(pid), *args)
+        try:
+            wall, _ = self.criu_run(self.criu, action, img, "-t", str(pid), *args)
+        except subprocess.CalledProcessError:
+            log = (img / f"{action}.log").read_text(errors="replace").splitlines()
+            print(f"bench: criu {action} failed; the end of its log:", *log[-15:], sep="\n", file=sys.stderr)
+            raise
         st = dump_stats(img)
         self.keep_ckpt_id(img)
         return {"frozen": st["frozen_time"] / 1000.0, "wall": wall * 1000, "written": st["pages_written"],
+                "memdump": st.get("memdump_time", 0) / 1000.0, "memwrite": st.get("memwrite_time", 0) / 1000.0,
                 "parent": st.get("pages_skipped_parent", 0),
                 "untracked": st.get("pages_untracked_task", 0) + st.get("pages_untracked_vma", 0)}
 
@@ -273,6 +279,10 @@ class Bench:
         gaps as they were.  The final dump ends the chain (it kills the task)."""
         pid, _ = self.churn_start(mib, "churn", churn)
         dump_args = self.mode_args(mode)[0]
+        if mode != "plain":
+            # Each pass reads its parent with the chain key the last one left in root's keyring,
+            # else with this key: other work on the machine (a test's clean-up) may remove keys.
+            dump_args += ["--tls-key", str(self.key)]
         os.sync()
         time.sleep(gap)
         out, gaps, prev, end = {}, [], None, None
@@ -497,6 +507,8 @@ def churn_section(b, mib, repeat):
             row = {"mode": m, "pass": k, "frozen": med(fr), "fspread": ms_spread(fr), "wall": med(wa),
                    "wspread": ms_spread(wa), "written": med([c["written"] for c in res[m][k]]),
                    "parent": med([c["parent"] for c in res[m][k]]),
+                   "memdump": med([c["memdump"] for c in res[m][k]]),
+                   "memwrite": med([c["memwrite"] for c in res[m][k]]),
                    "untracked": med([c["untracked"] for c in res[m][k]])}
             rows.append(row)
             print(f"  {NAMES[m]:<9} {label:<11} {row['frozen']:9.0f} {row['fspread']:>11} {row['wall']:8.0f} "
