@@ -26,10 +26,11 @@ before the first (the churn of one gap: 5 % of the memory).  Per pass: its
 frozen and wall time and the pages it wrote (stats-dump; pages dumped whole
 because they were not tracked, if any); then the final dump's frozen time
 over the full dump's, against the target 0.2x.  Then what tracking costs
-the application: the same process writing flat out over COST_WINDOWS
-windows of COST_WINDOW ms right after a pre-dump left it tracked, against
-the same without a pre-dump, alternating, measured by the process itself
-(pages/s); target: at most 5 % less in the first window.  MEM_TRACKER=uffd
+the application: two such processes writing flat out at once over
+COST_WINDOWS windows of COST_WINDOW ms, one of them (alternately) right
+after a pre-dump left it tracked, each measuring itself (pages/s), so that
+the machine's other work weighs on both alike; target: at most 5 % less
+in the first window.  MEM_TRACKER=uffd
 or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
 final dump (the tracked task killed): no tracking holder is left, and one
 still running is killed and said so.
@@ -235,9 +236,9 @@ class Bench:
         return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
     # --- the chain section (WORKLOADS has "churn")
-    def churn_start(self, mib, *args):
+    def churn_start(self, mib, *args, tag="churn"):
         """benchchurn MODE STATUS MIB ARGS...: (pid, status file) once its memory is filled."""
-        st = self.work / "churn.status"
+        st = self.work / f"{tag}.status"
         if st.exists():
             st.unlink()
         p = subprocess.Popen([self.churn, args[0], str(st), str(mib), *map(str, args[1:])],
@@ -307,23 +308,31 @@ class Bench:
         out["gaps"] = gaps
         return out
 
-    def tracking_cost(self, mib, tracked, window, windows, tracker):
-        """The process's own flat-out pages/s in each window, right after a pre-dump left it
-        tracked (tracked) or with no pre-dump; it is killed after (its holder goes with it)."""
-        pid, st = self.churn_start(mib, "flat", window, windows)
-        img = self.work / "cost"
+    def tracking_cost(self, mib, first, window, windows, tracker):
+        """Two processes alike, the first or the second of them (first) left tracked by a
+        pre-dump, then both writing flat out at once, so that the machine's other work weighs on
+        both alike: {"tracked": pages/s of each window, "untracked": ...}.  Both killed after
+        (the holder goes with its task)."""
+        procs, img = [], self.work / "cost"
         try:
-            if tracked:
-                shutil.rmtree(img, ignore_errors=True)
-                img.mkdir()
-                self.criu_run(self.criu, "pre-dump", img, "-t", str(pid), "--track-mem", *tracker)
-                self.holders.update(holders_of(pid))
-            os.kill(pid, signal.SIGUSR1)
-            s = wait_for(st, lambda s: "flat" in s, timeout=60 + window * windows / 1000)
-            return [float(x) for x in s.split("flat", 1)[1].split()]
+            for tag in ("cost-a", "cost-b"):
+                procs.append(self.churn_start(mib, "flat", window, windows, tag=tag))
+            tracked = procs[0 if first else 1]
+            shutil.rmtree(img, ignore_errors=True)
+            img.mkdir()
+            self.criu_run(self.criu, "pre-dump", img, "-t", str(tracked[0]), "--track-mem", *tracker)
+            self.holders.update(holders_of(tracked[0]))
+            for pid, _ in procs if first else procs[::-1]:
+                os.kill(pid, signal.SIGUSR1)
+            out = {}
+            for pid, st in procs:
+                s = wait_for(st, lambda s: "flat" in s, timeout=60 + 2 * window * windows / 1000)
+                out["tracked" if pid == tracked[0] else "untracked"] = [float(x) for x in s.split("flat", 1)[1].split()]
+            return out
         finally:
-            os.kill(pid, signal.SIGKILL)
-            gone(pid)
+            for pid, _ in procs:
+                os.kill(pid, signal.SIGKILL)
+                gone(pid)
             shutil.rmtree(img, ignore_errors=True)
 
 
@@ -452,6 +461,11 @@ def ms_spread(v):
     return f"{lo:.0f}-{hi:.0f}{'!' if lo > 0 and hi / lo > 1.5 else ''}"
 
 
+def pct_spread(v):
+    """'min..max' of percentages (which may be negative)."""
+    return f"{min(v):.1f}..{max(v):.1f}" if v else ""
+
+
 CHAIN_TARGET, COST_TARGET = 0.2, 5.0
 PASSES = (("full", "full dump"), ("pre1", "pre-dump 1"), ("pre2", "pre-dump 2"), ("dump", "dump"))
 
@@ -469,9 +483,9 @@ def churn_section(b, mib, repeat):
     if mech is None:
         print(f"\nchurn, {mib} MiB: skipped, criu cannot track memory on this kernel: {why}")
         return None
-    items = [("full", m) for m in modes] + [("chain", m) for m in modes] + [("cost", "tracked"), ("cost", "untracked")]
+    items = [("full", m) for m in modes] + [("chain", m) for m in modes] + [("cost", None)]
     res = {m: {"full": [], "pre1": [], "pre2": [], "dump": [], "gaps": [], "ratio": []} for m in modes}
-    cost = {"tracked": [], "untracked": []}
+    cost = []
     killed, b.holders = 0, {}
     load = os.getloadavg()[0]
     for i in range(repeat):
@@ -485,8 +499,8 @@ def churn_section(b, mib, repeat):
                 for k in ("pre1", "pre2", "dump"):
                     res[m][k].append(r[k])
                 res[m]["gaps"] += r["gaps"]
-            else:
-                cost[m].append(b.tracking_cost(mib, m == "tracked", window, windows, tracker))
+            else:  # which of the two processes is tracked alternates from round to round
+                cost.append(b.tracking_cost(mib, i % 2 == 0, window, windows, tracker))
             killed += end_holders(b.holders)
         for m in modes:  # this round's final dump over this round's full dump
             f = full[m]["frozen"]
@@ -521,17 +535,21 @@ def churn_section(b, mib, repeat):
               f"{max(r):.2f}); target {CHAIN_TARGET}x{' (the enc+zstd row)' if m != 'zstd' else ''}: "
               f"{'met' if ratio <= CHAIN_TARGET else 'NOT met'}")
     cw = []
-    print(f"  tracking cost: the process writing whole pages flat out (same mix), its own pages/s in "
-          f"{windows} windows of {window} ms, right after a pre-dump left it tracked, against no pre-dump:")
-    print(f"  {'window':<13} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} {'cost %':>7}")
+    cw = []
+    print(f"  tracking cost: two processes alike writing whole pages flat out (same mix) at once, one of them "
+          f"(alternately) right after a pre-dump left it tracked; their own pages/s in {windows} windows of "
+          f"{window} ms; cost: 1 - tracked/untracked, per round:")
+    print(f"  {'window':<13} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} {'cost %':>7} "
+          f"{'spread':>13}")
     for w in range(windows):
-        u = [c[w] for c in cost["untracked"]]
-        t = [c[w] for c in cost["tracked"]]
-        pct = 100 * (1 - med(t) / med(u)) if med(u) else float("nan")
+        u = [c["untracked"][w] for c in cost]
+        t = [c["tracked"][w] for c in cost]
+        pcts = [100 * (1 - c["tracked"][w] / c["untracked"][w]) for c in cost if c["untracked"][w]]
         cw.append({"window": w, "untracked": med(u), "uspread": ms_spread(u), "tracked": med(t),
-                   "tspread": ms_spread(t), "cost": pct})
+                   "tspread": ms_spread(t), "cost": med(pcts), "cspread": pct_spread(pcts)})
         label = f"{w * window / 1000:g}-{(w + 1) * window / 1000:g} s"
-        print(f"  {label:<13} {med(u):10.0f} {ms_spread(u):>15} {med(t):10.0f} {ms_spread(t):>15} {pct:7.1f}")
+        print(f"  {label:<13} {med(u):10.0f} {ms_spread(u):>15} {med(t):10.0f} {ms_spread(t):>15} "
+              f"{med(pcts):7.1f} {pct_spread(pcts):>13}")
     print(f"  cost in the first window (every page's first write after the pass faults): {cw[0]['cost']:.1f} %; "
           f"target at most {COST_TARGET:g} %: {'met' if cw[0]['cost'] <= COST_TARGET else 'NOT met'}")
     if killed:
@@ -558,13 +576,14 @@ def churn_summary(chains):
                 print(f"| {c['mib']} | {NAMES[row['mode']]} | dump / full dump, frozen | "
                       f"{c['xfull'][row['mode']]:.2f}x | {min(r):.2f}-{max(r):.2f}x | "
                       f"target {CHAIN_TARGET}x | | | | | |")
-    print("\n| churn MiB | tracking cost, window | untracked pages/s | spread | tracked pages/s | spread | cost % |")
-    print("|" + " --- |" * 7)
+    print("\n| churn MiB | tracking cost, window | untracked pages/s | spread | tracked pages/s | spread | cost % | "
+          "spread |")
+    print("|" + " --- |" * 8)
     for c in chains:
         for w in c["cost"]:
             label = f"{w['window'] * c['window'] / 1000:g}-{(w['window'] + 1) * c['window'] / 1000:g} s"
             print(f"| {c['mib']} | {label}{' (target 5 %)' if w['window'] == 0 else ''} | {w['untracked']:.0f} | "
-                  f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} |")
+                  f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} | {w['cspread']} |")
 
 
 def main():
