@@ -15,6 +15,26 @@ page cipher alone sealing that many MiB on the threads a dump uses
 (criusec-bench-floor, $FLOOR).  Frozen time: stats-dump's frozen_time,
 how long the tasks were stopped.
 
+The chain section (WORKLOADS has "churn"; issue 20, Documentation/mem-tracking.md):
+a process of MiB of random memory that keeps rewriting CHURN per mille of
+its pages a second (50: 5 %; half of the writes sweep a hot region, half
+hit random pages: workloads/benchchurn.c), left running.  In each round,
+plain and --encrypt --compress (CHAIN_MODES): one full dump, against the
+chain pre-dump, pre-dump, dump (--track-mem, --prev-images-dir), CHAIN_GAP
+seconds (1) between the end of one pass and the start of the next and
+before the first (the churn of one gap: 5 % of the memory).  Per pass: its
+frozen and wall time and the pages it wrote (stats-dump; pages dumped whole
+because they were not tracked, if any); then the final dump's frozen time
+over the full dump's, against the target 0.2x.  Then what tracking costs
+the application: two such processes writing flat out at once over
+COST_WINDOWS windows of COST_WINDOW ms, one of them (alternately) right
+after a pre-dump left it tracked, each measuring itself (pages/s), so that
+the machine's other work weighs on both alike; target: at most 5 % less
+in the first window.  MEM_TRACKER=uffd
+or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
+final dump (the tracked task killed): no tracking holder is left, and one
+still running is killed and said so.
+
 BASE_CRIU=path adds the modes of BASE_MODES (default "enc zstd") run by
 another build (the previous main, say) as "MODE@base", in the same
 rotation, so that a regression shows beside the same run's noise.
@@ -29,8 +49,11 @@ markdown summary.  A benchmark, not a test: nothing here passes or fails
 on time.
 
     bench.py CRIU WORKLOAD_SRC [MiB ...]     (REPEAT=n, WORKLOADS=..., FLOOR=path,
-                                              MODES=..., BASE_CRIU=path, THREADS=1)
+                                              MODES=..., BASE_CRIU=path, THREADS=1,
+                                              CHAIN_MODES, CHAIN_GAP, CHURN, COST_WINDOW,
+                                              COST_WINDOWS, MEM_TRACKER)
 """
+import atexit
 import json
 import os
 import pathlib
@@ -98,6 +121,8 @@ class Bench:
         subprocess.run([str(REPO / "pki" / "criusec-keygen"), str(keys), "bench"], check=True,
                        capture_output=True)
         self.cert, self.key = keys / "bench-cert.pem", keys / "bench-key.pem"
+        self.ckpt_ids = set()
+        self.holders = {}  # {pid: token} of the tracking holders the chains left
         self.age_id = work / "age.key"
         subprocess.run(["age-keygen", "-o", str(self.age_id)], check=True, capture_output=True)
         self.age_rcpt = subprocess.run(["age-keygen", "-y", str(self.age_id)], check=True,
@@ -117,6 +142,27 @@ class Bench:
         return run_cpu([*pre, criu, action, "-D", str(img), "-o", f"{action}.log", *args],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def mode_args(self, base):
+        """criu dump's and restore's options for a mode's base name (plain, enc, sig, zstd, lz4)."""
+        dump_args, restore_args = [], []
+        if base != "plain":
+            dump_args = ["--encrypt", "--tls-cert", str(self.cert)]
+            restore_args = ["--tls-key", str(self.key)]
+        if base == "sig":
+            dump_args += ["--sign-key", str(self.key), "--sign-cert", str(self.cert)]
+            restore_args += ["--trust", str(self.cert)]
+        if base in ("zstd", "lz4"):
+            dump_args += ["--compress", "--compress-alg", base]
+        return dump_args, restore_args
+
+    def keep_ckpt_id(self, img):
+        """An encrypted dump leaves its chain key in root's keyring (criusec:<checkpoint id>, for
+        a later dump over it): noted here, removed when the bench ends (only ours: other work on
+        the machine may have chain keys of its own there)."""
+        if (img / "cipher.img").exists():
+            from pycriu import criusec
+            self.ckpt_ids.add(criusec.Checkpoint(img, keys=str(self.key)).ckpt_id.hex())
+
     def cycle(self, mib, img, mode, workload):
         """mode: "plain", "enc" (unsigned), "sig" (signed, restored under
         --trust), "zstd" or "lz4" (--encrypt --compress, unsigned); "@base"
@@ -128,19 +174,12 @@ class Bench:
         base = mode.split("@")[0].split("/")[0]
         criu = os.environ["BASE_CRIU"] if "@base" in mode else self.criu
         cpus = "0" if mode.endswith("/1cpu") else None
-        dump_args, restore_args = [], []
-        if base != "plain":
-            dump_args = ["--encrypt", "--tls-cert", str(self.cert)]
-            restore_args = ["--tls-key", str(self.key)]
-        if base == "sig":
-            dump_args += ["--sign-key", str(self.key), "--sign-cert", str(self.cert)]
-            restore_args += ["--trust", str(self.cert)]
-        if base in ("zstd", "lz4"):
-            dump_args += ["--compress", "--compress-alg", base]
+        dump_args, restore_args = self.mode_args(base)
         # Start each timed step with no dirty pages of an earlier one to write back.
         os.sync()
         dump = self.criu_run(criu, "dump", img, "-t", str(pid), *dump_args, cpus=cpus)
         gone(pid)
+        self.keep_ckpt_id(img)
         size = sum(p.stat().st_size for p in img.iterdir() if p.is_file() and not p.name.endswith(".log"))
         frozen = frozen_ms(img)
         os.sync()
@@ -196,6 +235,179 @@ class Bench:
         cmd = [tool, str(mib), "5", alg] + ([str(pages)] if pages else [])
         return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
+    # --- the chain section (WORKLOADS has "churn")
+    def churn_start(self, mib, *args, tag="churn"):
+        """benchchurn MODE STATUS MIB ARGS...: (pid, status file) once its memory is filled."""
+        st = self.work / f"{tag}.status"
+        if st.exists():
+            st.unlink()
+        p = subprocess.Popen([self.churn, args[0], str(st), str(mib), *map(str, args[1:])],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        wait_for(st, lambda s: "ready" in s, timeout=300)
+        return p.pid, st
+
+    def chain_pass(self, action, img, pid, args):
+        """One pass: {frozen ms, wall ms, pages written, from the parent, dumped untracked}."""
+        shutil.rmtree(img, ignore_errors=True)
+        img.mkdir()
+        try:
+            wall, _ = self.criu_run(self.criu, action, img, "-t", str(pid), *args)
+        except subprocess.CalledProcessError:
+            log = (img / f"{action}.log").read_text(errors="replace").splitlines()
+            print(f"bench: criu {action} failed; the end of its log:", *log[-15:], sep="\n", file=sys.stderr)
+            raise
+        st = dump_stats(img)
+        self.keep_ckpt_id(img)
+        return {"frozen": st["frozen_time"] / 1000.0, "wall": wall * 1000, "written": st["pages_written"],
+                "memdump": st.get("memdump_time", 0) / 1000.0, "memwrite": st.get("memwrite_time", 0) / 1000.0,
+                "parent": st.get("pages_skipped_parent", 0),
+                "untracked": st.get("pages_untracked_task", 0) + st.get("pages_untracked_vma", 0)}
+
+    def churn_full(self, mib, mode, gap, churn):
+        """One full dump of the churning process, gap seconds after it started churning."""
+        pid, _ = self.churn_start(mib, "churn", churn)
+        os.sync()
+        time.sleep(gap)
+        r = self.chain_pass("dump", self.work / "full", pid, self.mode_args(mode)[0])
+        gone(pid)
+        shutil.rmtree(self.work / "full", ignore_errors=True)
+        return {"full": r}
+
+    def churn_chain(self, mib, mode, gap, churn, tracker):
+        """pre-dump, pre-dump, dump of the churning process, gap seconds between the end of one
+        pass and the start of the next (and before the first): each pass's numbers, and the
+        gaps as they were.  The final dump ends the chain (it kills the task)."""
+        pid, _ = self.churn_start(mib, "churn", churn)
+        dump_args = self.mode_args(mode)[0]
+        if mode != "plain":
+            # Each pass reads its parent with the chain key the last one left in root's keyring,
+            # else with this key: other work on the machine (a test's clean-up) may remove keys.
+            dump_args += ["--tls-key", str(self.key)]
+        os.sync()
+        time.sleep(gap)
+        out, gaps, prev, end = {}, [], None, None
+        try:
+            for name, action in (("pre1", "pre-dump"), ("pre2", "pre-dump"), ("dump", "dump")):
+                if end is not None:
+                    time.sleep(max(0.0, gap - (time.monotonic() - end)))
+                    gaps.append(time.monotonic() - end)
+                parent = ["--prev-images-dir", f"../{prev}"] if prev else []
+                out[name] = self.chain_pass(action, self.work / name, pid,
+                                            ["--track-mem", *tracker, *parent, *dump_args])
+                end, prev = time.monotonic(), name
+                if action == "pre-dump":
+                    self.holders.update(holders_of(pid))
+            gone(pid)
+        finally:
+            if os.path.exists(f"/proc/{pid}"):  # a pass failed: the chain ends here
+                os.kill(pid, signal.SIGKILL)
+                gone(pid)
+            for name in ("pre1", "pre2", "dump"):
+                shutil.rmtree(self.work / name, ignore_errors=True)
+        out["gaps"] = gaps
+        return out
+
+    def tracking_cost(self, mib, first, window, windows, tracker):
+        """Two processes alike, the first or the second of them (first) left tracked by a
+        pre-dump, then both writing flat out at once, so that the machine's other work weighs on
+        both alike: {"tracked": pages/s of each window, "untracked": ...}.  Both killed after
+        (the holder goes with its task)."""
+        procs, img = [], self.work / "cost"
+        try:
+            for tag in ("cost-a", "cost-b"):
+                procs.append(self.churn_start(mib, "flat", window, windows, tag=tag))
+            tracked = procs[0 if first else 1]
+            shutil.rmtree(img, ignore_errors=True)
+            img.mkdir()
+            self.criu_run(self.criu, "pre-dump", img, "-t", str(tracked[0]), "--track-mem", *tracker)
+            self.holders.update(holders_of(tracked[0]))
+            for pid, _ in procs if first else procs[::-1]:
+                os.kill(pid, signal.SIGUSR1)
+            out = {}
+            for pid, st in procs:
+                s = wait_for(st, lambda s: "flat" in s, timeout=60 + 2 * window * windows / 1000)
+                out["tracked" if pid == tracked[0] else "untracked"] = [float(x) for x in s.split("flat", 1)[1].split()]
+            return out
+        finally:
+            for pid, _ in procs:
+                os.kill(pid, signal.SIGKILL)
+                gone(pid)
+            shutil.rmtree(img, ignore_errors=True)
+
+
+HOLDER_DIR = pathlib.Path("/run/criu-mem-track")
+
+
+def holders_of(pid, timeout=5):
+    """{holder pid: token} of the memory tracking holders (criu __mem-track-holder) that track
+    pid (a pidfd of it): the bench's own, not those of other work on the machine.  A pre-dump
+    leaves one, which opens its pidfds once criu has gone: wait for it a little."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = find_holders(pid)
+        if out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.02)
+
+
+def find_holders(pid):
+    out = {}
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+            if len(argv) < 5 or argv[1] != b"__mem-track-holder":
+                continue
+            for fd in (p / "fdinfo").iterdir():
+                if f"Pid:\t{pid}\n" in fd.read_text():
+                    out[int(p.name)] = argv[4].decode()
+                    break
+        except OSError:
+            continue
+    return out
+
+
+def holder_alive(pid, token):
+    """pid is still that holder (not a process that got its pid since)."""
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 4 and argv[1] == b"__mem-track-holder" and argv[4].decode() == token
+
+
+def end_holders(mine, timeout=10):
+    """The holders of mine ({pid: token}) exit once their tasks are gone: wait for that, then
+    kill any left and remove its socket.  How many had to be killed."""
+    deadline = time.monotonic() + timeout
+    while any(holder_alive(p, t) for p, t in mine.items()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = 0
+    for pid, token in mine.items():
+        if holder_alive(pid, token):
+            os.kill(pid, signal.SIGKILL)
+            (HOLDER_DIR / token).unlink(missing_ok=True)
+            killed += 1
+    return killed
+
+
+def mem_tracker(criu, tracker):
+    """(mechanism criu uses for memory tracking, or None, what criu check said)."""
+    r = subprocess.run([criu, "check", "--feature", "mem_dirty_track", *tracker], capture_output=True, text=True)
+    out = (r.stdout + r.stderr).strip()
+    for ln in out.splitlines():
+        if ln.startswith("Memory tracking:") and r.returncode == 0:
+            return ln.split(":", 1)[1].strip(), out
+    return None, out.splitlines()[-1] if out else f"criu check failed ({r.returncode})"
+
+
+def dump_stats(img):
+    from pycriu import images
+    with open(img / "stats-dump", "rb") as f:
+        return images.load(f)["entries"][0]["dump"]
+
 
 def frozen_ms(img):
     """stats-dump's frozen_time (how long the tasks were stopped), in ms; stats are never encrypted."""
@@ -241,11 +453,144 @@ def name(mode):
     return NAMES[base] + mode[len(base):]
 
 
+def ms_spread(v):
+    """'min-max' of values already in ms (or pages/s), '!' as spread() does."""
+    if not v:
+        return ""
+    lo, hi = min(v), max(v)
+    return f"{lo:.0f}-{hi:.0f}{'!' if lo > 0 and hi / lo > 1.5 else ''}"
+
+
+def pct_spread(v):
+    """'min..max' of percentages (which may be negative)."""
+    return f"{min(v):.1f}..{max(v):.1f}" if v else ""
+
+
+CHAIN_TARGET, COST_TARGET = 0.2, 5.0
+PASSES = (("full", "full dump"), ("pre1", "pre-dump 1"), ("pre2", "pre-dump 2"), ("dump", "dump"))
+
+
+def churn_section(b, mib, repeat):
+    """The chain and the tracking cost at mib MiB, repeat rounds in rotating order: printed,
+    and returned for the summary (None where criu cannot track memory here)."""
+    modes = (os.environ.get("CHAIN_MODES") or "plain zstd").split()
+    gap = float(os.environ.get("CHAIN_GAP") or 1)
+    churn = int(os.environ.get("CHURN") or 50)
+    window = int(os.environ.get("COST_WINDOW") or 1000)
+    windows = int(os.environ.get("COST_WINDOWS") or 3)
+    tracker = [f"--mem-tracker={os.environ['MEM_TRACKER']}"] if os.environ.get("MEM_TRACKER") else []
+    mech, why = mem_tracker(b.criu, tracker)
+    if mech is None:
+        print(f"\nchurn, {mib} MiB: skipped, criu cannot track memory on this kernel: {why}")
+        return None
+    items = [("full", m) for m in modes] + [("chain", m) for m in modes] + [("cost", None)]
+    res = {m: {"full": [], "pre1": [], "pre2": [], "dump": [], "gaps": [], "ratio": []} for m in modes}
+    cost = []
+    killed, b.holders = 0, {}
+    load = os.getloadavg()[0]
+    for i in range(repeat):
+        full = {}
+        for kind, m in items[i % len(items):] + items[:i % len(items)]:
+            if kind == "full":
+                full[m] = b.churn_full(mib, m, gap, churn)["full"]
+                res[m]["full"].append(full[m])
+            elif kind == "chain":
+                r = b.churn_chain(mib, m, gap, churn, tracker)
+                for k in ("pre1", "pre2", "dump"):
+                    res[m][k].append(r[k])
+                res[m]["gaps"] += r["gaps"]
+            else:  # which of the two processes is tracked alternates from round to round
+                cost.append(b.tracking_cost(mib, i % 2 == 0, window, windows, tracker))
+            killed += end_holders(b.holders)
+        for m in modes:  # this round's final dump over this round's full dump
+            f = full[m]["frozen"]
+            res[m]["ratio"].append(res[m]["dump"][-1]["frozen"] / f if f else float("nan"))
+    gaps = [g for m in modes for g in res[m]["gaps"]]
+    print(f"\nchurn, {mib} MiB (load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end): "
+          f"{churn / 10:g} % of the pages rewritten a second (half sweeping a hot region of {churn / 20:g} %, "
+          f"half random), left running; memory tracking: {mech}; passes {gap:g} s apart (end to start; "
+          f"{min(gaps):.2f}-{max(gaps):.2f} s as run), the first {gap:g} s after the churn started")
+    print(f"  {'mode':<9} {'pass':<11} {'frozen ms':>9} {'spread':>11} {'wall ms':>8} {'spread':>11} "
+          f"{'written':>8} {'% of mem':>8} {'parent':>8} {'untracked':>9}")
+    pages = mib << 8
+    rows = []
+    for m in modes:
+        for k, label in PASSES:
+            fr = [c["frozen"] for c in res[m][k]]
+            wa = [c["wall"] for c in res[m][k]]
+            row = {"mode": m, "pass": k, "frozen": med(fr), "fspread": ms_spread(fr), "wall": med(wa),
+                   "wspread": ms_spread(wa), "written": med([c["written"] for c in res[m][k]]),
+                   "parent": med([c["parent"] for c in res[m][k]]),
+                   "memdump": med([c["memdump"] for c in res[m][k]]),
+                   "memwrite": med([c["memwrite"] for c in res[m][k]]),
+                   "untracked": med([c["untracked"] for c in res[m][k]])}
+            rows.append(row)
+            print(f"  {NAMES[m]:<9} {label:<11} {row['frozen']:9.0f} {row['fspread']:>11} {row['wall']:8.0f} "
+                  f"{row['wspread']:>11} {row['written']:8.0f} {100 * row['written'] / pages:8.1f} "
+                  f"{row['parent']:8.0f} {row['untracked']:9.0f}")
+        r = res[m]["ratio"]
+        ratio = med([c["frozen"] for c in res[m]["dump"]]) / med([c["frozen"] for c in res[m]["full"]])
+        res[m]["xfull"] = ratio
+        print(f"  {NAMES[m]:<9} final dump frozen / full dump frozen: {ratio:.2f}x (per round {min(r):.2f}-"
+              f"{max(r):.2f}); target {CHAIN_TARGET}x{' (the enc+zstd row)' if m != 'zstd' else ''}: "
+              f"{'met' if ratio <= CHAIN_TARGET else 'NOT met'}")
+    cw = []
+    cw = []
+    print(f"  tracking cost: two processes alike writing whole pages flat out (same mix) at once, one of them "
+          f"(alternately) right after a pre-dump left it tracked; their own pages/s in {windows} windows of "
+          f"{window} ms; cost: 1 - tracked/untracked, per round:")
+    print(f"  {'window':<13} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} {'cost %':>7} "
+          f"{'spread':>13}")
+    for w in range(windows):
+        u = [c["untracked"][w] for c in cost]
+        t = [c["tracked"][w] for c in cost]
+        pcts = [100 * (1 - c["tracked"][w] / c["untracked"][w]) for c in cost if c["untracked"][w]]
+        cw.append({"window": w, "untracked": med(u), "uspread": ms_spread(u), "tracked": med(t),
+                   "tspread": ms_spread(t), "cost": med(pcts), "cspread": pct_spread(pcts)})
+        label = f"{w * window / 1000:g}-{(w + 1) * window / 1000:g} s"
+        print(f"  {label:<13} {med(u):10.0f} {ms_spread(u):>15} {med(t):10.0f} {ms_spread(t):>15} "
+              f"{med(pcts):7.1f} {pct_spread(pcts):>13}")
+    print(f"  cost in the first window (every page's first write after the pass faults): {cw[0]['cost']:.1f} %; "
+          f"target at most {COST_TARGET:g} %: {'met' if cw[0]['cost'] <= COST_TARGET else 'NOT met'}")
+    if killed:
+        print(f"  note: {killed} tracking holder(s) outlived their task and were killed")
+    left = sum(holder_alive(p, t) for p, t in b.holders.items())
+    print(f"  tracking holders left running: {left} of the {len(b.holders)} that the passes left")
+    sys.stdout.flush()
+    return {"mib": mib, "mechanism": mech, "gap": gap, "churn": churn, "rows": rows,
+            "xfull": {m: res[m]["xfull"] for m in modes}, "ratios": {m: res[m]["ratio"] for m in modes},
+            "cost": cw, "window": window, "killed": killed, "holders": sorted(b.holders)}
+
+
+def churn_summary(chains):
+    print("\n| churn MiB | mode | pass | frozen ms | spread | wall ms | spread | pages written | % of memory | "
+          "from parent | untracked |")
+    print("|" + " --- |" * 11)
+    for c in chains:
+        for row in c["rows"]:
+            print(f"| {c['mib']} | {NAMES[row['mode']]} | {dict(PASSES)[row['pass']]} | {row['frozen']:.0f} | "
+                  f"{row['fspread']} | {row['wall']:.0f} | {row['wspread']} | {row['written']:.0f} | "
+                  f"{100 * row['written'] / (c['mib'] << 8):.1f} | {row['parent']:.0f} | {row['untracked']:.0f} |")
+            if row["pass"] == "dump":
+                r = c["ratios"][row["mode"]]
+                print(f"| {c['mib']} | {NAMES[row['mode']]} | dump / full dump, frozen | "
+                      f"{c['xfull'][row['mode']]:.2f}x | {min(r):.2f}-{max(r):.2f}x | "
+                      f"target {CHAIN_TARGET}x | | | | | |")
+    print("\n| churn MiB | tracking cost, window | untracked pages/s | spread | tracked pages/s | spread | cost % | "
+          "spread |")
+    print("|" + " --- |" * 8)
+    for c in chains:
+        for w in c["cost"]:
+            label = f"{w['window'] * c['window'] / 1000:g}-{(w['window'] + 1) * c['window'] / 1000:g} s"
+            print(f"| {c['mib']} | {label}{' (target 5 %)' if w['window'] == 0 else ''} | {w['untracked']:.0f} | "
+                  f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} | {w['cspread']} |")
+
+
 def main():
     criu, src = sys.argv[1], sys.argv[2]
     sizes = [int(s) for s in sys.argv[3:]] or [256]
     repeat = int(os.environ.get("REPEAT", "5"))
-    workloads = (os.environ.get("WORKLOADS") or "random records").split()
+    workloads = (os.environ.get("WORKLOADS") or "random records churn").split()
     modes = (os.environ.get("MODES") or "plain enc sig zstd lz4").split()
     if os.environ.get("BASE_CRIU"):
         modes += [m + "@base" for m in (os.environ.get("BASE_MODES") or "enc zstd").split()]
@@ -259,13 +604,17 @@ def main():
     sys.path.insert(0, str(REPO / "test" / "criusec"))
     from hermetic import private_config_dirs
     private_config_dirs()
-    summary = []
+    summary, chains = [], []
     workers = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="criusec-bench-", dir=os.environ.get("BENCH_DIR") or None) as w:
         work = pathlib.Path(w)
         workload = str(work / "workload")
         subprocess.run(["gcc", "-O2", "-pthread", "-o", workload, src], check=True)
         b = Bench(criu, workload, work)
+        atexit.register(drop_chain_keys, b.ckpt_ids)
+        if "churn" in workloads:
+            b.churn = str(work / "benchchurn")
+            subprocess.run(["gcc", "-O2", "-o", b.churn, str(pathlib.Path(src).parent / "benchchurn.c")], check=True)
         check = subprocess.run([criu, "check", "--feature", "criusec"], capture_output=True, text=True).stdout
         aead = [ln.split("AEAD ")[-1].split(",")[0] for ln in check.splitlines() if "AEAD " in ln]
         threads = [ln.split("pages on ")[-1].split()[0] for ln in check.splitlines() if "pages on " in ln]
@@ -281,6 +630,11 @@ def main():
             print("note: " + note)
         for wl in workloads:
             for mib in sizes:
+                if wl == "churn":
+                    c = churn_section(b, mib, repeat)
+                    if c:
+                        chains.append(c)
+                    continue
                 r = {m: [] for m in modes}
                 post = {"age": [], "zstd-age": [], "zstd-size": [], "floor-zstd": [], "floor-lz4": []}
                 for i in range(repeat):
@@ -323,31 +677,51 @@ def main():
                           f"then tar|zstd -1|age {pm['dump'] + p['zstd-age']:.2f} s")
                 sys.stdout.flush()
                 summary.append((wl, mib, floor, rows, p, pm))
-        print("\nenc: --encrypt, unsigned; sig: signed by the host (RSA-3072, PSS), restored under --trust;")
-        print("enc+zstd, enc+lz4: --encrypt --compress [--compress-alg lz4], unsigned; @base: BASE_CRIU;")
-        print("/1cpu: criu held to one CPU (no helper thread).  extra: over plain's median, ms; /floor: extra")
-        print("dump time over the crypto floor (the page cipher alone, on criu's threads); frozen: stats-dump frozen_time,")
-        print("ms, with the compressing pipeline's floor on the floor row (read, compress, seal: no CRIU, no disk);")
-        print("cpu s: criu dump's CPU.\n")
-        print("| workload | MiB | mode | dump ms | spread | extra | / floor | frozen ms | x plain | "
-              "restore ms | spread | extra | MiB | / zstd-1 | post-hoc s |")
-        print("|" + " --- |" * 15)
-        for wl, mib, floor, rows, p, pm in summary:
-            for row in rows:
-                ph = ""
-                if row["mode"] == "plain" and pm:
-                    ph = f"age {pm['dump'] + p['age']:.2f}, zstd+age {pm['dump'] + p['zstd-age']:.2f}"
-                print(f"| {wl} | {mib} | {name(row['mode'])} | {row['dump'] * 1000:.0f} | {row['dspread']} | "
-                      f"{row['dextra']:+.0f} | {row['xfloor']:.2f} | {row['frozen']:.0f} | {row['xfrozen']:.2f} | "
-                      f"{row['restore'] * 1000:.0f} | {row['rspread']} | {row['rextra']:+.0f} | "
-                      f"{row['size'] / 2**20:.1f} | {row['xzstd']:.2f} | {ph} |")
-            print(f"| {wl} | {mib} | floor | {floor if floor is not None else float('nan'):.0f} | | | | "
-                  f"zstd {p['floor-zstd']:.0f}, lz4 {p['floor-lz4']:.0f} | | | | | "
-                  f"{p['zstd-size'] / 2**20:.1f} (plain \\| zstd -1) | | |")
+        if summary:
+            print("\nenc: --encrypt, unsigned; sig: signed by the host (RSA-3072, PSS), restored under --trust;")
+            print("enc+zstd, enc+lz4: --encrypt --compress [--compress-alg lz4], unsigned; @base: BASE_CRIU;")
+            print("/1cpu: criu held to one CPU (no helper thread).  extra: over plain's median, ms; /floor: extra")
+            print("dump time over the crypto floor (the page cipher alone, on criu's threads); frozen: stats-dump "
+                  "frozen_time,")
+            print("ms, with the compressing pipeline's floor on the floor row (read, compress, seal: no CRIU, "
+                  "no disk);")
+            print("cpu s: criu dump's CPU.\n")
+            print("| workload | MiB | mode | dump ms | spread | extra | / floor | frozen ms | x plain | "
+                  "restore ms | spread | extra | MiB | / zstd-1 | post-hoc s |")
+            print("|" + " --- |" * 15)
+            for wl, mib, floor, rows, p, pm in summary:
+                for row in rows:
+                    ph = ""
+                    if row["mode"] == "plain" and pm:
+                        ph = f"age {pm['dump'] + p['age']:.2f}, zstd+age {pm['dump'] + p['zstd-age']:.2f}"
+                    print(f"| {wl} | {mib} | {name(row['mode'])} | {row['dump'] * 1000:.0f} | {row['dspread']} | "
+                          f"{row['dextra']:+.0f} | {row['xfloor']:.2f} | {row['frozen']:.0f} | {row['xfrozen']:.2f} | "
+                          f"{row['restore'] * 1000:.0f} | {row['rspread']} | {row['rextra']:+.0f} | "
+                          f"{row['size'] / 2**20:.1f} | {row['xzstd']:.2f} | {ph} |")
+                print(f"| {wl} | {mib} | floor | {floor if floor is not None else float('nan'):.0f} | | | | "
+                      f"zstd {p['floor-zstd']:.0f}, lz4 {p['floor-lz4']:.0f} | | | | | "
+                      f"{p['zstd-size'] / 2**20:.1f} (plain \\| zstd -1) | | |")
+        if chains:
+            print("\nchurn: pre-dump 1, pre-dump 2, dump: the chain (--track-mem, --prev-images-dir); full dump: one")
+            print("dump of the same churning process; frozen: stats-dump frozen_time; wall: the criu command's;")
+            print("written: pages written by the pass (stats-dump pages_written), parent: pages taken from the parent,")
+            print("untracked: pages dumped whole because they were not tracked (pages_untracked_task + _vma).")
+            print("Medians of the rounds, spread min-max ('!': the slowest over 1.5x the fastest).")
+            churn_summary(chains)
+        drop_chain_keys(b.ckpt_ids)
         if os.environ.get("BENCH_JSON"):
             pathlib.Path(os.environ["BENCH_JSON"]).write_text(json.dumps(
-                [{"workload": wl, "mib": mib, "floor": floor, "rows": rows} for wl, mib, floor, rows, _, _ in summary],
-                indent=1))
+                [{"workload": wl, "mib": mib, "floor": floor, "rows": rows} for wl, mib, floor, rows, _, _ in summary]
+                + [{"workload": "churn", **c} for c in chains]
+                + [{"chain_keys_dropped": sorted(b.ckpt_ids)}], indent=1))
+
+
+def drop_chain_keys(ids):
+    """The chain keys of the bench's own encrypted dumps, out of root's keyring."""
+    import chainkeys
+    for serial, desc in chainkeys.chain_keys().items():
+        if desc.split(":", 1)[1] in ids:
+            chainkeys.unlink(serial)
 
 
 if __name__ == "__main__":
