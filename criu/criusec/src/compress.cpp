@@ -140,12 +140,16 @@ Result<size_t> BlockCodec::compress(std::span<const uint8_t> in, std::span<uint8
 		return invalid_argument("compress: block of " + std::to_string(in.size()) + " bytes");
 	if (out.empty())
 		return size_t{0};
-	if (in.size() >= kProbeMinInput) {
-		/* The start and the middle: a region of random or compressed bytes saves nothing in either. */
+	if (in.size() >= kProbeLen) {
+		/*
+		 * The start and, in a larger block, the middle: a region of random
+		 * or compressed bytes saves nothing in either.  A block of a page
+		 * or three (a scattered dump's runs) is judged by its first page.
+		 */
 		uint8_t probe[kProbeLen - kProbeMinSaving];
 		size_t mid = (in.size() / 2) & ~(kProbeLen - 1);
 		if (!impl_->lz4(in.first(kProbeLen), probe, kProbeAcceleration) &&
-		    !impl_->lz4(in.subspan(mid, kProbeLen), probe, kProbeAcceleration))
+		    (in.size() < kProbeMinInput || !impl_->lz4(in.subspan(mid, kProbeLen), probe, kProbeAcceleration)))
 			return size_t{0};
 	}
 	if (alg_ == CompressAlg::Lz4)

@@ -43,7 +43,7 @@ void SealRing::fail(Status s) noexcept
 }
 
 /* Claim, read and seal the next piece; false when none can be claimed now.  lk is held on entry and on return. */
-bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept
+bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet) noexcept
 {
 	if (!claimable())
 		return false;
@@ -81,7 +81,8 @@ bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcep
 
 	lk.lock();
 	reading_ = false;
-	cv_.notify_all(); /* the next piece can be read; the run may be all read */
+	if (!quiet)
+		cv_.notify_all(); /* the next piece can be read; the run may be all read */
 	if (s.ok()) {
 		lk.unlock();
 		try {
@@ -105,7 +106,8 @@ bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcep
 	else
 		fail(std::move(s));
 	busy_--;
-	cv_.notify_all();
+	if (!quiet || failed_)
+		cv_.notify_all();
 	return true;
 }
 
@@ -128,7 +130,7 @@ void SealRing::add_record(const Piece &p)
 }
 
 /* Write the sealed pieces from written_ on that lie together (a compressed one alone); false if none is ready. */
-bool SealRing::write_some(std::unique_lock<std::mutex> &lk) noexcept
+bool SealRing::write_some(std::unique_lock<std::mutex> &lk, bool quiet) noexcept
 {
 	if (!writable())
 		return false;
@@ -155,7 +157,8 @@ bool SealRing::write_some(std::unique_lock<std::mutex> &lk) noexcept
 		written_ += n;
 	else
 		fail(std::move(s));
-	cv_.notify_all();
+	if (!quiet)
+		cv_.notify_all();
 	return true;
 }
 
@@ -189,14 +192,22 @@ Status SealRing::run(PageCipher &own, const Run &r)
 	run_end_ = end_ = end_ + n;
 	if (end_ - written_ >= kMinHelperPieces && !started_)
 		start_helpers();
-	cv_.notify_all();
+	/*
+	 * One piece (a scattered dump's runs are a page or a few): the caller
+	 * reads, seals and writes it itself, and wakes no helper; their
+	 * hand-offs cost more than its crypto.  A helper busy with an earlier
+	 * piece still wakes the caller when it is done.
+	 */
+	bool quiet = n == 1;
+	if (!quiet)
+		cv_.notify_all();
 
 	/* Writing behind: until every piece of the run is read; else until every one is written. */
 	auto done = [&] { return failed_ || (behind_ ? next_ == run_end_ && !reading_ : written_ == run_end_); };
 	while (!done()) {
-		if (work_one(own, lk))
+		if (work_one(own, lk, quiet))
 			continue;
-		if (write_some(lk))
+		if (write_some(lk, quiet))
 			continue;
 		cv_.wait(lk);
 	}

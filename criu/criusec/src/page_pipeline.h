@@ -245,8 +245,9 @@ public:
 private:
 	void start_helpers() noexcept;
 	void helper(PageCipher &c) noexcept;
-	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept;
-	bool write_some(std::unique_lock<std::mutex> &lk) noexcept;
+	/* quiet: the caller of a one-piece run does it all, and wakes no helper for it. */
+	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
+	bool write_some(std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
 	void fail(Status s) noexcept;
 
 	bool claimable() const noexcept
