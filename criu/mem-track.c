@@ -972,11 +972,15 @@ int mem_track_dump_finish(int ret)
 	if (!ret && token[0] && spawn_holder())
 		pr_warn("No tracking holder: the next dump will dump every page\n");
 
+	token[0] = '\0';
+	return err;
+}
+
+void mem_track_release(void)
+{
 	/* The holder has its copies: criu's go, and with the last one, tracking */
 	mt_free_list(&prev_tasks);
 	mt_free_list(&next_tasks);
 	xfree(cur.r);
 	memset(&cur, 0, sizeof(cur));
-	token[0] = '\0';
-	return err;
 }

@@ -30,6 +30,12 @@ extern int mem_track_vma_state(struct pstree_item *item, struct vma_area *vma);
 extern int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
 extern void mem_track_inventory(InventoryEntry *he, bool pre_dump);
 extern int mem_track_dump_finish(int ret);
+/*
+ * criu's userfaultfds go.  With the last one (a chain's end) the kernel
+ * clears every write-protect bit, a walk of all the tracked memory: call
+ * it once the tasks are resumed or killed, not while they are frozen.
+ */
+extern void mem_track_release(void);
 
 /* criu's argv[1] when it runs as a holder (exec'd by a pre-dump) */
 #define MEM_TRACK_HOLDER_ARG "__mem-track-holder"
