@@ -30,7 +30,7 @@ help:
 	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's kernel)"
 	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
 	@echo "make fuzz           bounded libFuzzer runs of the decoders"
-	@echo "make bench          plain, --encrypt, --compress: sizes, dump/restore times, crypto floor, pre-dump chains (SIZES=MiB, REPEAT)"
+	@echo "make bench          plain, --encrypt, --compress: sizes, dump/restore times, crypto floor, pre-dump chains (SIZES=MiB, REPEAT; WORKLOADS=snapshot: --cow-dump)"
 	@echo "make patch-tree     build/src as a git work tree (one commit per patch)"
 	@echo "make patches-export write build/src's commits back to patches/"
 	@echo "make install        install like Debian's criu packages (DESTDIR, PREFIX)"
@@ -133,9 +133,11 @@ fuzz: tree
 # WORKLOADS=churn alone: the pre-dump chain against a full dump, and what memory tracking costs the
 # application (CHAIN_MODES="plain zstd", CHAIN_GAP=1 s between passes, CHURN=50 per mille a second,
 # COST_WINDOW=1000 ms, COST_WINDOWS=3, MEM_TRACKER=uffd|soft-dirty to force criu's --mem-tracker)
+# WORKLOADS=snapshot (not in the default list, which keeps plain `make bench` as long as it was): dump
+# --leave-running with and without --cow-dump, at rest, writing SNAP_RATE=50 per mille a second, flat out
 SIZES		?= 256
 export WORKLOADS MODES BASE_CRIU BASE_MODES THREADS SCALE_MODES BENCH_JSON BENCH_DIR
-export CHAIN_MODES CHAIN_GAP CHURN COST_WINDOW COST_WINDOWS MEM_TRACKER
+export CHAIN_MODES CHAIN_GAP CHURN COST_WINDOW COST_WINDOWS MEM_TRACKER SNAP_RATE
 bench: criu
 	cmake --build $(ENGINE_BUILD) --target criusec-bench-floor >/dev/null
 	@REPEAT=$(or $(REPEAT),5) FLOOR=$(ENGINE_BUILD)/criusec-bench-floor $(PYTHON) scripts/criusec/bench.py \

@@ -35,6 +35,20 @@ or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
 final dump (the tracked task killed): no tracking holder is left, and one
 still running is killed and said so.
 
+The snapshot section (WORKLOADS=snapshot, not run by default; issue 21,
+Documentation/cow-dump.md): criu dump --leave-running with and without
+--cow-dump, plain, --encrypt and --encrypt --compress, of a process of MiB
+of incompressible memory (workloads/cowsweep.c, two threads) in three
+cases: at rest, writing SNAP_RATE per mille of its memory a second (50:
+5 %), and writing it flat out; a fresh process for each dump, killed after
+it.  Per row: frozen time (stats-dump), the dump's wall time, the pages
+copied at a write fault (its log), and the writers' stalls during the dump
+(the time on one page, the freeze included, as the workload measures it):
+the median and the worst; then the issue's targets for --encrypt
+--compress with --cow-dump: frozen at most 50 ms for 1 GiB, median stall
+under 1 ms, worst under 50 ms.  The writers check that memory stays
+consistent, and a dump that breaks it fails the bench.
+
 BASE_CRIU=path adds the modes of BASE_MODES (default "enc zstd") run by
 another build (the previous main, say) as "MODE@base", in the same
 rotation, so that a regression shows beside the same run's noise.
@@ -51,12 +65,13 @@ on time.
     bench.py CRIU WORKLOAD_SRC [MiB ...]     (REPEAT=n, WORKLOADS=..., FLOOR=path,
                                               MODES=..., BASE_CRIU=path, THREADS=1,
                                               CHAIN_MODES, CHAIN_GAP, CHURN, COST_WINDOW,
-                                              COST_WINDOWS, MEM_TRACKER)
+                                              COST_WINDOWS, MEM_TRACKER, SNAP_RATE)
 """
 import atexit
 import json
 import os
 import pathlib
+import re
 import resource
 import shutil
 import signal
@@ -586,6 +601,192 @@ def churn_summary(chains):
                   f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} | {w['cspread']} |")
 
 
+# --- the snapshot section (WORKLOADS=snapshot; issue 21, Documentation/cow-dump.md)
+SNAP_CASES = (("rest", "at rest"), ("paced", "5 %/s"), ("flat", "flat out"))
+SNAP_MODES = ("plain", "enc", "zstd")
+SNAP_WRITERS = 2
+SNAP_FROZEN_TARGET, SNAP_MEDIAN_TARGET, SNAP_WORST_TARGET = 50.0, 1.0, 50.0  # ms, for 1 GiB enc+zstd
+
+
+def stall_hist(report):
+    """{bucket: pages} of cowsweep's report (after its second '|'), and its longest stall since
+    the previous report in ms."""
+    tail = report.split("|")[2].split()
+    return {int(b): int(n) for b, n in (x.split(":") for x in tail[1:])}, int(tail[0]) / 1000.0
+
+
+def hist_median_ms(h):
+    """The median of a quarter-octave histogram (bucket b: 2^(b/4) to 2^((b+1)/4) ns), as its
+    bucket's geometric middle (so within 9 %), in ms; nan when empty."""
+    total = sum(h.values())
+    seen = 0
+    for b in sorted(h):
+        seen += h[b]
+        if 2 * seen >= total and total:
+            return 2 ** ((b + 0.5) / 4) / 1e6
+    return float("nan")
+
+
+def snap_spread(v, fmt="{:.0f}"):
+    """'min-max' (nan left out), '!' as spread() does."""
+    v = [x for x in v if x == x]
+    if not v:
+        return ""
+    lo, hi = min(v), max(v)
+    return f"{fmt.format(lo)}-{fmt.format(hi)}{'!' if lo > 0 and hi / lo > 1.5 else ''}"
+
+
+class Sweeper:
+    """cowsweep (workloads/cowsweep.c) in one of the cases, its reports on demand."""
+
+    def __init__(self, b, mib, case):
+        self.st = b.work / "cowsweep.status"
+        self.st.unlink(missing_ok=True)
+        mode = {"rest": "cowsweep-rest", "paced": "cowsweep-paced", "flat": "cowsweep"}[case]
+        rate = [os.environ.get("SNAP_RATE") or "50"] if case == "paced" else []
+        self.p = subprocess.Popen([b.cowsweep, mode, str(self.st), str(mib), str(SNAP_WRITERS), *rate],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=dict(os.environ, NOISE="1"), start_new_session=True)
+        self.n = 0
+        try:
+            wait_for(self.st, lambda s: "ready" in s, timeout=300)
+        except BaseException:
+            self.kill()
+            raise
+
+    def report(self):
+        """Its next report (the first ones of cowsweep's status line are numbered #1, #2, ...)."""
+        self.n += 1
+        os.kill(self.p.pid, signal.SIGUSR1)
+        s = wait_for(self.st, lambda s: s.startswith(f"#{self.n} ") or "BAD" in s)
+        if "cowsweep OK" not in s:
+            raise RuntimeError(f"cowsweep: {s}")
+        return s
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait()
+        gone(self.p.pid)
+
+
+def snapshot_run(b, mib, case, mode, cow):
+    """One dump --leave-running of a fresh cowsweep: {frozen, wall: ms; copied: pages copied at a
+    write fault; writes: pages written during the dump; median, worst: stall ms (nan at rest)}."""
+    img = b.work / "snap-img"
+    shutil.rmtree(img, ignore_errors=True)
+    img.mkdir()
+    w = Sweeper(b, mib, case)
+    try:
+        time.sleep(0.3)  # the writers under way
+        os.sync()
+        before = stall_hist(w.report())[0]
+        try:
+            wall, _ = b.criu_run(b.criu, "dump", img, "-t", str(w.p.pid), "-v3", "--leave-running",
+                                 *(["--cow-dump"] if cow else []), *b.mode_args(mode)[0])
+        except subprocess.CalledProcessError:
+            log = (img / "dump.log").read_text(errors="replace").splitlines()
+            print("bench: criu dump failed; the end of its log:", *log[-15:], sep="\n", file=sys.stderr)
+            raise
+        after, worst = stall_hist(w.report())  # also: the writers' checks still hold
+    finally:
+        w.kill()
+    b.keep_ckpt_id(img)
+    log = (img / "dump.log").read_text(errors="replace")
+    m = re.search(r"(\d+) copied at a write fault", log)
+    fb = re.search(r"the tasks stay frozen until their pages are written: (.*)", log) if cow else None
+    if fb and fb.group(1) not in b.cow_fallbacks:
+        b.cow_fallbacks.add(fb.group(1))
+        print(f"note: --cow-dump fell back to a frozen dump: {fb.group(1)}", flush=True)
+    window = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    window = {k: v for k, v in window.items() if v}
+    writes = sum(window.values())
+    res = {"frozen": frozen_ms(img), "wall": wall * 1000, "copied": int(m.group(1)) if m else 0, "writes": writes,
+           "median": hist_median_ms(window) if writes else float("nan"),
+           "worst": worst if case != "rest" else float("nan")}
+    shutil.rmtree(img, ignore_errors=True)
+    return res
+
+
+def snapshot_section(b, mib, repeat):
+    """criu dump --leave-running with and without --cow-dump at mib MiB, each case and mode,
+    repeat rounds in alternating order: printed, and returned for the summary."""
+    combos = [(c, m) for c, _ in SNAP_CASES for m in SNAP_MODES]
+    res = {(c, m, cow): [] for c, m in combos for cow in (False, True)}
+    load = os.getloadavg()[0]
+    for i in range(repeat):
+        # Rotate the order, and swap which of each pair goes first, from one round to the next.
+        k = i * len(combos) // max(repeat, 1)
+        for c, m in combos[k:] + combos[:k]:
+            for cow in ((False, True) if i % 2 == 0 else (True, False)):
+                res[c, m, cow].append(snapshot_run(b, mib, c, m, cow))
+    rate = float(os.environ.get("SNAP_RATE") or 50) / 10
+    print(f"\nsnapshot, {mib} MiB of incompressible memory, {SNAP_WRITERS} writer threads (paced: {rate:g} % of "
+          f"the memory a second), dump --leave-running (load average {load:.2f} at the start, "
+          f"{os.getloadavg()[0]:.2f} at the end)")
+    print(f"  {'case':<9} {'mode':<9} {'cow':<4} {'frozen ms':>9} {'spread':>11} {'wall ms':>8} {'spread':>11} "
+          f"{'copied':>7} {'writes':>8} {'median us':>9} {'spread':>13} {'worst ms':>8} {'spread':>13}")
+    rows = []
+    for c, label in SNAP_CASES:
+        for m in SNAP_MODES:
+            for cow in (False, True):
+                runs = res[c, m, cow]
+                col = {k: [r[k] for r in runs] for k in runs[0]}
+                row = {"case": c, "mode": m, "cow": cow, **{k: med(v) for k, v in col.items()},
+                       "fspread": snap_spread(col["frozen"]), "wspread": snap_spread(col["wall"]),
+                       "mspread": snap_spread([x * 1000 for x in col["median"]], "{:.2f}"),
+                       "xspread": snap_spread(col["worst"], "{:.1f}")}
+                if c == "rest":
+                    row["median"] = row["worst"] = float("nan")
+                rows.append(row)
+                print(f"  {label:<9} {NAMES[m]:<9} {'yes' if cow else 'no':<4} {row['frozen']:9.0f} "
+                      f"{row['fspread']:>11} {row['wall']:8.0f} {row['wspread']:>11} {row['copied']:7.0f} "
+                      f"{row['writes']:8.0f} {row['median'] * 1000:9.2f} {row['mspread']:>13} "
+                      f"{row['worst']:8.1f} {row['xspread']:>13}".rstrip())
+    verdicts = snapshot_verdicts(mib, rows)
+    for v in verdicts:
+        print("  " + v)
+    sys.stdout.flush()
+    return {"mib": mib, "writers": SNAP_WRITERS, "rate": rate, "rows": rows, "verdicts": verdicts}
+
+
+def snapshot_verdicts(mib, rows):
+    """The issue's target, for the enc+zstd copy-on-write rows: frozen at most 50 ms for 1 GiB,
+    median stall under 1 ms and worst under 50 ms while writing."""
+    out = []
+    for row in rows:
+        if row["mode"] != "zstd" or not row["cow"]:
+            continue
+        label = dict(SNAP_CASES)[row["case"]]
+        ok = row["frozen"] <= SNAP_FROZEN_TARGET
+        v = (f"enc+zstd, cow, {label}: frozen {row['frozen']:.0f} ms, target at most {SNAP_FROZEN_TARGET:.0f} ms"
+             f"{'' if mib == 1024 else ' (for 1024 MiB)'}: {'met' if ok else 'NOT met'}")
+        if row["case"] != "rest":
+            ok = row["median"] < SNAP_MEDIAN_TARGET
+            v += (f"; median stall {row['median'] * 1000:.2f} us, target under {SNAP_MEDIAN_TARGET:.0f} ms: "
+                  f"{'met' if ok else 'NOT met'}")
+            ok = row["worst"] < SNAP_WORST_TARGET
+            v += (f"; worst stall {row['worst']:.1f} ms, target under {SNAP_WORST_TARGET:.0f} ms: "
+                  f"{'met' if ok else 'NOT met'}")
+        out.append(v)
+    return out
+
+
+def snapshot_summary(snaps):
+    print("\n| snapshot MiB | case | mode | cow | frozen ms | spread | wall ms | spread | pages copied at a fault | "
+          "pages written meanwhile | median stall us | spread | worst stall ms | spread |")
+    print("|" + " --- |" * 14)
+    for s in snaps:
+        for row in s["rows"]:
+            stall = ("", "", "", "")
+            if row["case"] != "rest":
+                stall = (f"{row['median'] * 1000:.2f}", row["mspread"], f"{row['worst']:.1f}", row["xspread"])
+            print(f"| {s['mib']} | {dict(SNAP_CASES)[row['case']]} | {NAMES[row['mode']]} | "
+                  f"{'yes' if row['cow'] else 'no'} | {row['frozen']:.0f} | {row['fspread']} | {row['wall']:.0f} | "
+                  f"{row['wspread']} | {row['copied']:.0f} | {row['writes']:.0f} | {' | '.join(stall)} |")
+        for v in s["verdicts"]:
+            print(f"| {s['mib']} | target | {v} |" + " |" * 11)
+
+
 def main():
     criu, src = sys.argv[1], sys.argv[2]
     sizes = [int(s) for s in sys.argv[3:]] or [256]
@@ -604,7 +805,7 @@ def main():
     sys.path.insert(0, str(REPO / "test" / "criusec"))
     from hermetic import private_config_dirs
     private_config_dirs()
-    summary, chains = [], []
+    summary, chains, snaps = [], [], []
     workers = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="criusec-bench-", dir=os.environ.get("BENCH_DIR") or None) as w:
         work = pathlib.Path(w)
@@ -612,6 +813,10 @@ def main():
         subprocess.run(["gcc", "-O2", "-pthread", "-o", workload, src], check=True)
         b = Bench(criu, workload, work)
         atexit.register(drop_chain_keys, b.ckpt_ids)
+        if "snapshot" in workloads:
+            b.cowsweep, b.cow_fallbacks = str(work / "cowsweep"), set()
+            subprocess.run(["gcc", "-O2", "-pthread", "-o", b.cowsweep, str(pathlib.Path(src).parent / "cowsweep.c")],
+                           check=True)
         if "churn" in workloads:
             b.churn = str(work / "benchchurn")
             subprocess.run(["gcc", "-O2", "-o", b.churn, str(pathlib.Path(src).parent / "benchchurn.c")], check=True)
@@ -634,6 +839,9 @@ def main():
                     c = churn_section(b, mib, repeat)
                     if c:
                         chains.append(c)
+                    continue
+                if wl == "snapshot":
+                    snaps.append(snapshot_section(b, mib, repeat))
                     continue
                 r = {m: [] for m in modes}
                 post = {"age": [], "zstd-age": [], "zstd-size": [], "floor-zstd": [], "floor-lz4": []}
@@ -708,11 +916,23 @@ def main():
             print("untracked: pages dumped whole because they were not tracked (pages_untracked_task + _vma).")
             print("Medians of the rounds, spread min-max ('!': the slowest over 1.5x the fastest).")
             churn_summary(chains)
+        if snaps:
+            print("\nsnapshot: criu dump --leave-running [--cow-dump] of cowsweep (workloads/cowsweep.c) at rest, "
+                  "writing")
+            print("5 % of its memory a second (SNAP_RATE per mille) or flat out; frozen: stats-dump frozen_time; "
+                  "wall: the")
+            print("criu command's; copied: pages copied at a write fault (the dump's log); stall: the time a writer "
+                  "spent on")
+            print("one page, the freeze included, over the pages written during the dump (median to 9 %, from "
+                  "quarter-octave")
+            print("buckets). Medians of the rounds, spread min-max ('!': the slowest over 1.5x the fastest).")
+            snapshot_summary(snaps)
         drop_chain_keys(b.ckpt_ids)
         if os.environ.get("BENCH_JSON"):
             pathlib.Path(os.environ["BENCH_JSON"]).write_text(json.dumps(
                 [{"workload": wl, "mib": mib, "floor": floor, "rows": rows} for wl, mib, floor, rows, _, _ in summary]
                 + [{"workload": "churn", **c} for c in chains]
+                + [{"workload": "snapshot", **c} for c in snaps]
                 + [{"chain_keys_dropped": sorted(b.ckpt_ids)}], indent=1))
 
 

@@ -1,10 +1,14 @@
-"""make bench's chain section (WORKLOADS=churn) at a tiny size, once, so
-that it does not rot: its tables have every row, with numbers, the chain
-took pages from its parents, and it leaves no tracking holder or chain key
-behind.  Nothing here is timed: the numbers are the benchmark's business.
+"""make bench's chain section (WORKLOADS=churn) and snapshot section
+(WORKLOADS=snapshot) at a tiny size, once, so that they do not rot: their
+tables have every row, with numbers; the chain took pages from its parents,
+the copy-on-write dumps of writing processes copied pages at a fault; and
+they leave no tracking holder, workload or chain key behind.  Nothing here
+is timed: the numbers are the benchmark's business.
 
-Needs root and memory tracking (soft-dirty, or userfaultfd write-protect
-with PAGEMAP_SCAN) and skips, saying so, without.
+Needs root; the chain section needs memory tracking (soft-dirty, or
+userfaultfd write-protect with PAGEMAP_SCAN), the snapshot section
+userfaultfd write-protect with its events (--cow-dump, which falls back to a
+frozen dump without: the bench says so), and each skips, saying so, without.
 """
 import json
 import os
@@ -88,3 +92,70 @@ def test_bench_churn_section(tmp_path):
     ids = [e for e in js if "chain_keys_dropped" in e][0]["chain_keys_dropped"]
     assert len(ids) == 4, ids
     assert not {f"criusec:{i}" for i in ids} & set(chain_keys().values()), "the bench left its chain keys"
+
+
+def cowsweeps(where):
+    """The cowsweep processes running a binary under where (the bench's own)."""
+    pids = subprocess.run(["pgrep", "-x", "cowsweep"], capture_output=True, text=True).stdout.split()
+    mine = []
+    for p in pids:
+        try:
+            if os.readlink(f"/proc/{p}/exe").startswith(str(where)):
+                mine.append(p)
+        except OSError:
+            pass
+    return mine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="make bench needs root (criu dump)")
+def test_bench_snapshot_section(tmp_path):
+    keys_before = set(chain_keys().values())
+    env = dict(os.environ, WORKLOADS="snapshot", REPEAT="1", BENCH_DIR=str(tmp_path),
+               BENCH_JSON=str(tmp_path / "bench.json"))
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "criusec" / "bench.py"), CRIU,
+                        str(REPO / "test" / "criusec" / "workloads" / "workload.c"), str(MIB)],
+                       env=env, capture_output=True, text=True, timeout=900)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    m = re.search(r"^note: --cow-dump fell back to a frozen dump: (.*)$", out, re.M)
+    if m:
+        pytest.skip(f"the snapshot section needs --cow-dump to work here: {m.group(1)}")
+    num = r"\d+(\.\d+)?"
+    for label in ("at rest", "5 %/s", "flat out"):
+        for mode in ("plain", "enc", "enc+zstd"):
+            for cow in ("no", "yes"):
+                # frozen, its spread, wall, its spread, copied, writes, then the stalls (nan at rest)
+                stalls = r"nan +nan" if label == "at rest" else rf"{num} +{num}-{num}!? +{num} +{num}-{num}!?"
+                row = (rf"^  {re.escape(label)} +{re.escape(mode)} +{cow} +{num} +{num}-{num}!? +{num} "
+                       rf"+{num}-{num}!? +{num} +{num} +{stalls}$")
+                assert re.search(row, out, re.M), f"no {label} {mode} {cow} row"
+                assert re.search(rf"^\| {MIB} \| {re.escape(label)} \| {re.escape(mode)} \| {cow} \| {num} \|",
+                                 out, re.M), f"no {label} {mode} {cow} summary row"
+    for label in ("at rest", "5 %/s", "flat out"):
+        assert re.search(rf"enc\+zstd, cow, {re.escape(label)}: frozen {num} ms, target at most 50 ms "
+                         rf"\(for 1024 MiB\): (met|NOT met)", out), f"no {label} verdict"
+    assert re.search(rf"5 %/s: .*median stall {num} us, target under 1 ms: .*worst stall {num} ms, "
+                     rf"target under 50 ms", out)
+
+    js = json.loads((tmp_path / "bench.json").read_text())
+    res = [e for e in js if e.get("workload") == "snapshot"]
+    assert len(res) == 1 and res[0]["mib"] == MIB and len(res[0]["rows"]) == 18, res
+    rows = {(row["case"], row["mode"], row["cow"]): row for row in res[0]["rows"]}
+    for (case, mode, cow), row in rows.items():
+        assert row["frozen"] > 0 and row["wall"] >= row["frozen"], row
+        if case == "rest":
+            assert row["writes"] == 0, row
+        else:
+            # the writers wrote during the dump, and their stalls were measured
+            assert row["writes"] > 0 and row["worst"] > 0 and row["median"] > 0, row
+            assert row["worst"] >= row["median"], row
+        if not cow:
+            assert row["copied"] == 0, row
+    # Writers flat out write pages criu has not saved yet: some were copied at a fault.
+    assert all(rows["flat", m, True]["copied"] > 0 for m in ("plain", "enc", "zstd")), rows
+    assert not cowsweeps(tmp_path), "the bench left a workload running"
+    ids = [e for e in js if "chain_keys_dropped" in e][0]["chain_keys_dropped"]
+    # enc and enc+zstd, three cases, with and without --cow-dump: twelve encrypted dumps
+    assert len(ids) == 12, ids
+    assert not set(chain_keys().values()) - keys_before, "the bench left its chain keys"

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * cowsweep|cowsweep-shared|cowsweep-rest STATUS MIB THREADS: threads that sweep MIB MiB flat
- * out, for the copy-on-write dump (issue 21).
+ * cowsweep|cowsweep-shared|cowsweep-rest|cowsweep-paced STATUS MIB THREADS [PERMILLE]: threads
+ * that sweep MIB MiB flat out (or, paced, PERMILLE per mille of it a second, 50 by default),
+ * for the copy-on-write dump (issue 21).
  *
  * Each thread owns a slice of the region and sweeps it again and again,
  * stamping the head of each page with (generation, page index), after
@@ -17,7 +18,16 @@
  * reports "cowsweep OK MAXSTALL_US PAGES_OF_THREAD_0 PAGES_OF_THREAD_1 ... |
  * H0 H1 H2 H3 H4": how many pages took, all threads together, 50-100 us,
  * 0.1-1 ms, 1-10 ms, 10-100 ms, and longer (a write fault waiting for
- * criu, or the freeze, or the scheduler on a busy machine).
+ * criu, or the freeze, or the scheduler on a busy machine); then, after a
+ * second "|", the longest time on one page since the previous report, in us
+ * (for the stalls of one window: the bench asks for a report before and
+ * after a dump), and the pages per time taken since the start, all threads
+ * together, as "B:N" pairs for the non-empty buckets: bucket B holds times
+ * of at least 2^(B/4) ns and less than 2^((B+1)/4) (a quarter octave).
+ * The time on one page runs from the end of the previous page (or, paced,
+ * from when its tick was due) to the page's stamp.
+ * As cowsweep-paced, each thread writes its share of PERMILLE per mille of the
+ * pages a second, a tick's worth every 10 ms, and sleeps in between.
  * As cowsweep-shared, the region is MAP_SHARED; as cowsweep-rest, nothing
  * writes it after it is filled.  $CANARY, if set, is
  * written at offset 64 of every page (to look for it in the images); with
@@ -50,6 +60,10 @@ static volatile uint64_t done[MAX_THR];
 static volatile uint64_t max_stall_ns[MAX_THR];
 #define NBUCKET 5
 static volatile uint64_t hist[MAX_THR][NBUCKET];
+#define NFINE 256
+static volatile uint64_t fine[MAX_THR][NFINE];
+static volatile uint64_t window_stall_ns[MAX_THR];
+static uint64_t pace_per_tick; /* pages a thread writes every 10 ms; 0: flat out */
 static volatile int bad;
 static volatile sig_atomic_t drop_wanted;
 
@@ -68,16 +82,49 @@ static uint64_t now_ns(void)
 	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+/* A quarter octave: the top three bits of d (under 4 ns, which the clock does not resolve: 0) */
+static int fine_bucket(uint64_t d)
+{
+	int b;
+
+	if (d < 4)
+		return 0;
+	b = 63 - __builtin_clzll(d);
+	return 4 * b + (int)((d >> (b - 2)) & 3);
+}
+
+/*
+ * Paced: sleep until the next tick, and return it: the tick's first page is
+ * timed from when it was due, so a freeze or a late wake-up counts (a tick
+ * missed is not caught up: the next is due now).
+ */
+static uint64_t pace(uint64_t *next)
+{
+	struct timespec ts;
+	uint64_t n = now_ns();
+
+	*next += 10000000;
+	if (*next < n)
+		*next = n;
+	ts.tv_sec = *next / 1000000000ULL;
+	ts.tv_nsec = *next % 1000000000ULL;
+	clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+	return *next;
+}
+
 static void *sweep(void *arg)
 {
 	long t = (long)arg;
 	size_t first = npages * t / nthreads, last = npages * (t + 1) / nthreads, p;
-	uint64_t gen, prev = now_ns();
+	uint64_t gen, prev = now_ns(), next = prev, tick = 0;
 
 	for (gen = 2;; gen++) {
 		for (p = first; p < last; p++) {
 			struct stamp *s = (struct stamp *)(region + p * PAGE);
 			uint64_t n;
+
+			if (pace_per_tick && tick++ % pace_per_tick == 0)
+				prev = pace(&next);
 
 			if (s->gen != gen - 1 || s->page != p) {
 				snprintf(bad_msg, sizeof(bad_msg), "BAD thread %ld page %zu: gen %llu page %llu, expected %llu",
@@ -91,6 +138,9 @@ static void *sweep(void *arg)
 			n = now_ns();
 			if (n - prev > max_stall_ns[t])
 				max_stall_ns[t] = n - prev;
+			if (n - prev > window_stall_ns[t])
+				window_stall_ns[t] = n - prev;
+			fine[t][fine_bucket(n - prev)]++;
 			if (n - prev >= 50000) {
 				uint64_t d = n - prev;
 				int b = d < 100000 ? 0 : d < 1000000 ? 1 : d < 10000000 ? 2 : d < 100000000 ? 3 : 4;
@@ -108,7 +158,7 @@ int main(int argc, char **argv)
 	pthread_t th[MAX_THR];
 	size_t mib, p;
 	long t;
-	int shared, rest;
+	int shared, rest, paced;
 	const char *drop = getenv("DROP");
 	char *extra = NULL;
 
@@ -116,6 +166,7 @@ int main(int argc, char **argv)
 		return 2;
 	shared = !strcmp(argv[1], "cowsweep-shared");
 	rest = !strcmp(argv[1], "cowsweep-rest");
+	paced = !strcmp(argv[1], "cowsweep-paced");
 	status_fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	mib = strtoul(argv[3], NULL, 0);
 	nthreads = atoi(argv[4]);
@@ -132,6 +183,12 @@ int main(int argc, char **argv)
 	}
 
 	npages = mib * 1024 * 1024 / PAGE;
+	if (paced) {
+		/* pages a second per thread, over 100 ticks a second, at least one a tick */
+		pace_per_tick = npages * (argc > 5 ? strtoul(argv[5], NULL, 0) : 50) / 1000 / nthreads / 100;
+		if (!pace_per_tick)
+			pace_per_tick = 1;
+	}
 	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
 		      -1, 0);
 	if (region == MAP_FAILED)
@@ -161,8 +218,8 @@ int main(int argc, char **argv)
 
 	status("ready %p %zu %d", region, npages, nthreads);
 	for (;;) {
-		char buf[1024];
-		uint64_t stall = 0;
+		char buf[3072];
+		uint64_t stall = 0, wstall = 0;
 		int n = 0;
 
 		while (!report_wanted && !bad && !drop_wanted)
@@ -192,6 +249,20 @@ int main(int argc, char **argv)
 			for (t = 0; t < nthreads; t++)
 				h += hist[t][b];
 			n += snprintf(buf + n, sizeof(buf) - n, " %llu", (unsigned long long)h);
+		}
+		for (t = 0; t < nthreads; t++) {
+			if (window_stall_ns[t] > wstall)
+				wstall = window_stall_ns[t];
+			window_stall_ns[t] = 0;
+		}
+		n += snprintf(buf + n, sizeof(buf) - n, " | %llu", (unsigned long long)wstall / 1000);
+		for (int b = 0; b < NFINE && n < (int)sizeof(buf) - 32; b++) {
+			uint64_t h = 0;
+
+			for (t = 0; t < nthreads; t++)
+				h += fine[t][b];
+			if (h)
+				n += snprintf(buf + n, sizeof(buf) - n, " %d:%llu", b, (unsigned long long)h);
 		}
 		status("cowsweep OK %llu%s", (unsigned long long)stall / 1000, buf);
 	}
