@@ -19,12 +19,11 @@ mkdir -p "$log"
 # Every layer under soft-dirty (what auto picks on this kernel), then the
 # chain layers again with the userfaultfd mechanism forced.  Podman's chain
 # under uffd runs on the host (make test): not repeated here.
-all="chains podman-chain zdtm-chain-pre zdtm-chain-snaps zdtm-chain-pre-encrypt zdtm-chain-snaps-encrypt
+all="chains podman-chain zdtm-chain-pre zdtm-chain-snaps zdtm-chain-pre-encrypt zdtm-chain-snaps-encrypt \
 chains-uffd zdtm-chain-pre-uffd zdtm-chain-snaps-uffd zdtm-chain-pre-encrypt-uffd zdtm-chain-snaps-encrypt-uffd"
 # One-off, long, and never run unless named: ZDTM's whole suite with --pre 2
 # (against the host's userfaultfd run, Documentation/mem-tracking.md).
 extra="zdtm-full-pre"
-all=$(echo $all)
 for l in ${VM_LAYERS:-}; do
 	case " $all $extra " in *" $l "*) ;; *) echo "VM_LAYERS: no layer $l (layers: $all; also: $extra)" >&2; exit 2 ;; esac
 done
@@ -39,7 +38,7 @@ tracking() { # WANTED [criu check options]: passes when criu says it tracks with
 	local out rc
 	out=$("$src/criu/criu" check --feature mem_dirty_track "${@:2}" 2>&1)
 	rc=$?
-	echo "criu check --feature mem_dirty_track $*: exit $rc: $out" | tee -a "$log/tracking"
+	echo "criu check --feature mem_dirty_track ${*:2} (want $1): exit $rc: $out" | tee -a "$log/tracking"
 	[ "$rc" -eq 0 ] && case $out in *"Memory tracking: $1"*) true ;; *) false ;; esac
 }
 tr_ok=0 tr_bad=0
