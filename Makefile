@@ -27,7 +27,7 @@ help:
 	@echo "make demo           dump and restore a demo process"
 	@echo "make test           lint, unit, integration and ZDTM smoke tests"
 	@echo "make lint           CRIU's clang-format and make lint on our C, the series' hunks, our Python and shell"
-	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's kernel)"
+	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's 6.12), soft-dirty and userfaultfd"
 	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
 	@echo "make zdtm-full-pre  the whole suite with --pre 2, its report kept (make test-vm VM_LAYERS=zdtm-full-pre: the same in the VM)"
 	@echo "make fuzz           bounded libFuzzer runs of the decoders"
@@ -115,7 +115,7 @@ test-integration: criu
 test-zdtm: criu
 	@scripts/criusec/zdtm.sh $(SRC) smoke
 
-# What needs memory tracking, in a VM under Debian 12's own kernel over
+# What needs memory tracking, in a VM under Debian 12's Linux 6.12 over
 # this machine's root (scripts/criusec/vm.sh).  The ZDTM tests are built
 # here: the guest may be slow (TCG).  VM_TIMEOUT kills a hung guest;
 # VM_LAYERS=NAME... runs only those layers (see vm-tests.sh); the guest's

@@ -8,9 +8,12 @@
 # differs among those both runs reached, and with -v every test's pair of
 # results ("-": not reached).
 set -eu -o pipefail
-verbose=0
-if [ "${1:-}" = -v ]; then verbose=1; shift; fi
-[ $# -ge 2 ] || { echo "usage: zdtm-compare.sh [-v] A B [LABEL-A LABEL-B]" >&2; exit 2; }
+verbose=0 rest=0
+case ${1:-} in
+-v) verbose=1; shift ;;
+-r) rest=1; shift ;;
+esac
+[ $# -ge 2 ] || { echo "usage: zdtm-compare.sh [-v|-r] A B [LABEL-A LABEL-B]" >&2; exit 2; }
 la=${3:-$1} lb=${4:-$2}
 
 results() { # FILE -> "NAME pass|fail|skip" lines, one per test
@@ -28,6 +31,13 @@ a=$(mktemp) b=$(mktemp)
 trap 'rm -f "$a" "$b"' EXIT
 results "$1" >"$a"
 results "$2" >"$b"
+if [ "$rest" = 1 ]; then
+	grep -F '# SKIP manual run only' "$1" | awk '{print $4}' | sort -u >"$b.manual" || true
+	cut -d' ' -f1 "$b" | sort -u | sort -m - "$b.manual" | sort -u >"$b.done"
+	cut -d' ' -f1 "$a" | comm -23 - "$b.done"
+	rm -f "$b.manual" "$b.done"
+	exit 0
+fi
 counts() { # LABEL FILE
 	echo "$1: $(grep -c ' pass$' "$2" || true) passed, $(grep -c ' fail$' "$2" || true) failed," \
 		"$(grep -c ' skip$' "$2" || true) skipped ($(wc -l <"$2") tests)"
