@@ -16,7 +16,7 @@ export PYTHON	:= /usr/bin/python3
 CRIU		:= $(SRC)/criu/criu
 
 .PHONY: all help deps fetch tree criu engine install demo test test-unit \
-	test-integration test-zdtm test-vm zdtm-full lint patch-tree patches-export reset-tree \
+	test-integration test-zdtm test-vm zdtm-full zdtm-full-pre lint patch-tree patches-export reset-tree \
 	clean distclean fuzz bench deb test-engines
 
 all: criu
@@ -27,8 +27,9 @@ help:
 	@echo "make demo           dump and restore a demo process"
 	@echo "make test           lint, unit, integration and ZDTM smoke tests"
 	@echo "make lint           CRIU's clang-format and make lint on our C, the series' hunks, our Python and shell"
-	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's kernel)"
+	@echo "make test-vm        pre-dump chains and ZDTM --pre/--snaps in a VM (Debian 12's 6.12), soft-dirty and userfaultfd"
 	@echo "make zdtm-full      CRIU's whole ZDTM suite (long), with pass/fail/skip counts"
+	@echo "make zdtm-full-pre  the whole suite with --pre 2, its report kept (make test-vm VM_LAYERS=zdtm-full-pre: the same in the VM)"
 	@echo "make fuzz           bounded libFuzzer runs of the decoders"
 	@echo "make bench          plain, --encrypt, --compress: sizes, dump/restore times, crypto floor, pre-dump chains (SIZES=MiB, REPEAT; WORKLOADS=snapshot: --cow-dump)"
 	@echo "make patch-tree     build/src as a git work tree (one commit per patch)"
@@ -114,17 +115,25 @@ test-integration: criu
 test-zdtm: criu
 	@scripts/criusec/zdtm.sh $(SRC) smoke
 
-# What needs memory tracking, in a VM under Debian 12's own kernel over
+# What needs memory tracking, in a VM under Debian 12's Linux 6.12 over
 # this machine's root (scripts/criusec/vm.sh).  The ZDTM tests are built
 # here: the guest may be slow (TCG).  VM_TIMEOUT kills a hung guest;
-# VM_LAYERS=NAME... runs only those layers (see vm-tests.sh).
+# VM_LAYERS=NAME... runs only those layers (see vm-tests.sh); the guest's
+# logs go to VM_RESULTS_DIR.
 VM_TIMEOUT	?= 3600
+VM_RESULTS_DIR	?= $(BUILD)/vm/results
 test-vm: criu
 	@$(MAKE) -s -C $(SRC)/test/zdtm -j$(JOBS) >$(SRC)/test/zdtm-build.log 2>&1 || { tail -30 $(SRC)/test/zdtm-build.log; exit 1; }
-	@scripts/criusec/vm.sh -t $(VM_TIMEOUT) -e VM_LAYERS -- scripts/criusec/vm-tests.sh $(SRC)
+	@scripts/criusec/vm.sh -t $(VM_TIMEOUT) -r $(VM_RESULTS_DIR) -e VM_LAYERS -e ZDTM_FULL_SET -- scripts/criusec/vm-tests.sh $(SRC)
 
 zdtm-full: criu
 	@scripts/criusec/zdtm.sh $(SRC) full
+
+# One-off, not in CI: the whole suite with --pre 2 on this machine's
+# tracking (userfaultfd here), its report kept for zdtm-compare.sh against
+# the VM's soft-dirty run (make test-vm VM_LAYERS=zdtm-full-pre).
+zdtm-full-pre: criu
+	@ZDTM_REPORT_DIR=$(BUILD)/zdtm-full-pre.report scripts/criusec/zdtm.sh $(SRC) full --pre 2
 
 fuzz: tree
 	@scripts/criusec/fuzz.sh $(SRC)/criu/criusec $(BUILD)/fuzz

@@ -20,7 +20,7 @@ age gnupg openssl softhsm2
 clang-format flake8 shellcheck codespell"
 # QEMU, and the guest's initramfs (static busybox); the guest's kernel is
 # fetched by vm-image.sh, never installed.
-if [ "${1:-}" = vm ]; then PKGS="qemu-system-x86 busybox-static"; fi
+if [ "${1:-}" = vm ]; then PKGS="qemu-system-x86 busybox-static zstd"; fi
 
 missing=""
 for p in $PKGS; do

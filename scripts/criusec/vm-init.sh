@@ -64,6 +64,20 @@ bb=/run/vm/busybox
 $bb stty -onlcr
 echo /run/vm/modprobe >/proc/sys/kernel/modprobe
 $bb sysctl -q -w vm.unprivileged_userfaultfd=1 fs.pipe-max-size=4194304
+# Under TCG with a thread per vCPU (QEMU's MTTCG) a vCPU can run a stale
+# int3 of the kernel's jump-label patching: "Oops: int3" in __schedule, a
+# panic.  6.12 hit it at the perf_sched_events key, which every criu run
+# toggles (ptrace hardware breakpoints are task-bound perf events).  One
+# task-bound perf event held open for the whole run keeps that key on, so
+# it is never patched again.
+/usr/bin/python3 -c '
+import ctypes, signal, struct
+attr = ctypes.create_string_buffer(struct.pack("IIQ", 1, 128, 0).ljust(128, b"\0"))
+# perf_event_open(attr: software cpu-clock, pid 0: this task, any cpu)
+if ctypes.CDLL(None, use_errno=True).syscall(298, attr, 0, -1, -1, 0) < 0:
+    raise SystemExit("vm-init: perf_event_open: errno %d" % ctypes.get_errno())
+signal.pause()
+' &
 # criu's socket dumps and ZDTM's tun tests.
 for m in unix_diag inet_diag tcp_diag udp_diag raw_diag netlink_diag af_packet_diag tun; do
 	$bb modprobe "$m" || echo "vm-init: modprobe $m failed"

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Run a command in a VM that boots Debian 12's own kernel (it has soft-dirty
-# memory tracking, which this machine's kernel lacks) over this machine's
-# root file system.
+# Run a command in a VM that boots Debian 12's Linux 6.12 (it has soft-dirty
+# memory tracking, which this machine's kernel lacks, and the userfaultfd
+# one too: vm-image.sh) over this machine's root file system.
 #   vm.sh [-t SECONDS] [-r RESULTS_DIR] [-e VAR]... [--] COMMAND [ARG]...
 # The guest sees the host's / read-only (virtio-9p) under a tmpfs overlay:
 # it may write anywhere, and nothing it writes reaches the host except

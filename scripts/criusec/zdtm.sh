@@ -3,14 +3,19 @@
 #   zdtm.sh SRC smoke [zdtm.py run options...]   the list in test/criusec/zdtm-smoke.list
 #   zdtm.sh SRC chain [zdtm.py run options...]   the list in test/criusec/zdtm-chain.list
 #   zdtm.sh SRC full  [zdtm.py run options...]   every test (long)
+#   zdtm.sh SRC FILE  [zdtm.py run options...]   the tests listed in FILE (a path)
 # ZDTM_EXCLUDE="test ..." (with ZDTM_EXCLUDE_WHY) leaves tests of a list
-# out; each is reported, and counted as skipped.
+# out; each is reported, and counted as skipped.  ZDTM_REPORT_DIR=DIR keeps
+# zdtm's report there (its TAP file, each failed test's output) instead of
+# deleting it.
 # Prints "zdtm: N passed, N failed, N skipped" from zdtm's TAP report; exits
 # non-zero when a test failed or none ran.
 set -eu
 src=$1
 set_name=$2
 shift 2
+# A list's path, before the cd below.
+case $set_name in */*) set_name=$(realpath "$set_name") ;; esac
 export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 die() { echo "zdtm: $*" >&2; exit 1; }
 
@@ -22,12 +27,19 @@ sysctl -q -w fs.pipe-max-size=4194304 || true
 cd "$src/test"
 make -s -C zdtm -j"$(nproc)" >zdtm-build.log 2>&1 || { tail -30 zdtm-build.log; die "building the ZDTM tests failed"; }
 
-report=$(mktemp -d /tmp/zdtm-report.XXXXXX)
+if [ -n "${ZDTM_REPORT_DIR:-}" ]; then
+	report=$ZDTM_REPORT_DIR
+	rm -rf "$report" && mkdir -p "$report"
+else
+	report=$(mktemp -d /tmp/zdtm-report.XXXXXX)
+fi
 case "$set_name" in
 full)	sel="-a" ;;
 *)	# -t per test: --from would turn --keep-going (and so the report) off.
-	[ -f "criusec/zdtm-$set_name.list" ] || die "no list test/criusec/zdtm-$set_name.list"
-	list=$(grep -v '^[[:space:]]*\(#\|$\)' "criusec/zdtm-$set_name.list")
+	file=$set_name
+	case $file in */*) ;; *) file=criusec/zdtm-$set_name.list ;; esac
+	[ -f "$file" ] || die "no list test/$file"
+	list=$(grep -v '^[[:space:]]*\(#\|$\)' "$file")
 	for t in ${ZDTM_EXCLUDE:-}; do
 		echo "zdtm: skip $t: ${ZDTM_EXCLUDE_WHY:-excluded}"
 		list=$(echo "$list" | grep -vx "$t")
@@ -48,7 +60,7 @@ passed=$(grep '^ok ' "$tap" | grep -vc '# SKIP' || true)
 failed=$(grep -c '^not ok ' "$tap" || true)
 grep '^not ok ' "$tap" | sed 's/^/zdtm: /' || true
 echo "zdtm $set_name: $passed passed, $failed failed, $skipped skipped"
-rm -rf "$report"
+[ -n "${ZDTM_REPORT_DIR:-}" ] || rm -rf "$report"
 # ZDTM's Makefile.inc appends what it links to the directory's .gitignore: undo that where
 # the file is upstream's (test/cuda-checkpoint), or build/src looks edited to patches-export.
 git -C .. diff --name-only -- 'test/*.gitignore' | xargs -r git -C .. checkout -q -- || true
