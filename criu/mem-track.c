@@ -912,6 +912,14 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 	t->r = NULL;
 	list_add_tail(&t->l, &next_tasks);
 
+	/*
+	 * A dump after which the tasks do not go on ends the chain: nothing to
+	 * protect (a walk of all their memory in the frozen time), and the
+	 * userfaultfd goes with mem_track_release(), after they are killed.
+	 */
+	if (opts.mode == CR_DUMP && opts.final_state != TASK_ALIVE)
+		return 0;
+
 	pm = open_proc(pid, "pagemap");
 	if (pm < 0)
 		return -1;
