@@ -48,6 +48,7 @@
 #include "linux/userfaultfd.h"
 #include "log.h"
 #include "mem-snap.h"
+#include "mem-track.h"
 #include "page-pipe.h"
 #include "page-xfer.h"
 #include "parasite-syscall.h"
@@ -311,12 +312,7 @@ static const char *vma_unprotectable(struct vma_area *vma)
 
 static const char *vma_register(struct snap_task *t, struct snap_range *r)
 {
-	struct uffdio_register reg = {};
-
-	reg.range.start = r->vma_start;
-	reg.range.len = r->vma_end - r->vma_start;
-	reg.mode = UFFDIO_REGISTER_MODE_WP;
-	if (ioctl(t->uffd, UFFDIO_REGISTER, &reg)) {
+	if (uffd_register_wp(t->uffd, r->vma_start, r->vma_end)) {
 		if (errno == EBUSY)
 			return "registered with another userfaultfd (the task's own?)";
 		return "the kernel won't register it";

@@ -743,7 +743,7 @@ static struct mt_task *take_prev(pid_t pid)
 	return NULL;
 }
 
-static int uffd_register(int uffd, u64 start, u64 end)
+int uffd_register_wp(int uffd, u64 start, u64 end)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = end - start },
@@ -851,7 +851,7 @@ int mem_track_task_start(struct pstree_item *item, struct vm_area_list *vmas, st
 			lost++;
 			continue;
 		}
-		if (uffd_register(cur.rec->uffd, s, e)) {
+		if (uffd_register_wp(cur.rec->uffd, s, e)) {
 			if (errno == ENOMEM || errno == ESRCH) {
 				/* The userfaultfd's mm is gone: an exec, or another task */
 				pr_warn("%d: its tracked mm is gone: all its memory is dumped\n", pid);
@@ -929,7 +929,7 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 
 		if (!vma_trackable(vma))
 			continue;
-		if (uffd_register(t->uffd, s, e)) {
+		if (uffd_register_wp(t->uffd, s, e)) {
 			/* EBUSY: the task's own userfaultfd; EINVAL: a kind the kernel won't track */
 			pr_info("%d: can't register %" PRIx64 "-%" PRIx64 ": %d\n", pid, s, e, errno);
 			failed++;

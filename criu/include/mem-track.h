@@ -3,6 +3,8 @@
 
 #include <stdbool.h>
 
+#include "int.h"
+
 #include "images/inventory.pb-c.h"
 
 struct pstree_item;
@@ -36,6 +38,12 @@ extern int mem_track_dump_finish(int ret);
  * it once the tasks are resumed or killed, not while they are frozen.
  */
 extern void mem_track_release(void);
+/*
+ * UFFDIO_REGISTER_MODE_WP of [start, end) with uffd: the ioctl acts on the
+ * userfaultfd's mm, whoever holds it.  The copy-on-write dump (mem-snap.c)
+ * registers its synchronous ones the same way.
+ */
+extern int uffd_register_wp(int uffd, u64 start, u64 end);
 
 /* criu's argv[1] when it runs as a holder (exec'd by a pre-dump) */
 #define MEM_TRACK_HOLDER_ARG "__mem-track-holder"
