@@ -58,6 +58,52 @@ int criusec_plain_copy(const struct plain_img *p, const char *name)
 	return fd;
 }
 
+/* An error, or for a cache that is only skipped, a warning. */
+#define say(cache, fmt, ...)                         \
+	do {                                         \
+		if (cache)                           \
+			pr_warn(fmt, ##__VA_ARGS__); \
+		else                                 \
+			pr_err(fmt, ##__VA_ARGS__);  \
+	} while (0)
+
+static int to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
+		    const struct criusec_stream_info *expect, bool cache)
+{
+	struct stat st;
+	int memfd;
+
+	if (fstat(fd, &st)) {
+		say(cache, "%s: fstat: %s\n", name, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		say(cache, "%s: not a regular file\n", name);
+		return -1;
+	}
+	if (expect && expect->has_size && (uint64_t)st.st_size != expect->size) {
+		say(cache, "%s: %lld bytes, but the dump wrote %llu: truncated, extended or replaced\n", name,
+		    (long long)st.st_size, (unsigned long long)expect->size);
+		return -1;
+	}
+	memfd = memfd_create(name, MFD_CLOEXEC);
+	if (memfd < 0) {
+		say(cache, "%s: can't make a memfd: %s\n", name, strerror(errno));
+		return -1;
+	}
+	if (criusec_stream_open_fd(ctx, kind, name, fd, memfd, expect)) {
+		say(cache, "%s: %s\n", name, criusec_last_error());
+		close(memfd);
+		return -1;
+	}
+	if (lseek(memfd, 0, SEEK_SET)) {
+		say(cache, "%s: lseek: %s\n", name, strerror(errno));
+		close(memfd);
+		return -1;
+	}
+	return memfd;
+}
+
 /*
  * Authenticate an image file into a new memfd (at offset 0), chunk by
  * chunk: memory holds two chunks and the plaintext, whatever the file
@@ -67,38 +113,13 @@ int criusec_plain_copy(const struct plain_img *p, const char *name)
 int criusec_verify_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
 			    const struct criusec_stream_info *expect)
 {
-	struct stat st;
-	int memfd;
+	return to_memfd(ctx, kind, name, fd, expect, false);
+}
 
-	if (fstat(fd, &st)) {
-		pr_perror("%s: fstat", name);
-		return -1;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		pr_err("%s: not a regular file\n", name);
-		return -1;
-	}
-	if (expect && expect->has_size && (uint64_t)st.st_size != expect->size) {
-		pr_err("%s: %lld bytes, but the dump wrote %llu: truncated, extended or replaced\n", name,
-		       (long long)st.st_size, (unsigned long long)expect->size);
-		return -1;
-	}
-	memfd = memfd_create(name, MFD_CLOEXEC);
-	if (memfd < 0) {
-		pr_perror("%s: can't make a memfd", name);
-		return -1;
-	}
-	if (criusec_stream_open_fd(ctx, kind, name, fd, memfd, expect)) {
-		pr_err("%s: %s\n", name, criusec_last_error());
-		close(memfd);
-		return -1;
-	}
-	if (lseek(memfd, 0, SEEK_SET)) {
-		pr_perror("%s: lseek", name);
-		close(memfd);
-		return -1;
-	}
-	return memfd;
+/* The same for a cache (the parent pre-dump's irmap cache): a failure is a warning, and the dump goes on. */
+int criusec_cache_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd)
+{
+	return to_memfd(ctx, kind, name, fd, NULL, true);
 }
 
 static void plain_free(struct plain_img *p)

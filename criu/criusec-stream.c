@@ -171,31 +171,6 @@ void criusec_img_closed(int fd)
 	xfree(p->name);
 	xfree(p);
 }
-/*
- * The parent pre-dump's irmap cache, read with the parent's key.  Only a
- * cache: why it fails is a warning, not an error, and the dump goes on.
- */
-static int parent_cache_to_memfd(const char *kind, const char *path, int fd)
-{
-	int memfd = memfd_create(path, MFD_CLOEXEC);
-
-	if (memfd < 0) {
-		pr_pwarn("%s: can't make a memfd", path);
-		return -1;
-	}
-	if (criusec_stream_open_fd(criusec_dump_parent_ctx, kind, path, fd, memfd, NULL)) {
-		pr_warn("%s: %s\n", path, criusec_last_error());
-		close(memfd);
-		return -1;
-	}
-	if (lseek(memfd, 0, SEEK_SET)) {
-		pr_pwarn("%s: lseek", path);
-		close(memfd);
-		return -1;
-	}
-	return memfd;
-}
-
 static int open_read(int dfd, int type, const char *path, int *fd)
 {
 	char head[CRIUSEC_STREAM_MAGIC_LEN];
@@ -218,7 +193,7 @@ static int open_read(int dfd, int type, const char *path, int *fd)
 	 */
 	if (type == CR_FD_IRMAP_CACHE && is_stream && !(criusec_dump_ctx && criusec_is_imgdir(dfd))) {
 		if (criusec_dump_parent_ctx) {
-			memfd = parent_cache_to_memfd(criusec_kind_of(type), path, *fd);
+			memfd = criusec_cache_to_memfd(criusec_dump_parent_ctx, criusec_kind_of(type), path, *fd);
 			if (memfd >= 0) {
 				pr_info("%s: the parent pre-dump's, read with its key\n", path);
 				goto swap;

@@ -155,6 +155,7 @@ extern struct dir_state *criusec_dir_lookup(int dfd);
 extern struct dir_state *criusec_dir_find(dev_t dev, ino_t ino);
 extern int criusec_verify_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd,
 				   const struct criusec_stream_info *expect);
+extern int criusec_cache_to_memfd(struct criusec_ctx *ctx, const char *kind, const char *name, int fd);
 extern int criusec_plain_copy(const struct plain_img *p, const char *name);
 
 /* criusec-pages.c: page images under the page cipher, by descriptor. */
