@@ -5,8 +5,13 @@
  * While a task is frozen, its pagemap is collected as always, but its
  * pages are not taken: its private VMAs are registered with a userfaultfd
  * of its mm in synchronous write-protect mode (made in the task by the
- * parasite, PARASITE_CMD_GET_UFFD, and held by criu alone) and the pages
- * to dump are write-protected.  Once everything else is dumped, the tree
+ * parasite, PARASITE_CMD_GET_UFFD, and held by criu alone) and
+ * write-protected.  A thread of criu's (the armer) does that as soon as it
+ * has the userfaultfd, while criu collects the pagemap and dumps the rest,
+ * so protecting a large memory adds little to the time the tree is frozen;
+ * it also serves the write faults that come meanwhile (the kernel writes
+ * the task's rseq area while the parasite runs in it), saving the page
+ * first.  Once everything else is dumped, the tree
  * runs again and criu writes the pages, each chunk read with
  * process_vm_readv and unprotected after.  A task that writes to a page
  * not yet saved waits in the kernel; between two chunks criu reads the
@@ -33,12 +38,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 
 #include "common/list.h"
@@ -90,25 +100,57 @@ struct snap_range {
 	unsigned long end;
 	unsigned long first; /* index of its first page */
 	unsigned long vma_start, vma_end;
-	bool wp; /* write-protected; else copied at the freeze */
+	bool wp;     /* write-protected; else copied at the freeze */
+	bool frozen; /* copied at collection (unprotectable VMA) */
+};
+
+/* A VMA the armer registers and protects whole */
+struct snap_vma {
+	unsigned long start;
+	unsigned long end;
+	const char *why; /* the armer's: why its pages are copied at the freeze */
+};
+
+/* A page saved at a fault before the task's pagemap was known */
+struct snap_early {
+	struct snap_early *next;
+	unsigned long addr;
+	void *page;
 };
 
 struct snap_task {
 	struct list_head l;
 	pid_t pid;
 	int uffd;
+	struct snap_vma *vmas;
+	unsigned int nr_vmas;
+	bool armed; /* the armer is done with vmas[] */
+	struct snap_early *early;
 	unsigned int nr;
 	struct snap_range *r;
 	unsigned long nr_pages;
-	unsigned char *state;
+	unsigned char *state; /* NULL until the pagemap is known */
 	void **copy;
 	/* Opened while frozen, as a dump does: the ids of page images are in order */
 	struct page_xfer xfer;
 	bool xfer_open;
 };
 
+/*
+ * Tasks being dumped copy-on-write.  Until mem_snap_arm() the armer thread
+ * protects and serves them: snap_lock then guards the list and each task's
+ * pages (state, copy, early); the rest of a task is the armer's until
+ * t->armed, and then the main thread's again once the armer is joined.
+ */
 static LIST_HEAD(snap_tasks);
 static struct snap_task *cur;
+static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	pthread_t th;
+	bool running;
+	bool stop;
+	int evfd;
+} armer = { .evfd = -1 };
 static int usable = -1;
 static char failed[256];
 static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
@@ -161,6 +203,14 @@ static void snap_free(struct snap_task *t)
 
 	if (!t)
 		return;
+	while (t->early) {
+		struct snap_early *e = t->early;
+
+		t->early = e->next;
+		xfree(e->page);
+		xfree(e);
+	}
+	xfree(t->vmas);
 	close_safe(&t->uffd);
 	if (t->xfer_open)
 		t->xfer.close(&t->xfer);
@@ -173,7 +223,112 @@ static void snap_free(struct snap_task *t)
 	xfree(t);
 }
 
-int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl)
+static void *armer_main(void *arg);
+static long page_index(struct snap_task *t, unsigned long addr);
+static int serve_task(struct snap_task *t, int depth);
+
+/*
+ * Once a second thread shares criu's fd table, each time the table grows
+ * the kernel waits for an RCU grace period (expand_fdtable()), 15 ms here,
+ * and the page pipes of a large task open hundreds of pipes while the tree
+ * is frozen.  So the table is grown once, before the thread exists.
+ */
+#define SNAP_FD_TABLE 65536
+
+static void grow_fd_table(void)
+{
+	struct rlimit rl;
+	int fd;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return;
+	fd = fcntl(armer.evfd, F_DUPFD_CLOEXEC, (int)min_t(rlim_t, rl.rlim_cur, SNAP_FD_TABLE) - 1);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Start the armer, or wake it: a task to protect, or time to stop */
+static int armer_kick(void)
+{
+	sigset_t all, old;
+	int ret;
+
+	if (!armer.running) {
+		armer.evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (armer.evfd < 0) {
+			pr_perror("Can't make an eventfd");
+			return -1;
+		}
+		grow_fd_table();
+		/* criu's signals stay the main thread's */
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		ret = pthread_create(&armer.th, NULL, armer_main, NULL);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (ret) {
+			pr_err("Can't start the thread that protects memory: %s\n", strerror(ret));
+			close_safe(&armer.evfd);
+			return -1;
+		}
+		armer.running = true;
+		return 0;
+	}
+	if (eventfd_write(armer.evfd, 1)) {
+		pr_perror("Can't wake the thread that protects memory");
+		return -1;
+	}
+	return 0;
+}
+
+/* Stop the armer: from now on the main thread alone touches the tasks */
+static void armer_join(void)
+{
+	if (!armer.running)
+		return;
+	pthread_mutex_lock(&snap_lock);
+	armer.stop = true;
+	pthread_mutex_unlock(&snap_lock);
+	if (eventfd_write(armer.evfd, 1))
+		pr_perror("Can't wake the thread that protects memory");
+	pthread_join(armer.th, NULL);
+	armer.running = false;
+	armer.stop = false;
+	close_safe(&armer.evfd);
+}
+
+/* Why a VMA's pages are copied at the freeze, or NULL: they may be protected */
+static const char *vma_unprotectable(struct vma_area *vma)
+{
+	if (!(vma->e->prot & PROT_READ))
+		return "not readable once the tree runs";
+	if (vma->e->prot & PROT_EXEC)
+		return "executable (criu writes code into it)";
+	if (vma->e->flags & MAP_HUGETLB)
+		return "hugetlb";
+	return NULL;
+}
+
+/* The VMAs whose pages the armer protects: private ones (shmem.c dumps the rest) */
+static int collect_vmas(struct snap_task *t, struct vm_area_list *vmas)
+{
+	struct vma_area *vma;
+
+	t->vmas = xmalloc(sizeof(*t->vmas) * (vmas->nr ?: 1));
+	if (!t->vmas)
+		return -1;
+	list_for_each_entry(vma, &vmas->h, list) {
+		if (!vma_area_is_private(vma, kdat.task_size) || vma_area_is(vma, VMA_AREA_GUARD) ||
+		    vma_entry_is(vma->e, VMA_AREA_VVAR) || vma_unprotectable(vma))
+			continue;
+		t->vmas[t->nr_vmas].start = vma->e->start;
+		t->vmas[t->nr_vmas].end = vma->e->end;
+		t->vmas[t->nr_vmas].why = NULL;
+		t->nr_vmas++;
+	}
+	return 0;
+}
+
+int mem_snap_task_start(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl)
 {
 	struct snap_task *t;
 	int uffd;
@@ -201,8 +356,17 @@ int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl)
 	}
 	t->pid = item->pid->real;
 	t->uffd = uffd;
-	snap_free(cur);
+	if (collect_vmas(t, vmas)) {
+		snap_free(t);
+		return -1;
+	}
+	/* Protected from now on, while criu collects the pagemap and the rest */
+	pthread_mutex_lock(&snap_lock);
+	list_add_tail(&t->l, &snap_tasks);
+	pthread_mutex_unlock(&snap_lock);
 	cur = t;
+	if (armer_kick())
+		return -1;
 	return 1;
 }
 
@@ -219,6 +383,7 @@ static int add_range(struct snap_task *t, struct vma_area *vma, unsigned long st
 	r->vma_start = vma->e->start;
 	r->vma_end = vma->e->end;
 	r->wp = false;
+	r->frozen = false;
 	t->nr_pages += (end - start) / PAGE_SIZE;
 	return 0;
 }
@@ -284,6 +449,8 @@ static int copy_frozen(struct snap_task *t, struct snap_range *r)
 	int ret;
 
 	for (addr = r->start; addr < r->end; addr += PAGE_SIZE, i++) {
+		if (t->state[i] != PG_PROTECTED)
+			continue; /* saved at a fault, before anything wrote it */
 		t->copy[i] = xmalloc(PAGE_SIZE);
 		if (!t->copy[i])
 			return -1;
@@ -298,26 +465,23 @@ static int copy_frozen(struct snap_task *t, struct snap_range *r)
 	return 0;
 }
 
-/* Why a VMA's pages are copied at the freeze, or NULL: they may be protected */
-static const char *vma_unprotectable(struct vma_area *vma)
+/* Pages saved at a fault before the pagemap was known go to their place */
+static void merge_early(struct snap_task *t)
 {
-	if (!(vma->e->prot & PROT_READ))
-		return "not readable once the tree runs";
-	if (vma->e->prot & PROT_EXEC)
-		return "executable (criu writes code into it)";
-	if (vma->e->flags & MAP_HUGETLB)
-		return "hugetlb";
-	return NULL;
-}
+	while (t->early) {
+		struct snap_early *e = t->early;
+		long i = page_index(t, e->addr);
 
-static const char *vma_register(struct snap_task *t, struct snap_range *r)
-{
-	if (uffd_register_wp(t->uffd, r->vma_start, r->vma_end)) {
-		if (errno == EBUSY)
-			return "registered with another userfaultfd (the task's own?)";
-		return "the kernel won't register it";
+		t->early = e->next;
+		if (i >= 0 && t->state[i] == PG_PROTECTED) {
+			t->copy[i] = e->page;
+			t->state[i] = PG_COPIED;
+			nr_fault_copies++;
+		} else {
+			xfree(e->page); /* not a page to dump */
+		}
+		xfree(e);
 	}
-	return NULL;
 }
 
 int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
@@ -325,27 +489,38 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 {
 	struct snap_task *t = cur;
 	struct vma_area *vma;
+	unsigned char *state;
+	void **copy;
 	unsigned int i;
 
 	BUG_ON(!t || t->pid != item->pid->real);
 	cur = NULL;
 
+	/* On failure t stays listed (the armer may be at it) until mem_snap_fini() */
 	if (pp->free_hole) {
 		pr_err("%d: a pagemap with holes (parent images)\n", t->pid);
-		goto err;
+		return -1;
 	}
+	/* The armer reads the ranges only once state is set */
 	if (collect_ranges(t, vmas, pp))
-		goto err;
-	t->state = xzalloc(t->nr_pages ?: 1);
-	t->copy = xzalloc(sizeof(void *) * (t->nr_pages ?: 1));
-	if (!t->state || !t->copy)
-		goto err;
+		return -1;
+	state = xzalloc(t->nr_pages ?: 1);
+	copy = xzalloc(sizeof(void *) * (t->nr_pages ?: 1));
+	if (!state || !copy) {
+		xfree(state);
+		xfree(copy);
+		return -1;
+	}
+	pthread_mutex_lock(&snap_lock);
+	t->state = state;
+	t->copy = copy;
+	merge_early(t);
+	pthread_mutex_unlock(&snap_lock);
 
 	/*
 	 * Copied now what won't be readable once the parasite has put the
-	 * VMAs' protections back; the rest is protected at the very end,
-	 * mem_snap_arm(): the kernel writes to the task's memory while the
-	 * parasite runs in it (rseq), and that must not wait for criu.
+	 * VMAs' protections back (the armer never registers those VMAs, so
+	 * their pages are the main thread's alone).
 	 */
 	vma = list_first_entry(&vmas->h, struct vma_area, list);
 	for (i = 0; i < t->nr; i++) {
@@ -358,8 +533,9 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 			continue;
 		if (!i || r->vma_start != r[-1].vma_start)
 			pr_info("%d: VMA %lx-%lx copied while frozen: %s\n", t->pid, r->vma_start, r->vma_end, why);
+		r->frozen = true;
 		if (copy_frozen(t, r))
-			goto err;
+			return -1;
 	}
 
 	/* Written through other mappings too: shmem.c and memfd.c dump it, frozen */
@@ -382,41 +558,174 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 	pr_info("%d: %lu pages to write once the tree runs\n", t->pid, t->nr_pages);
 	t->xfer = *xfer;
 	t->xfer_open = true;
-	list_add_tail(&t->l, &snap_tasks);
 	return 0;
-err:
-	snap_free(t);
-	return -1;
 }
 
-/* The tree still frozen, the parasites gone: register and write-protect */
+/* The armer's: protect, reading the events that make the kernel refuse (EAGAIN) */
+static int wp_range(struct snap_task *t, unsigned long start, unsigned long end)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = start, .len = end - start },
+		.mode = UFFDIO_WRITEPROTECT_MODE_WP,
+	};
+	int tries = 0;
+
+	while (ioctl(t->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+		if (errno != EAGAIN || ++tries > 8)
+			return -1;
+		pthread_mutex_lock(&snap_lock);
+		serve_task(t, 0);
+		pthread_mutex_unlock(&snap_lock);
+	}
+	return 0;
+}
+
+/* Protected at once by the armer: the walks of criu's main thread go between two */
+#define SNAP_ARM_STEP (32UL << 20)
+
+/*
+ * The armer's: register and protect a task's VMAs; it can't log, so it
+ * notes why not.  It protects from the top down, while the main thread
+ * reads the pagemap from the bottom up: their page table walks meet once
+ * instead of going in step over the same page tables.
+ */
+static void arm_vmas(struct snap_task *t)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->nr_vmas; i++) {
+		struct snap_vma *v = &t->vmas[i];
+
+		if (uffd_register_wp(t->uffd, v->start, v->end))
+			v->why = errno == EBUSY ? "registered with another userfaultfd (the task's own?)" :
+						  "the kernel won't register it";
+	}
+	for (i = t->nr_vmas; i-- > 0;) {
+		struct snap_vma *v = &t->vmas[i];
+		unsigned long end = v->end;
+
+		while (!v->why && end > v->start) {
+			unsigned long start = end - v->start > SNAP_ARM_STEP ? end - SNAP_ARM_STEP : v->start;
+
+			if (wp_range(t, start, end))
+				v->why = "the kernel won't write-protect it";
+			end = start;
+			/* A writer (the parasite's rseq) waits a step at most */
+			pthread_mutex_lock(&snap_lock);
+			serve_task(t, 0);
+			pthread_mutex_unlock(&snap_lock);
+		}
+	}
+}
+
+/*
+ * The armer: protects each task as it comes, then serves its faults until
+ * mem_snap_arm(), while the main thread goes on with the frozen tree.
+ */
+static void *armer_main(void *arg)
+{
+	struct pollfd *pfd = NULL;
+	struct snap_task **pt = NULL;
+	unsigned int cap = 0;
+
+	pthread_mutex_lock(&snap_lock);
+	for (;;) {
+		struct snap_task *t, *todo = NULL;
+		unsigned int n = 0, i;
+
+		list_for_each_entry(t, &snap_tasks, l) {
+			if (!t->armed) {
+				todo = t;
+				break;
+			}
+			n++;
+		}
+		if (todo) {
+			pthread_mutex_unlock(&snap_lock);
+			arm_vmas(todo);
+			pthread_mutex_lock(&snap_lock);
+			todo->armed = true;
+			continue;
+		}
+		if (armer.stop)
+			break;
+
+		if (n + 1 > cap) {
+			void *p1 = realloc(pfd, sizeof(*pfd) * (n + 1));
+			void *p2 = p1 ? realloc(pt, sizeof(*pt) * (n + 1)) : NULL;
+
+			if (p1)
+				pfd = p1;
+			if (p2)
+				pt = p2;
+			if (!p1 || !p2) {
+				/* Never leave a writer waiting: read every task now and then */
+				snap_fail("out of memory while serving write faults");
+				pthread_mutex_unlock(&snap_lock);
+				poll(NULL, 0, 1);
+				pthread_mutex_lock(&snap_lock);
+				list_for_each_entry(t, &snap_tasks, l)
+					serve_task(t, 0);
+				continue;
+			}
+			cap = n + 1;
+		}
+		pfd[0].fd = armer.evfd;
+		pfd[0].events = POLLIN;
+		n = 0;
+		list_for_each_entry(t, &snap_tasks, l) {
+			pt[n] = t;
+			pfd[n + 1].fd = t->uffd;
+			pfd[n + 1].events = POLLIN;
+			n++;
+		}
+		pthread_mutex_unlock(&snap_lock);
+
+		if (poll(pfd, n + 1, -1) < 0 && errno != EINTR)
+			snap_fail("can't wait for write faults: %s", strerror(errno));
+
+		pthread_mutex_lock(&snap_lock);
+		if (pfd[0].revents) {
+			eventfd_t v;
+
+			eventfd_read(armer.evfd, &v);
+		}
+		for (i = 0; i < n; i++)
+			if (pfd[i + 1].revents)
+				serve_task(pt[i], 0);
+	}
+	pthread_mutex_unlock(&snap_lock);
+	free(pfd);
+	free(pt);
+	return NULL;
+}
+
+/* The tree still frozen, the parasites gone: what the armer couldn't protect is copied */
 static int arm_task(struct snap_task *t)
 {
 	const char *why = NULL;
-	unsigned int i;
+	unsigned int i, v = 0;
 
 	for (i = 0; i < t->nr; i++) {
 		struct snap_range *r = &t->r[i];
-		struct uffdio_writeprotect wp = {};
+		bool first = !i || r->vma_start != r[-1].vma_start;
 
-		if (t->state[r->first] != PG_PROTECTED)
+		if (r->frozen)
 			continue; /* copied at collection */
-		if (!i || r->vma_start != r[-1].vma_start) {
-			why = vma_register(t, r);
+		if (first) {
+			while (v < t->nr_vmas && t->vmas[v].end <= r->start)
+				v++;
+			if (v == t->nr_vmas || t->vmas[v].start > r->start)
+				why = "not a private mapping criu protects";
+			else
+				why = t->vmas[v].why;
 			if (why)
 				pr_info("%d: VMA %lx-%lx copied while frozen: %s\n", t->pid, r->vma_start, r->vma_end,
 					why);
 		}
 		if (!why) {
-			wp.range.start = r->start;
-			wp.range.len = r->end - r->start;
-			wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-			if (!ioctl(t->uffd, UFFDIO_WRITEPROTECT, &wp)) {
-				r->wp = true;
-				continue;
-			}
-			pr_info("%d: %lx-%lx copied while frozen: can't write-protect it: %s\n", t->pid, r->start,
-				r->end, strerror(errno));
+			r->wp = true;
+			continue;
 		}
 		if (copy_frozen(t, r))
 			return -1;
@@ -428,9 +737,21 @@ int mem_snap_arm(void)
 {
 	struct snap_task *t;
 
-	list_for_each_entry(t, &snap_tasks, l)
+	armer_join();
+	/* A page the armer could not save before it was written */
+	if (failed[0]) {
+		pr_err("The copy-on-write dump failed: %s\n", failed);
+		return -1;
+	}
+	list_for_each_entry(t, &snap_tasks, l) {
+		unsigned int i;
+
+		for (i = 0; i < t->nr_vmas; i++)
+			pr_debug("%d: VMA %lx-%lx: %s\n", t->pid, t->vmas[i].start, t->vmas[i].end,
+				 t->vmas[i].why ?: "protected while the tree was frozen");
 		if (arm_task(t))
 			return -1;
+	}
 	return 0;
 }
 
@@ -474,8 +795,6 @@ static bool any_protected(struct snap_task *t, unsigned long start, unsigned lon
 	return false;
 }
 
-static int serve_task(struct snap_task *t, int depth);
-
 /* Unprotect and wake; events not yet read make the kernel refuse (EAGAIN) */
 static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len, int depth)
 {
@@ -495,11 +814,43 @@ static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len
 	}
 }
 
+/*
+ * The armer's, at a fault before the task's pagemap is known: the page is
+ * kept until it is.  Only the first copy counts: the armer may protect a
+ * page again after a fault (a retried protection of its VMA).
+ */
+static void save_early(struct snap_task *t, unsigned long addr)
+{
+	struct snap_early *e;
+
+	for (e = t->early; e; e = e->next)
+		if (e->addr == addr)
+			return;
+	e = xzalloc(sizeof(*e));
+	if (e)
+		e->page = xmalloc(PAGE_SIZE);
+	if (!e || !e->page || read_page(t->pid, addr, e->page, PAGE_SIZE)) {
+		snap_fail("can't save page %lx of task %d before it is written", addr, t->pid);
+		if (e)
+			xfree(e->page);
+		xfree(e);
+		return;
+	}
+	e->addr = addr;
+	e->next = t->early;
+	t->early = e;
+}
+
 static void on_fault(struct snap_task *t, unsigned long addr, int depth)
 {
 	long i;
 
 	addr &= ~(PAGE_SIZE - 1);
+	if (!t->state) {
+		save_early(t, addr);
+		unprotect(t, addr, PAGE_SIZE, depth);
+		return;
+	}
 	i = page_index(t, addr);
 	if (i >= 0 && t->state[i] == PG_PROTECTED) {
 		/* Still as at the freeze: the writer waits until we unprotect it */
@@ -693,10 +1044,10 @@ void mem_snap_fini(void)
 {
 	struct snap_task *t, *n;
 
+	armer_join();
 	list_for_each_entry_safe(t, n, &snap_tasks, l) {
 		list_del(&t->l);
 		snap_free(t);
 	}
-	snap_free(cur);
-	cur = NULL;
+	cur = NULL; /* listed: freed above */
 }

@@ -16,8 +16,11 @@ struct page_xfer;
  * the kernel until criu has saved it (see mem-snap.c).
  */
 
-/* 1: dump this task's pages copy-on-write; 0: frozen, as always; -1: error */
-extern int mem_snap_task_start(struct pstree_item *item, struct parasite_ctl *ctl);
+/*
+ * 1: dump this task's pages copy-on-write (a thread of criu's starts
+ * protecting them now); 0: frozen, as always; -1: error
+ */
+extern int mem_snap_task_start(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
 /*
  * The task frozen, its pagemap in pp (which stays the caller's): what to
  * protect.  On success, xfer (open) is mem-snap's: the pages go there later.
@@ -26,7 +29,7 @@ extern int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *
 				 struct page_xfer *xfer);
 /* Tasks whose pages are still to be written once the tree runs again */
 extern bool mem_snap_pending(void);
-/* The tree frozen, nothing of criu's left in it: write-protect their pages */
+/* The tree frozen, nothing of criu's left in it: the protection done, copy what it missed */
 extern int mem_snap_arm(void);
 /* The tree runs again: write their pages, serving write faults meanwhile */
 extern int mem_snap_write(void);
