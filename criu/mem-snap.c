@@ -131,9 +131,13 @@ struct snap_task {
 	unsigned long nr_pages;
 	unsigned char *state; /* NULL until the pagemap is known */
 	void **copy;
-	/* Opened while frozen, as a dump does: the ids of page images are in order */
+	/*
+	 * Opened while frozen, as a dump does: the ids of page images are in
+	 * order.  To a page server, opened to write (it has one open at a time).
+	 */
 	struct page_xfer xfer;
 	bool xfer_open;
+	int vpid;
 };
 
 /*
@@ -173,8 +177,6 @@ static bool snap_usable(void)
 		why = "parent images (--prev-images-dir) are not done yet";
 	else if (opts.lazy_pages)
 		why = "lazy pages are served from the frozen tasks";
-	else if (opts.use_page_server)
-		why = "a page server is not done yet";
 	else if (!kdat.has_uffd || (kdat.uffd_features & SNAP_FEATURES) != SNAP_FEATURES)
 		why = "the kernel has no userfaultfd write-protect with its events";
 
@@ -556,8 +558,9 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 	}
 
 	pr_info("%d: %lu pages to write once the tree runs\n", t->pid, t->nr_pages);
+	t->vpid = vpid(item);
 	t->xfer = *xfer;
-	t->xfer_open = true;
+	t->xfer_open = xfer->close != NULL;
 	return 0;
 }
 
@@ -941,6 +944,13 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 	struct page_xfer *xfer = &t->xfer;
 	unsigned int i;
 	int ret = -1;
+
+	if (!t->xfer_open) {
+		if (open_page_xfer(xfer, CR_FD_PAGEMAP, t->vpid))
+			return -1;
+		xfer->transfer_lazy = true;
+		t->xfer_open = true;
+	}
 
 	for (i = 0; i < t->nr; i++) {
 		struct snap_range *r = &t->r[i];

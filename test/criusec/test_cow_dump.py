@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from helpers import (CRIU, CRIU_TIMEOUT, Workload, build_workload, criusec, files_with, pid_alive, pycriu,
-                     reap_all, tree_pids, wait_gone)
+from helpers import (CRIU, CRIU_TIMEOUT, Workload, build_workload, criusec, files_with, merged, pid_alive, pycriu,
+                     reap_all, start_page_server, tls_opts, tree_pids, wait_gone)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="criu dump and restore need root")
 
@@ -156,6 +156,41 @@ def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
         assert found == [], found
     else:
         assert found, "the plain images should hold the canary (else this check finds nothing)"
+    one_boundary(stamps(img, wl, key), wl.npages)
+    restore_and_check(img, wl, key)
+
+
+@pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
+def test_cow_dump_through_a_page_server(sweeper, keys, tmp_path, mode):
+    """The pages written while the tasks run go to a page server (over TLS
+    when encrypted): the server holds exactly the memory at the freeze, and
+    the dump dir no page; merged, they restore."""
+    canary = "CANARY-cow-ps-" + os.urandom(8).hex()
+    wl = sweeper(128, canary=canary)
+    advancing(wl, 1000)
+    base = tmp_path / "ps"
+    srv, dump = base / "srv", base / "dump"
+    srv.mkdir(parents=True)
+    tls = tls_opts(keys) if MODES[mode] else []
+    server, port = start_page_server(srv, tmp_path, *tls)
+    try:
+        r = cow_dump(wl, dump, "--page-server", "--address", "127.0.0.1", "--port", port, *tls,
+                     *enc_args(keys, mode))
+        assert server.wait(timeout=60) == 0, (srv / "page-server.log").read_text()[-3000:]
+    finally:
+        server.kill()
+        server.wait()
+    assert "Writing the pages of the running tasks" in r.log
+    m = re.search(r"(\d+) pages written: (\d+) copied at a write fault", r.log)
+    assert m and int(m.group(2)) > 0, r.log[-2000:]
+    assert not list(dump.glob("pages-*.img")), "pages written to the dump dir, not to the page server"
+    assert list(srv.glob("pages-*.img"))
+    advancing(wl, 1000)
+
+    key = keys["alice"][1] if MODES[mode] else None
+    found = files_with(srv, canary.encode()) + files_with(dump, canary.encode())
+    assert bool(found) == (key is None), found
+    img = merged(base, srv, dump)
     one_boundary(stamps(img, wl, key), wl.npages)
     restore_and_check(img, wl, key)
 
