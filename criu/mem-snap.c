@@ -63,6 +63,7 @@
 #include "page-xfer.h"
 #include "parasite-syscall.h"
 #include "pstree.h"
+#include "stats.h"
 #include "util.h"
 #include "vma.h"
 #include "xmalloc.h"
@@ -1039,9 +1040,12 @@ int mem_snap_write(void)
 	}
 	if (failed[0])
 		pr_err("The copy-on-write dump failed: %s\n", failed);
-	else if (!ret)
+	else if (!ret) {
 		pr_info("%lu pages written: %lu copied at a write fault, %lu copied while frozen\n", nr_written,
 			nr_fault_copies, nr_frozen_copies);
+		cnt_add(CNT_PAGES_COW_FAULT, nr_fault_copies);
+		cnt_add(CNT_PAGES_COW_FROZEN, nr_frozen_copies);
+	}
 
 	xfree(buf);
 	close(p[0]);

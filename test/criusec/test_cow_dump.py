@@ -147,6 +147,10 @@ def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
     print(m.group(0))
     # The writers ran while criu wrote, and waited for their pages
     assert int(m.group(2)) > 0
+    # stats-dump counts them as the log does
+    with open(img / "stats-dump", "rb") as f:
+        st = pycriu.images.load(f)["entries"][0]["dump"]
+    assert (st["pages_cow_fault"], st["pages_cow_frozen"]) == (int(m.group(2)), int(m.group(3)))
     advancing(wl, 1000)
 
     key = keys["alice"][1] if MODES[mode] else None
