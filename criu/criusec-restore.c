@@ -271,6 +271,8 @@ static int load_dir(int dfd, struct dir_state *d, enum dir_role role, struct dir
 		if (!d->ctx && tried)
 			goto err;
 	}
+	if (!d->ctx && role == DIR_IMAGES)
+		d->ctx = criusec_prefetched_ctx(d->dev, d->ino, ce);
 	if (!d->ctx)
 		d->ctx = criusec_restore_import(&ph.h);
 	if (!d->ctx)
@@ -398,6 +400,7 @@ void criusec_restore_finish(bool ok)
 	struct dir_state *d, *next;
 
 	criusec_punch_deferred(ok);
+	criusec_prefetch_drop();
 	for (d = dirs; d; d = next) {
 		next = d->next;
 		dir_forget_secrets(d);

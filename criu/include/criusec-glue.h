@@ -86,6 +86,12 @@ extern bool criusec_ps_parent_opaque(void);
  * deferred), 0 when fd is no such image (punch it as usual), -1 on error.
  */
 extern void criusec_restore_finish(bool ok);
+/*
+ * Restore, once the log is set up and before kerndat: a thread unwraps the
+ * checkpoint key meanwhile (criusec-prefetch.c); its result is used only
+ * by the images directory's load, on the same cipher.img.
+ */
+extern void criusec_restore_prefetch(void);
 extern int criusec_punch(int fd, unsigned long off, unsigned long len);
 
 /*

@@ -107,6 +107,9 @@ enum criusec_act {
 extern bool criusec_policy_refuses(enum criusec_act act);
 extern int criusec_check_header(const struct criusec_header *h);
 extern struct criusec_ctx *criusec_restore_import(const struct criusec_header *h);
+/* The key unwrapped while criu started, if for this directory and this very cipher.img entry */
+extern struct criusec_ctx *criusec_prefetched_ctx(dev_t dev, ino_t ino, CipherEntry *ce);
+extern void criusec_prefetch_drop(void);
 extern int criusec_load_signer(struct criusec_signer **s, const char **key_out, const char **cert_out);
 extern const char *criusec_relative_hint(const char *a, const char *b);
 extern void criusec_holding_keys(void);
