@@ -53,3 +53,23 @@ def test_encryption_required_marker(workloads, criu, tmp_path):
     assert r.returncode != 0
     assert "Encryption is required" in (tmp_path / "img" / "dump.log").read_text()
     assert os.path.exists(f"/proc/{wl.pid}"), "the refused dump must leave the task running"
+
+
+def test_key_unwrapped_while_criu_starts(workloads, criu, tmp_path, keys):
+    """A restore unwraps the checkpoint key in a thread while kerndat runs
+    (criusec-prefetch.c) and uses it; when the first --tls-key is no
+    recipient, the thread's failure changes nothing: the next key opens the
+    checkpoint, as before."""
+    wl, _, img = encrypted_dump(workloads, criu, tmp_path, keys)
+    criu.restore(img, "--tls-key", keys["alice"][1])
+    log = (img / "restore.log").read_text()
+    assert "unlocked with %s (while criu started)" % keys["alice"][1] in log, log[-3000:]
+    assert wl.report() == "secrets OK"
+    wl.kill()
+
+    wl, _, img = encrypted_dump(workloads, criu, tmp_path, keys, name="second")
+    criu.restore(img, "--tls-key", keys["bob"][1], "--tls-key", keys["alice"][1])
+    log = (img / "restore.log").read_text()
+    assert "(while criu started)" not in log
+    assert "is not a recipient of the checkpoint; trying the next key" in log
+    assert wl.report() == "secrets OK"
