@@ -666,7 +666,7 @@ def churn_section(b, mib, repeat):
     sys.stdout.flush()
     return {"mib": mib, "mechanism": mech, "gap": gap, "churn": churn, "rows": rows,
             "xfull": {m: res[m]["xfull"] for m in modes}, "ratios": {m: res[m]["ratio"] for m in modes},
-            "cost": cw, "window": window, "killed": killed, "holders": sorted(b.holders)}
+            "cost": cw, "cost_rounds": cost, "window": window, "killed": killed, "holders": sorted(b.holders)}
 
 
 def churn_summary(chains):
