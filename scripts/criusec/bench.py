@@ -34,8 +34,12 @@ and writing CHURN per mille of the pages a second (the same mix) with
 useful work between the writes, a checksum of one hot page at a time,
 single-threaded (ops/s: the application's throughput); per window also
 each one's CPU time, its system part and its minor faults, beside the
-faults expected (first writes since the pass); target: at most 5 % less,
-per window (met only if every round is).  MEM_TRACKER=uffd
+faults expected (first writes since the pass), the CPU ms tracking took
+and per fault, and the paced cost estimated from its faults and a fault's
+cost flat out; target: at most 5 % less, per window, of the throughput,
+per CPU second and for a process with a CPU of its own (met only where
+the median and all but a quarter of the rounds are, and the rounds agree
+within 10 points).  MEM_TRACKER=uffd
 or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
 final dump (the tracked task killed): no tracking holder is left, and one
 still running is killed and said so.
@@ -658,9 +662,11 @@ def churn_section(b, mib, repeat):
           f"between the writes,\n"
           f"  useful work: a checksum of one hot page at a time, single-threaded (ops/s, its throughput).  cost: "
           f"1 - tracked/untracked,\n"
-          f"  per round.  target: met, the median and all but a quarter of the rounds at most {COST_TARGET:g} %; "
-          f"NOT met, the\n"
-          f"  median over; unclear, the median within and more rounds over.")
+          f"  per round.  target: met, the median and all but a quarter of the rounds at most {COST_TARGET:g} %, "
+          f"the rounds within\n"
+          f"  {2 * COST_TARGET:g} points of each other; NOT met, every round over, or the median over and the "
+          f"rounds that close;\n"
+          f"  else unclear, saying why.")
     print(f"  {'workload':<9} {'window':<9} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} "
           f"{'cost %':>7} {'spread':>13}  target {COST_TARGET:g} %")
     cw = {k: cost_windows(cost[k], k, mib, churn, window, windows) for k in COST_KINDS}
