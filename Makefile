@@ -140,8 +140,9 @@ fuzz: tree
 
 # make bench [SIZES="256 1024"] [REPEAT=5] [WORKLOADS="random records churn"] [BASE_CRIU=path] [THREADS=1]: MiB per run
 # WORKLOADS=churn alone: the pre-dump chain against a full dump, and what memory tracking costs the
-# application (CHAIN_MODES="plain zstd", CHAIN_GAP=1 s between passes, CHURN=50 per mille a second,
-# COST_WINDOW=1000 ms, COST_WINDOWS=3, MEM_TRACKER=uffd|soft-dirty to force criu's --mem-tracker)
+# application, flat out and at the CHURN rate with a compute loop (CHAIN_MODES="plain zstd",
+# CHAIN_GAP=1 s between passes, CHURN=50 per mille a second, COST_WINDOW=1000 ms, COST_WINDOWS=3,
+# MEM_TRACKER=uffd|soft-dirty to force criu's --mem-tracker)
 # WORKLOADS=snapshot (not in the default list, which keeps plain `make bench` as long as it was): dump
 # --leave-running with and without --cow-dump, at rest, writing SNAP_RATE=50 per mille a second, flat out
 SIZES		?= 256

@@ -26,11 +26,20 @@ before the first (the churn of one gap: 5 % of the memory).  Per pass: its
 frozen and wall time and the pages it wrote (stats-dump; pages dumped whole
 because they were not tracked, if any); then the final dump's frozen time
 over the full dump's, against the target 0.2x.  Then what tracking costs
-the application: two such processes writing flat out at once over
-COST_WINDOWS windows of COST_WINDOW ms, one of them (alternately) right
-after a pre-dump left it tracked, each measuring itself (pages/s), so that
-the machine's other work weighs on both alike; target: at most 5 % less
-in the first window.  MEM_TRACKER=uffd
+the application: two processes alike at once over COST_WINDOWS windows of
+COST_WINDOW ms, one of them (alternately) right after a pre-dump left it
+tracked, each measuring itself, so that the machine's other work weighs on
+both alike; twice: writing whole pages flat out (pages/s, the worst case),
+and writing CHURN per mille of the pages a second (the same mix) with
+useful work between the writes, a checksum of one hot page at a time,
+single-threaded (ops/s: the application's throughput); per window also
+each one's CPU time, its system part and its minor faults, beside the
+faults expected (first writes since the pass), the CPU ms tracking took
+and per fault, and the paced cost estimated from its faults and a fault's
+cost flat out; target: at most 5 % less, per window, of the throughput,
+per CPU second and for a process with a CPU of its own (met only where
+the median and all but a quarter of the rounds are, and the rounds agree
+within 10 points).  MEM_TRACKER=uffd
 or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
 final dump (the tracked task killed): no tracking holder is left, and one
 still running is killed and said so.
@@ -69,6 +78,7 @@ on time.
 """
 import atexit
 import json
+import math
 import os
 import pathlib
 import re
@@ -323,15 +333,18 @@ class Bench:
         out["gaps"] = gaps
         return out
 
-    def tracking_cost(self, mib, first, window, windows, tracker):
-        """Two processes alike, the first or the second of them (first) left tracked by a
-        pre-dump, then both writing flat out at once, so that the machine's other work weighs on
-        both alike: {"tracked": pages/s of each window, "untracked": ...}.  Both killed after
-        (the holder goes with its task)."""
+    def tracking_cost(self, mib, first, kind, args, tracker):
+        """Two processes alike (benchchurn KIND ARGS...: "flat" WINDOW_MS WINDOWS, or "paced"
+        PERMILLE WINDOW_MS WINDOWS), the first or the second of them (first) left tracked by a
+        pre-dump, then both measuring themselves at once, so that the machine's other work weighs
+        on both alike: {"tracked": [window, ...], "untracked": ...}, a window {rate: pages/s
+        (flat) or ops/s (paced), cpu, sys: ms of CPU time, faults: minor faults, pages: written}.
+        Both killed after (the holder goes with its task)."""
         procs, img = [], self.work / "cost"
+        window, windows = args[-2:]
         try:
             for tag in ("cost-a", "cost-b"):
-                procs.append(self.churn_start(mib, "flat", window, windows, tag=tag))
+                procs.append(self.churn_start(mib, kind, *args, tag=tag))
             tracked = procs[0 if first else 1]
             shutil.rmtree(img, ignore_errors=True)
             img.mkdir()
@@ -341,14 +354,22 @@ class Bench:
                 os.kill(pid, signal.SIGUSR1)
             out = {}
             for pid, st in procs:
-                s = wait_for(st, lambda s: "flat" in s, timeout=60 + 2 * window * windows / 1000)
-                out["tracked" if pid == tracked[0] else "untracked"] = [float(x) for x in s.split("flat", 1)[1].split()]
+                s = wait_for(st, lambda s: f" {kind} " in s, timeout=60 + 2 * window * windows / 1000)
+                windows_seen = s.split(f" {kind} ", 1)[1].split()
+                out["tracked" if pid == tracked[0] else "untracked"] = [parse_window(w) for w in windows_seen]
             return out
         finally:
             for pid, _ in procs:
                 os.kill(pid, signal.SIGKILL)
                 gone(pid)
             shutil.rmtree(img, ignore_errors=True)
+
+
+def parse_window(w):
+    """benchchurn's RATE:CPU_US:SYS_US:MINFLT:PAGES of one window."""
+    rate, cpu, sys_, faults, pages = w.split(":")
+    return {"rate": float(rate), "cpu": int(cpu) / 1000.0, "sys": int(sys_) / 1000.0, "faults": int(faults),
+            "pages": int(pages)}
 
 
 HOLDER_DIR = pathlib.Path("/run/criu-mem-track")
@@ -482,6 +503,90 @@ def pct_spread(v):
 
 
 CHAIN_TARGET, COST_TARGET = 0.2, 5.0
+COST_KINDS = ("flat", "paced")
+COST_UNITS = {"flat": "flat out, pages/s", "paced": "{:g} %/s + checksums, ops/s"}
+
+
+def cost_label(kind, churn):
+    return "flat out" if kind == "flat" else f"{churn / 10:g} %/s"
+
+
+def pair_str(v):
+    """untracked/tracked"""
+    return f"{v[0]:.0f}/{v[1]:.0f}"
+
+
+def cost_verdict(pcts):
+    """The target for one row of rounds.  met: the median and all but a quarter of the rounds (none
+    of three) meet it, and the rounds agree within twice the target; NOT met: every round over, or
+    the median over with the rounds agreeing so; else unclear, saying why (a spread wider than
+    that says more of the machine's other work than of the tracking)."""
+    m = med(pcts)
+    if m != m:
+        return "?"
+    over = sum(p > COST_TARGET for p in pcts)
+    width = max(pcts) - min(pcts)
+    if over == len(pcts) or (m > COST_TARGET and width <= 2 * COST_TARGET):
+        return "NOT met"
+    if over > len(pcts) // 4:
+        return f"unclear ({over} of {len(pcts)} over)"
+    if width > 2 * COST_TARGET:
+        return f"unclear (spread {width:.0f} points)"
+    return "met"
+
+
+def expected_faults(pages, hot, written):
+    """Per window, the pages whose first write since the pass falls in it, from the pages written
+    in each (half of them sweep the hot region, half hit pages at random): the hot pages reached
+    for the first time, and the random writes' pages not written before, uniform over memory."""
+    out, swept, rand = [], 0.0, 0.0
+    for n in written:
+        h = min(hot, swept + n / 2)
+        new = h - swept + (pages - hot) * (math.exp(-rand / pages) - math.exp(-(rand + n / 2) / pages))
+        swept, rand = h, rand + n / 2
+        out.append(new)
+    return out
+
+
+def cost_windows(runs, kind, mib, churn, window, windows):
+    """The rows of one kind of tracking cost (runs: tracking_cost()'s, a round each).  Per round:
+    cost, 1 - tracked/untracked of the rates (the throughput, wall time: on a shared machine also
+    the CPU share each got); cpu, the same of the rates per CPU second; extra, the CPU ms the
+    tracked one spent beyond what its work took the untracked one; per fault, that over the faults
+    it took more; own, what the tracking would cost a process with a CPU of its own: flat out, its
+    faults come with its speed, so per cpu; paced, they come with the clock, so extra over the
+    window."""
+    pages = mib << 8
+    hot = max(1, pages * (50 if kind == "flat" else churn) // 2000)
+    expected = [expected_faults(pages, hot, [w["pages"] for w in r["tracked"]]) for r in runs]
+    rows = []
+    for w in range(windows):
+        u = [r["untracked"][w] for r in runs]
+        t = [r["tracked"][w] for r in runs]
+        both = [(a, b) for a, b in zip(u, t) if a["rate"] and a["cpu"] and b["cpu"]]
+        pcts = [100 * (1 - b["rate"] / a["rate"]) for a, b in both]
+        cpcts = [100 * (1 - (b["rate"] / b["cpu"]) / (a["rate"] / a["cpu"])) for a, b in both]
+        extra = [b["cpu"] * c / 100 for (a, b), c in zip(both, cpcts)]
+        per_fault = [1000 * e / (b["faults"] - a["faults"]) for (a, b), e in zip(both, extra)
+                     if b["faults"] > a["faults"]]
+        own = cpcts if kind == "flat" else [100 * e / window for e in extra]
+
+        def pair(key):
+            return [med([x[key] for x in u]), med([x[key] for x in t])]
+
+        rows.append({"window": w, "label": f"{w * window / 1000:g}-{(w + 1) * window / 1000:g} s",
+                     "untracked": med([x["rate"] for x in u]), "uspread": ms_spread([x["rate"] for x in u]),
+                     "tracked": med([x["rate"] for x in t]), "tspread": ms_spread([x["rate"] for x in t]),
+                     "cost": med(pcts), "cspread": pct_spread(pcts), "costs": pcts, "verdict": cost_verdict(pcts),
+                     "cpucost": med(cpcts), "cpuspread": pct_spread(cpcts), "cpucosts": cpcts,
+                     "cpuverdict": cost_verdict(cpcts), "extra": med(extra), "espread": pct_spread(extra),
+                     "per_fault": med(per_fault), "own": med(own), "ospread": pct_spread(own), "owns": own,
+                     "ownverdict": cost_verdict(own), "cpu": pair("cpu"), "sys": pair("sys"),
+                     "faults": pair("faults"), "expected": med([e[w] for e in expected]),
+                     "pages": med([x["pages"] for x in t])})
+    return rows
+
+
 PASSES = (("full", "full dump"), ("pre1", "pre-dump 1"), ("pre2", "pre-dump 2"), ("dump", "dump"))
 
 
@@ -498,9 +603,9 @@ def churn_section(b, mib, repeat):
     if mech is None:
         print(f"\nchurn, {mib} MiB: skipped, criu cannot track memory on this kernel: {why}")
         return None
-    items = [("full", m) for m in modes] + [("chain", m) for m in modes] + [("cost", None)]
+    items = [("full", m) for m in modes] + [("chain", m) for m in modes] + [("cost", k) for k in COST_KINDS]
     res = {m: {"full": [], "pre1": [], "pre2": [], "dump": [], "gaps": [], "ratio": []} for m in modes}
-    cost = []
+    cost = {k: [] for k in COST_KINDS}
     killed, b.holders = 0, {}
     load = os.getloadavg()[0]
     for i in range(repeat):
@@ -515,7 +620,8 @@ def churn_section(b, mib, repeat):
                     res[m][k].append(r[k])
                 res[m]["gaps"] += r["gaps"]
             else:  # which of the two processes is tracked alternates from round to round
-                cost.append(b.tracking_cost(mib, i % 2 == 0, window, windows, tracker))
+                args = (window, windows) if m == "flat" else (churn, window, windows)
+                cost[m].append(b.tracking_cost(mib, i % 2 == 0, m, args, tracker))
             killed += end_holders(b.holders)
         for m in modes:  # this round's final dump over this round's full dump
             f = full[m]["frozen"]
@@ -549,24 +655,65 @@ def churn_section(b, mib, repeat):
         print(f"  {NAMES[m]:<9} final dump frozen / full dump frozen: {ratio:.2f}x (per round {min(r):.2f}-"
               f"{max(r):.2f}); target {CHAIN_TARGET}x{' (the enc+zstd row)' if m != 'zstd' else ''}: "
               f"{'met' if ratio <= CHAIN_TARGET else 'NOT met'}")
-    cw = []
-    cw = []
-    print(f"  tracking cost: two processes alike writing whole pages flat out (same mix) at once, one of them "
-          f"(alternately) right after a pre-dump left it tracked; their own pages/s in {windows} windows of "
-          f"{window} ms; cost: 1 - tracked/untracked, per round:")
-    print(f"  {'window':<13} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} {'cost %':>7} "
-          f"{'spread':>13}")
-    for w in range(windows):
-        u = [c["untracked"][w] for c in cost]
-        t = [c["tracked"][w] for c in cost]
-        pcts = [100 * (1 - c["tracked"][w] / c["untracked"][w]) for c in cost if c["untracked"][w]]
-        cw.append({"window": w, "untracked": med(u), "uspread": ms_spread(u), "tracked": med(t),
-                   "tspread": ms_spread(t), "cost": med(pcts), "cspread": pct_spread(pcts)})
-        label = f"{w * window / 1000:g}-{(w + 1) * window / 1000:g} s"
-        print(f"  {label:<13} {med(u):10.0f} {ms_spread(u):>15} {med(t):10.0f} {ms_spread(t):>15} "
-              f"{med(pcts):7.1f} {pct_spread(pcts):>13}")
-    print(f"  cost in the first window (every page's first write after the pass faults): {cw[0]['cost']:.1f} %; "
-          f"target at most {COST_TARGET:g} %: {'met' if cw[0]['cost'] <= COST_TARGET else 'NOT met'}")
+    print(f"  tracking cost: two processes alike at once, one of them (alternately) right after a pre-dump left it\n"
+          f"  tracked, each measuring itself in {windows} windows of {window} ms.  flat out: whole pages written as "
+          f"fast as it can\n"
+          f"  (pages/s; the worst case).  {churn / 10:g} %/s: its pages rewritten at that rate (same mix) and, "
+          f"between the writes,\n"
+          f"  useful work: a checksum of one hot page at a time, single-threaded (ops/s, its throughput).  cost: "
+          f"1 - tracked/untracked,\n"
+          f"  per round.  target: met, the median and all but a quarter of the rounds at most {COST_TARGET:g} %, "
+          f"the rounds within\n"
+          f"  {2 * COST_TARGET:g} points of each other; NOT met, every round over, or the median over and the "
+          f"rounds that close;\n"
+          f"  else unclear, saying why.")
+    print(f"  {'workload':<9} {'window':<9} {'untracked':>10} {'spread':>15} {'tracked':>10} {'spread':>15} "
+          f"{'cost %':>7} {'spread':>13}  target {COST_TARGET:g} %")
+    cw = {k: cost_windows(cost[k], k, mib, churn, window, windows) for k in COST_KINDS}
+    for k in COST_KINDS:
+        for w in cw[k]:
+            print(f"  {cost_label(k, churn):<9} {w['label']:<9} {w['untracked']:10.0f} {w['uspread']:>15} "
+                  f"{w['tracked']:10.0f} {w['tspread']:>15} {w['cost']:7.1f} {w['cspread']:>13}  {w['verdict']}")
+    print("  Its CPU: per cpu, the cost of the rates per CPU second (the share of the CPU each got left out); "
+          "cpu, sys:\n"
+          "  CPU ms in the window, of it system (getrusage: /proc's utime+stime; the split is sampled at ticks), "
+          "untracked/tracked;\n"
+          "  faults: minor faults, untracked/tracked; expected: the tracked one's first writes since the pass "
+          "(from its pages\n"
+          "  written: the hot region once swept, random pages not written before); extra: the CPU ms the tracked "
+          "one spent\n"
+          "  beyond what its work took the other; us/fault: extra over the faults; own core: the cost to a process "
+          "with a CPU\n"
+          "  of its own (flat out: per cpu, its faults come with its speed; paced: extra over the window, its "
+          "faults come with\n"
+          "  the clock), with its target.")
+    print(f"  {'workload':<9} {'window':<9} {'per cpu %':>9} {'spread':>13}  {'target':<7} {'cpu ms':>9} "
+          f"{'sys ms':>7} {'faults':>13} {'expected':>8} {'extra ms':>8} {'spread':>13} {'us/fault':>8} "
+          f"{'own core %':>10} {'spread':>13}  target {COST_TARGET:g} %")
+    for k in COST_KINDS:
+        for w in cw[k]:
+            print(f"  {cost_label(k, churn):<9} {w['label']:<9} {w['cpucost']:9.1f} {w['cpuspread']:>13}  "
+                  f"{w['cpuverdict'].split(' (')[0]:<7} {pair_str(w['cpu']):>9} {pair_str(w['sys']):>7} "
+                  f"{pair_str(w['faults']):>13} {w['expected']:8.0f} {w['extra']:8.1f} {w['espread']:>13} "
+                  f"{w['per_fault']:8.2f} {w['own']:10.1f} {w['ospread']:>13}  {w['ownverdict']}")
+    # The paced rows' cost, from the faults they took and what a fault costs flat out, where
+    # tens of thousands of them make the cost per fault stand out of the noise.
+    us = cw["flat"][0]["per_fault"]
+    estimate = [{"faults": w["faults"][1] - w["faults"][0], "us": us,
+                 "ms": (w["faults"][1] - w["faults"][0]) * us / 1000} for w in cw["paced"]]
+    for e in estimate:
+        e["own"] = 100 * e["ms"] / window
+    parts = [f"{w['label']}: {e['faults']:.0f} faults, {e['ms']:.1f} ms, {e['own']:.1f} % of a CPU of its own"
+             for w, e in zip(cw["paced"], estimate)]
+    print(f"  {cost_label('paced', churn)}, from the cost of a fault flat out in the first window ({us:.2f} us) "
+          f"and its faults:\n  " + "; ".join(parts))
+    for k in COST_KINDS:
+        first, last = cw[k][0], cw[k][-1]
+        print(f"  {cost_label(k, churn)}: cost in the first window (every page's first write after the pass "
+              f"faults) {first['cost']:.1f} % (per round {first['cspread']}), in the last {last['cost']:.1f} %; "
+              f"target at most {COST_TARGET:g} %: {first['verdict']}; per CPU second {first['cpucost']:.1f} % "
+              f"({first['cpuspread']}): {first['cpuverdict']}; with a CPU of its own {first['own']:.1f} % "
+              f"({first['ospread']}): {first['ownverdict']}")
     if killed:
         print(f"  note: {killed} tracking holder(s) outlived their task and were killed")
     left = sum(holder_alive(p, t) for p, t in b.holders.items())
@@ -574,7 +721,8 @@ def churn_section(b, mib, repeat):
     sys.stdout.flush()
     return {"mib": mib, "mechanism": mech, "gap": gap, "churn": churn, "rows": rows,
             "xfull": {m: res[m]["xfull"] for m in modes}, "ratios": {m: res[m]["ratio"] for m in modes},
-            "cost": cw, "window": window, "killed": killed, "holders": sorted(b.holders)}
+            "cost": cw, "cost_rounds": cost, "estimate": estimate, "window": window, "killed": killed,
+            "holders": sorted(b.holders)}
 
 
 def churn_summary(chains):
@@ -591,14 +739,32 @@ def churn_summary(chains):
                 print(f"| {c['mib']} | {NAMES[row['mode']]} | dump / full dump, frozen | "
                       f"{c['xfull'][row['mode']]:.2f}x | {min(r):.2f}-{max(r):.2f}x | "
                       f"target {CHAIN_TARGET}x | | | | | |")
-    print("\n| churn MiB | tracking cost, window | untracked pages/s | spread | tracked pages/s | spread | cost % | "
-          "spread |")
-    print("|" + " --- |" * 8)
+    print("\n| churn MiB | tracking cost | window | untracked /s | spread | tracked /s | spread | cost % | spread | "
+          "target 5 % | per CPU s % | spread | target 5 % | with a CPU of its own % | spread | target 5 % |")
+    print("|" + " --- |" * 16)
     for c in chains:
-        for w in c["cost"]:
-            label = f"{w['window'] * c['window'] / 1000:g}-{(w['window'] + 1) * c['window'] / 1000:g} s"
-            print(f"| {c['mib']} | {label}{' (target 5 %)' if w['window'] == 0 else ''} | {w['untracked']:.0f} | "
-                  f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} | {w['cspread']} |")
+        for k in COST_KINDS:
+            for w in c["cost"][k]:
+                print(f"| {c['mib']} | {COST_UNITS[k].format(c['churn'] / 10)} | {w['label']} | {w['untracked']:.0f} | "
+                      f"{w['uspread']} | {w['tracked']:.0f} | {w['tspread']} | {w['cost']:.1f} | {w['cspread']} | "
+                      f"{w['verdict']} | {w['cpucost']:.1f} | {w['cpuspread']} | {w['cpuverdict']} | "
+                      f"{w['own']:.1f} | {w['ospread']} | {w['ownverdict']} |")
+    print("\n| churn MiB | paced, from the cost of a fault flat out | window | faults | us per fault | ms of CPU | "
+          "% of a CPU of its own |")
+    print("|" + " --- |" * 7)
+    for c in chains:
+        for w, e in zip(c["cost"]["paced"], c["estimate"]):
+            print(f"| {c['mib']} | {COST_UNITS['paced'].format(c['churn'] / 10)} | {w['label']} | {e['faults']:.0f} | "
+                  f"{e['us']:.2f} | {e['ms']:.1f} | {e['own']:.1f} |")
+    print("\n| churn MiB | tracking cost | window | CPU ms untracked/tracked | of it system | "
+          "faults untracked/tracked | faults expected | extra CPU ms | spread | us per fault |")
+    print("|" + " --- |" * 10)
+    for c in chains:
+        for k in COST_KINDS:
+            for w in c["cost"][k]:
+                print(f"| {c['mib']} | {COST_UNITS[k].format(c['churn'] / 10)} | {w['label']} | {pair_str(w['cpu'])} | "
+                      f"{pair_str(w['sys'])} | {pair_str(w['faults'])} | {w['expected']:.0f} | {w['extra']:.1f} | "
+                      f"{w['espread']} | {w['per_fault']:.2f} |")
 
 
 # --- the snapshot section (WORKLOADS=snapshot; issue 21, Documentation/cow-dump.md)

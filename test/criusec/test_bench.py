@@ -62,13 +62,39 @@ def test_bench_churn_section(tmp_path):
         assert re.search(rf"^  {re.escape(mode)} +final dump frozen / full dump frozen: {num}x "
                          rf"\(per round {num}-{num}\); target 0.2x", out, re.M), f"no {mode} ratio"
         assert re.search(rf"^\| {MIB} \| {re.escape(mode)} \| dump / full dump, frozen \| {num}x \|", out, re.M)
-    for label in ("0-0.2 s", "0.2-0.4 s"):
-        assert re.search(rf"^  {re.escape(label)} +{num} +{num}-{num}!? +{num} +{num}-{num}!? +-?{num} "
-                         rf"+-?{num}\.\.-?{num}$", out, re.M), f"no tracking cost row {label}"
-    assert re.search(rf"cost in the first window .*: -?{num} %; target at most 5 %", out)
+    # The tracking cost: flat out (pages/s) and paced at 5 %/s with a checksum loop (ops/s), each
+    # window a row of two tables: untracked, its spread, tracked, its spread, cost %, its spread,
+    # the target; then the same per CPU second, CPU ms, system ms and faults (untracked/tracked),
+    # the faults expected, the extra CPU ms, per fault, and the cost with a CPU of its own.
+    pct = rf"-?{num}"
+    pcts = rf"{pct}\.\.{pct}"
+    pair = rf"{num}/{num}"
+    verdict = r"(met|NOT met|unclear \([^)]*\))"
+    for kind in ("flat out", "5 %/s"):
+        for label in ("0-0.2 s", "0.2-0.4 s"):
+            row = (rf"^  {re.escape(kind)} +{re.escape(label)} +{num} +{num}-{num}!? +{num} +{num}-{num}!? "
+                   rf"+{pct} +{pcts}  {verdict}$")
+            assert re.search(row, out, re.M), f"no tracking cost row {kind} {label}"
+            row = (rf"^  {re.escape(kind)} +{re.escape(label)} +{pct} +{pcts}  (met|NOT met|unclear) +{pair} "
+                   rf"+{pair} +{pair} +{num} +{pct} +{pcts} +({pct}|nan) +{pct} +{pcts}  {verdict}$")
+            assert re.search(row, out, re.M), f"no tracking CPU row {kind} {label}"
+            unit = "flat out, pages/s" if kind == "flat out" else "5 %/s + checksums, ops/s"
+            for cols in (rf"{num} \| {num}-{num}!? \| {num} \|", rf"{pair} \| {pair} \| {pair} \| {num} \|"):
+                assert re.search(rf"^\| {MIB} \| {re.escape(unit)} \| {re.escape(label)} \| {cols}", out, re.M), \
+                    f"no summary row {kind} {label}"
+        assert re.search(rf"^  {re.escape(kind)}: cost in the first window .* {pct} % \(per round {pcts}\), "
+                         rf"in the last {pct} %; target at most 5 %: {verdict}; per CPU second {pct} % \({pcts}\): "
+                         rf"{verdict}; with a CPU of its own {pct} % \({pcts}\): {verdict}$", out, re.M), \
+            f"no {kind} verdict"
+    # The paced rows' cost estimated from a fault's cost flat out, per window.
+    est = rf"{re.escape(label)}: {num} faults, {pct} ms, {pct} % of a CPU of its own"
+    assert re.search(rf"^  5 %/s, from the cost of a fault flat out in the first window \({pct} us\) and its "
+                     rf"faults:\n  {est.replace(re.escape(label), re.escape('0-0.2 s'))}; "
+                     rf"{est.replace(re.escape(label), re.escape('0.2-0.4 s'))}$", out, re.M), "no estimate"
     # pre-dump 1 and 2 of the plain and the enc+zstd chain, and the tracked one of the two
-    # processes of the tracking cost: five holders, found by the bench (the tasks they track) and all gone
-    assert "tracking holders left running: 0 of the 5 that the passes left" in out
+    # processes of each tracking cost (flat out, paced): six holders, found by the bench (the
+    # tasks they track) and all gone
+    assert "tracking holders left running: 0 of the 6 that the passes left" in out
 
     js = json.loads((tmp_path / "bench.json").read_text())
     res = [e for e in js if e.get("workload") == "churn"]
@@ -83,10 +109,21 @@ def test_bench_churn_section(tmp_path):
             assert 0 < rows[mode, p]["parent"] and rows[mode, p]["written"] < pages, rows
             # Untracked: special mappings only (the vDSO), never the churned memory
             assert rows[mode, p]["untracked"] < 256, rows
-    for w in res[0]["cost"]:
-        assert w["untracked"] > 0 and w["tracked"] > 0, res[0]["cost"]
+    cost = res[0]["cost"]
+    assert set(cost) == {"flat", "paced"} and all(len(cost[k]) == 2 for k in cost), cost
+    for k in cost:
+        for w in cost[k]:
+            assert w["untracked"] > 0 and w["tracked"] > 0 and w["pages"] > 0, cost
+    # The paced process wrote at its rate (5 % of the pages a second: 0.2 s of it, about 1 % of
+    # the memory; its catch-up may add a write or two), and in the first window after the pass
+    # the tracked one faulted, the untracked one did not have to.
+    p0 = cost["paced"][0]
+    assert abs(p0["pages"] - 0.01 * pages) <= 0.5 * 0.01 * pages, p0
+    uf, tf = p0["faults"]
+    assert tf > uf and p0["expected"] > 0, p0
+    assert [e["faults"] for e in res[0]["estimate"]] == [w["faults"][1] - w["faults"][0] for w in cost["paced"]]
 
-    assert len(res[0]["holders"]) == 5 and not [p for p in res[0]["holders"] if is_holder(p)], res[0]["holders"]
+    assert len(res[0]["holders"]) == 6 and not [p for p in res[0]["holders"] if is_holder(p)], res[0]["holders"]
     # Its encrypted dumps (enc+zstd: full, pre-dump, pre-dump, dump) each left a chain key, which
     # the bench removed (and only those: other work on the machine may have some there).
     ids = [e for e in js if "chain_keys_dropped" in e][0]["chain_keys_dropped"]
