@@ -585,7 +585,7 @@ static int wp_range(struct snap_task *t, unsigned long start, unsigned long end)
 }
 
 /* Protected at once by the armer: the walks of criu's main thread go between two */
-#define SNAP_ARM_STEP (32UL << 20)
+#define SNAP_ARM_STEP (8UL << 20)
 
 /*
  * The armer's: register and protect a task's VMAs; it can't log, so it
