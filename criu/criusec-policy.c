@@ -326,11 +326,18 @@ int criusec_check_header(const struct criusec_header *h)
  * way to the next; any other failure (an unreadable file, a wrong PIN, a
  * missing token) stops the restore there, naming that key.
  */
-struct criusec_ctx *criusec_restore_import(const struct criusec_header *h)
+char **criusec_restore_keys(int *n)
 {
 	static char *dflt[] = { CRIUSEC_DEFAULT_KEY };
-	char **keys = opts.nr_tls_keys ? opts.tls_keys : dflt;
-	int i, n = opts.nr_tls_keys ?: 1;
+
+	*n = opts.nr_tls_keys ?: 1;
+	return opts.nr_tls_keys ? opts.tls_keys : dflt;
+}
+
+struct criusec_ctx *criusec_restore_import(const struct criusec_header *h)
+{
+	int i, n;
+	char **keys = criusec_restore_keys(&n);
 	struct criusec_ctx *ctx;
 
 	for (i = 0; i < n; i++) {

@@ -69,8 +69,8 @@ static uint8_t *pack(CipherEntry *ce, size_t *len)
 
 void criusec_restore_prefetch(void)
 {
-	static char *dflt[] = { CRIUSEC_DEFAULT_KEY };
-	const char *key = opts.nr_tls_keys ? opts.tls_keys[0] : dflt[0];
+	int n;
+	const char *key = criusec_restore_keys(&n)[0];
 	CipherEntry *ce = NULL;
 	sigset_t all, old;
 	struct stat st;

@@ -106,6 +106,8 @@ enum criusec_act {
 };
 extern bool criusec_policy_refuses(enum criusec_act act);
 extern int criusec_check_header(const struct criusec_header *h);
+/* The private keys a restore tries, in order: --tls-key (or 'tls-key' lines), else the host's */
+extern char **criusec_restore_keys(int *n);
 extern struct criusec_ctx *criusec_restore_import(const struct criusec_header *h);
 /* The key unwrapped while criu started, if for this directory and this very cipher.img entry */
 extern struct criusec_ctx *criusec_prefetched_ctx(dev_t dev, ino_t ino, CipherEntry *ce);
