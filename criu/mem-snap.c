@@ -7,11 +7,11 @@
  * of its mm in synchronous write-protect mode (made in the task by the
  * parasite, PARASITE_CMD_GET_UFFD, and held by criu alone) and
  * write-protected.  A thread of criu's (the armer) does that as soon as it
- * has the userfaultfd, while criu collects the pagemap and dumps the rest,
- * so protecting a large memory adds little to the time the tree is frozen;
- * it also serves the write faults that come meanwhile (the kernel writes
- * the task's rseq area while the parasite runs in it), saving the page
- * first.  Once everything else is dumped, the tree
+ * has the userfaultfd, while criu collects the pagemap; the main thread
+ * then protects from the other end until they meet, so the two CPUs share
+ * the work.  The armer also serves the write faults that come meanwhile
+ * (the kernel writes the task's rseq area while the parasite runs in it),
+ * saving the page first.  Once everything else is dumped, the tree
  * runs again and criu writes the pages, each chunk read with
  * process_vm_readv and unprotected after.  A task that writes to a page
  * not yet saved waits in the kernel; between two chunks criu reads the
@@ -109,7 +109,8 @@ struct snap_range {
 struct snap_vma {
 	unsigned long start;
 	unsigned long end;
-	const char *why; /* the armer's: why its pages are copied at the freeze */
+	unsigned long lo, hi; /* not protected yet, under snap_lock once registered */
+	const char *why;      /* why its pages are copied at the freeze */
 };
 
 /* A page saved at a fault before the task's pagemap was known */
@@ -125,7 +126,8 @@ struct snap_task {
 	int uffd;
 	struct snap_vma *vmas;
 	unsigned int nr_vmas;
-	bool armed; /* the armer is done with vmas[] */
+	bool registered; /* vmas[] registered: the main thread may protect them too */
+	bool armed;	 /* the armer is done with vmas[] */
 	struct snap_early *early;
 	unsigned int nr;
 	struct snap_range *r;
@@ -150,6 +152,7 @@ struct snap_task {
 static LIST_HEAD(snap_tasks);
 static struct snap_task *cur;
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t snap_armed = PTHREAD_COND_INITIALIZER; /* a task registered or armed */
 static struct {
 	pthread_t th;
 	bool running;
@@ -229,6 +232,7 @@ static void snap_free(struct snap_task *t)
 static void *armer_main(void *arg);
 static long page_index(struct snap_task *t, unsigned long addr);
 static int serve_task(struct snap_task *t, int depth);
+static bool arm_step(struct snap_task *t, struct snap_vma *v, bool top);
 
 /*
  * Once a second thread shares criu's fd table, each time the table grows
@@ -325,6 +329,8 @@ static int collect_vmas(struct snap_task *t, struct vm_area_list *vmas)
 			continue;
 		t->vmas[t->nr_vmas].start = vma->e->start;
 		t->vmas[t->nr_vmas].end = vma->e->end;
+		t->vmas[t->nr_vmas].lo = vma->e->start;
+		t->vmas[t->nr_vmas].hi = vma->e->end;
 		t->vmas[t->nr_vmas].why = NULL;
 		t->nr_vmas++;
 	}
@@ -487,6 +493,30 @@ static void merge_early(struct snap_task *t)
 	}
 }
 
+/*
+ * The main thread, its pagemap collected: it protects the task's VMAs from
+ * the bottom up while the armer does from the top, and waits for the armer
+ * to be done with the task before the parasite's cure: the cure's munmap
+ * waits for the mm, which the armer's protections would hold for
+ * milliseconds (rwsem readers steal the lock from a waiting writer).
+ */
+static void arm_help(struct snap_task *t)
+{
+	unsigned int i;
+
+	pthread_mutex_lock(&snap_lock);
+	while (!t->registered)
+		pthread_cond_wait(&snap_armed, &snap_lock);
+	pthread_mutex_unlock(&snap_lock);
+	for (i = 0; i < t->nr_vmas; i++)
+		while (arm_step(t, &t->vmas[i], false))
+			;
+	pthread_mutex_lock(&snap_lock);
+	while (!t->armed)
+		pthread_cond_wait(&snap_armed, &snap_lock);
+	pthread_mutex_unlock(&snap_lock);
+}
+
 int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
 			  struct page_xfer *xfer)
 {
@@ -558,6 +588,7 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 				(unsigned long)vma->e->start, (unsigned long)vma->e->end, kind);
 	}
 
+	arm_help(t);
 	pr_info("%d: %lu pages to write once the tree runs\n", t->pid, t->nr_pages);
 	t->vpid = vpid(item);
 	t->xfer = *xfer;
@@ -584,14 +615,50 @@ static int wp_range(struct snap_task *t, unsigned long start, unsigned long end)
 	return 0;
 }
 
-/* Protected at once by the armer: the walks of criu's main thread go between two */
+/* Protected at once: the walks of criu's main thread go between two */
 #define SNAP_ARM_STEP (8UL << 20)
+
+/*
+ * Protect the next step of a registered VMA: the armer's from the top, the
+ * main thread's (once it has nothing else to do) from the bottom; false
+ * when none is left.  Their page table walks meet once instead of going in
+ * step over the same page tables.
+ */
+static bool arm_step(struct snap_task *t, struct snap_vma *v, bool top)
+{
+	unsigned long start, end;
+	int ret;
+
+	pthread_mutex_lock(&snap_lock);
+	if (v->why || v->lo >= v->hi) {
+		pthread_mutex_unlock(&snap_lock);
+		return false;
+	}
+	if (top) {
+		end = v->hi;
+		start = end - v->lo > SNAP_ARM_STEP ? end - SNAP_ARM_STEP : v->lo;
+		v->hi = start;
+	} else {
+		start = v->lo;
+		end = v->hi - start > SNAP_ARM_STEP ? start + SNAP_ARM_STEP : v->hi;
+		v->lo = end;
+	}
+	pthread_mutex_unlock(&snap_lock);
+
+	ret = wp_range(t, start, end);
+	pthread_mutex_lock(&snap_lock);
+	if (ret)
+		v->why = "the kernel won't write-protect it";
+	/* A writer (the parasite's rseq) waits a step at most */
+	serve_task(t, 0);
+	pthread_mutex_unlock(&snap_lock);
+	return true;
+}
 
 /*
  * The armer's: register and protect a task's VMAs; it can't log, so it
  * notes why not.  It protects from the top down, while the main thread
- * reads the pagemap from the bottom up: their page table walks meet once
- * instead of going in step over the same page tables.
+ * reads the pagemap from the bottom up.
  */
 static void arm_vmas(struct snap_task *t)
 {
@@ -604,22 +671,13 @@ static void arm_vmas(struct snap_task *t)
 			v->why = errno == EBUSY ? "registered with another userfaultfd (the task's own?)" :
 						  "the kernel won't register it";
 	}
-	for (i = t->nr_vmas; i-- > 0;) {
-		struct snap_vma *v = &t->vmas[i];
-		unsigned long end = v->end;
-
-		while (!v->why && end > v->start) {
-			unsigned long start = end - v->start > SNAP_ARM_STEP ? end - SNAP_ARM_STEP : v->start;
-
-			if (wp_range(t, start, end))
-				v->why = "the kernel won't write-protect it";
-			end = start;
-			/* A writer (the parasite's rseq) waits a step at most */
-			pthread_mutex_lock(&snap_lock);
-			serve_task(t, 0);
-			pthread_mutex_unlock(&snap_lock);
-		}
-	}
+	pthread_mutex_lock(&snap_lock);
+	t->registered = true;
+	pthread_cond_broadcast(&snap_armed);
+	pthread_mutex_unlock(&snap_lock);
+	for (i = t->nr_vmas; i-- > 0;)
+		while (arm_step(t, &t->vmas[i], true))
+			;
 }
 
 /*
@@ -649,6 +707,7 @@ static void *armer_main(void *arg)
 			arm_vmas(todo);
 			pthread_mutex_lock(&snap_lock);
 			todo->armed = true;
+			pthread_cond_broadcast(&snap_armed);
 			continue;
 		}
 		if (armer.stop)
