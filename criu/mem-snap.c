@@ -32,7 +32,8 @@
  *
  * What changes the mapping of a page not yet saved (munmap, mremap,
  * MADV_DONTNEED and friends, seen as userfaultfd events), exec and exit
- * make the dump fail: the task runs on, the images are not used.  fork is
+ * lose that page: the copy-on-write dump, done by a child of criu, fails,
+ * and criu dumps the tree again, frozen (mem_snap_try_dump()).  fork is
  * safe: the parent's pages stay protected and the child is not dumped.
  */
 
@@ -48,8 +49,10 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 
 #include "common/list.h"
 #include "cr_options.h"
@@ -161,6 +164,8 @@ static struct {
 } armer = { .evfd = -1 };
 static int usable = -1;
 static char failed[256];
+static bool lost;	   /* failed[] says the tasks lost a page criu had not saved */
+static bool snap_child; /* this criu is mem_snap_try_dump()'s child */
 static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
 
 static bool snap_usable(void)
@@ -869,8 +874,10 @@ static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len
 				return;
 			continue;
 		}
-		if (errno == ESRCH)
+		if (errno == ESRCH) {
 			snap_fail("task %d exited or called exec before its pages were saved", t->pid);
+			lost = true;
+		}
 		else if (errno != ENOENT)
 			snap_fail("can't unprotect %lx-%lx of task %d: %s", addr, addr + len, t->pid, strerror(errno));
 		return;
@@ -957,15 +964,19 @@ static int serve_task(struct snap_task *t, int depth)
 				break;
 			case UFFD_EVENT_REMOVE:
 			case UFFD_EVENT_UNMAP:
-				if (any_protected(t, m->arg.remove.start, m->arg.remove.end))
+				if (any_protected(t, m->arg.remove.start, m->arg.remove.end)) {
 					snap_fail("task %d unmapped or dropped memory at %llx-%llx before it was saved",
 						  t->pid, (unsigned long long)m->arg.remove.start,
 						  (unsigned long long)m->arg.remove.end);
+					lost = true;
+				}
 				break;
 			case UFFD_EVENT_REMAP:
-				if (any_protected(t, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+				if (any_protected(t, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len)) {
 					snap_fail("task %d moved memory at %llx (mremap) before it was saved", t->pid,
 						  (unsigned long long)m->arg.remap.from);
+					lost = true;
+				}
 				break;
 			}
 		}
@@ -1041,6 +1052,7 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 				if (err) {
 					snap_fail("can't read %lx-%lx of task %d: %s", addr, addr + n * PAGE_SIZE,
 						  t->pid, strerror(-err));
+					lost = err == -ESRCH; /* it exited */
 					goto out;
 				}
 			}
@@ -1123,4 +1135,69 @@ void mem_snap_fini(void)
 		snap_free(t);
 	}
 	cur = NULL; /* listed: freed above */
+}
+
+/*
+ * What the tasks do while their pages are written can lose a page criu has
+ * not saved yet: munmap, mremap or MADV_DONTNEED of it (the kernel tells
+ * criu once the page is gone), an exit or an exec.  So a copy-on-write
+ * dump is done by a child of criu; if it loses a page, criu, its own state
+ * untouched by the child, dumps the tree again, frozen, as without the
+ * option, and the log says why.  Any other failure is the dump's.
+ */
+#define SNAP_EXIT_LOST 42
+
+bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
+{
+	sigset_t chld, old;
+	pid_t child;
+	int status;
+
+	if (snap_child || !snap_usable())
+		return false;
+
+	/* The child is ours to reap, not a SIGCHLD handler's (criu service) */
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, &old);
+	child = fork();
+	if (child < 0) {
+		pr_perror("Can't fork for a copy-on-write dump");
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		*ret = -1;
+		return true;
+	}
+	if (child == 0) {
+		/* Killing criu kills its dump: nothing serves the faults any more, nobody waits */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+			_exit(1);
+		sigprocmask(SIG_SETMASK, &old, NULL);
+		snap_child = true;
+		if (dump(pid) == 0)
+			_exit(0);
+		_exit(lost ? SNAP_EXIT_LOST : 1);
+	}
+	while (waitpid(child, &status, 0) < 0) {
+		if (errno != EINTR) {
+			pr_perror("Can't wait for the copy-on-write dump");
+			sigprocmask(SIG_SETMASK, &old, NULL);
+			*ret = -1;
+			return true;
+		}
+	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
+
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		*ret = 0;
+	} else if (WIFEXITED(status) && WEXITSTATUS(status) == SNAP_EXIT_LOST) {
+		pr_warn("The tasks lost a page the copy-on-write dump had not saved: dumping again, frozen\n");
+		opts.cow_dump = false;
+		usable = 0;
+		*ret = dump(pid);
+	} else {
+		if (WIFSIGNALED(status))
+			pr_err("The copy-on-write dump was killed by signal %d\n", WTERMSIG(status));
+		*ret = -1;
+	}
+	return true;
 }

@@ -2,6 +2,7 @@
 #define __CR_MEM_SNAP_H__
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 struct pstree_item;
 struct vm_area_list;
@@ -35,5 +36,10 @@ extern int mem_snap_arm(void);
 extern int mem_snap_write(void);
 /* Drop whatever is left (a failed dump): the tasks' writes go on */
 extern void mem_snap_fini(void);
+/*
+ * true: a copy-on-write dump was done (by a child of criu, then frozen if
+ * the tasks lost a page it had not saved), its result in *ret; false: dump
+ */
+extern bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret);
 
 #endif /* __CR_MEM_SNAP_H__ */
