@@ -164,7 +164,7 @@ static struct {
 } armer = { .evfd = -1 };
 static int usable = -1;
 static char failed[256];
-static bool lost;	   /* failed[] says the tasks lost a page criu had not saved */
+static bool lost;	/* failed[] says the tasks lost a page criu had not saved */
 static bool snap_child; /* this criu is mem_snap_try_dump()'s child */
 static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
 
@@ -877,8 +877,7 @@ static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len
 		if (errno == ESRCH) {
 			snap_fail("task %d exited or called exec before its pages were saved", t->pid);
 			lost = true;
-		}
-		else if (errno != ENOENT)
+		} else if (errno != ENOENT)
 			snap_fail("can't unprotect %lx-%lx of task %d: %s", addr, addr + len, t->pid, strerror(errno));
 		return;
 	}

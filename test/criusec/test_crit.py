@@ -105,6 +105,9 @@ def start(workloads, mode, tmp_path):
 
 def twin_dumps(criu, wl, tmp_path, keys):
     plain, enc = tmp_path / "plain", tmp_path / "enc"
+    # The first dump of a task leaves the page compel writes its syscall
+    # into an anonymous copy, which later dumps hold: twins come after it.
+    criu.run("dump", tmp_path / "first", "-t", wl.pid, "--leave-running")
     criu.run("dump", plain, "-t", wl.pid, "--leave-running")
     criu.run("dump", enc, "-t", wl.pid, "--leave-running", "--encrypt", "--tls-cert", keys["alice"][0])
     return plain, enc
