@@ -1,10 +1,12 @@
 #include "secure_bytes.h"
 
+#include <dlfcn.h>
 #include <gmp.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -164,11 +166,62 @@ void secret_unmap(void *p, size_t len) noexcept
 		secret_munmap(p, len);
 }
 
+namespace {
+
+using GmpSetFn = void (*)(void *(*)(size_t), void *(*)(void *, size_t, size_t), void (*)(void *, size_t));
+
+/* Resolved at the first call, which GnuTLS's constructor makes before main() */
+GmpSetFn real_gmp_set()
+{
+	static const GmpSetFn real = reinterpret_cast<GmpSetFn>(dlsym(RTLD_NEXT, "__gmp_set_memory_functions"));
+	return real;
+}
+
+std::atomic<bool> gmp_wiping{false};
+
+} /* namespace */
+
 void wipe_bignum_scratch()
 {
 	static std::once_flag once;
-	std::call_once(once, [] { mp_set_memory_functions(gmp_alloc, gmp_realloc, gmp_free); });
+	std::call_once(once, [] {
+		GmpSetFn set = real_gmp_set();
+		if (!set)
+			return;
+		set(gmp_alloc, gmp_realloc, gmp_free);
+		gmp_wiping.store(true);
+	});
 }
+
+bool bignum_scratch_wiped()
+{
+	void (*f)(void *, size_t) = nullptr;
+	mp_get_memory_functions(nullptr, nullptr, &f);
+	return f == gmp_free;
+}
+
+} /* namespace criusec */
+
+/*
+ * GMP's allocators are one per process, and libraries set them: libnftables
+ * does on its first context, and criu's kerndat makes one in a child that
+ * shares criu's memory (CLONE_VM), while the early unwrap of a restore
+ * (criusec-prefetch.c) runs an RSA operation in a thread.  Once criusec's
+ * wiping allocators are in, a request to put others back is ignored: they
+ * would leave that operation's PKCS#1 block, master key included, in
+ * freed heap.  Theirs are malloc, realloc and free as well; ours only wipe.
+ */
+extern "C" __attribute__((visibility("default"))) void
+__gmp_set_memory_functions(void *(*a)(size_t), void *(*r)(void *, size_t, size_t),
+					   void (*f)(void *, size_t))
+{
+	criusec::GmpSetFn set = criusec::real_gmp_set();
+
+	if (set && !criusec::gmp_wiping.load())
+		set(a, r, f);
+}
+
+namespace criusec {
 
 SecureBytes::SecureBytes(size_t n) : p_(n ? secret_alloc(n) : nullptr), n_(n) {}
 

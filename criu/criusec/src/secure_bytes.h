@@ -23,6 +23,8 @@ namespace criusec {
  * with a key.
  */
 void wipe_bignum_scratch();
+/* GMP frees through the wiping allocator (tests) */
+bool bignum_scratch_wiped();
 
 /*
  * Secret memory that is not a SecureBytes: the len bytes of the file fd

@@ -3,6 +3,7 @@
  * a pagemap's entries, recipient certificates that are checked, and the
  * unwrap with implicit rejection.
  */
+#include <gmp.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -260,6 +261,24 @@ TEST(PageIds, OncePerCheckpointAcrossForks)
 namespace {
 
 /* Secret memory of CRIU's side's own (fd -1): zeroed, writable, out of core dumps. */
+/*
+ * libnftables puts its own GMP allocators in on its first context, and
+ * criu's kerndat makes one in a CLONE_VM child while a restore's early
+ * unwrap runs RSA in a thread: once the wiping ones are in, they stay.
+ */
+TEST(SecretMemory, BignumScratchStaysWiped)
+{
+	wipe_bignum_scratch();
+	ASSERT_TRUE(bignum_scratch_wiped());
+	mp_set_memory_functions(nullptr, nullptr, nullptr);
+	EXPECT_TRUE(bignum_scratch_wiped());
+	mpz_t n;
+	mpz_init_set_ui(n, 12345);
+	mpz_mul(n, n, n);
+	EXPECT_EQ(mpz_get_ui(n), 12345ul * 12345ul);
+	mpz_clear(n);
+}
+
 TEST(SecretMemory, AnonymousBuffers)
 {
 	auto *p = static_cast<uint8_t *>(criusec_secret_map(-1, 5000));
