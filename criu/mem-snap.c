@@ -1148,8 +1148,8 @@ void mem_snap_fini(void)
 
 bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 {
+	pid_t parent = getpid(), child;
 	sigset_t chld, old;
-	pid_t child;
 	int status;
 
 	if (snap_child || !snap_usable())
@@ -1168,7 +1168,7 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 	}
 	if (child == 0) {
 		/* Killing criu kills its dump: nothing serves the faults any more, nobody waits */
-		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() == 1)
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
 			_exit(1);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		snap_child = true;
