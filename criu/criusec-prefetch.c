@@ -14,7 +14,6 @@
  */
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -27,6 +26,7 @@
 #include "image.h"
 #include "log.h"
 #include "servicefd.h"
+#include "util.h"
 #include "xmalloc.h"
 
 #include "images/cipher.pb-c.h"
@@ -72,7 +72,6 @@ void criusec_restore_prefetch(void)
 	int n;
 	const char *key = criusec_restore_keys(&n)[0];
 	CipherEntry *ce = NULL;
-	sigset_t all, old;
 	struct stat st;
 	int dfd, ret;
 
@@ -96,11 +95,7 @@ void criusec_restore_prefetch(void)
 	pf.key = key;
 	criusec_holding_keys();
 
-	/* criu's signals stay the main thread's */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	ret = pthread_create(&pf.th, NULL, unwrap, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	ret = pthread_create_nosig(&pf.th, unwrap, NULL);
 	if (ret) {
 		criusec_pb_header_free(&pf.ph);
 		pf.ce = NULL;

@@ -197,14 +197,31 @@ static bool snap_usable(void)
 	return true;
 }
 
+/* Only the first failure counts: the dump fails with its reason */
+static void snap_failv(bool lose, const char *fmt, va_list args)
+{
+	if (failed[0])
+		return;
+	vsnprintf(failed, sizeof(failed), fmt, args);
+	lost = lose;
+}
+
 static void snap_fail(const char *fmt, ...)
 {
 	va_list args;
 
-	if (failed[0])
-		return;
 	va_start(args, fmt);
-	vsnprintf(failed, sizeof(failed), fmt, args);
+	snap_failv(false, fmt, args);
+	va_end(args);
+}
+
+/* A failure that lost a page the tasks changed: the dump is done again, frozen */
+static void snap_lose(const char *fmt, ...)
+{
+	va_list args;
+
+	va_start(args, fmt);
+	snap_failv(true, fmt, args);
 	va_end(args);
 }
 
@@ -262,7 +279,6 @@ static void grow_fd_table(void)
 /* Start the armer, or wake it: a task to protect, or time to stop */
 static int armer_kick(void)
 {
-	sigset_t all, old;
 	int ret;
 
 	if (!armer.running) {
@@ -272,11 +288,7 @@ static int armer_kick(void)
 			return -1;
 		}
 		grow_fd_table();
-		/* criu's signals stay the main thread's */
-		sigfillset(&all);
-		pthread_sigmask(SIG_SETMASK, &all, &old);
-		ret = pthread_create(&armer.th, NULL, armer_main, NULL);
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		ret = pthread_create_nosig(&armer.th, armer_main, NULL);
 		if (ret) {
 			pr_err("Can't start the thread that protects memory: %s\n", strerror(ret));
 			close_safe(&armer.evfd);
@@ -874,10 +886,9 @@ static void unprotect(struct snap_task *t, unsigned long addr, unsigned long len
 				return;
 			continue;
 		}
-		if (errno == ESRCH) {
-			snap_fail("task %d exited or called exec before its pages were saved", t->pid);
-			lost = true;
-		} else if (errno != ENOENT)
+		if (errno == ESRCH)
+			snap_lose("task %d exited or called exec before its pages were saved", t->pid);
+		else if (errno != ENOENT)
 			snap_fail("can't unprotect %lx-%lx of task %d: %s", addr, addr + len, t->pid, strerror(errno));
 		return;
 	}
@@ -963,19 +974,15 @@ static int serve_task(struct snap_task *t, int depth)
 				break;
 			case UFFD_EVENT_REMOVE:
 			case UFFD_EVENT_UNMAP:
-				if (any_protected(t, m->arg.remove.start, m->arg.remove.end)) {
-					snap_fail("task %d unmapped or dropped memory at %llx-%llx before it was saved",
+				if (any_protected(t, m->arg.remove.start, m->arg.remove.end))
+					snap_lose("task %d unmapped or dropped memory at %llx-%llx before it was saved",
 						  t->pid, (unsigned long long)m->arg.remove.start,
 						  (unsigned long long)m->arg.remove.end);
-					lost = true;
-				}
 				break;
 			case UFFD_EVENT_REMAP:
-				if (any_protected(t, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len)) {
-					snap_fail("task %d moved memory at %llx (mremap) before it was saved", t->pid,
+				if (any_protected(t, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len))
+					snap_lose("task %d moved memory at %llx (mremap) before it was saved", t->pid,
 						  (unsigned long long)m->arg.remap.from);
-					lost = true;
-				}
 				break;
 			}
 		}
@@ -1049,9 +1056,10 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 				int err = read_page(t->pid, addr, buf, n * PAGE_SIZE);
 
 				if (err) {
-					snap_fail("can't read %lx-%lx of task %d: %s", addr, addr + n * PAGE_SIZE,
-						  t->pid, strerror(-err));
-					lost = err == -ESRCH; /* it exited */
+					/* ESRCH: it exited */
+					(err == -ESRCH ? snap_lose : snap_fail)("can't read %lx-%lx of task %d: %s", addr,
+										addr + n * PAGE_SIZE, t->pid,
+										strerror(-err));
 					goto out;
 				}
 			}
