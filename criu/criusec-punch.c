@@ -86,6 +86,8 @@ int criusec_punch(int fd, unsigned long off, unsigned long len)
 
 	if (!p || !p->dir)
 		return 0;
+	if (criusec_page_attach(p))
+		return -1;
 	later = opts.mode == CR_RESTORE;
 	/* Offsets are page numbers: a compressed image's layout is the engine's. */
 	if (off % CRIUSEC_PAGE_SIZE || len % CRIUSEC_PAGE_SIZE ||

@@ -76,6 +76,7 @@ struct page_img {
 	char *name;
 	struct criusec_pages *pc; /* with the tags or region records */
 	struct dir_state *dir;	  /* restore: where it is */
+	int index;		  /* its page tags in dir, until attached (-1: attached) */
 	/* dump through a page server: the pagemap it writes, and its entries */
 	char *pm_kind, *pm_name;
 	struct criusec_pagemap_digest *pmd;
@@ -166,6 +167,7 @@ extern int criusec_plain_copy(const struct plain_img *p, const char *name);
 /* criusec-pages.c: page images under the page cipher, by descriptor. */
 extern struct page_img *criusec_page_lookup(int fd);
 extern struct page_img *criusec_page_new(int fd, const char *path, struct criusec_ctx *ctx);
+extern int criusec_page_attach(struct page_img *p);
 extern void criusec_page_forget(int fd);
 extern int criusec_page_img_open(int dfd, unsigned long flags, const char *path, int fd);
 extern int criusec_page_img_closed(int fd);

@@ -42,10 +42,13 @@ Status PagePool::parse(std::span<const uint8_t> index)
 		pages_ = index.size() / kPageTagLen;
 	} else {
 		uint64_t offset = 0;
+		/* The tags are at most the index: one allocation, not a growing copy (4 MiB for 1 GiB of XTS regions). */
+		tags_.reserve(index.size());
+		regions_.reserve(index.size() / (kRegionRecordLen + kRegionPages * kPageTagLen) + 1);
 		for (size_t pos = 0; pos < index.size();) {
-			std::string what = "region record " + std::to_string(regions_.size());
+			auto what = [&] { return "region record " + std::to_string(regions_.size()); };
 			if (index.size() - pos < kRegionRecordLen)
-				return bad_data(what + " cut short");
+				return bad_data(what() + " cut short");
 			auto u32 = [&](size_t at) {
 				return uint32_t(index[at]) << 24 | uint32_t(index[at + 1]) << 16 | uint32_t(index[at + 2]) << 8 |
 				       index[at + 3];
@@ -57,14 +60,14 @@ Status PagePool::parse(std::span<const uint8_t> index)
 			rg.offset = offset;
 			pos += kRegionRecordLen;
 			if (rg.nr == 0 || rg.nr > kMaxRegionPages)
-				return bad_data(what + ": " + std::to_string(rg.nr) + " pages");
+				return bad_data(what() + ": " + std::to_string(rg.nr) + " pages");
 			if (rg.stored && (rg.stored <= kAeadTagLen || rg.stored >= uint64_t(rg.nr) * kPageSize))
-				return bad_data(what + ": stored length " + std::to_string(rg.stored) + " for " +
+				return bad_data(what() + ": stored length " + std::to_string(rg.stored) + " for " +
 						std::to_string(rg.nr) + " pages");
 			if (!rg.stored) {
 				size_t t = size_t(rg.nr) * kPageTagLen;
 				if (index.size() - pos < t)
-					return bad_data(what + ": tags cut short");
+					return bad_data(what() + ": tags cut short");
 				rg.tags = tags_.size() / kPageTagLen;
 				tags_.insert(tags_.end(), index.begin() + pos, index.begin() + pos + t);
 				pos += t;

@@ -42,8 +42,45 @@ void SealRing::fail(Status s) noexcept
 	cv_.notify_all();
 }
 
-/* Claim, read and seal the next piece; false when none can be claimed now.  lk is held on entry and on return. */
-bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet) noexcept
+/* Seal piece k in place (a region: compressed into the second half when that shrinks it). */
+Status SealRing::seal_piece(PageCipher &c, size_t k) noexcept
+{
+	Piece &p = piece(k);
+	std::span<uint8_t> data{slot(k), p.len};
+	try {
+		auto tags = std::span<uint8_t>(p.tags).first(data.size() / kPageSize * kPageTagLen);
+		if (p.compress) {
+			auto n = c.seal_region(p.region, p.vaddr, p.index, data, {cslot(k), data.size() - 1});
+			if (!n.ok())
+				return std::move(n).status();
+			p.stored = n.value();
+		}
+		if (!p.stored)
+			return c.seal(p.vaddr, p.index, data, tags);
+		return {};
+	} catch (...) {
+		return Status::error(ENOMEM, "out of memory");
+	}
+}
+
+/* A piece sealed (or not): lk held. */
+void SealRing::sealed_one(size_t k, Status s, bool quiet) noexcept
+{
+	if (s.ok())
+		sealed_[k % kRingPieces] = k + 1;
+	else
+		fail(std::move(s));
+	busy_--;
+	if (!quiet || failed_)
+		cv_.notify_all();
+}
+
+/*
+ * Claim, read and seal the next piece; false when none can be claimed now.
+ * With defer, a piece read is left for a helper to seal (wakened once a
+ * few are waiting).  lk is held on entry and on return.
+ */
+bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet, bool defer) noexcept
 {
 	if (!claimable())
 		return false;
@@ -83,31 +120,40 @@ bool SealRing::work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool qu
 	reading_ = false;
 	if (!quiet)
 		cv_.notify_all(); /* the next piece can be read; the run may be all read */
+	if (s.ok() && defer) {
+		unsealed_[k % kRingPieces] = k + 1;
+		busy_--;
+		/* A wake-up costs more than a page's crypto: only for a few pieces at once. */
+		if (++nunsealed_ >= kWakeBatch && idle_)
+			cv_.notify_all();
+		return true;
+	}
 	if (s.ok()) {
 		lk.unlock();
-		try {
-			auto tags = std::span<uint8_t>(p.tags).first(data.size() / kPageSize * kPageTagLen);
-			if (p.compress) {
-				auto n = c.seal_region(p.region, p.vaddr, p.index, data, {cslot(k), data.size() - 1});
-				if (n.ok())
-					p.stored = n.value();
-				else
-					s = std::move(n).status();
-			}
-			if (s.ok() && !p.stored)
-				s = c.seal(p.vaddr, p.index, data, tags);
-		} catch (...) {
-			s = Status::error(ENOMEM, "out of memory");
-		}
+		s = seal_piece(c, k);
 		lk.lock();
 	}
-	if (s.ok())
-		sealed_[k % kRingPieces] = k + 1;
-	else
-		fail(std::move(s));
-	busy_--;
-	if (!quiet || failed_)
-		cv_.notify_all();
+	sealed_one(k, std::move(s), quiet);
+	return true;
+}
+
+/* Seal the first piece left read and unsealed; false if there is none.  lk is held on entry and on return. */
+bool SealRing::seal_unsealed(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept
+{
+	if (!nunsealed_ || failed_)
+		return false;
+	size_t k = written_;
+	while (k < next_ && unsealed_[k % kRingPieces] != k + 1)
+		k++;
+	if (k == next_)
+		return false;
+	unsealed_[k % kRingPieces] = 0;
+	nunsealed_--;
+	busy_++;
+	lk.unlock();
+	Status s = seal_piece(c, k);
+	lk.lock();
+	sealed_one(k, std::move(s), false);
 	return true;
 }
 
@@ -166,11 +212,15 @@ void SealRing::helper(PageCipher &c) noexcept
 {
 	std::unique_lock<std::mutex> lk(mu_);
 	while (!stop_) {
+		if (seal_unsealed(c, lk))
+			continue;
 		if (work_one(c, lk))
 			continue;
 		if (behind_ && write_some(lk))
 			continue;
+		idle_++;
 		cv_.wait(lk);
+		idle_--;
 	}
 }
 
@@ -201,11 +251,19 @@ Status SealRing::run(PageCipher &own, const Run &r)
 	bool quiet = n == 1;
 	if (!quiet)
 		cv_.notify_all();
+	/*
+	 * Writing behind, a one-piece run is read here and sealed by a helper
+	 * while CRIU goes on to the next: 14,000 scattered pages take both
+	 * cores, not one.
+	 */
+	bool defer = quiet && behind_ && !threads_.empty();
 
 	/* Writing behind: until every piece of the run is read; else until every one is written. */
 	auto done = [&] { return failed_ || (behind_ ? next_ == run_end_ && !reading_ : written_ == run_end_); };
 	while (!done()) {
-		if (work_one(own, lk, quiet))
+		if (work_one(own, lk, quiet, defer))
+			continue;
+		if (seal_unsealed(own, lk))
 			continue;
 		if (write_some(lk, quiet))
 			continue;
@@ -224,6 +282,8 @@ Status SealRing::run(PageCipher &own, const Run &r)
 	/* Nothing is behind: drop the run's pieces, and the next run starts afresh. */
 	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
 	end_ = written_ = next_;
+	unsealed_.fill(0);
+	nunsealed_ = 0;
 	stage_->wipe();
 	failed_ = false;
 	return std::exchange(error_, Status{});
@@ -232,6 +292,8 @@ Status SealRing::run(PageCipher &own, const Run &r)
 Status SealRing::flush()
 {
 	std::unique_lock<std::mutex> lk(mu_);
+	if (nunsealed_)
+		cv_.notify_all(); /* fewer than a wake-up's worth, left for the helpers */
 	while (!failed_ && written_ < end_) {
 		if (write_some(lk))
 			continue;

@@ -60,6 +60,8 @@ static_assert(kRingPiecePages == kRegionPages, "a ring piece is a region");
 constexpr size_t kMaxWritePieces = 4;
 /* Runs shorter than this never start the helpers (a small image pays no thread). */
 constexpr size_t kMinHelperPieces = 2;
+/* Idle helpers are woken for pieces left unsealed once this many wait (one piece is a page or a few). */
+constexpr size_t kWakeBatch = 4;
 
 /*
  * The ring's memory.  Mapped rather than allocated and zeroed, so that
@@ -245,8 +247,11 @@ public:
 private:
 	void start_helpers() noexcept;
 	void helper(PageCipher &c) noexcept;
-	/* quiet: the caller of a one-piece run does it all, and wakes no helper for it. */
-	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
+	/* quiet: the caller of a one-piece run wakes no helper for it; defer: it leaves the sealing to one. */
+	bool work_one(PageCipher &c, std::unique_lock<std::mutex> &lk, bool quiet = false, bool defer = false) noexcept;
+	bool seal_unsealed(PageCipher &c, std::unique_lock<std::mutex> &lk) noexcept;
+	Status seal_piece(PageCipher &c, size_t k) noexcept;
+	void sealed_one(size_t k, Status s, bool quiet) noexcept;
 	bool write_some(std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
 	void fail(Status s) noexcept;
 
@@ -285,6 +290,9 @@ private:
 	size_t written_ = 0;	   /* pieces written out */
 	size_t busy_ = 0;	   /* threads with a claimed piece */
 	std::array<size_t, kRingPieces> sealed_{}; /* per slot: 1 + the number of the piece sealed there */
+	std::array<size_t, kRingPieces> unsealed_{}; /* per slot: 1 + the number of a piece read, left to seal */
+	size_t nunsealed_ = 0;			     /* pieces left to seal */
+	size_t idle_ = 0;			     /* helpers waiting */
 	std::array<Piece, kRingPieces> pieces_{};
 	bool failed_ = false;
 	Status error_;

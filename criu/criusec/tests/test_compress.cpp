@@ -401,8 +401,14 @@ INSTANTIATE_TEST_SUITE_P(All, Regions, ::testing::Values(CompressAlg::Lz4, Compr
  */
 class WriteBehind : public ::testing::TestWithParam<CompressAlg> {};
 
+/* Runs as CRIU hands them: a page, pipes' worth, and odd sizes at other addresses. */
+const std::vector<size_t> kMixedRuns = {1, 256, 3, 256, 64, 65, 700, 1};
+/* A final dump of a chain: the pages written since the last pass, mostly one at a time. */
+const std::vector<size_t> kScatteredRuns = {1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1, 1, 1, 1, 1,
+					    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 64, 1, 1};
+
 Sealed seal_runs(const Ctx &ctx, const std::vector<uint8_t> &pt, bool behind, std::mutex *mu = nullptr,
-		 size_t fail_at = SIZE_MAX)
+		 size_t fail_at = SIZE_MAX, const std::vector<size_t> &runs = kMixedRuns)
 {
 	test::TempDir d;
 	write_file(d.file("pt"), pt);
@@ -422,12 +428,10 @@ Sealed seal_runs(const Ctx &ctx, const std::vector<uint8_t> &pt, bool behind, st
 	};
 	if (behind)
 		pool.value().write_behind();
-	/* Runs as CRIU hands them: a page, pipes' worth, and odd sizes at other addresses. */
 	size_t off = 0, k = 0;
-	const size_t runs[] = { 1, 256, 3, 256, 64, 65, 700, 1 };
 	Status st;
 	while (off < pt.size() && st.ok()) {
-		size_t n = std::min(runs[k++ % std::size(runs)] * kPageSize, pt.size() - off);
+		size_t n = std::min(runs[k++ % runs.size()] * kPageSize, pt.size() - off);
 		st = pool.value().append_pipe(fd, sink, kVaddr + k * 0x1000000 + off, n);
 		off += n;
 	}
@@ -462,6 +466,27 @@ TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
 		ASSERT_EQ(got.file, want.file) << "round " << i << " first difference at " << diff;
 		ASSERT_EQ(got.index, want.index) << "round " << i;
 	}
+}
+
+/* One-page runs are read by the caller and sealed by a helper: still the same bytes, in order. */
+TEST_P(WriteBehind, ScatteredPagesSameBytesAsWritingBeforeReturning)
+{
+	Ctx ctx = make_ctx(GetParam());
+	auto pt = mixed_pages();
+	for (int i = 0; i < 3; i++) {
+		auto more = mixed_pages();
+		pt.insert(pt.end(), more.begin(), more.end());
+	}
+	Sealed want = seal_runs(ctx, pt, false, nullptr, SIZE_MAX, kScatteredRuns);
+	ASSERT_FALSE(want.file.empty());
+	std::mutex mu;
+	for (int i = 0; i < 5; i++) {
+		Sealed got = seal_runs(ctx, pt, true, &mu, SIZE_MAX, kScatteredRuns);
+		ASSERT_EQ(got.file, want.file) << "round " << i;
+		ASSERT_EQ(got.index, want.index) << "round " << i;
+	}
+	for (size_t fail_at : {1, 3, 40})
+		EXPECT_TRUE(seal_runs(ctx, pt, true, &mu, fail_at, kScatteredRuns).file.empty()) << fail_at;
 }
 
 TEST_P(WriteBehind, AFailedWriteFailsTheFlushOrALaterRun)
