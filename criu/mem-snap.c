@@ -37,8 +37,10 @@
  * safe: the parent's pages stay protected and the child is not dumped.
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -51,6 +53,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 
@@ -66,6 +69,7 @@
 #include "page-xfer.h"
 #include "parasite-syscall.h"
 #include "pstree.h"
+#include "servicefd.h"
 #include "stats.h"
 #include "util.h"
 #include "vma.h"
@@ -1154,14 +1158,120 @@ void mem_snap_fini(void)
  */
 #define SNAP_EXIT_LOST 42
 
+static void snap_free_names(char **names);
+
+static int snap_cmp_name(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names in the images directory, sorted (a NULL-terminated array), or NULL */
+static char **snap_dir_names(void)
+{
+	int dfd = dup(get_service_fd(IMG_FD_OFF));
+	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0;
+	DIR *d;
+
+	if (dfd < 0 || !(d = fdopendir(dfd))) {
+		pr_perror("Can't list the images directory");
+		if (dfd >= 0)
+			close(dfd);
+		return NULL;
+	}
+	rewinddir(d); /* a dup shares the position with every other */
+	while ((de = readdir(d))) {
+		char **nn = xrealloc(names, (n + 2) * sizeof(*names));
+
+		if (!nn)
+			goto err;
+		names = nn;
+		names[n] = xstrdup(de->d_name);
+		if (!names[n])
+			goto err;
+		names[++n] = NULL;
+	}
+	closedir(d);
+	if (!names)
+		names = xzalloc(sizeof(*names));
+	else
+		qsort(names, n, sizeof(*names), snap_cmp_name);
+	return names;
+err:
+	closedir(d);
+	snap_free_names(names);
+	return NULL;
+}
+
+static void snap_free_names(char **names)
+{
+	char **p;
+
+	for (p = names; p && *p; p++)
+		xfree(*p);
+	xfree(names);
+}
+
+/*
+ * The dump is done again into the directory as it was: the files the
+ * copy-on-write attempt made go, or one it made that the frozen dump does
+ * not (a task that exited meanwhile) would stay there, unreferenced.
+ */
+static int snap_dir_restore(char **before)
+{
+	int dfd = dup(get_service_fd(IMG_FD_OFF));
+	struct dirent *de;
+	size_t n = 0, gone = 0;
+	DIR *d;
+
+	while (before[n])
+		n++;
+	if (dfd < 0 || !(d = fdopendir(dfd))) {
+		pr_perror("Can't list the images directory");
+		if (dfd >= 0)
+			close(dfd);
+		return -1;
+	}
+	rewinddir(d);
+	while ((de = readdir(d))) {
+		const char *name = de->d_name;
+
+		struct stat st;
+
+		if (bsearch(&name, before, n, sizeof(*before), snap_cmp_name))
+			continue;
+		if (de->d_type == DT_UNKNOWN && !fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) &&
+		    S_ISREG(st.st_mode))
+			de->d_type = DT_REG;
+		if (de->d_type != DT_REG)
+			continue;
+		if (unlinkat(dirfd(d), name, 0)) {
+			pr_perror("Can't remove %s of the copy-on-write attempt", name);
+			closedir(d);
+			return -1;
+		}
+		gone++;
+	}
+	closedir(d);
+	pr_info("Removed the %zu files of the copy-on-write attempt\n", gone);
+	return 0;
+}
+
 bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 {
 	pid_t parent = getpid(), child;
 	sigset_t chld, old;
+	char **before;
 	int status;
 
 	if (snap_child || !snap_usable())
 		return false;
+	before = snap_dir_names();
+	if (!before) {
+		*ret = -1;
+		return true;
+	}
 
 	/* The child is ours to reap, not a SIGCHLD handler's (criu service) */
 	sigemptyset(&chld);
@@ -1171,6 +1281,7 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 	if (child < 0) {
 		pr_perror("Can't fork for a copy-on-write dump");
 		sigprocmask(SIG_SETMASK, &old, NULL);
+		snap_free_names(before);
 		*ret = -1;
 		return true;
 	}
@@ -1188,6 +1299,7 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 		if (errno != EINTR) {
 			pr_perror("Can't wait for the copy-on-write dump");
 			sigprocmask(SIG_SETMASK, &old, NULL);
+			snap_free_names(before);
 			*ret = -1;
 			return true;
 		}
@@ -1200,11 +1312,12 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 		pr_warn("The tasks lost a page the copy-on-write dump had not saved: dumping again, frozen\n");
 		opts.cow_dump = false;
 		usable = 0;
-		*ret = dump(pid);
+		*ret = snap_dir_restore(before) ?: dump(pid);
 	} else {
 		if (WIFSIGNALED(status))
 			pr_err("The copy-on-write dump was killed by signal %d\n", WTERMSIG(status));
 		*ret = -1;
 	}
+	snap_free_names(before);
 	return true;
 }

@@ -201,7 +201,7 @@ def test_cow_dump_through_a_page_server(sweeper, keys, tmp_path, mode):
 
 def cow_dump_started(wl, img, *args):
     """A criu dump --cow-dump in the background, once it writes the pages of the running tasks."""
-    img.mkdir()
+    img.mkdir(exist_ok=True)
     log = img / "dump.log"
     p = subprocess.Popen([CRIU, "dump", "-D", str(img), "-o", "dump.log", "-v4", "-t", str(wl.pid), "--leave-running",
                           "--cow-dump", *args],
@@ -321,11 +321,15 @@ def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, 
     """Memory unmapped (munmap) or dropped (MADV_DONTNEED) before criu has
     saved it can't be in the snapshot any more: the copy-on-write attempt
     fails, saying why, and criu dumps the tree again, frozen; the task runs
-    on, and the second dump restores."""
+    on, and the second dump restores.  The second starts from the directory
+    as it was: the first attempt's files go (a task that exited meanwhile
+    would leave its own, unreferenced), the user's stay."""
     wl = sweeper(1024, env={"DROP": drop})
     advancing(wl, 1000)
     before = wl.read_status()
     img = tmp_path / "img"
+    img.mkdir()
+    (img / "notes.txt").write_text("the user's\n")
     p = cow_dump_started(wl, img)
     try:
         os.kill(wl.pid, signal.SIGUSR2)
@@ -345,5 +349,8 @@ def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, 
                      log), "criu saved the region before it went: make the sweep bigger"
     assert "dumping again, frozen" in log
     assert p.returncode == 0, log[-4000:]
+    removed = re.search(r"Removed the (\d+) files of the copy-on-write attempt", log)
+    assert removed and int(removed.group(1)) > 0, "the first attempt's files were left for the second"
+    assert (img / "notes.txt").read_text() == "the user's\n"
     advancing(wl, wl.npages // THREADS)
     restore_and_check(img, wl, None)
