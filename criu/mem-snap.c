@@ -141,6 +141,8 @@ struct snap_task {
 	unsigned long nr_pages;
 	unsigned char *state; /* NULL until the pagemap is known */
 	void **copy;
+	struct iovec *holes; /* pages in the parent images, in address order */
+	unsigned int nr_holes;
 	/*
 	 * Opened while frozen, as a dump does: the ids of page images are in
 	 * order.  To a page server, opened to write (it has one open at a time).
@@ -182,12 +184,10 @@ static bool snap_usable(void)
 	if (!opts.cow_dump)
 		return false;
 
-	if (opts.final_state != TASK_ALIVE)
+	if (opts.mode == CR_PRE_DUMP)
+		why = "a pre-dump reads its pages after the unfreeze anyway (--pre-dump-mode=read)";
+	else if (opts.final_state != TASK_ALIVE)
 		why = "the tasks are not left running (--leave-running)";
-	else if (opts.track_mem)
-		why = "memory tracking (pre-dump, --track-mem) write-protects the pages its own way";
-	else if (opts.img_parent)
-		why = "parent images (--prev-images-dir) are not done yet";
 	else if (opts.lazy_pages)
 		why = "lazy pages are served from the frozen tasks";
 	else if (!kdat.has_uffd || (kdat.uffd_features & SNAP_FEATURES) != SNAP_FEATURES)
@@ -251,6 +251,7 @@ static void snap_free(struct snap_task *t)
 			xfree(t->copy[i]);
 	xfree(t->copy);
 	xfree(t->state);
+	xfree(t->holes);
 	xfree(t->r);
 	xfree(t);
 }
@@ -552,8 +553,11 @@ int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, s
 
 	/* On failure t stays listed (the armer may be at it) until mem_snap_fini() */
 	if (pp->free_hole) {
-		pr_err("%d: a pagemap with holes (parent images)\n", t->pid);
-		return -1;
+		/* Only parent holes: written with the pages, in address order */
+		t->holes = xmemdup(pp->holes, sizeof(*pp->holes) * pp->free_hole);
+		if (!t->holes)
+			return -1;
+		t->nr_holes = pp->free_hole;
 	}
 	/* The armer reads the ranges only once state is set */
 	if (collect_ranges(t, vmas, pp))
@@ -1020,10 +1024,24 @@ static int write_chunk(struct page_xfer *xfer, int p[2], unsigned long addr, voi
 	return xfer->write_pages(xfer, p[0], len);
 }
 
+/* The parent holes below limit (all with 0), as page_xfer_dump_pages() writes them */
+static int write_holes(struct snap_task *t, unsigned int *h, unsigned long limit)
+{
+	for (; *h < t->nr_holes; (*h)++) {
+		struct iovec hole = t->holes[*h];
+
+		if (limit && (unsigned long)hole.iov_base >= limit)
+			break;
+		if (t->xfer.write_pagemap(&t->xfer, &hole, PE_PARENT))
+			return -1;
+	}
+	return 0;
+}
+
 static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long chunk)
 {
 	struct page_xfer *xfer = &t->xfer;
-	unsigned int i;
+	unsigned int i, h = 0;
 	int ret = -1;
 
 	if (!t->xfer_open) {
@@ -1080,11 +1098,13 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 			if (failed[0])
 				goto out;
 
-			if (write_chunk(xfer, p, addr, buf, n * PAGE_SIZE))
+			if (write_holes(t, &h, addr) || write_chunk(xfer, p, addr, buf, n * PAGE_SIZE))
 				goto out;
 			nr_written += n;
 		}
 	}
+	if (write_holes(t, &h, 0))
+		goto out;
 	ret = 0;
 out:
 	t->xfer_open = false;

@@ -930,7 +930,11 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 		if (!vma_trackable(vma))
 			continue;
 		if (uffd_register_wp(t->uffd, s, e)) {
-			/* EBUSY: the task's own userfaultfd; EINVAL: a kind the kernel won't track */
+			/*
+			 * EBUSY: the task's own userfaultfd, or a copy-on-write
+			 * dump's (until it is written); EINVAL: a kind the kernel
+			 * won't track
+			 */
 			pr_info("%d: can't register %" PRIx64 "-%" PRIx64 ": %d\n", pid, s, e, errno);
 			failed++;
 			continue;
@@ -948,7 +952,7 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 	close(pm);
 
 	if (failed)
-		pr_warn("%d: %u VMAs can't be tracked: they are dumped in full at every pass\n", pid, failed);
+		pr_warn("%d: %u VMAs can't be tracked now: the next pass dumps them in full\n", pid, failed);
 	pr_info("%d: %u VMAs write-protected for tracking\n", pid, t->nr);
 	return 0;
 }
