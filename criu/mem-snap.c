@@ -1,6 +1,6 @@
 /*
- * Copy-on-write dump (--cow-dump): the tasks run while their pages are
- * written.
+ * Copy-on-write dump (--cow-dump, the default of dump --leave-running
+ * where the kernel can): the tasks run while their pages are written.
  *
  * While a task is frozen, its pagemap is collected as always, but its
  * pages are not taken: its private VMAs are registered with a userfaultfd
@@ -194,7 +194,11 @@ static bool snap_usable(void)
 		why = "the kernel has no userfaultfd write-protect with its events";
 
 	if (why) {
-		pr_warn("the tasks stay frozen until their pages are written: %s\n", why);
+		/* A warning only to whoever asked for it: by default it is used where it can be */
+		if (opts.cow_dump > 0)
+			pr_warn("the tasks stay frozen until their pages are written: %s\n", why);
+		else
+			pr_info("the tasks stay frozen until their pages are written: %s\n", why);
 		return false;
 	}
 	usable = 1;
@@ -819,6 +823,11 @@ static int arm_task(struct snap_task *t)
 			return -1;
 	}
 	return 0;
+}
+
+void mem_snap_tasks_dumped(void)
+{
+	armer_join();
 }
 
 int mem_snap_arm(void)

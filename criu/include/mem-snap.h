@@ -28,6 +28,13 @@ extern int mem_snap_task_start(struct pstree_item *item, struct vm_area_list *vm
  */
 extern int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct page_pipe *pp,
 				 struct page_xfer *xfer);
+/*
+ * Every task dumped, each parasite gone: nothing runs in the tree until it
+ * is resumed, so criu's thread that protected the tasks stops, and criu
+ * goes on single-threaded (setns() into a mount namespace, for the mounts
+ * dumped next, refuses a process with threads)
+ */
+extern void mem_snap_tasks_dumped(void);
 /* Tasks whose pages are still to be written once the tree runs again */
 extern bool mem_snap_pending(void);
 /* The tree frozen, nothing of criu's left in it: the protection done, copy what it missed */

@@ -45,9 +45,9 @@ final dump (the tracked task killed): no tracking holder is left, and one
 still running is killed and said so.
 
 The snapshot section (WORKLOADS=snapshot, not run by default; issue 21,
-Documentation/cow-dump.md): criu dump --leave-running with and without
---cow-dump, plain, --encrypt and --encrypt --compress, of a process of MiB
-of incompressible memory (workloads/cowsweep.c, two threads) in three
+Documentation/cow-dump.md): criu dump --leave-running with --cow-dump (the
+default) and with --no-cow-dump, plain, --encrypt and --encrypt --compress,
+of a process of MiB of incompressible memory (workloads/cowsweep.c, two threads) in three
 cases: at rest, writing SNAP_RATE per mille of its memory a second (50:
 5 %), and writing it flat out; a fresh process for each dump, killed after
 it.  Per row: frozen time (stats-dump), the dump's wall time, the pages
@@ -848,7 +848,7 @@ def snapshot_run(b, mib, case, mode, cow):
         before = stall_hist(w.report())[0]
         try:
             wall, _ = b.criu_run(b.criu, "dump", img, "-t", str(w.p.pid), "-v3", "--leave-running",
-                                 *(["--cow-dump"] if cow else []), *b.mode_args(mode)[0])
+                                 "--cow-dump" if cow else "--no-cow-dump", *b.mode_args(mode)[0])
         except subprocess.CalledProcessError:
             log = (img / "dump.log").read_text(errors="replace").splitlines()
             print("bench: criu dump failed; the end of its log:", *log[-15:], sep="\n", file=sys.stderr)
@@ -1083,7 +1083,7 @@ def main():
             print("Medians of the rounds, spread min-max ('!': the slowest over 1.5x the fastest).")
             churn_summary(chains)
         if snaps:
-            print("\nsnapshot: criu dump --leave-running [--cow-dump] of cowsweep (workloads/cowsweep.c) at rest, "
+            print("\nsnapshot: criu dump --leave-running --[no-]cow-dump of cowsweep (workloads/cowsweep.c) at rest, "
                   "writing")
             print("5 % of its memory a second (SNAP_RATE per mille) or flat out; frozen: stats-dump frozen_time; "
                   "wall: the")
