@@ -36,6 +36,11 @@ zdtm_layer zdtm-smoke-encrypt-compress smoke --encrypt --compress --keep-img alw
 ZDTM_EXCLUDE="zdtm/static/shm zdtm/static/shm-unaligned" \
 ZDTM_EXCLUDE_WHY="fails with --page-server --tls in upstream CRIU too: the IPC namespace is dumped by a forked child, whose TLS records the page server cannot decrypt" \
 	zdtm_layer zdtm-smoke-encrypt-page-server smoke --encrypt --page-server --tls
+# Snapshots: dump --leave-running, copy-on-write by default where the kernel
+# can (Documentation/cow-dump.md); the test checks itself after.  The mount
+# list: criu dumps those mounts with setns(), which a criu with threads can't.
+zdtm_layer zdtm-smoke-snapshot smoke --norst
+zdtm_layer zdtm-mounts-snapshot mounts --norst
 # Pre-dump chains with this host's memory tracking (userfaultfd here, where
 # soft-dirty is missing; the VM layer runs them under both on one kernel).
 if "$src/criu/criu" check --feature mem_dirty_track >"$log/mem-track" 2>&1; then
