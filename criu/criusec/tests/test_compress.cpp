@@ -447,20 +447,25 @@ Sealed seal_runs(const Ctx &ctx, const std::vector<uint8_t> &pt, bool behind, st
 	return s;
 }
 
-TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
+/* mixed_pages() n times over */
+std::vector<uint8_t> mixed_pages_times(int n)
 {
-	Ctx ctx = make_ctx(GetParam());
-	auto pt = mixed_pages();
-	/* More than a ring's worth, so that slots are reused while runs go on. */
-	for (int i = 0; i < 6; i++) {
+	std::vector<uint8_t> pt;
+	for (int i = 0; i < n; i++) {
 		auto more = mixed_pages();
 		pt.insert(pt.end(), more.begin(), more.end());
 	}
-	Sealed want = seal_runs(ctx, pt, false);
+	return pt;
+}
+
+/* Writing behind, round after round: the bytes and the index of the pool that writes before it returns. */
+void expect_same_behind(const Ctx &ctx, const std::vector<uint8_t> &pt, const std::vector<size_t> &runs, int rounds)
+{
+	Sealed want = seal_runs(ctx, pt, false, nullptr, SIZE_MAX, runs);
 	ASSERT_FALSE(want.file.empty());
 	std::mutex mu;
-	for (int i = 0; i < 3; i++) {
-		Sealed got = seal_runs(ctx, pt, true, &mu);
+	for (int i = 0; i < rounds; i++) {
+		Sealed got = seal_runs(ctx, pt, true, &mu, SIZE_MAX, runs);
 		ASSERT_EQ(got.file.size(), want.file.size()) << "round " << i;
 		size_t diff = std::mismatch(got.file.begin(), got.file.end(), want.file.begin()).first - got.file.begin();
 		ASSERT_EQ(got.file, want.file) << "round " << i << " first difference at " << diff;
@@ -468,23 +473,19 @@ TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
 	}
 }
 
+TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
+{
+	/* More than a ring's worth, so that slots are reused while runs go on. */
+	expect_same_behind(make_ctx(GetParam()), mixed_pages_times(7), kMixedRuns, 3);
+}
+
 /* One-page runs are read by the caller and sealed by a helper: still the same bytes, in order. */
 TEST_P(WriteBehind, ScatteredPagesSameBytesAsWritingBeforeReturning)
 {
 	Ctx ctx = make_ctx(GetParam());
-	auto pt = mixed_pages();
-	for (int i = 0; i < 3; i++) {
-		auto more = mixed_pages();
-		pt.insert(pt.end(), more.begin(), more.end());
-	}
-	Sealed want = seal_runs(ctx, pt, false, nullptr, SIZE_MAX, kScatteredRuns);
-	ASSERT_FALSE(want.file.empty());
+	auto pt = mixed_pages_times(4);
+	expect_same_behind(ctx, pt, kScatteredRuns, 5);
 	std::mutex mu;
-	for (int i = 0; i < 5; i++) {
-		Sealed got = seal_runs(ctx, pt, true, &mu, SIZE_MAX, kScatteredRuns);
-		ASSERT_EQ(got.file, want.file) << "round " << i;
-		ASSERT_EQ(got.index, want.index) << "round " << i;
-	}
 	for (size_t fail_at : {1, 3, 40})
 		EXPECT_TRUE(seal_runs(ctx, pt, true, &mu, fail_at, kScatteredRuns).file.empty()) << fail_at;
 }
@@ -492,11 +493,7 @@ TEST_P(WriteBehind, ScatteredPagesSameBytesAsWritingBeforeReturning)
 TEST_P(WriteBehind, AFailedWriteFailsTheFlushOrALaterRun)
 {
 	Ctx ctx = make_ctx(GetParam());
-	auto pt = mixed_pages();
-	for (int i = 0; i < 4; i++) {
-		auto more = mixed_pages();
-		pt.insert(pt.end(), more.begin(), more.end());
-	}
+	auto pt = mixed_pages_times(5);
 	std::mutex mu;
 	for (size_t fail_at : {1, 2, 7})
 		EXPECT_TRUE(seal_runs(ctx, pt, true, &mu, fail_at).file.empty()) << fail_at;
