@@ -697,7 +697,7 @@ static void arm_vmas(struct snap_task *t)
 		struct snap_vma *v = &t->vmas[i];
 
 		if (uffd_register_wp(t->uffd, v->start, v->end))
-			v->why = errno == EBUSY ? "registered with another userfaultfd (the task's own?)" :
+			v->why = errno == EBUSY ? "registered with another userfaultfd (memory tracking's, or the task's own)" :
 						  "the kernel won't register it";
 	}
 	pthread_mutex_lock(&snap_lock);
