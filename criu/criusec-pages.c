@@ -155,6 +155,29 @@ int criusec_page_attach(struct page_img *p)
 	return 0;
 }
 
+/* The page image is as long as its index says (dedup punches holes, but keeps the size) */
+static int page_check_size(struct page_img *p)
+{
+	const struct plain_img *t = &p->dir->plain[p->index];
+	uint64_t pages, bytes;
+	struct stat st;
+
+	if (fstat(p->fd, &st)) {
+		pr_perror("%s: fstat", p->name);
+		return -1;
+	}
+	if (criusec_pages_index_pages(p->dir->ctx, t->data, t->len, &pages, &bytes)) {
+		pr_err("%s: %s\n", p->name, criusec_last_error());
+		return -1;
+	}
+	if ((uint64_t)st.st_size != bytes) {
+		pr_err("%s: %lld bytes, but the dump wrote %llu (%llu pages): truncated or extended\n", p->name,
+		       (long long)st.st_size, (unsigned long long)bytes, (unsigned long long)pages);
+		return -1;
+	}
+	return 0;
+}
+
 static int page_open_read(int dfd, const char *path, int fd)
 {
 	struct dir_state *d;
@@ -187,11 +210,12 @@ static int page_open_read(int dfd, const char *path, int fd)
 	p->index = i;
 	/*
 	 * A dump reads its parents' page images only to punch them
-	 * (--auto-dedup), and then late: their index (4 MiB of tags for
-	 * 1 GiB) is not parsed while the tasks are frozen for nothing.
+	 * (--auto-dedup), and then late: their tags (4 MiB for 1 GiB) are not
+	 * taken while the tasks are frozen for nothing, but the size is
+	 * checked now, as attaching would.
 	 */
 	if (criusec_dump_ctx)
-		return 0;
+		return page_check_size(p);
 	return criusec_page_attach(p);
 }
 

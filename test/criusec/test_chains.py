@@ -20,6 +20,7 @@ saying so, where the kernel has neither.
 """
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -286,6 +287,36 @@ def test_encrypted_chain_tampered(workloads, criu, tmp_path, hosts):
     gen = churn_generation(wl)
     wait_rewritten(wl)
     assert churn_generation(wl) > gen
+
+
+@needs_tracking
+def test_dump_over_a_truncated_parent_takes_nothing_from_it(workloads, criu, tmp_path, hosts):
+    """A dump reads its parents' page images only to punch them, and takes
+    their tags only then, but checks their size when it opens them, frozen:
+    a parent's page image cut short is refused, saying so, and (as CRIU does
+    for a parent it can't open) the dump takes no page from it; the genuine
+    parent serves the next dump."""
+    wl = workloads("churn", MIB)
+    pre = chain_dump(criu, wl, tmp_path, "pre-dump", "pre1", ["-t", wl.pid, "--track-mem"], CHAINS["encrypted"],
+                     hosts)
+    pages = max(pre.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    good = pages.read_bytes()
+    pages.write_bytes(good[:-4096])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    criu.run("dump", bad, "-t", wl.pid, "--leave-running", "--track-mem", "--prev-images-dir", "../pre1",
+             *dump_opts(hosts))
+    log = (bad / "dump.log").read_text(errors="replace")
+    assert re.search(r"%s: \d+ bytes, but the dump wrote \d+ \(\d+ pages\): truncated or extended" % pages.name,
+                     log), log[-3000:]
+    s = dump_stats(bad)
+    assert s["pages_skipped_parent"] == 0 and s["pages_written"] >= MIB * 256, s
+    pages.write_bytes(good)
+    again = tmp_path / "again"
+    again.mkdir()
+    criu.run("dump", again, "-t", wl.pid, "--leave-running", "--track-mem", "--prev-images-dir", "../bad",
+             *dump_opts(hosts))
+    assert dump_stats(again)["pages_skipped_parent"] > 0
 
 
 def test_incremental_dump_reads_its_parent_from_the_keyring(workloads, criu, tmp_path, hosts):

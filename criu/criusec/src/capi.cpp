@@ -931,15 +931,18 @@ int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pag
 	});
 }
 
-int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages)
+int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages,
+			      uint64_t *bytes)
 {
 	return guarded([&]() -> Status {
 		if (!ctx || (!index && len) || !pages)
 			return invalid_argument("NULL context, index or count");
-		auto n = PagePool::index_pages(ctx->ctx, {index, len});
-		if (!n.ok())
-			return std::move(n).status();
-		*pages = n.value();
+		auto e = PagePool::index_extent(ctx->ctx, {index, len});
+		if (!e.ok())
+			return std::move(e).status();
+		*pages = e.value().pages;
+		if (bytes)
+			*bytes = e.value().bytes;
 		return {};
 	});
 }

@@ -7,20 +7,34 @@
 
 namespace criusec {
 
-Result<uint64_t> PagePool::index_pages(const Ctx &ctx, std::span<const uint8_t> index)
+Result<PagePool::Extent> PagePool::index_extent(const Ctx &ctx, std::span<const uint8_t> index)
 {
 	PagePool pool(std::vector<PageCipher>{});
 	pool.regions_on_ = ctx.compress() != CompressAlg::None;
-	CRIUSEC_TRY(pool.parse(index));
-	return pool.pages_;
+	CRIUSEC_TRY(pool.parse(index, false));
+	return Extent{pool.pages_, pool.file_bytes()};
+}
+
+Result<uint64_t> PagePool::index_pages(const Ctx &ctx, std::span<const uint8_t> index)
+{
+	auto e = index_extent(ctx, index);
+	if (!e.ok())
+		return std::move(e).status();
+	return e.value().pages;
+}
+
+uint64_t PagePool::file_bytes() const noexcept
+{
+	if (!regions_on_)
+		return pages_ * kPageSize;
+	return regions_.empty() ? 0 : regions_.back().offset + regions_.back().size();
 }
 
 Status PagePool::attach(std::span<const uint8_t> index, uint64_t file_size)
 {
 	CRIUSEC_TRY(parse(index));
 	file_size_ = file_size;
-	uint64_t want = regions_on_ ? (regions_.empty() ? 0 : regions_.back().offset + regions_.back().size())
-				    : pages_ * kPageSize;
+	uint64_t want = file_bytes();
 	/* Dedup punches holes but keeps the size: any other size is damage. */
 	if (file_size != want)
 		return bad_data(std::to_string(file_size) + " bytes, but the dump wrote " + std::to_string(want) + " (" +
@@ -28,7 +42,7 @@ Status PagePool::attach(std::span<const uint8_t> index, uint64_t file_size)
 	return {};
 }
 
-Status PagePool::parse(std::span<const uint8_t> index)
+Status PagePool::parse(std::span<const uint8_t> index, bool keep_tags)
 {
 	tags_.clear();
 	regions_.clear();
@@ -38,12 +52,14 @@ Status PagePool::parse(std::span<const uint8_t> index)
 	if (!regions_on_) {
 		if (index.size() % kPageTagLen)
 			return bad_data("page tags of " + std::to_string(index.size()) + " bytes: not whole tags");
-		tags_.assign(index.begin(), index.end());
+		if (keep_tags)
+			tags_.assign(index.begin(), index.end());
 		pages_ = index.size() / kPageTagLen;
 	} else {
 		uint64_t offset = 0;
 		/* The tags are at most the index: one allocation, not a growing copy (4 MiB for 1 GiB of XTS regions). */
-		tags_.reserve(index.size());
+		if (keep_tags)
+			tags_.reserve(index.size());
 		regions_.reserve(index.size() / (kRegionRecordLen + kRegionPages * kPageTagLen) + 1);
 		for (size_t pos = 0; pos < index.size();) {
 			auto what = [&] { return "region record " + std::to_string(regions_.size()); };
@@ -69,7 +85,8 @@ Status PagePool::parse(std::span<const uint8_t> index)
 				if (index.size() - pos < t)
 					return bad_data(what() + ": tags cut short");
 				rg.tags = tags_.size() / kPageTagLen;
-				tags_.insert(tags_.end(), index.begin() + pos, index.begin() + pos + t);
+				if (keep_tags)
+					tags_.insert(tags_.end(), index.begin() + pos, index.begin() + pos + t);
 				pos += t;
 			}
 			offset += rg.size();

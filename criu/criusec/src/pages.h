@@ -105,6 +105,11 @@ public:
 	 */
 	[[nodiscard]] Status attach(std::span<const uint8_t> index, uint64_t file_size);
 	/* The pages an authenticated pagetags plaintext describes (for the pagemap's count). */
+	/* What a pagetags plaintext describes: its pages, and the size of the page image that fits it. */
+	struct Extent {
+		uint64_t pages = 0, bytes = 0;
+	};
+	[[nodiscard]] static Result<Extent> index_extent(const Ctx &ctx, std::span<const uint8_t> index);
 	[[nodiscard]] static Result<uint64_t> index_pages(const Ctx &ctx, std::span<const uint8_t> index);
 	/* Read, check and decrypt (and decompress) pages.size() bytes at page number first of fd. */
 	[[nodiscard]] Status read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t> pages);
@@ -122,7 +127,9 @@ private:
 	explicit PagePool(std::vector<PageCipher> w) noexcept;
 	template <typename F> Status split(size_t nr_pages, F &&f, size_t min_per_worker = 0);
 	void drop_ring() noexcept;
-	[[nodiscard]] Status parse(std::span<const uint8_t> index);
+	/* keep_tags false: the regions and their sizes only (what index_extent() needs) */
+	[[nodiscard]] Status parse(std::span<const uint8_t> index, bool keep_tags = true);
+	uint64_t file_bytes() const noexcept;
 	[[nodiscard]] Status read_region(PageCipher &c, int fd, const PageRegion &rg, uint64_t rnum, uint64_t vaddr,
 					 uint64_t from, std::span<uint8_t> out);
 	/* Element addresses survive moves of the vector: helpers keep pointers. */
