@@ -229,6 +229,21 @@ def cow_dump_started(wl, img, *args):
     return p
 
 
+def dump_while_dropping(wl, img, *args):
+    """A copy-on-write dump during which the workload (DROP=...) drops its
+    sweep region, once criu writes the pages: the finished criu process."""
+    p = cow_dump_started(wl, img, *args)
+    try:
+        os.kill(wl.pid, signal.SIGUSR2)
+        wl.wait_status(lambda s: "dropped" in s, "dropped")
+        p.wait(timeout=CRIU_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p
+
+
 def blocked_threads(pid):
     """Threads of pid waiting on a userfaultfd."""
     out = []
@@ -355,15 +370,7 @@ def test_cow_dump_in_a_chain_loses_nothing_to_munmap(sweeper, tmp_path):
     advancing(wl, 1000)
     before = wl.read_status()
     img = tmp_path / "img"
-    p = cow_dump_started(wl, img, "--track-mem", "--prev-images-dir", "../pre")
-    try:
-        os.kill(wl.pid, signal.SIGUSR2)
-        wl.wait_status(lambda s: "dropped" in s, "dropped")
-        p.wait(timeout=CRIU_TIMEOUT)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    p = dump_while_dropping(wl, img, "--track-mem", "--prev-images-dir", "../pre")
     log = (img / "dump.log").read_text(errors="replace")
     assert p.returncode == 0, log[-4000:]
     assert re.search(r"VMA %x-[0-9a-f]+ copied while frozen: registered with another userfaultfd" % wl.addr, log)
@@ -414,15 +421,7 @@ def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, 
     img = tmp_path / "img"
     img.mkdir()
     (img / "notes.txt").write_text("the user's\n")
-    p = cow_dump_started(wl, img)
-    try:
-        os.kill(wl.pid, signal.SIGUSR2)
-        wl.wait_status(lambda s: "dropped" in s, "dropped")
-        p.wait(timeout=CRIU_TIMEOUT)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    p = dump_while_dropping(wl, img)
     # The second dump may freeze the task before or after it reports the drop
     wl.dumped_status = status_at_freeze(img, wl, before)
     log = (img / "dump.log").read_text(errors="replace")
