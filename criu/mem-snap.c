@@ -63,6 +63,7 @@
 #include "kerndat.h"
 #include "linux/userfaultfd.h"
 #include "log.h"
+#include "mem.h"
 #include "mem-snap.h"
 #include "mem-track.h"
 #include "page-pipe.h"
@@ -192,6 +193,17 @@ static bool snap_usable(void)
 		why = "lazy pages are served from the frozen tasks";
 	else if (!kdat.has_uffd || (kdat.uffd_features & SNAP_FEATURES) != SNAP_FEATURES)
 		why = "the kernel has no userfaultfd write-protect with its events";
+	/*
+	 * Soft-dirty: the attempt resets the bits (a retry after a lost page
+	 * could no longer trust them), and a copy-on-write dump leaves every
+	 * page of the tasks soft-dirty, so the next pass of a chain, any
+	 * chain, dumps them all again.
+	 */
+	else if (opts.track_mem && mem_track_method() == MEM_TRACK_SOFT_DIRTY)
+		why = "memory is tracked with soft-dirty, whose bits a copy-on-write dump would reset and then set all";
+	else if (opts.cow_dump < 0 && kdat.has_dirty_track)
+		why = "the kernel has soft-dirty: a copy-on-write dump would make every page soft-dirty for the next pass "
+		      "of a chain (--cow-dump asks for it all the same)";
 
 	if (why) {
 		/* A warning only to whoever asked for it: by default it is used where it can be */
