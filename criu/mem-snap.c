@@ -1199,7 +1199,30 @@ void mem_snap_fini(void)
  */
 #define SNAP_EXIT_LOST 42
 
-static void snap_free_names(char **names);
+static void snap_free_names(char **names)
+{
+	char **p;
+
+	for (p = names; p && *p; p++)
+		xfree(*p);
+	xfree(names);
+}
+
+/* The images directory, listed from its start (a dup shares the position with every other), or NULL */
+static DIR *snap_open_dir(void)
+{
+	int dfd = dup(get_service_fd(IMG_FD_OFF));
+	DIR *d;
+
+	if (dfd < 0 || !(d = fdopendir(dfd))) {
+		pr_perror("Can't list the images directory");
+		if (dfd >= 0)
+			close(dfd);
+		return NULL;
+	}
+	rewinddir(d);
+	return d;
+}
 
 static int snap_cmp_name(const void *a, const void *b)
 {
@@ -1209,19 +1232,13 @@ static int snap_cmp_name(const void *a, const void *b)
 /* The names in the images directory, sorted (a NULL-terminated array), or NULL */
 static char **snap_dir_names(void)
 {
-	int dfd = dup(get_service_fd(IMG_FD_OFF));
+	DIR *d = snap_open_dir();
 	struct dirent *de;
 	char **names = NULL;
 	size_t n = 0;
-	DIR *d;
 
-	if (dfd < 0 || !(d = fdopendir(dfd))) {
-		pr_perror("Can't list the images directory");
-		if (dfd >= 0)
-			close(dfd);
+	if (!d)
 		return NULL;
-	}
-	rewinddir(d); /* a dup shares the position with every other */
 	while ((de = readdir(d))) {
 		char **nn = xrealloc(names, (n + 2) * sizeof(*names));
 
@@ -1245,15 +1262,6 @@ err:
 	return NULL;
 }
 
-static void snap_free_names(char **names)
-{
-	char **p;
-
-	for (p = names; p && *p; p++)
-		xfree(*p);
-	xfree(names);
-}
-
 /*
  * The dump is done again into the directory as it was: the files the
  * copy-on-write attempt made go, or one it made that the frozen dump does
@@ -1261,23 +1269,16 @@ static void snap_free_names(char **names)
  */
 static int snap_dir_restore(char **before)
 {
-	int dfd = dup(get_service_fd(IMG_FD_OFF));
+	DIR *d = snap_open_dir();
 	struct dirent *de;
 	size_t n = 0, gone = 0;
-	DIR *d;
 
+	if (!d)
+		return -1;
 	while (before[n])
 		n++;
-	if (dfd < 0 || !(d = fdopendir(dfd))) {
-		pr_perror("Can't list the images directory");
-		if (dfd >= 0)
-			close(dfd);
-		return -1;
-	}
-	rewinddir(d);
 	while ((de = readdir(d))) {
 		const char *name = de->d_name;
-
 		struct stat st;
 
 		if (bsearch(&name, before, n, sizeof(*before), snap_cmp_name))

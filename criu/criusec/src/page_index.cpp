@@ -15,14 +15,6 @@ Result<PagePool::Extent> PagePool::index_extent(const Ctx &ctx, std::span<const 
 	return Extent{pool.pages_, pool.file_bytes()};
 }
 
-Result<uint64_t> PagePool::index_pages(const Ctx &ctx, std::span<const uint8_t> index)
-{
-	auto e = index_extent(ctx, index);
-	if (!e.ok())
-		return std::move(e).status();
-	return e.value().pages;
-}
-
 uint64_t PagePool::file_bytes() const noexcept
 {
 	if (!regions_on_)

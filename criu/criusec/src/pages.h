@@ -104,13 +104,14 @@ public:
 	 * page image's size, which must be what they describe.
 	 */
 	[[nodiscard]] Status attach(std::span<const uint8_t> index, uint64_t file_size);
-	/* The pages an authenticated pagetags plaintext describes (for the pagemap's count). */
-	/* What a pagetags plaintext describes: its pages, and the size of the page image that fits it. */
+	/*
+	 * What an authenticated pagetags plaintext describes: its pages (for
+	 * the pagemap's count) and the size of the page image that fits it.
+	 */
 	struct Extent {
 		uint64_t pages = 0, bytes = 0;
 	};
 	[[nodiscard]] static Result<Extent> index_extent(const Ctx &ctx, std::span<const uint8_t> index);
-	[[nodiscard]] static Result<uint64_t> index_pages(const Ctx &ctx, std::span<const uint8_t> index);
 	/* Read, check and decrypt (and decompress) pages.size() bytes at page number first of fd. */
 	[[nodiscard]] Status read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t> pages);
 	/*

@@ -359,10 +359,11 @@ TEST_P(Regions, DedupPunchesWholeRegions)
 	ASSERT_TRUE(pool.ok());
 	ASSERT_TRUE(pool.value().attach(s.index, s.file.size()).ok());
 	/* What the restore's pagemap check counts, without the image. */
-	auto counted = PagePool::index_pages(ctx, s.index);
+	auto counted = PagePool::index_extent(ctx, s.index);
 	ASSERT_TRUE(counted.ok());
-	EXPECT_EQ(counted.value(), pool.value().pages());
-	EXPECT_FALSE(PagePool::index_pages(ctx, std::span<const uint8_t>(s.index).first(s.index.size() - 1)).ok());
+	EXPECT_EQ(counted.value().pages, pool.value().pages());
+	EXPECT_EQ(counted.value().bytes, s.file.size());
+	EXPECT_FALSE(PagePool::index_extent(ctx, std::span<const uint8_t>(s.index).first(s.index.size() - 1)).ok());
 	struct stat st0, st1;
 	ASSERT_EQ(fstat(fd, &st0), 0);
 	std::vector<std::pair<uint64_t, uint64_t>> holes;
