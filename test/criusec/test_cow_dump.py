@@ -125,11 +125,16 @@ def one_boundary(st, npages):
 
 def status_at_freeze(img, wl, before):
     """The workload's status file as the dump saw it (restore checks the size
-    of an open file): before, or what it is now, which files.img tells."""
+    of an open file): before, or what it is now, which files.img tells; or,
+    frozen while the workload rewrote it (truncated, not yet written), the
+    start of it."""
     after = wl.read_status()
     size = [f["reg"]["size"] for f in pycriu.images.load(open(img / "files.img", "rb"))["entries"]
             if f.get("reg", {}).get("name", "").endswith("cowsweep.status")][0]
-    return before if len(before.encode()) == size else after
+    for st in (before, after):
+        if len(st.encode()) == size:
+            return st
+    return after.encode()[:size].decode()
 
 
 def restore_and_check(img, wl, key):
