@@ -23,6 +23,7 @@ total=$(count "$log/unit" 'out of [0-9]+')
 failed=$(count "$log/unit" '[0-9]+ tests failed')
 skipped=$(grep -c 'Skipped' "$log/unit" || true)
 layer unit $((total - failed - skipped)) "$failed" "$skipped" "$rc"
+failed_names unit '^[[:space:]]*[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)\)'
 
 echo "== integration tests (pytest)"
 pytest_layer integration
