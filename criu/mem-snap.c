@@ -95,7 +95,8 @@ struct uffdio_writeprotect {
 	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
 
 /* Pages read, unprotected and written at once: a writer waits at most that */
-#define SNAP_CHUNK 64
+#define SNAP_CHUNK	64
+#define SNAP_READ_BATCH 256 /* pages read at once while frozen (IOV_MAX: 1024) */
 
 enum {
 	PG_PROTECTED, /* as at the freeze, write-protected */
@@ -489,27 +490,52 @@ static int read_page(pid_t pid, unsigned long addr, void *buf, unsigned long len
 	return -EFAULT;
 }
 
-/* Copy a range's pages now (the task frozen): what can't be protected */
+/*
+ * Copy a range's pages now (the task frozen): what can't be protected.  A
+ * run of pages is read in one process_vm_readv() into pages of their own
+ * (each is freed once written): a call per page made the copy of a range
+ * rewritten since the last pass cost more than the frozen dump.
+ */
 static int copy_frozen(struct snap_task *t, struct snap_range *r)
 {
-	unsigned long addr, i = r->first;
-	int ret;
+	struct iovec local[SNAP_READ_BATCH], remote;
+	unsigned long addr = r->start, i = r->first;
+	unsigned int n, k;
+	ssize_t got;
 
-	for (addr = r->start; addr < r->end; addr += PAGE_SIZE, i++) {
-		if (t->state[i] != PG_PROTECTED)
-			continue; /* saved at a fault, before anything wrote it */
-		t->copy[i] = xmalloc(PAGE_SIZE);
-		if (!t->copy[i])
-			return -1;
-		ret = read_page(t->pid, addr, t->copy[i], PAGE_SIZE);
-		if (ret) {
-			pr_err("%d: can't read page %lx: %s\n", t->pid, addr, strerror(-ret));
-			return -1;
+	while (addr < r->end) {
+		if (t->state[i] != PG_PROTECTED) { /* saved at a fault, before anything wrote it */
+			addr += PAGE_SIZE;
+			i++;
+			continue;
 		}
-		t->state[i] = PG_COPIED;
-		nr_frozen_copies++;
+		for (n = 0; n < SNAP_READ_BATCH && addr + n * PAGE_SIZE < r->end && t->state[i + n] == PG_PROTECTED;
+		     n++) {
+			local[n].iov_base = xmalloc(PAGE_SIZE);
+			local[n].iov_len = PAGE_SIZE;
+			if (!local[n].iov_base)
+				goto err;
+		}
+		remote.iov_base = (void *)addr;
+		remote.iov_len = n * PAGE_SIZE;
+		got = process_vm_readv(t->pid, local, n, &remote, 1, 0);
+		if (got != (ssize_t)remote.iov_len) {
+			pr_err("%d: can't read pages %lx-%lx: %s\n", t->pid, addr, addr + n * PAGE_SIZE,
+			       got < 0 ? strerror(errno) : "short read");
+			goto err;
+		}
+		for (k = 0; k < n; k++, i++) {
+			t->copy[i] = local[k].iov_base;
+			t->state[i] = PG_COPIED;
+		}
+		nr_frozen_copies += n;
+		addr += n * PAGE_SIZE;
 	}
 	return 0;
+err:
+	while (n--)
+		xfree(local[n].iov_base);
+	return -1;
 }
 
 /* Pages saved at a fault before the pagemap was known go to their place */
