@@ -183,12 +183,11 @@ static bool snap_usable(void)
 	if (usable >= 0)
 		return usable;
 	usable = 0;
-	if (!opts.cow_dump)
+	/* A pre-dump reads its pages as mem_snap_pre_dump_mode() said */
+	if (!opts.cow_dump || opts.mode == CR_PRE_DUMP)
 		return false;
 
-	if (opts.mode == CR_PRE_DUMP)
-		why = "a pre-dump reads its pages after the unfreeze anyway (--pre-dump-mode=read)";
-	else if (opts.final_state != TASK_ALIVE)
+	if (opts.final_state != TASK_ALIVE)
 		why = "the tasks are not left running (--leave-running)";
 	else if (opts.lazy_pages)
 		why = "lazy pages are served from the frozen tasks";
@@ -1388,4 +1387,26 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
 	}
 	snap_free_names(before);
 	return true;
+}
+
+/*
+ * A pre-dump needs no snapshot of the memory at the freeze: what the tasks
+ * write once they run is tracked, and dumped again by the next pass.  So
+ * where a dump would be copy-on-write, a pre-dump reads its pages once the
+ * tasks run (upstream's read mode), rather than splicing every page into
+ * pipes while they are frozen.
+ */
+void mem_snap_pre_dump_mode(void)
+{
+	if (opts.pre_dump_mode != PRE_DUMP_AUTO) {
+		if (opts.pre_dump_mode == PRE_DUMP_SPLICE && opts.cow_dump > 0)
+			pr_warn("the tasks stay frozen until their pages are in pipes: --pre-dump-mode=splice\n");
+		return;
+	}
+	opts.pre_dump_mode = PRE_DUMP_SPLICE;
+	if (!opts.cow_dump || (opts.cow_dump < 0 && kdat.has_dirty_track))
+		return;
+	opts.pre_dump_mode = PRE_DUMP_READ;
+	pr_info("a pre-dump reads its pages once the tasks run (--pre-dump-mode=read): what they write meanwhile is "
+		"tracked for the next pass\n");
 }

@@ -48,5 +48,10 @@ extern void mem_snap_fini(void);
  * the tasks lost a page it had not saved), its result in *ret; false: dump
  */
 extern bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret);
+/*
+ * A pre-dump's --pre-dump-mode when none was asked for: read where a dump
+ * is copy-on-write (the tasks run while the pages are read), else splice
+ */
+extern void mem_snap_pre_dump_mode(void);
 
 #endif /* __CR_MEM_SNAP_H__ */

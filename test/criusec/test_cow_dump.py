@@ -362,6 +362,53 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     advancing(wl, wl.npages // THREADS * 2)
 
 
+PRE_DUMP_SPLICE, PRE_DUMP_READ = 1, 2  # the inventory's pre_dump_mode
+
+
+def pre_dump_mode(img):
+    with open(img / "inventory.img", "rb") as f:
+        return pycriu.images.load(f)["entries"][0]["pre_dump_mode"]
+
+
+def test_pre_dump_reads_its_pages_once_the_tasks_run(sweeper, tmp_path):
+    """Where a dump is copy-on-write, a pre-dump given no --pre-dump-mode
+    reads its pages once the tasks run (read mode) rather than splicing
+    them all while they are frozen: it needs no snapshot, what the tasks
+    write meanwhile is tracked.  The threads stamp pages flat out through
+    it, and the dump over it restores with every page checked.
+    --pre-dump-mode=splice, or --no-cow-dump, keeps splice."""
+    wl = sweeper(256)
+    advancing(wl, 1000)
+    pre = tmp_path / "pre"
+    r = criu("pre-dump", pre, "-t", wl.pid, check=False)
+    if r.returncode:
+        pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
+    chk = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True).stdout
+    if "Memory tracking: uffd" not in chk:
+        pytest.skip("a dump is copy-on-write by default only where memory is tracked with userfaultfd "
+                    f"(no soft-dirty): {chk.strip()}")
+    assert "a pre-dump reads its pages once the tasks run (--pre-dump-mode=read)" in r.log, r.log[-3000:]
+    assert pre_dump_mode(pre) == PRE_DUMP_READ
+    for args in (("--pre-dump-mode=splice",), ("--no-cow-dump",)):
+        other = tmp_path / args[0].strip("-")
+        r = criu("pre-dump", other, "-t", wl.pid, *args)
+        assert pre_dump_mode(other) == PRE_DUMP_SPLICE, args
+        assert "reads its pages once the tasks run" not in r.log, args
+    advancing(wl, 1000)
+
+    fin = tmp_path / "fin"
+    wl.dumped_status = wl.read_status()
+    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre")
+    assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
+    with open(fin / "stats-dump", "rb") as f:
+        st = pycriu.images.load(f)["entries"][0]["dump"]
+    assert st["pages_skipped_parent"] > 0, st
+    wait_gone(tree_pids(wl.pid))
+    wl.status_path.write_text(wl.dumped_status)
+    criu("restore", fin, "-d")
+    advancing(wl, wl.npages // THREADS * 2)
+
+
 def test_cow_dump_in_a_chain_loses_nothing_to_munmap(sweeper, tmp_path):
     """In a chain, tracked memory's written pages are copied at the freeze
     (the tracking holder's userfaultfd has the VMA): memory unmapped while
