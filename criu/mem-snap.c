@@ -96,7 +96,8 @@ struct uffdio_writeprotect {
 
 /* Pages read, unprotected and written at once: a writer waits at most that */
 #define SNAP_CHUNK	64
-#define SNAP_READ_BATCH 256 /* pages read at once while frozen (IOV_MAX: 1024) */
+#define SNAP_READ_BATCH 256  /* pages read at once while frozen (IOV_MAX: 1024) */
+#define SNAP_COPY_SPLIT 4096 /* pages copied while frozen from which two threads do it */
 
 enum {
 	PG_PROTECTED, /* as at the freeze, write-protected */
@@ -489,52 +490,139 @@ static int read_page(pid_t pid, unsigned long addr, void *buf, unsigned long len
 	return -EFAULT;
 }
 
+/* Pages [from, to) of a range, to copy while frozen; what came of it */
+struct snap_copy {
+	struct snap_task *t;
+	struct snap_range *r;
+	unsigned long from, to;
+	unsigned long copied;
+	int err; /* errno: of the read at err_addr, or ENOMEM */
+	unsigned long err_addr;
+};
+
 /*
- * Copy a range's pages now (the task frozen): what can't be protected.  A
- * run of pages is read in one process_vm_readv() into pages of their own
- * (each is freed once written): a call per page made the copy of a range
- * rewritten since the last pass cost more than the frozen dump.
+ * Copy pages now (the task frozen): what can't be protected.  A run of
+ * pages is read in one process_vm_readv(): a call per page made the copy
+ * of memory rewritten since the last pass cost more than the frozen dump.
+ * Nothing logged here: it may run in a thread of its own (copy_ranges()).
  */
-static int copy_frozen(struct snap_task *t, struct snap_range *r)
+static void copy_pages(struct snap_copy *c)
 {
 	struct iovec local[SNAP_READ_BATCH], remote;
-	unsigned long addr = r->start, i = r->first;
+	struct snap_task *t = c->t;
+	unsigned long addr = c->r->start + c->from * PAGE_SIZE, end = c->r->start + c->to * PAGE_SIZE;
+	unsigned long i = c->r->first + c->from;
 	unsigned int n, k;
 	ssize_t got;
 
-	while (addr < r->end) {
+	while (addr < end) {
 		if (t->state[i] != PG_PROTECTED) { /* saved at a fault, before anything wrote it */
 			addr += PAGE_SIZE;
 			i++;
 			continue;
 		}
-		for (n = 0; n < SNAP_READ_BATCH && addr + n * PAGE_SIZE < r->end && t->state[i + n] == PG_PROTECTED;
-		     n++) {
-			local[n].iov_base = xmalloc(PAGE_SIZE);
+		for (n = 0; n < SNAP_READ_BATCH && addr + n * PAGE_SIZE < end && t->state[i + n] == PG_PROTECTED; n++) {
+			local[n].iov_base = malloc(PAGE_SIZE);
 			local[n].iov_len = PAGE_SIZE;
-			if (!local[n].iov_base)
+			if (!local[n].iov_base) {
+				c->err = ENOMEM;
 				goto err;
+			}
 		}
 		remote.iov_base = (void *)addr;
 		remote.iov_len = n * PAGE_SIZE;
 		got = process_vm_readv(t->pid, local, n, &remote, 1, 0);
 		if (got != (ssize_t)remote.iov_len) {
-			pr_err("%d: can't read pages %lx-%lx: %s\n", t->pid, addr, addr + n * PAGE_SIZE,
-			       got < 0 ? strerror(errno) : "short read");
+			c->err = got < 0 ? errno : EFAULT;
 			goto err;
 		}
 		for (k = 0; k < n; k++, i++) {
 			t->copy[i] = local[k].iov_base;
 			t->state[i] = PG_COPIED;
 		}
-		nr_frozen_copies += n;
+		c->copied += n;
 		addr += n * PAGE_SIZE;
 	}
-	return 0;
+	return;
 err:
+	c->err_addr = addr;
 	while (n--)
-		xfree(local[n].iov_base);
+		free(local[n].iov_base);
+}
+
+static int copy_done(struct snap_copy *c)
+{
+	nr_frozen_copies += c->copied;
+	if (!c->err)
+		return 0;
+	pr_err("%d: can't copy page %lx while frozen: %s\n", c->t->pid, c->err_addr, strerror(c->err));
 	return -1;
+}
+
+static int copy_frozen(struct snap_task *t, struct snap_range *r)
+{
+	struct snap_copy c = { .t = t, .r = r, .to = (r->end - r->start) / PAGE_SIZE };
+
+	copy_pages(&c);
+	return copy_done(&c);
+}
+
+static void *copy_main(void *arg)
+{
+	struct snap_copy *c;
+
+	for (c = arg; c->r && !c->err; c++)
+		copy_pages(c);
+	return NULL;
+}
+
+/*
+ * The ranges of r[] (nr of them) copied while frozen, in two halves: the
+ * second by a thread of its own.  The copy is mostly first touches of
+ * criu's memory, which go faster on two cores (1 GiB rewritten since the
+ * last pass, here: frozen 0.60-0.71 s, against 0.81-0.88 s on one).
+ */
+static int copy_ranges(struct snap_task *t, struct snap_range **r, unsigned int nr)
+{
+	struct snap_copy *c;
+	unsigned long total = 0, half, seen = 0;
+	unsigned int i, n = 0, split = 0;
+	pthread_t th;
+	bool threaded;
+	int ret = 0;
+
+	for (i = 0; i < nr; i++)
+		total += (r[i]->end - r[i]->start) / PAGE_SIZE;
+	/* One more entry for a range cut in two, and an end for each half */
+	c = xzalloc(sizeof(*c) * (nr + 3));
+	if (!c)
+		return -1;
+	half = total >= SNAP_COPY_SPLIT ? total / 2 : total;
+	for (i = 0; i < nr; i++) {
+		unsigned long pages = (r[i]->end - r[i]->start) / PAGE_SIZE, cut = 0;
+
+		if (!split && seen + pages > half) {
+			cut = half - seen;
+			if (cut)
+				c[n++] = (struct snap_copy){ .t = t, .r = r[i], .to = cut };
+			split = ++n; /* the first half's end */
+		}
+		if (cut < pages)
+			c[n++] = (struct snap_copy){ .t = t, .r = r[i], .from = cut, .to = pages };
+		seen += pages;
+	}
+
+	threaded = split && pthread_create_nosig(&th, copy_main, &c[split]) == 0;
+	copy_main(c);
+	if (!threaded && split)
+		copy_main(&c[split]);
+	if (threaded)
+		pthread_join(th, NULL);
+	for (i = 0; i < n; i++)
+		if (c[i].r && copy_done(&c[i]))
+			ret = -1;
+	xfree(c);
+	return ret;
 }
 
 /* Pages saved at a fault before the pagemap was known go to their place */
@@ -833,8 +921,13 @@ static void *armer_main(void *arg)
 static int arm_task(struct snap_task *t)
 {
 	const char *why = NULL;
-	unsigned int i, v = 0;
+	struct snap_range **todo;
+	unsigned int i, v = 0, n = 0;
+	int ret;
 
+	todo = xmalloc(sizeof(*todo) * (t->nr ?: 1));
+	if (!todo)
+		return -1;
 	for (i = 0; i < t->nr; i++) {
 		struct snap_range *r = &t->r[i];
 		bool first = !i || r->vma_start != r[-1].vma_start;
@@ -856,10 +949,11 @@ static int arm_task(struct snap_task *t)
 			r->wp = true;
 			continue;
 		}
-		if (copy_frozen(t, r))
-			return -1;
+		todo[n++] = r;
 	}
-	return 0;
+	ret = n ? copy_ranges(t, todo, n) : 0;
+	xfree(todo);
+	return ret;
 }
 
 void mem_snap_tasks_dumped(void)
