@@ -35,6 +35,9 @@
  * lose that page: the copy-on-write dump, done by a child of criu, fails,
  * and criu dumps the tree again, frozen (mem_snap_try_dump()).  fork is
  * safe: the parent's pages stay protected and the child is not dumped.
+ *
+ * A pre-dump needs no snapshot (what the tasks write is tracked for the
+ * next pass): it reads its pages once they run (mem_snap_pre_dump_mode()).
  */
 
 #include <dirent.h>
