@@ -327,8 +327,11 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     written pages while frozen and writes them once the task runs; pages
     unchanged since the pre-dump are parent holes.  The snapshot is
     exactly the memory at its freeze, tracking goes on after it (the final
-    dump takes pages from it), and the final dump restores."""
-    wl = sweeper(256)
+    dump takes pages from it), and the final dump restores.  Encrypted,
+    the canary in every page is in no file of the chain, the pages copied
+    while frozen (by two threads from 4,096 on) included."""
+    canary = "CANARY-cow-chain-" + os.urandom(8).hex()
+    wl = sweeper(256, canary=canary)
     advancing(wl, 1000)
     args = enc_args(keys, mode)
     key = keys["alice"][1] if MODES[mode] else None
@@ -360,6 +363,12 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     wl.status_path.write_text(wl.dumped_status)
     criu("restore", fin, "-d", *(("--tls-key", key) if key else ()))
     advancing(wl, wl.npages // THREADS * 2)
+    for d in (tmp_path / "pre", img, fin):
+        found = files_with(d, canary.encode())
+        if key:
+            assert found == [], (d.name, found)
+        elif d == img:
+            assert found, "the plain snapshot should hold the canary (else this check finds nothing)"
 
 
 PRE_DUMP_SPLICE, PRE_DUMP_READ = 1, 2  # the inventory's pre_dump_mode
