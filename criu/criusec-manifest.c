@@ -384,7 +384,7 @@ int criusec_manifest_check_pagemaps(struct dir_state *d)
 		}
 		if (t < 0)
 			continue;
-		if (criusec_pages_index_pages(d->ctx, d->plain[t].data, d->plain[t].len, &described, NULL)) {
+		if (criusec_pages_index_pages(d->ctx, d->plain[t].data, d->plain[t].len, &described)) {
 			pr_err("%s: %s\n", tname, criusec_last_error());
 			return -1;
 		}

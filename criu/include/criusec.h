@@ -422,12 +422,13 @@ int criusec_pages_read(struct criusec_pages *p, int fd, uint64_t vaddr, uint64_t
 typedef int (*criusec_pages_hole)(void *arg, uint64_t off, uint64_t len);
 int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pages, criusec_pages_hole hole,
 			void *hole_arg);
+/* The pages the authenticated plaintext of a pagetags image describes, under ctx. */
+int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages);
 /*
- * The pages the authenticated plaintext of a pagetags image describes,
- * under ctx, and (bytes, if not NULL) the size of the page image it fits.
+ * criusec_pages_attach()'s check of the page image's size (file_size)
+ * against that plaintext, without keeping its tags.
  */
-int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages,
-			      uint64_t *bytes);
+int criusec_pages_check_size(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t file_size);
 
 /*
  * The chain keyring: after an encrypted dump,

@@ -931,8 +931,7 @@ int criusec_pages_punch(struct criusec_pages *p, uint64_t index, uint64_t nr_pag
 	});
 }
 
-int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages,
-			      uint64_t *bytes)
+int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t *pages)
 {
 	return guarded([&]() -> Status {
 		if (!ctx || (!index && len) || !pages)
@@ -941,9 +940,16 @@ int criusec_pages_index_pages(const struct criusec_ctx *ctx, const uint8_t *inde
 		if (!e.ok())
 			return std::move(e).status();
 		*pages = e.value().pages;
-		if (bytes)
-			*bytes = e.value().bytes;
 		return {};
+	});
+}
+
+int criusec_pages_check_size(const struct criusec_ctx *ctx, const uint8_t *index, size_t len, uint64_t file_size)
+{
+	return guarded([&]() -> Status {
+		if (!ctx || (!index && len))
+			return invalid_argument("NULL context or index");
+		return PagePool::check_file(ctx->ctx, {index, len}, file_size);
 	});
 }
 

@@ -112,6 +112,8 @@ public:
 		uint64_t pages = 0, bytes = 0;
 	};
 	[[nodiscard]] static Result<Extent> index_extent(const Ctx &ctx, std::span<const uint8_t> index);
+	/* attach()'s size check alone, without taking the tags (a dump's parent, opened while frozen). */
+	[[nodiscard]] static Status check_file(const Ctx &ctx, std::span<const uint8_t> index, uint64_t file_size);
 	/* Read, check and decrypt (and decompress) pages.size() bytes at page number first of fd. */
 	[[nodiscard]] Status read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t> pages);
 	/*
@@ -131,6 +133,7 @@ private:
 	/* keep_tags false: the regions and their sizes only (what index_extent() needs) */
 	[[nodiscard]] Status parse(std::span<const uint8_t> index, bool keep_tags = true);
 	uint64_t file_bytes() const noexcept;
+	[[nodiscard]] Status check_size(uint64_t file_size) const;
 	[[nodiscard]] Status read_region(PageCipher &c, int fd, const PageRegion &rg, uint64_t rnum, uint64_t vaddr,
 					 uint64_t from, std::span<uint8_t> out);
 	/* Element addresses survive moves of the vector: helpers keep pointers. */

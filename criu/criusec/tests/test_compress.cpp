@@ -364,6 +364,11 @@ TEST_P(Regions, DedupPunchesWholeRegions)
 	EXPECT_EQ(counted.value().pages, pool.value().pages());
 	EXPECT_EQ(counted.value().bytes, s.file.size());
 	EXPECT_FALSE(PagePool::index_extent(ctx, std::span<const uint8_t>(s.index).first(s.index.size() - 1)).ok());
+	/* attach()'s size check alone (a dump's parent): the same verdict. */
+	EXPECT_TRUE(PagePool::check_file(ctx, s.index, s.file.size()).ok());
+	auto cut = PagePool::check_file(ctx, s.index, s.file.size() - 1);
+	ASSERT_FALSE(cut.ok());
+	EXPECT_NE(cut.message().find("truncated or extended"), std::string::npos) << cut.message();
 	struct stat st0, st1;
 	ASSERT_EQ(fstat(fd, &st0), 0);
 	std::vector<std::pair<uint64_t, uint64_t>> holes;
