@@ -10,8 +10,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def chain_keys():
     """{serial: description} of the criusec chain keys in root's user keyring."""
-    buf = ctypes.create_string_buffer(65536)
-    n = _libc.syscall(SYS_KEYCTL, KEYCTL_READ, KEY_SPEC_USER_KEYRING, buf, len(buf))
+    # The kernel says how many bytes the ring's serials take; a buffer too
+    # small gets none (a long-used machine can hold tens of thousands of keys).
+    n = 65536
+    while True:
+        buf = ctypes.create_string_buffer(n)
+        n = _libc.syscall(SYS_KEYCTL, KEYCTL_READ, KEY_SPEC_USER_KEYRING, buf, len(buf))
+        if n <= len(buf):
+            break
     out = {}
     for i in range(0, max(n, 0), 4):
         serial = int.from_bytes(buf.raw[i:i + 4], sys.byteorder, signed=True)

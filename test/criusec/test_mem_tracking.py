@@ -14,7 +14,6 @@ page.
 They need a kernel with userfaultfd write-protect (async) and PAGEMAP_SCAN
 (6.7 or later) and skip, saying so, without.
 """
-import ctypes
 import functools
 import os
 import pathlib
@@ -26,6 +25,7 @@ import time
 
 import pytest
 
+import chainkeys
 from helpers import (CRIU, REPO, Workload, build_workload, churn_generation, reap_all, tree_pids, wait_gone,
                      wait_rewritten)
 
@@ -52,23 +52,6 @@ def needs_uffd(f):
 
 
 # --- chain keys: criusec leaves one per encrypted checkpoint in root's user keyring
-SYS_KEYCTL, KEYCTL_DESCRIBE, KEYCTL_UNLINK, KEYCTL_READ, KEY_SPEC_USER_KEYRING = 250, 6, 9, 11, -4
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def chain_keys():
-    buf = ctypes.create_string_buffer(65536)
-    n = _libc.syscall(SYS_KEYCTL, KEYCTL_READ, KEY_SPEC_USER_KEYRING, buf, len(buf))
-    out = set()
-    for i in range(0, max(n, 0), 4):
-        serial = int.from_bytes(buf.raw[i:i + 4], sys.byteorder, signed=True)
-        d = ctypes.create_string_buffer(512)
-        if _libc.syscall(SYS_KEYCTL, KEYCTL_DESCRIBE, serial, d, len(d)) > 0 and \
-                d.value.decode().rsplit(";", 1)[-1].startswith("criusec:"):
-            out.add(serial)
-    return out
-
-
 def holders():
     """{token: pid} of the tracking holders of this test run.  A holder is
     re-parented to the nearest child subreaper, this process (conftest):
@@ -91,7 +74,7 @@ def holders():
 @pytest.fixture(autouse=True)
 def cleanup():
     """No holder, chain key or big image of a test outlives it."""
-    keys, before = chain_keys(), set(holders())
+    keys, before = set(chainkeys.chain_keys()), set(holders())
     yield
     killed = set()
     for token, pid in holders().items():
@@ -102,8 +85,8 @@ def cleanup():
         (HOLDERS / token).unlink(missing_ok=True)  # a killed holder's socket
     time.sleep(0.1)
     reap_all()
-    for serial in chain_keys() - keys:
-        _libc.syscall(SYS_KEYCTL, KEYCTL_UNLINK, serial, KEY_SPEC_USER_KEYRING)
+    for serial in set(chainkeys.chain_keys()) - keys:
+        chainkeys.unlink(serial)
 
 
 @pytest.fixture(scope="module")
