@@ -427,7 +427,10 @@ class Containerd(Engine):
         assert self.fingerprint(name, ck) == fingerprint
 
     def label(self, path):
-        """What a blob of the checkpoint image is, from its content."""
+        """What a blob of the checkpoint image is, from its content; the
+        metadata database by its name."""
+        if path.endswith("/io.containerd.metadata.v1.bolt/meta.db"):
+            return "meta.db"
         with open(path, "rb") as f:
             data = f.read()
         if b'"ociVersion"' in data:     # the container record, with its OCI spec

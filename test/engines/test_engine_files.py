@@ -34,6 +34,11 @@ ON_HOST = {
 }
 ON_HOST["podman-image"] = {k: v | IN_CHECKPOINT["podman-image"][k]
                            for k, v in ON_HOST["podman-export"].items()}
+# Where a secret may be left or not: containerd's metadata database held the
+# container record until the checkpoint removed the container; bolt frees its
+# pages but leaves their bytes until it reuses them, sometimes only part of
+# them (a CI run found the variable there without the rest of the spec).
+MAYBE_ON_HOST = {"containerd": {"ARG": {"meta.db"}}}
 FILES = {"ROOTFS": "/root/secret", "SHM": "/dev/shm/secret", "TMPFS": "/secrets/secret",
          "LOG": "/proc/1/fd/1"}
 
@@ -55,7 +60,8 @@ def test_engine_files_in_clear(engine, criu_host):
     for kind, c in sec.items():
         assert {engine.label(p) for p in mine[c]} == IN_CHECKPOINT[engine.name][kind], \
             f"{kind} in the checkpoint's engine files: {mine[c]}"
-        assert {engine.label(p) for p in host[c]} == ON_HOST[engine.name][kind], \
+        maybe = MAYBE_ON_HOST.get(engine.name, {}).get(kind, set())
+        assert {engine.label(p) for p in host[c]} - maybe == ON_HOST[engine.name][kind], \
             f"{kind} in the engine's storage: {host[c]}"
 
     r = engine.restore("files", ck)
