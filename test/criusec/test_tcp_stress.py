@@ -134,9 +134,13 @@ class Pair:
         return out
 
     def sockets(self):
-        r = subprocess.run(["nsenter", "-t", str(self.wl.pid), "-n", "ss", "-tnmi"], capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout + r.stderr
+        ns = ["nsenter", "-t", str(self.wl.pid), "-n"]
+        r = subprocess.run([*ns, "ss", "-tnmi"], capture_output=True, text=True, timeout=10)
+        # The namespace's TCP counters: why segments were dropped (BeyondWindow, RcvPruned...).
+        c = subprocess.run([*ns, "nstat", "-asz"], capture_output=True, text=True, timeout=10)
+        counters = " ".join(f"{w[0]}={w[1]}" for w in (line.split() for line in c.stdout.splitlines())
+                            if len(w) > 1 and w[1] != "0" and w[0].startswith("Tcp"))
+        return r.stdout + r.stderr + "\ncounters: " + counters + c.stderr
 
     def wait_rounds(self, more, timeout=PROGRESS_S):
         """Both sides finish `more` rounds; returns the seconds it took."""
@@ -226,8 +230,14 @@ def test_full_tcp_queues_through_lazy_encrypted_compressed_restores(tcpstress_bi
     About 1 run in 8 of this test stalls after a restore (no byte moves for
     10 s, a side's send queue full), with stop 31's main and stop 29's
     (5f41465) alike, every byte received up to it right: a bug not fixed
-    yet (stop 31's closing note).  A wrong byte, a lost one, or a second
-    stall fails."""
+    yet.  Captured from the restore on (stop 32's closing note): A, whose
+    8 MiB receive buffer the application locked, takes the window it
+    advertised and finds itself over its buffer (9.3 MB of memory for
+    8.1 MB queued, RcvPruned), drops B's next two bytes and retracts its
+    window to zero; B's ACKs then carry a sequence two bytes past A's edge
+    and A drops them as out of window (BeyondWindow), so A never learns
+    that B's window opened.  A wrong byte, a lost one, or a second stall
+    fails."""
     try:
         stress_once(tcpstress_bin, tmp_path / "try1", criu, keys)
     except Stalled as e:
