@@ -225,6 +225,7 @@ def test_page_server_dump_needs_tls(memcanary, criu, tmp_path, keys):
 # and restored by criu itself through the checked page reads.
 
 HUGE_PAGES_NEEDED = 6  # what the hugecanary workload holds (2 MiB pages)
+HUGE_PAGES_FREE = HUGE_PAGES_NEEDED + 1  # and one criu maps to learn the hugetlb device (kerndat)
 # region -> the memfd.img name of the hugetlb file holding it (shared ones)
 HUGE_SHARED = {"hugeshared": "/anon_hugepage", "hugememfd": "hugecanary", "hugememfdfile": "hugecanary-priv"}
 HUGE_PRIVATE = ("hugepriv", "hugememfdpriv")  # the restorer fills these from the memfd
@@ -243,12 +244,28 @@ def meminfo(field):
 
 @pytest.fixture
 def hugepages():
-    size, free = meminfo("Hugepagesize"), meminfo("HugePages_Free")
+    """The free 2 MiB pages the workload needs: as root, the pool is grown
+    by what is missing for the test and given back after (a fresh machine
+    has none)."""
+    size, free = meminfo("Hugepagesize"), meminfo("HugePages_Free") or 0
     if size != 2048:
         pytest.skip(f"the default huge page size is {size} kB, the hugetlb tests need 2048 kB")
-    if free is None or free < HUGE_PAGES_NEEDED:
-        pytest.skip(f"HugePages_Free is {free}, the hugetlb tests need {HUGE_PAGES_NEEDED} free 2 MiB pages "
-                    f"(raise /proc/sys/vm/nr_hugepages)")
+    pool, before = "/proc/sys/vm/nr_hugepages", None
+    if free < HUGE_PAGES_FREE and os.geteuid() == 0:
+        with open(pool) as f:
+            before = int(f.read())
+        with open(pool, "w") as f:
+            f.write(str(before + HUGE_PAGES_FREE - free))
+        free = meminfo("HugePages_Free") or 0
+    try:
+        if free < HUGE_PAGES_FREE:
+            pytest.skip(f"HugePages_Free is {free}, the hugetlb tests need {HUGE_PAGES_FREE} free 2 MiB pages "
+                        f"(raise /proc/sys/vm/nr_hugepages)")
+        yield
+    finally:
+        if before is not None:
+            with open(pool, "w") as f:
+                f.write(str(before))
 
 
 def huge_regions(wl):
