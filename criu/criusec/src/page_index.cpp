@@ -24,19 +24,18 @@ uint64_t PagePool::file_bytes() const noexcept
 
 Status PagePool::check_file(const Ctx &ctx, std::span<const uint8_t> index, uint64_t file_size)
 {
-	PagePool pool(std::vector<PageCipher>{});
-	pool.regions_on_ = ctx.compress() != CompressAlg::None;
-	CRIUSEC_TRY(pool.parse(index, false));
-	return pool.check_size(file_size);
+	auto e = index_extent(ctx, index);
+	if (!e.ok())
+		return std::move(e).status();
+	return check_size(e.value(), file_size);
 }
 
-Status PagePool::check_size(uint64_t file_size) const
+Status PagePool::check_size(const Extent &e, uint64_t file_size)
 {
-	uint64_t want = file_bytes();
 	/* Dedup punches holes but keeps the size: any other size is damage. */
-	if (file_size != want)
-		return bad_data(std::to_string(file_size) + " bytes, but the dump wrote " + std::to_string(want) + " (" +
-				std::to_string(pages_) + " pages): truncated or extended");
+	if (file_size != e.bytes)
+		return bad_data(std::to_string(file_size) + " bytes, but the dump wrote " + std::to_string(e.bytes) +
+				" (" + std::to_string(e.pages) + " pages): truncated or extended");
 	return {};
 }
 
@@ -44,7 +43,7 @@ Status PagePool::attach(std::span<const uint8_t> index, uint64_t file_size)
 {
 	CRIUSEC_TRY(parse(index));
 	file_size_ = file_size;
-	return check_size(file_size);
+	return check_size(Extent{pages_, file_bytes()}, file_size);
 }
 
 Status PagePool::parse(std::span<const uint8_t> index, bool keep_tags)

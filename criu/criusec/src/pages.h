@@ -133,7 +133,7 @@ private:
 	/* keep_tags false: the regions and their sizes only (what index_extent() needs) */
 	[[nodiscard]] Status parse(std::span<const uint8_t> index, bool keep_tags = true);
 	uint64_t file_bytes() const noexcept;
-	[[nodiscard]] Status check_size(uint64_t file_size) const;
+	[[nodiscard]] static Status check_size(const Extent &e, uint64_t file_size);
 	[[nodiscard]] Status read_region(PageCipher &c, int fd, const PageRegion &rg, uint64_t rnum, uint64_t vaddr,
 					 uint64_t from, std::span<uint8_t> out);
 	/* Element addresses survive moves of the vector: helpers keep pointers. */
