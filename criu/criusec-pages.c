@@ -59,7 +59,6 @@ static void page_free(struct page_img *p)
 {
 	/* Its helpers first: they may still be writing to wfd. */
 	criusec_pages_free(p->pc);
-	free(p->wbuf);
 	if (p->wfd >= 0)
 		close(p->wfd);
 	if (p->dfd >= 0)
@@ -223,8 +222,6 @@ int criusec_page_img_open(int dfd, unsigned long flags, const char *path, int fd
 	return page_open_read(dfd, path, fd);
 }
 
-static int page_wbuf_flush(struct page_img *p);
-
 static int page_tags_write(struct page_img *p)
 {
 	struct criusec_stream_info info;
@@ -240,11 +237,6 @@ static int page_tags_write(struct page_img *p)
 	    criusec_stream_seal_buf(criusec_dump_ctx, PAGE_TAGS_KIND, tname, index ?: (uint8_t *)"", len, &out, &out_len,
 				    &info)) {
 		pr_err("%s: can't seal: %s\n", tname, criusec_last_error());
-		goto out;
-	}
-	/* Every piece is sealed and handed over: the last gathered ones to the file. */
-	if (page_wbuf_flush(p)) {
-		pr_perror("%s: can't write", p->name);
 		goto out;
 	}
 	fd = openat(p->dfd, tname, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -328,52 +320,15 @@ void criusec_pages_forget_all(void)
 }
 
 /*
- * Sealed pieces for a file are gathered: a scattered dump's pieces are a
- * page or a compressed region each, and a write of each makes the file
- * system zero the rest of its block first (ext4: more time than the copy).
- */
-#define PAGE_WBUF (1 << 20)
-
-static int page_wbuf_flush(struct page_img *p)
-{
-	ssize_t ret;
-
-	if (!p->wlen)
-		return 0;
-	ret = write_all(p->wfd, p->wbuf, p->wlen);
-	if (ret != (ssize_t)p->wlen) {
-		if (ret >= 0)
-			errno = EIO;
-		return -1;
-	}
-	p->wlen = 0;
-	return 0;
-}
-
-/*
  * Sealed pages on their way out, in order: to a page server from the
- * calling thread only, to a file (wfd) from the engine's helpers too (one
- * at a time, so the gathering buffer needs no lock of its own).
+ * calling thread only, to a file (wfd) from the engine's helpers too, one
+ * at a time (the engine gathers what is short).
  */
 static int page_sink_write(void *arg, const void *buf, size_t n)
 {
 	struct page_img *p = arg;
 	ssize_t ret;
 
-	if (!p->remote && n < PAGE_WBUF / 2) {
-		if (!p->wbuf) {
-			p->wbuf = malloc(PAGE_WBUF);
-			if (!p->wbuf)
-				return -1;
-		}
-		if (p->wlen + n > PAGE_WBUF && page_wbuf_flush(p))
-			return -1;
-		memcpy(p->wbuf + p->wlen, buf, n);
-		p->wlen += n;
-		return 0;
-	}
-	if (!p->remote && page_wbuf_flush(p))
-		return -1;
 	ret = p->remote ? criusec_ps_send_all(p->fd, buf, n) : write_all(p->wfd, buf, n);
 	if (ret == (ssize_t)n)
 		return 0;

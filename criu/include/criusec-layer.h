@@ -80,10 +80,8 @@ struct page_img {
 	/* dump through a page server: the pagemap it writes, and its entries */
 	char *pm_kind, *pm_name;
 	struct criusec_pagemap_digest *pmd;
-	int dfd;       /* dump: where the tags go */
-	int wfd;       /* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
-	uint8_t *wbuf; /* sealed pieces gathered for wfd (ciphertext), wlen bytes of them */
-	size_t wlen;
+	int dfd; /* dump: where the tags go */
+	int wfd; /* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
 	bool in_imgdir;
 	bool remote; /* dump: fd is the page server's socket */
 	struct page_img *next;

@@ -861,7 +861,7 @@ int criusec_pages_append_pipe(struct criusec_pages *p, int in, uint64_t vaddr, s
 			return invalid_argument("NULL page image or sink");
 		/* By value: a pool that writes behind calls it after this returns. */
 		auto out = [sink, sink_arg](std::span<const uint8_t> data) { return to_sink(sink, sink_arg, data); };
-		return p->cipher.append_pipe(in, out, vaddr, len);
+		return p->cipher.append_pipe(in, out, vaddr, len, {reinterpret_cast<uintptr_t>(sink), sink_arg});
 	});
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <new>
 #include <string>
 #include <utility>
@@ -175,7 +176,76 @@ void SealRing::add_record(const Piece &p)
 	put_bytes(records_, tags);
 }
 
-/* Write the sealed pieces from written_ on that lie together (a compressed one alone); false if none is ready. */
+/*
+ * Copy n sealed pieces (bytes in all) from written_ on into the gathering
+ * buffer, which has room for them, under writing_ so that they go in
+ * order; their slots are free again on return.  lk is held on entry and on
+ * return.
+ */
+bool SealRing::gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept
+{
+	size_t w = written_, at = gather_len_[cur_];
+	uint8_t *to = gbuf(cur_) + at;
+	writing_ = true;
+	lk.unlock();
+	Status s;
+	try {
+		for (size_t j = 0; j < n; j++) {
+			const Piece &p = piece(w + j);
+			size_t len = p.stored ? p.stored : p.len;
+			std::memcpy(to, p.stored ? cslot(w + j) : slot(w + j), len);
+			to += len;
+			add_record(p);
+		}
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+	lk.lock();
+	writing_ = false;
+	if (s.ok()) {
+		gather_len_[cur_] = at + bytes;
+		written_ += n;
+	} else {
+		fail(std::move(s));
+	}
+	if (!quiet)
+		cv_.notify_all();
+	return true;
+}
+
+/*
+ * Hand the gathering buffer to the sink; pieces gather into the other one
+ * meanwhile (empty: one buffer is written at a time, and this one was
+ * filled after it).  No flush under way, nothing being gathered; lk is held
+ * on entry and on return.
+ */
+void SealRing::flush_gathered(std::unique_lock<std::mutex> &lk) noexcept
+{
+	size_t g = cur_;
+	cur_ ^= 1;
+	flushing_ = true;
+	lk.unlock();
+	Status s;
+	try {
+		s = sink_({gbuf(g), gather_len_[g]});
+	} catch (...) {
+		s = Status::error(ENOMEM, "out of memory");
+	}
+	lk.lock();
+	gather_len_[g] = 0;
+	flushing_ = false;
+	if (!s.ok())
+		fail(std::move(s));
+	/* Whatever waits for a flush to end (a full buffer, a large write, flush()) goes on. */
+	cv_.notify_all();
+}
+
+/*
+ * Write the sealed pieces from written_ on that lie together (a compressed
+ * one alone): gathered when they are short and the pool writes behind,
+ * else handed to the sink as they are, after all that was gathered.  False
+ * if none is ready or they must wait for a flush.
+ */
 bool SealRing::write_some(std::unique_lock<std::mutex> &lk, bool quiet) noexcept
 {
 	if (!writable())
@@ -186,6 +256,22 @@ bool SealRing::write_some(std::unique_lock<std::mutex> &lk, bool quiet) noexcept
 	while (!piece(w).stored && n < kMaxWritePieces && w + n < end_ && (w + n) % kRingPieces &&
 	       piece(w + n - 1).len == kRingPieceLen && sealed(w + n) && !piece(w + n).stored)
 		bytes += piece(w + n++).len;
+	/* Less than a piece that fills its slot: a write of its own would cost more than the copy. */
+	if (behind_ && bytes < kRingPieceLen) {
+		if (gather_len_[cur_] + bytes <= kGatherLen)
+			return gather(lk, n, bytes, quiet);
+		/* Full: it goes out first, unless the other one still is. */
+		if (flushing_)
+			return false;
+		flush_gathered(lk);
+		return true;
+	}
+	if (flushing_)
+		return false;
+	if (gather_len_[cur_]) {
+		flush_gathered(lk);
+		return true;
+	}
 	std::span<const uint8_t> data{piece(w).stored ? cslot(w) : slot(w), bytes};
 	writing_ = true;
 	lk.unlock();
@@ -299,7 +385,14 @@ Status SealRing::flush()
 			continue;
 		cv_.wait(lk);
 	}
-	cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+	/* What was gathered goes out last. */
+	while (!failed_ && gathered()) {
+		if (!flushing_ && !writing_)
+			flush_gathered(lk);
+		else
+			cv_.wait(lk);
+	}
+	cv_.wait(lk, [&] { return busy_ == 0 && !writing_ && !flushing_; });
 	if (failed_) {
 		/* Pieces read but not written: plaintext, some of them. */
 		if (stage_)

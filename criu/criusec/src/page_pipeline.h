@@ -19,6 +19,12 @@
  * In a compressing checkpoint each piece is a region: compressed and
  * sealed into the second half of the stage when it shrinks, else sealed
  * page by page in place; the writer appends each region's record.
+ *
+ * Writing behind, pieces written a few pages at a time (a scattered dump's,
+ * compressed regions) are gathered into one of two buffers, and a full one
+ * goes to the sink while the next pieces gather into the other: their
+ * slots are free again at once, so the pipe is read and the pages sealed
+ * while the file system takes a megabyte, not after.
  */
 #pragma once
 
@@ -55,9 +61,13 @@ constexpr size_t kRingPieceLen = kRingPiecePages * kPageSize;
 constexpr size_t kRingPieces = 16;
 constexpr size_t kStageLen = kRingPieces * kRingPieceLen;
 /* Then as much again for the pieces compressed and sealed (ciphertext only). */
-constexpr size_t kStageMapLen = 2 * kStageLen;
+constexpr size_t kCompressedLen = kStageLen;
+/* Then the two gathering buffers (ciphertext only). */
+constexpr size_t kGatherLen = 1 << 20;
+constexpr size_t kStageMapLen = kStageLen + kCompressedLen + 2 * kGatherLen;
 static_assert(kRingPiecePages == kRegionPages, "a ring piece is a region");
 constexpr size_t kMaxWritePieces = 4;
+static_assert(kMaxWritePieces * kRingPieceLen == kGatherLen, "a full write is a gathering buffer's worth");
 /* Runs shorter than this never start the helpers (a small image pays no thread). */
 constexpr size_t kMinHelperPieces = 2;
 /* Idle helpers are woken for pieces left unsealed once this many wait (one piece is a page or a few). */
@@ -208,11 +218,11 @@ public:
 		{
 			std::unique_lock<std::mutex> lk(mu_);
 			/* Nothing more is written: pieces not yet out are dropped. */
-			if (end_ > written_)
+			if (end_ > written_ || gathered())
 				fail(Status::error(ECANCELED, "pages dropped unwritten"));
 			stop_ = true;
 			cv_.notify_all();
-			cv_.wait(lk, [&] { return busy_ == 0 && !writing_; });
+			cv_.wait(lk, [&] { return busy_ == 0 && !writing_ && !flushing_; });
 		}
 		for (auto &t : threads_)
 			t.join();
@@ -226,13 +236,21 @@ public:
 		bool regions, compress;
 		uint8_t *tags_out; /* seal_pipe's tags, or nullptr */
 	};
-	/* The sink and whether it may be called on helpers after run() returned. */
-	void set_sink(PagePool::Sink sink, bool behind)
+	/*
+	 * The sink and whether it may be called on helpers after run()
+	 * returned.  A key names it: the same key again keeps the one set
+	 * without waiting for a write under way (a scattered dump sets it per
+	 * page); no key always replaces it.
+	 */
+	void set_sink(PagePool::Sink sink, bool behind, PagePool::SinkKey key = {})
 	{
 		std::unique_lock<std::mutex> lk(mu_);
+		if (key.set() && key == sink_key_ && behind == behind_)
+			return;
 		/* A helper may be calling the one it replaces. */
-		cv_.wait(lk, [&] { return !writing_; });
+		cv_.wait(lk, [&] { return !writing_ && !flushing_; });
 		sink_ = std::move(sink);
+		sink_key_ = key;
 		behind_ = behind;
 	}
 	Status run(PageCipher &own, const Run &r);
@@ -253,6 +271,9 @@ private:
 	Status seal_piece(PageCipher &c, size_t k) noexcept;
 	void sealed_one(size_t k, Status s, bool quiet) noexcept;
 	bool write_some(std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
+	bool gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept;
+	void flush_gathered(std::unique_lock<std::mutex> &lk) noexcept;
+	bool gathered() const noexcept { return gather_len_[0] || gather_len_[1]; }
 	void fail(Status s) noexcept;
 
 	bool claimable() const noexcept
@@ -264,6 +285,7 @@ private:
 	Piece &piece(size_t k) noexcept { return pieces_[k % kRingPieces]; }
 	uint8_t *slot(size_t k) noexcept { return stage_->data() + (k % kRingPieces) * kRingPieceLen; }
 	uint8_t *cslot(size_t k) noexcept { return stage_->data() + kStageLen + (k % kRingPieces) * kRingPieceLen; }
+	uint8_t *gbuf(size_t g) noexcept { return stage_->data() + kStageLen + kCompressedLen + g * kGatherLen; }
 	void add_record(const Piece &p);
 
 	std::span<PageCipher> helpers_;
@@ -273,6 +295,7 @@ private:
 	pid_t owner_;
 	Stage *stage_ = nullptr;
 	PagePool::Sink sink_;
+	PagePool::SinkKey sink_key_;
 	bool behind_ = false;
 
 	std::mutex mu_;
@@ -286,7 +309,10 @@ private:
 	size_t end_ = 0;	   /* after the last piece of any run */
 	size_t next_ = 0;	   /* the next piece to claim */
 	bool reading_ = false;	   /* piece next_ - 1 is being read from the pipe */
-	bool writing_ = false;	   /* a thread is writing pieces from written_ on */
+	bool writing_ = false;	   /* a thread is writing (or gathering) pieces from written_ on */
+	bool flushing_ = false;	   /* a thread is writing gathering buffer 1 - cur_ */
+	size_t cur_ = 0;	   /* the gathering buffer pieces go into */
+	std::array<size_t, 2> gather_len_{}; /* bytes gathered in each */
 	size_t written_ = 0;	   /* pieces written out */
 	size_t busy_ = 0;	   /* threads with a claimed piece */
 	std::array<size_t, kRingPieces> sealed_{}; /* per slot: 1 + the number of the piece sealed there */

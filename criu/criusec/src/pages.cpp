@@ -306,14 +306,14 @@ Status PagePool::seal_pipe(int in, const Sink &out, uint64_t vaddr, uint64_t ind
 	return ring_->run(workers_[0], r);
 }
 
-Status PagePool::append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len)
+Status PagePool::append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len, SinkKey key)
 {
 	if (len % kPageSize)
 		return invalid_argument("page data must be whole 4096-byte pages");
 	size_t n = len / kPageSize;
 	if (!ring_)
 		ring_ = std::make_unique<SealRing>(std::span<PageCipher>(workers_).subspan(1));
-	ring_->set_sink(out, behind_);
+	ring_->set_sink(out, behind_, key);
 	SealRing::Run r{in, vaddr, pages_, nregions_, len, regions_on_, regions_on_ && !fixed_, nullptr};
 	CRIUSEC_TRY(ring_->run(workers_[0], r));
 	pages_ += n;

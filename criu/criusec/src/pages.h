@@ -30,6 +30,14 @@ class SealRing;
 size_t page_workers() noexcept;
 size_t count_page_workers() noexcept;
 
+/* Names a page sink (a C function and its argument): the same sink again is not set again. */
+struct PageSinkKey {
+	uintptr_t fn = 0;
+	const void *arg = nullptr;
+	bool set() const noexcept { return fn != 0; }
+	bool operator==(const PageSinkKey &) const = default;
+};
+
 /*
  * Page ciphers for one image, one per worker: large runs are split between
  * short-lived threads (joined before returning), so that dump and restore
@@ -57,6 +65,7 @@ public:
 	 * called only on seal_pipe()'s calling thread.
 	 */
 	using Sink = std::function<Status(std::span<const uint8_t>)>;
+	using SinkKey = PageSinkKey;
 	/*
 	 * Dump: read len bytes of pages from in (a pipe), seal them as seal()
 	 * does (the first at vaddr and number index, one tag each into tags)
@@ -81,7 +90,7 @@ public:
 	 * vaddr), as seal_pipe() does, numbered after those already appended;
 	 * a compressing checkpoint compresses the regions that shrink.
 	 */
-	[[nodiscard]] Status append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len);
+	[[nodiscard]] Status append_pipe(int in, const Sink &out, uint64_t vaddr, size_t len, SinkKey key = {});
 	/* Pages leave through a page server, which counts them: never compress. */
 	void keep_page_size() noexcept { fixed_ = true; }
 	/*

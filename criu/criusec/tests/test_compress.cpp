@@ -230,6 +230,7 @@ std::vector<uint8_t> mixed_pages()
 
 struct Sealed {
 	std::vector<uint8_t> file, index;
+	size_t writes = 0; /* calls of the sink */
 };
 
 Sealed seal_pages(const Ctx &ctx, const std::vector<uint8_t> &pt, const char *name = "pages-1.img")
@@ -446,6 +447,7 @@ Sealed seal_runs(const Ctx &ctx, const std::vector<uint8_t> &pt, bool behind, st
 	if (st.ok())
 		st = fl;
 	close(fd);
+	s.writes = calls;
 	if (!st.ok())
 		s.file.clear();
 	else
@@ -485,14 +487,21 @@ TEST_P(WriteBehind, SameBytesAsWritingBeforeReturning)
 	expect_same_behind(make_ctx(GetParam()), mixed_pages_times(7), kMixedRuns, 3);
 }
 
-/* One-page runs are read by the caller and sealed by a helper: still the same bytes, in order. */
+/*
+ * One-page runs are read by the caller and sealed by a helper, and written
+ * gathered, a megabyte at a time: still the same bytes, in order, and a
+ * failed write of any of them fails the whole.
+ */
 TEST_P(WriteBehind, ScatteredPagesSameBytesAsWritingBeforeReturning)
 {
 	Ctx ctx = make_ctx(GetParam());
 	auto pt = mixed_pages_times(4);
 	expect_same_behind(ctx, pt, kScatteredRuns, 5);
 	std::mutex mu;
-	for (size_t fail_at : {1, 3, 40})
+	Sealed all = seal_runs(ctx, pt, true, &mu, SIZE_MAX, kScatteredRuns);
+	Sealed before = seal_runs(ctx, pt, false, nullptr, SIZE_MAX, kScatteredRuns);
+	EXPECT_LT(all.writes, before.writes / 8) << "scattered pieces are not gathered";
+	for (size_t fail_at : {size_t{1}, all.writes / 2, all.writes})
 		EXPECT_TRUE(seal_runs(ctx, pt, true, &mu, fail_at, kScatteredRuns).file.empty()) << fail_at;
 }
 
