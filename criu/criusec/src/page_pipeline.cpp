@@ -182,7 +182,7 @@ void SealRing::add_record(const Piece &p)
  * order; their slots are free again on return.  lk is held on entry and on
  * return.
  */
-bool SealRing::gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept
+void SealRing::gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept
 {
 	size_t w = written_, at = gather_len_[cur_];
 	uint8_t *to = gbuf(cur_) + at;
@@ -210,7 +210,6 @@ bool SealRing::gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, 
 	}
 	if (!quiet)
 		cv_.notify_all();
-	return true;
 }
 
 /*
@@ -257,15 +256,11 @@ bool SealRing::write_some(std::unique_lock<std::mutex> &lk, bool quiet) noexcept
 	       piece(w + n - 1).len == kRingPieceLen && sealed(w + n) && !piece(w + n).stored)
 		bytes += piece(w + n++).len;
 	/* Less than a piece that fills its slot: a write of its own would cost more than the copy. */
-	if (behind_ && bytes < kRingPieceLen) {
-		if (gather_len_[cur_] + bytes <= kGatherLen)
-			return gather(lk, n, bytes, quiet);
-		/* Full: it goes out first, unless the other one still is. */
-		if (flushing_)
-			return false;
-		flush_gathered(lk);
+	if (behind_ && bytes < kRingPieceLen && gather_len_[cur_] + bytes <= kGatherLen) {
+		gather(lk, n, bytes, quiet);
 		return true;
 	}
+	/* What was gathered goes out first (a full buffer, or before a large write), one buffer at a time. */
 	if (flushing_)
 		return false;
 	if (gather_len_[cur_]) {

@@ -67,7 +67,7 @@ constexpr size_t kGatherLen = 1 << 20;
 constexpr size_t kStageMapLen = kStageLen + kCompressedLen + 2 * kGatherLen;
 static_assert(kRingPiecePages == kRegionPages, "a ring piece is a region");
 constexpr size_t kMaxWritePieces = 4;
-static_assert(kMaxWritePieces * kRingPieceLen == kGatherLen, "a full write is a gathering buffer's worth");
+static_assert(kGatherLen >= kRingPieceLen, "a short batch always fits an empty gathering buffer");
 /* Runs shorter than this never start the helpers (a small image pays no thread). */
 constexpr size_t kMinHelperPieces = 2;
 /* Idle helpers are woken for pieces left unsealed once this many wait (one piece is a page or a few). */
@@ -271,7 +271,7 @@ private:
 	Status seal_piece(PageCipher &c, size_t k) noexcept;
 	void sealed_one(size_t k, Status s, bool quiet) noexcept;
 	bool write_some(std::unique_lock<std::mutex> &lk, bool quiet = false) noexcept;
-	bool gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept;
+	void gather(std::unique_lock<std::mutex> &lk, size_t n, size_t bytes, bool quiet) noexcept;
 	void flush_gathered(std::unique_lock<std::mutex> &lk) noexcept;
 	bool gathered() const noexcept { return gather_len_[0] || gather_len_[1]; }
 	void fail(Status s) noexcept;
