@@ -36,6 +36,15 @@
  * and criu dumps the tree again, frozen (mem_snap_try_dump()).  fork is
  * safe: the parent's pages stay protected and the child is not dumped.
  *
+ * In a chain (--track-mem, userfaultfd tracking: mem-track.c), tracking's
+ * userfaultfd holds the VMAs it tracks.  Once this pass has read their
+ * marks, tracking lends the snapshot those with an eighth or more to dump
+ * (lend_tracked()); the others' pages to dump are copied while frozen.
+ * Once a task's pages are written, tracking takes back its VMAs, those it
+ * lent and those new in this pass, the task stopped a moment (hand_back()):
+ * criu leaves a page of them protected once written, so the pages the task
+ * wrote since the freeze are those a write fault unprotected.
+ *
  * A pre-dump needs no snapshot (what the tasks write is tracked for the
  * next pass): it reads its pages once they run (mem_snap_pre_dump_mode()).
  */
@@ -50,11 +59,13 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -71,6 +82,7 @@
 #include "mem-track.h"
 #include "page-pipe.h"
 #include "page-xfer.h"
+#include "pagemap_scan.h"
 #include "parasite-syscall.h"
 #include "pstree.h"
 #include "servicefd.h"
@@ -101,6 +113,7 @@ struct uffdio_writeprotect {
 #define SNAP_CHUNK	64
 #define SNAP_READ_BATCH 256  /* pages read at once while frozen (IOV_MAX: 1024) */
 #define SNAP_COPY_SPLIT 4096 /* pages copied while frozen from which two threads do it */
+#define SNAP_LEND_SHARE 8    /* a tracked VMA is lent if 1/8 of it or more is to dump */
 
 enum {
 	PG_PROTECTED, /* as at the freeze, write-protected */
@@ -116,6 +129,7 @@ struct snap_range {
 	unsigned long vma_start, vma_end;
 	bool wp;     /* write-protected; else copied at the freeze */
 	bool frozen; /* copied at collection (unprotectable VMA) */
+	bool keep;   /* left protected once written: memory tracking takes the VMA back */
 };
 
 /* A VMA the armer registers and protects whole */
@@ -124,6 +138,7 @@ struct snap_vma {
 	unsigned long end;
 	unsigned long lo, hi; /* not protected yet, under snap_lock once registered */
 	const char *why;      /* why its pages are copied at the freeze */
+	bool hand_back;	      /* to memory tracking once written (hand_back()) */
 };
 
 /* A page saved at a fault before the task's pagemap was known */
@@ -179,6 +194,7 @@ static char failed[256];
 static bool lost;	/* failed[] says the tasks lost a page criu had not saved */
 static bool snap_child; /* this criu is mem_snap_try_dump()'s child */
 static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
+static const char why_busy[] = "registered with another userfaultfd (memory tracking's, or the task's own)";
 
 /* Asked for, or by default where the kernel has no soft-dirty (see snap_usable()) */
 static bool snap_wanted(void)
@@ -375,12 +391,12 @@ static int collect_vmas(struct snap_task *t, struct vm_area_list *vmas)
 		if (!vma_area_is_private(vma, kdat.task_size) || vma_area_is(vma, VMA_AREA_GUARD) ||
 		    vma_entry_is(vma->e, VMA_AREA_VVAR) || vma_unprotectable(vma))
 			continue;
-		t->vmas[t->nr_vmas].start = vma->e->start;
-		t->vmas[t->nr_vmas].end = vma->e->end;
-		t->vmas[t->nr_vmas].lo = vma->e->start;
-		t->vmas[t->nr_vmas].hi = vma->e->end;
-		t->vmas[t->nr_vmas].why = NULL;
-		t->nr_vmas++;
+		t->vmas[t->nr_vmas++] = (struct snap_vma){
+			.start = vma->e->start,
+			.end = vma->e->end,
+			.lo = vma->e->start,
+			.hi = vma->e->end,
+		};
 	}
 	return 0;
 }
@@ -668,6 +684,61 @@ static void merge_early(struct snap_task *t)
 	}
 }
 
+/* Pages of [start, end) to dump */
+static unsigned long vma_pages_to_dump(struct snap_task *t, unsigned long start, unsigned long end)
+{
+	unsigned long n = 0;
+	unsigned int i;
+
+	for (i = 0; i < t->nr; i++)
+		if (t->r[i].start >= start && t->r[i].end <= end)
+			n += (t->r[i].end - t->r[i].start) / PAGE_SIZE;
+	return n;
+}
+
+/*
+ * In a chain, memory tracking's userfaultfd (asynchronous) has the VMAs it
+ * tracks, so the armer could not register them.  Their marks of this pass
+ * read (the pagemap is collected), tracking lends them: they are
+ * protected as any other, and tracking takes them back once written
+ * (hand_back()).  That costs the tasks three walks of the VMA's page
+ * tables while stopped (the two unregistrations clear every mark, and
+ * the protection), about 0.35 us a page here, where copying a page while
+ * frozen costs 3 us: so a VMA is lent only if an eighth of it or more is
+ * to dump (written since the last pass), and else its pages to dump are
+ * copied while frozen, as before.
+ */
+static void lend_tracked(struct snap_task *t)
+{
+	unsigned int i;
+
+	for (i = 0; i < t->nr_vmas; i++) {
+		struct snap_vma *v = &t->vmas[i];
+		unsigned long dump;
+
+		if (v->why != why_busy)
+			continue;
+		dump = vma_pages_to_dump(t, v->start, v->end);
+		if (dump * SNAP_LEND_SHARE < (v->end - v->start) / PAGE_SIZE) {
+			pr_info("%d: VMA %lx-%lx: %lu pages written since the last pass: copied while frozen\n", t->pid,
+				v->start, v->end, dump);
+			continue;
+		}
+		if (mem_track_lend(t->pid, v->start, v->end))
+			continue;
+		if (uffd_register_wp(t->uffd, v->start, v->end)) {
+			/* Registered with none: tracking registers it again in this pass */
+			pr_info("%d: VMA %lx-%lx lent by memory tracking can't be registered: %d\n", t->pid, v->start,
+				v->end, errno);
+			continue;
+		}
+		pthread_mutex_lock(&snap_lock);
+		v->why = NULL;
+		pthread_mutex_unlock(&snap_lock);
+		pr_debug("%d: VMA %lx-%lx lent by memory tracking\n", t->pid, v->start, v->end);
+	}
+}
+
 /*
  * The main thread, its pagemap collected: it protects the task's VMAs from
  * the bottom up while the armer does from the top, and waits for the armer
@@ -683,6 +754,7 @@ static void arm_help(struct snap_task *t)
 	while (!t->registered)
 		pthread_cond_wait(&snap_armed, &snap_lock);
 	pthread_mutex_unlock(&snap_lock);
+	lend_tracked(t);
 	for (i = 0; i < t->nr_vmas; i++)
 		while (arm_step(t, &t->vmas[i], false))
 			;
@@ -846,8 +918,7 @@ static void arm_vmas(struct snap_task *t)
 		struct snap_vma *v = &t->vmas[i];
 
 		if (uffd_register_wp(t->uffd, v->start, v->end))
-			v->why = errno == EBUSY ? "registered with another userfaultfd (memory tracking's, or the task's own)" :
-						  "the kernel won't register it";
+			v->why = errno == EBUSY ? why_busy : "the kernel won't register it";
 	}
 	pthread_mutex_lock(&snap_lock);
 	t->registered = true;
@@ -945,6 +1016,7 @@ static void *armer_main(void *arg)
 static int arm_task(struct snap_task *t)
 {
 	const char *why = NULL;
+	bool keep = false;
 	unsigned int i, v = 0;
 
 	for (i = 0; i < t->nr; i++) {
@@ -960,12 +1032,15 @@ static int arm_task(struct snap_task *t)
 				why = "not a private mapping criu protects";
 			else
 				why = t->vmas[v].why;
+			keep = !why && t->vmas[v].hand_back;
 			if (why)
 				pr_info("%d: VMA %lx-%lx copied while frozen: %s\n", t->pid, r->vma_start, r->vma_end,
 					why);
 		}
-		if (!why)
+		if (!why) {
 			r->wp = true;
+			r->keep = keep;
+		}
 	}
 	return copy_ranges(t);
 }
@@ -1192,6 +1267,261 @@ static int write_holes(struct snap_task *t, unsigned int *h, unsigned long limit
 	return 0;
 }
 
+bool mem_snap_hand_back(pid_t pid, unsigned long start, unsigned long end)
+{
+	struct snap_task *t;
+	bool ret = false;
+	unsigned int i;
+
+	pthread_mutex_lock(&snap_lock);
+	list_for_each_entry(t, &snap_tasks, l) {
+		if (t->pid != pid)
+			continue;
+		for (i = 0; i < t->nr_vmas; i++) {
+			struct snap_vma *v = &t->vmas[i];
+
+			if (v->start == start && v->end == end && !v->why)
+				ret = v->hand_back = true;
+		}
+	}
+	pthread_mutex_unlock(&snap_lock);
+	return ret;
+}
+
+/* A task's threads, stopped for tracking to take its VMAs back */
+struct snap_stop {
+	pid_t *tid;
+	int *sig; /* a signal it stopped for, given back with the detach */
+	unsigned int nr;
+};
+
+static bool stop_has(const struct snap_stop *s, pid_t tid)
+{
+	unsigned int i;
+
+	for (i = 0; i < s->nr; i++)
+		if (s->tid[i] == tid)
+			return true;
+	return false;
+}
+
+/* Seize and interrupt every thread, those they start meanwhile too */
+static int stop_seize(pid_t pid, struct snap_stop *s)
+{
+	bool more = true;
+
+	while (more) {
+		struct dirent *de;
+		DIR *d;
+
+		more = false;
+		d = opendir_proc(pid, "task");
+		if (!d)
+			return -1;
+		while ((de = readdir(d))) {
+			pid_t tid = atoi(de->d_name);
+
+			if (tid <= 0 || stop_has(s, tid))
+				continue;
+			if (ptrace(PTRACE_SEIZE, tid, NULL, 0)) {
+				if (errno == ESRCH)
+					continue; /* gone */
+				pr_perror("%d: can't seize thread %d", pid, tid);
+				closedir(d);
+				return -1;
+			}
+			if (s->nr % 16 == 0 && (xrealloc_safe(&s->tid, (s->nr + 16) * sizeof(*s->tid)) ||
+						xrealloc_safe(&s->sig, (s->nr + 16) * sizeof(*s->sig)))) {
+				ptrace(PTRACE_DETACH, tid, NULL, 0);
+				closedir(d);
+				return -1;
+			}
+			s->tid[s->nr] = tid;
+			s->sig[s->nr++] = 0;
+			if (ptrace(PTRACE_INTERRUPT, tid, NULL, NULL) && errno != ESRCH) {
+				pr_perror("%d: can't stop thread %d", pid, tid);
+				closedir(d);
+				return -1;
+			}
+			more = true;
+		}
+		closedir(d);
+	}
+	return 0;
+}
+
+/* Serve the tasks' write faults, waiting for one at most ms */
+static void serve_wait(int ms)
+{
+	struct pollfd pfd[64];
+	struct snap_task *t;
+	int n = 0;
+
+	list_for_each_entry(t, &snap_tasks, l)
+		if (t->uffd >= 0 && n < ARRAY_SIZE(pfd))
+			pfd[n++] = (struct pollfd){ .fd = t->uffd, .events = POLLIN };
+	poll(pfd, n, ms);
+	serve_all();
+}
+
+/*
+ * Stopped as criu's seize stops them, for a moment: the task sees no
+ * signal, and one that comes meanwhile is given back.  Until they are,
+ * the write faults of every task are served: a thread may wait for a
+ * lock (a pipe's) that one blocked on a fault holds, and a thread stopped
+ * in a fault inside a syscall goes on faulting until it is served.
+ */
+static int stop_threads(pid_t pid, struct snap_stop *s)
+{
+	unsigned int i, left;
+	bool *stopped;
+	int ret = -1;
+
+	if (stop_seize(pid, s))
+		return -1;
+	stopped = xzalloc(sizeof(*stopped) * (s->nr ?: 1));
+	if (!stopped)
+		return -1;
+	for (left = s->nr; left;) {
+		for (i = 0; i < s->nr; i++) {
+			pid_t got;
+			int st;
+
+			if (stopped[i])
+				continue;
+			got = waitpid(s->tid[i], &st, __WALL | WNOHANG);
+			if (got < 0) {
+				pr_perror("%d: can't wait for thread %d to stop", pid, s->tid[i]);
+				goto out;
+			}
+			if (!got)
+				continue;
+			stopped[i] = true;
+			left--;
+			if (!WIFSTOPPED(st))
+				s->tid[i] = 0; /* it exited */
+			else if (st >> 16 != PTRACE_EVENT_STOP)
+				s->sig[i] = WSTOPSIG(st);
+		}
+		if (left)
+			serve_wait(1);
+	}
+	ret = 0;
+out:
+	xfree(stopped);
+	return ret;
+}
+
+static void resume_threads(struct snap_stop *s)
+{
+	unsigned int i;
+
+	for (i = 0; i < s->nr; i++)
+		if (s->tid[i] && ptrace(PTRACE_DETACH, s->tid[i], NULL, s->sig[i]) && errno != ESRCH)
+			pr_perror("Can't resume thread %d", s->tid[i]);
+	xfree(s->tid);
+	xfree(s->sig);
+}
+
+/*
+ * The pages of [start, end) written since the freeze: those with no
+ * write-protect bit left (present or swapped), since criu unprotects only
+ * at a write fault what tracking takes back.  A page first populated
+ * since (no bit to keep) counts as written too.
+ */
+static long scan_written(int pm, unsigned long start, unsigned long end, struct page_region **vec)
+{
+	unsigned long nr = 0, cap = 0;
+	u64 walk = start;
+
+	while (walk < end) {
+		struct pm_scan_arg a = {
+			.size = sizeof(a),
+			.start = walk,
+			.end = end,
+			.category_mask = PAGE_IS_WRITTEN,
+			.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+			.return_mask = PAGE_IS_WRITTEN,
+		};
+		long n;
+
+		if (nr == cap && xrealloc_safe(vec, (cap += 512) * sizeof(**vec)))
+			return -1;
+		a.vec = (u64)(unsigned long)(*vec + nr);
+		a.vec_len = cap - nr;
+		n = ioctl(pm, PAGEMAP_SCAN, &a);
+		if (n < 0)
+			return -1;
+		nr += n;
+		walk = a.walk_end;
+	}
+	return nr;
+}
+
+/*
+ * Memory tracking takes back its VMAs (those it lent, and those new in
+ * this pass, which the snapshot registered first) once they are written.
+ * The task is stopped, as criu's seize stops it: between the snapshot's
+ * userfaultfd leaving a VMA and tracking protecting it nothing may write.
+ * For the copy-on-write dump that is a second stop, of the task alone, a
+ * walk of its page tables long; without it, the next pass of the chain
+ * would dump these VMAs in full.
+ */
+static void hand_back(struct snap_task *t)
+{
+	struct snap_stop s = {};
+	struct page_region *w = NULL;
+	unsigned long written = 0;
+	unsigned int i, want = 0, back = 0;
+	struct timespec t0, t1;
+	int pm = -1;
+
+	for (i = 0; i < t->nr_vmas; i++)
+		want += t->vmas[i].hand_back;
+	if (!want)
+		return;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	timing_start(TIME_FROZEN);
+	if (stop_threads(t->pid, &s))
+		goto out;
+	pm = open_proc(t->pid, "pagemap");
+	if (pm < 0)
+		goto out;
+	for (i = 0; i < t->nr_vmas; i++) {
+		struct snap_vma *v = &t->vmas[i];
+		struct uffdio_range range = { .start = v->start, .len = v->end - v->start };
+		long n, k;
+
+		if (!v->hand_back)
+			continue;
+		n = scan_written(pm, v->start, v->end, &w);
+		if (n < 0 || ioctl(t->uffd, UFFDIO_UNREGISTER, &range)) {
+			pr_info("%d: VMA %lx-%lx stays with the snapshot: %d\n", t->pid, v->start, v->end, errno);
+			continue;
+		}
+		if (mem_track_take_back(t->pid, pm, v->start, v->end, w, n)) {
+			pr_info("%d: VMA %lx-%lx not taken back by memory tracking: %d\n", t->pid, v->start, v->end,
+				errno);
+			continue;
+		}
+		for (k = 0; k < n; k++)
+			written += (w[k].end - w[k].start) / PAGE_SIZE;
+		back++;
+	}
+out:
+	close_safe(&pm);
+	resume_threads(&s);
+	timing_stop(TIME_FROZEN);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	xfree(w);
+	if (back < want)
+		pr_warn("%d: %u VMAs of %u not tracked since the snapshot: the next pass dumps them in full\n", t->pid,
+			want - back, want);
+	pr_info("%d: %u VMAs back to memory tracking (%lu pages written since the freeze), the task stopped %ld us\n",
+		t->pid, back, written, (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
+}
+
 static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long chunk)
 {
 	struct page_xfer *xfer = &t->xfer;
@@ -1247,7 +1577,7 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 				}
 				t->state[idx + k] = PG_TAKEN;
 			}
-			if (r->wp && need_read)
+			if (r->wp && need_read && !r->keep)
 				unprotect(t, addr, n * PAGE_SIZE, 0);
 			if (failed[0])
 				goto out;
@@ -1259,6 +1589,7 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 	}
 	if (write_holes(t, &h, 0))
 		goto out;
+	hand_back(t);
 	ret = 0;
 out:
 	t->xfer_open = false;

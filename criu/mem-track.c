@@ -26,6 +26,11 @@
  * registered, so its own UFFDIO_REGISTER on them fails with EBUSY while
  * the chain lasts.
  *
+ * A copy-on-write snapshot in the chain (mem-snap.c) needs the VMAs
+ * registered with its own userfaultfd: tracking lends them once their
+ * marks are read (mem_track_lend()) and registers them again, with the
+ * task stopped, once their pages are written (mem_track_take_back()).
+ *
  * Never a stale page: a page is taken from the parent only if the task has
  * a record from the holder named by the parent images, the VMA has the
  * same bounds as when it was protected, it is still registered (checked
@@ -61,6 +66,7 @@
 #include "linux/userfaultfd.h"
 #include "log.h"
 #include "mem.h"
+#include "mem-snap.h"
 #include "mem-track.h"
 #include "mman.h"
 #include "pagemap_scan.h"
@@ -92,6 +98,8 @@ struct mt_task {
 	int uffd;
 	unsigned int nr;
 	struct mt_range *r; /* sorted */
+	unsigned int nr_lent;
+	struct mt_range *lent; /* a copy-on-write snapshot's until written (sorted) */
 };
 
 /* What a holder sends for each task, with the userfaultfd */
@@ -130,6 +138,7 @@ static void mt_free(struct mt_task *t)
 		return;
 	close_safe(&t->uffd);
 	xfree(t->r);
+	xfree(t->lent);
 	xfree(t);
 }
 
@@ -150,6 +159,19 @@ static int mt_add_range(struct mt_range **r, unsigned int *nr, u64 start, u64 en
 	(*r)[*nr].start = start;
 	(*r)[*nr].end = end;
 	(*nr)++;
+	return 0;
+}
+
+/* Out of order: a VMA taken back from a copy-on-write snapshot */
+static int mt_insert_range(struct mt_range **r, unsigned int *nr, u64 start, u64 end)
+{
+	unsigned int i;
+
+	if (mt_add_range(r, nr, start, end))
+		return -1;
+	for (i = *nr - 1; i > 0 && (*r)[i - 1].start > start; i--)
+		(*r)[i] = (*r)[i - 1];
+	(*r)[i] = (struct mt_range){ .start = start, .end = end };
 	return 0;
 }
 
@@ -907,9 +929,10 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 		return 0;
 	}
 	t->pid = pid;
-	t->nr = 0;
+	t->nr = t->nr_lent = 0;
 	xfree(t->r);
-	t->r = NULL;
+	xfree(t->lent);
+	t->r = t->lent = NULL;
 	list_add_tail(&t->l, &next_tasks);
 
 	/*
@@ -930,10 +953,17 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 		if (!vma_trackable(vma))
 			continue;
 		if (uffd_register_wp(t->uffd, s, e)) {
+			/* A copy-on-write snapshot's: taken back once it is written */
+			if (errno == EBUSY && mem_snap_hand_back(pid, s, e)) {
+				if (mt_add_range(&t->lent, &t->nr_lent, s, e)) {
+					close(pm);
+					return -1;
+				}
+				continue;
+			}
 			/*
-			 * EBUSY: the task's own userfaultfd, or a copy-on-write
-			 * dump's (until it is written); EINVAL: a kind the kernel
-			 * won't track
+			 * EBUSY: the task's own userfaultfd; EINVAL: a kind the
+			 * kernel won't track
 			 */
 			pr_info("%d: can't register %" PRIx64 "-%" PRIx64 ": %d\n", pid, s, e, errno);
 			failed++;
@@ -953,8 +983,52 @@ int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, 
 
 	if (failed)
 		pr_warn("%d: %u VMAs can't be tracked now: the next pass dumps them in full\n", pid, failed);
-	pr_info("%d: %u VMAs write-protected for tracking\n", pid, t->nr);
+	pr_info("%d: %u VMAs write-protected for tracking, %u once the copy-on-write snapshot has written them\n", pid,
+		t->nr, t->nr_lent);
 	return 0;
+}
+
+/*
+ * A copy-on-write snapshot (mem-snap.c) needs the task's memory registered
+ * with a userfaultfd of its own, in synchronous mode, and a VMA takes one
+ * only: tracking lends it the VMAs it tracks, once this pass has read
+ * their marks, and mem_track_take_back() has them back.
+ */
+int mem_track_lend(pid_t pid, u64 start, u64 end)
+{
+	struct uffdio_range range = { .start = start, .len = end - start };
+
+	if (!uffd_tracking() || cur.pid != pid || !cur.rec || cur.rec->uffd < 0 ||
+	    !mt_has_range(cur.r, cur.nr, start, end))
+		return -1;
+	return ioctl(cur.rec->uffd, UFFDIO_UNREGISTER, &range);
+}
+
+int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const struct page_region *written, unsigned long nr)
+{
+	struct mt_task *t;
+	unsigned long i;
+	u64 from = start;
+
+	list_for_each_entry(t, &next_tasks, l)
+		if (t->pid == pid)
+			goto found;
+	return 1;
+found:
+	if (t->uffd < 0 || !mt_has_range(t->lent, t->nr_lent, start, end))
+		return 1;
+	if (uffd_register_wp(t->uffd, start, end))
+		return -1;
+	/* Protected but where the task wrote since the snapshot's freeze */
+	for (i = 0; i <= nr; i++) {
+		u64 to = i < nr ? written[i].start : end;
+
+		if (to > from && wp_protect(pm, from, to) < 0)
+			return -1;
+		if (i < nr)
+			from = written[i].end;
+	}
+	return mt_insert_range(&t->r, &t->nr, start, end);
 }
 
 void mem_track_inventory(InventoryEntry *he, bool pre_dump)

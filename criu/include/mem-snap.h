@@ -35,6 +35,13 @@ extern int mem_snap_task_protect(struct pstree_item *item, struct vm_area_list *
  * dumped next, refuses a process with threads)
  */
 extern void mem_snap_tasks_dumped(void);
+/*
+ * Memory tracking asks for [start, end) of task pid, which this dump
+ * registered: true, and criu leaves its pages protected once written and
+ * hands the VMA back to tracking, the task stopped a moment, with the
+ * pages written since the freeze (mem_track_take_back())
+ */
+extern bool mem_snap_hand_back(pid_t pid, unsigned long start, unsigned long end);
 /* Tasks whose pages are still to be written once the tree runs again */
 extern bool mem_snap_pending(void);
 /* The tree frozen, nothing of criu's left in it: the protection done, copy what it missed */

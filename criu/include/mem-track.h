@@ -2,6 +2,7 @@
 #define __CR_MEM_TRACK_H__
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "int.h"
 
@@ -11,6 +12,7 @@ struct pstree_item;
 struct vm_area_list;
 struct vma_area;
 struct parasite_ctl;
+struct page_region;
 
 /*
  * Memory tracking with a userfaultfd in asynchronous write-protect mode
@@ -30,6 +32,20 @@ extern int mem_track_dump_start(InventoryEntry *parent_ie);
 extern int mem_track_task_start(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
 extern int mem_track_vma_state(struct pstree_item *item, struct vma_area *vma);
 extern int mem_track_task_protect(struct pstree_item *item, struct vm_area_list *vmas, struct parasite_ctl *ctl);
+/*
+ * A copy-on-write snapshot borrows the VMAs tracking registered (their
+ * marks of this pass read): [start, end) is unregistered from the task's
+ * userfaultfd.  0, or -1 (not tracked, or the kernel refused).
+ */
+extern int mem_track_lend(pid_t pid, u64 start, u64 end);
+/*
+ * The snapshot written, the task stopped and [start, end) no longer
+ * registered with the snapshot's userfaultfd: tracking registers it and
+ * protects its pages but the written ones (sorted), which the next pass
+ * dumps.  0; 1 if tracking did not want it; -1: the next pass dumps it all.
+ */
+extern int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const struct page_region *written,
+			       unsigned long nr);
 extern void mem_track_inventory(InventoryEntry *he, bool pre_dump);
 extern int mem_track_dump_finish(int ret);
 /*
