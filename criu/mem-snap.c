@@ -1491,6 +1491,7 @@ static void hand_back(struct snap_task *t)
 	for (i = 0; i < t->nr_vmas; i++) {
 		struct snap_vma *v = &t->vmas[i];
 		struct uffdio_range range = { .start = v->start, .len = v->end - v->start };
+		unsigned long pages;
 		long n, k;
 
 		if (!v->hand_back)
@@ -1505,8 +1506,11 @@ static void hand_back(struct snap_task *t)
 				errno);
 			continue;
 		}
-		for (k = 0; k < n; k++)
-			written += (w[k].end - w[k].start) / PAGE_SIZE;
+		for (k = 0, pages = 0; k < n; k++)
+			pages += (w[k].end - w[k].start) / PAGE_SIZE;
+		pr_debug("%d: VMA %lx-%lx back to memory tracking: %lu pages written since the freeze\n", t->pid,
+			 v->start, v->end, pages);
+		written += pages;
 		back++;
 	}
 out:

@@ -148,6 +148,29 @@ def restore_and_check(img, wl, key):
     advancing(wl, wl.npages // THREADS * 2)
 
 
+def dump_stats(img):
+    with open(img / "stats-dump", "rb") as f:
+        return pycriu.images.load(f)["entries"][0]["dump"]
+
+
+def final_dump(wl, fin, parent, *args):
+    """A chain's last pass, over ../PARENT (the task killed after it): none
+    of its memory dumped in full; the run, with its stats-dump as .stats."""
+    wl.dumped_status = wl.read_status()
+    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../" + parent, *args)
+    assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
+    r.stats = dump_stats(fin)
+    return r
+
+
+def restore_final(fin, wl, key, at_least):
+    """Restore final_dump()'s images; the restored threads check the pages they stamp."""
+    wait_gone(tree_pids(wl.pid))
+    wl.status_path.write_text(wl.dumped_status)
+    criu("restore", fin, "-d", *(("--tls-key", key) if key else ()))
+    advancing(wl, at_least)
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
     canary = "CANARY-cow-" + os.urandom(8).hex()
@@ -163,8 +186,7 @@ def test_cow_dump_is_the_memory_at_the_freeze(sweeper, keys, tmp_path, mode):
     # The writers ran while criu wrote, and waited for their pages
     assert int(m.group(2)) > 0
     # stats-dump counts them as the log does
-    with open(img / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
+    st = dump_stats(img)
     assert (st["pages_cow_fault"], st["pages_cow_frozen"]) == (int(m.group(2)), int(m.group(3)))
     advancing(wl, 1000)
 
@@ -351,8 +373,7 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
                      r.log)
     assert back and int(back[1]) > 0, r.log[-3000:]
     assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
-    with open(img / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
+    st = dump_stats(img)
     assert st["pages_skipped_parent"] > 0 and st["pages_written"] > 0, st
     # The sweep region's pages were protected, none copied while frozen
     assert st.get("pages_cow_frozen", 0) < wl.npages // 100, st
@@ -360,17 +381,10 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     advancing(wl, 1000)
 
     fin = tmp_path / "fin"
-    wl.dumped_status = wl.read_status()
-    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../img", *args)
-    assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
-    with open(fin / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
-    assert st["pages_skipped_parent"] > 0, st
+    r = final_dump(wl, fin, "img", *args)
+    assert r.stats["pages_skipped_parent"] > 0, r.stats
     one_boundary(stamps(fin, wl, key), wl.npages)
-    wait_gone(tree_pids(wl.pid))
-    wl.status_path.write_text(wl.dumped_status)
-    criu("restore", fin, "-d", *(("--tls-key", key) if key else ()))
-    advancing(wl, wl.npages // THREADS * 2)
+    restore_final(fin, wl, key, wl.npages // THREADS * 2)
     for d in (tmp_path / "pre", img, fin):
         found = files_with(d, canary.encode())
         if key:
@@ -388,36 +402,43 @@ def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_
     takes from the parent as well as pages it dumps: the final dump over
     the snapshot must have every one of them (a page taken from the parent
     instead would break the sweep in its image and fail the restored
-    threads' check), and only a part of the memory (else tracking was
-    lost)."""
-    wl = sweeper(256, mode="cowsweep-paced", permille=250)
+    threads' check).  The task is stopped (SIGSTOP) as soon as the
+    snapshot ends, so the final dump writes the pages the snapshot said
+    were written since its freeze, and no more than the threads can have
+    written since (every page, had tracking counted them all written)."""
+    permille = 250
+    wl = sweeper(256, mode="cowsweep-paced", permille=permille)
     advancing(wl, 500)
     r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, check=False)
     if r.returncode:
         pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
     advancing(wl, wl.npages // THREADS // 4)
     img = tmp_path / "img"
+    started = time.monotonic()
     r = cow_dump(wl, img, "--track-mem", "--prev-images-dir", "../pre")
+    os.kill(wl.pid, signal.SIGSTOP)
+    since = time.monotonic() - started
     assert re.search(r"VMA %x-[0-9a-f]+ lent by memory tracking" % wl.addr, r.log), r.log[-3000:]
-    back = re.search(r"%d: (\d+) VMAs back to memory tracking \((\d+) pages written since the freeze\)" % wl.pid,
+    back = re.search(r"VMA %x-[0-9a-f]+ back to memory tracking: (\d+) pages written since the freeze" % wl.addr,
                      r.log)
-    assert back and int(back[1]) > 0 and int(back[2]) > 0, r.log[-3000:]
+    assert back and int(back[1]) > 0, r.log[-3000:]
     assert "dumped in full" not in r.log, r.log[-3000:]
     one_boundary(stamps(img, wl, None), wl.npages)
-    advancing(wl, 500)
 
     fin = tmp_path / "fin"
-    wl.dumped_status = wl.read_status()
-    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../img")
-    assert "dumped in full" not in r.log and "not tracked" not in r.log, r.log[-3000:]
-    with open(fin / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
-    assert 0 < st["pages_written"] < wl.npages // 2, st
-    assert st["pages_skipped_parent"] > wl.npages // 2, st
+    final_dump(wl, fin, "img")
+    # The sweep region's pages the final dump wrote (not those it took from the snapshot)
+    _, pm = criusec.Checkpoint(fin).pagemap("pagemap-%d.img" % wl.pid)
+    end = wl.addr + wl.npages * PAGE
+    written = sum(max(0, min(v + n * PAGE, end) - max(v, wl.addr)) // PAGE
+                  for v, n, f in pm if f & criusec.PE_PRESENT and not f & criusec.PE_PARENT)
+    at_least, most = int(back[1]), int(back[1]) + wl.npages * permille // 1000 * (since + 1)
+    assert at_least <= written <= most < wl.npages, (written, at_least, most)
     one_boundary(stamps(fin, wl, None), wl.npages)
     wait_gone(tree_pids(wl.pid))
     wl.status_path.write_text(wl.dumped_status)
     criu("restore", fin, "-d")
+    os.kill(wl.pid, signal.SIGCONT)  # restored stopped, as it was dumped
     advancing(wl, 1000)
 
 
@@ -441,21 +462,15 @@ def test_cow_dump_snapshots_in_a_chain_are_incremental(sweeper, tmp_path):
     s2 = tmp_path / "s2"
     r = cow_dump(wl, s2, "--track-mem", "--prev-images-dir", "../s1")
     assert "dumped in full" not in r.log and "not tracked" not in r.log, r.log[-3000:]
-    with open(s2 / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
+    st = dump_stats(s2)
     assert 0 < st["pages_written"] < wl.npages // 2 < st["pages_skipped_parent"], st
     one_boundary(stamps(s2, wl, None), wl.npages)
     advancing(wl, 500)
 
     fin = tmp_path / "fin"
-    wl.dumped_status = wl.read_status()
-    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../s2")
-    assert "dumped in full" not in r.log, r.log[-3000:]
+    final_dump(wl, fin, "s2")
     one_boundary(stamps(fin, wl, None), wl.npages)
-    wait_gone(tree_pids(wl.pid))
-    wl.status_path.write_text(wl.dumped_status)
-    criu("restore", fin, "-d")
-    advancing(wl, 500)
+    restore_final(fin, wl, None, 500)
 
 
 PRE_DUMP_SPLICE, PRE_DUMP_READ = 1, 2  # the inventory's pre_dump_mode
@@ -493,16 +508,9 @@ def test_pre_dump_reads_its_pages_once_the_tasks_run(sweeper, tmp_path):
     advancing(wl, 1000)
 
     fin = tmp_path / "fin"
-    wl.dumped_status = wl.read_status()
-    r = criu("dump", fin, "-t", wl.pid, "--track-mem", "--prev-images-dir", "../pre")
-    assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
-    with open(fin / "stats-dump", "rb") as f:
-        st = pycriu.images.load(f)["entries"][0]["dump"]
-    assert st["pages_skipped_parent"] > 0, st
-    wait_gone(tree_pids(wl.pid))
-    wl.status_path.write_text(wl.dumped_status)
-    criu("restore", fin, "-d")
-    advancing(wl, wl.npages // THREADS * 2)
+    r = final_dump(wl, fin, "pre")
+    assert r.stats["pages_skipped_parent"] > 0, r.stats
+    restore_final(fin, wl, None, wl.npages // THREADS * 2)
 
 
 def test_cow_dump_in_a_chain_loses_nothing_to_munmap(sweeper, tmp_path):
