@@ -145,9 +145,10 @@ fuzz: tree
 # MEM_TRACKER=uffd|soft-dirty to force criu's --mem-tracker)
 # WORKLOADS=snapshot (not in the default list, which keeps plain `make bench` as long as it was): dump
 # --leave-running with and without --cow-dump, at rest, writing SNAP_RATE=50 per mille a second, flat out
+# (SNAP_CHAIN=1: each the second pass of a chain, --track-mem over a pre-dump)
 SIZES		?= 256
 export WORKLOADS MODES BASE_CRIU BASE_MODES THREADS SCALE_MODES BENCH_JSON BENCH_DIR
-export CHAIN_MODES CHAIN_GAP CHURN COST_WINDOW COST_WINDOWS MEM_TRACKER SNAP_RATE
+export CHAIN_MODES CHAIN_GAP CHURN COST_WINDOW COST_WINDOWS MEM_TRACKER SNAP_RATE SNAP_CHAIN
 bench: criu
 	cmake --build $(ENGINE_BUILD) --target criusec-bench-floor >/dev/null
 	@REPEAT=$(or $(REPEAT),5) FLOOR=$(ENGINE_BUILD)/criusec-bench-floor $(PYTHON) scripts/criusec/bench.py \

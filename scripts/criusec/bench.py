@@ -56,7 +56,9 @@ copied at a write fault (its log), and the writers' stalls during the dump
 the median and the worst; then the issue's targets for --encrypt
 --compress with --cow-dump: frozen at most 50 ms for 1 GiB, median stall
 under 1 ms, worst under 50 ms.  The writers check that memory stays
-consistent, and a dump that breaks it fails the bench.
+consistent, and a dump that breaks it fails the bench.  SNAP_CHAIN=1
+makes each dump the second pass of a chain: --track-mem over a pre-dump
+taken CHAIN_GAP seconds before (a kubelet's periodic checkpoints).
 
 BASE_CRIU=path adds the modes of BASE_MODES (default "enc zstd") run by
 another build (the previous main, say) as "MODE@base", in the same
@@ -74,7 +76,7 @@ on time.
     bench.py CRIU WORKLOAD_SRC [MiB ...]     (REPEAT=n, WORKLOADS=..., FLOOR=path,
                                               MODES=..., BASE_CRIU=path, THREADS=1,
                                               CHAIN_MODES, CHAIN_GAP, CHURN, COST_WINDOW,
-                                              COST_WINDOWS, MEM_TRACKER, SNAP_RATE)
+                                              COST_WINDOWS, MEM_TRACKER, SNAP_RATE, SNAP_CHAIN)
 """
 import atexit
 import json
@@ -837,18 +839,28 @@ class Sweeper:
 
 def snapshot_run(b, mib, case, mode, cow):
     """One dump --leave-running of a fresh cowsweep: {frozen, wall: ms; copied: pages copied at a
-    write fault; writes: pages written during the dump; median, worst: stall ms (nan at rest)}."""
-    img = b.work / "snap-img"
-    shutil.rmtree(img, ignore_errors=True)
+    write fault; writes: pages written during the dump; median, worst: stall ms (nan at rest)}.
+    SNAP_CHAIN=1: the dump is the second pass of a chain, --track-mem over a pre-dump taken a
+    second (CHAIN_GAP) before."""
+    img, pre = b.work / "snap-img", b.work / "snap-pre"
+    chain = os.environ.get("SNAP_CHAIN") == "1"
+    for d in (img, pre):
+        shutil.rmtree(d, ignore_errors=True)
     img.mkdir()
     w = Sweeper(b, mib, case)
     try:
         time.sleep(0.3)  # the writers under way
+        args = []
+        if chain:
+            pre.mkdir()
+            b.criu_run(b.criu, "pre-dump", pre, "-t", str(w.p.pid), *b.mode_args(mode)[0])
+            time.sleep(float(os.environ.get("CHAIN_GAP") or 1))
+            args = ["--track-mem", "--prev-images-dir", "../" + pre.name]
         os.sync()
         before = stall_hist(w.report())[0]
         try:
             wall, _ = b.criu_run(b.criu, "dump", img, "-t", str(w.p.pid), "-v3", "--leave-running",
-                                 "--cow-dump" if cow else "--no-cow-dump", *b.mode_args(mode)[0])
+                                 "--cow-dump" if cow else "--no-cow-dump", *b.mode_args(mode)[0], *args)
         except subprocess.CalledProcessError:
             log = (img / "dump.log").read_text(errors="replace").splitlines()
             print("bench: criu dump failed; the end of its log:", *log[-15:], sep="\n", file=sys.stderr)
@@ -856,7 +868,8 @@ def snapshot_run(b, mib, case, mode, cow):
         after, worst = stall_hist(w.report())  # also: the writers' checks still hold
     finally:
         w.kill()
-    b.keep_ckpt_id(img)
+    for d in (img, pre) if chain else (img,):
+        b.keep_ckpt_id(d)
     log = (img / "dump.log").read_text(errors="replace")
     m = re.search(r"(\d+) copied at a write fault", log)
     fb = re.search(r"the tasks stay frozen until their pages are written: (.*)", log) if cow else None
@@ -869,7 +882,8 @@ def snapshot_run(b, mib, case, mode, cow):
     res = {"frozen": frozen_ms(img), "wall": wall * 1000, "copied": int(m.group(1)) if m else 0, "writes": writes,
            "median": hist_median_ms(window) if writes else float("nan"),
            "worst": worst if case != "rest" else float("nan")}
-    shutil.rmtree(img, ignore_errors=True)
+    for d in (img, pre):
+        shutil.rmtree(d, ignore_errors=True)
     return res
 
 
@@ -887,7 +901,9 @@ def snapshot_section(b, mib, repeat):
                 res[c, m, cow].append(snapshot_run(b, mib, c, m, cow))
     rate = float(os.environ.get("SNAP_RATE") or 50) / 10
     print(f"\nsnapshot, {mib} MiB of incompressible memory, {SNAP_WRITERS} writer threads (paced: {rate:g} % of "
-          f"the memory a second), dump --leave-running (load average {load:.2f} at the start, "
+          f"the memory a second), dump --leave-running"
+          f"{' --track-mem over a pre-dump' if os.environ.get('SNAP_CHAIN') == '1' else ''} "
+          f"(load average {load:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end)")
     print(f"  {'case':<9} {'mode':<9} {'cow':<4} {'frozen ms':>9} {'spread':>11} {'wall ms':>8} {'spread':>11} "
           f"{'copied':>7} {'writes':>8} {'median us':>9} {'spread':>13} {'worst ms':>8} {'spread':>13}")

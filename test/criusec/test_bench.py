@@ -145,9 +145,11 @@ def cowsweeps(where):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="make bench needs root (criu dump)")
-def test_bench_snapshot_section(tmp_path):
+@pytest.mark.parametrize("chain", [False, True], ids=["alone", "in-a-chain"])
+def test_bench_snapshot_section(tmp_path, chain):
+    """SNAP_CHAIN=1: each dump the second pass of a chain, over a pre-dump."""
     env = dict(os.environ, WORKLOADS="snapshot", REPEAT="1", BENCH_DIR=str(tmp_path),
-               BENCH_JSON=str(tmp_path / "bench.json"))
+               BENCH_JSON=str(tmp_path / "bench.json"), SNAP_CHAIN="1" if chain else "0")
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "criusec" / "bench.py"), CRIU,
                         str(REPO / "test" / "criusec" / "workloads" / "workload.c"), str(MIB)],
                        env=env, capture_output=True, text=True, timeout=900)
@@ -157,6 +159,7 @@ def test_bench_snapshot_section(tmp_path):
     m = re.search(r"^note: --cow-dump fell back to a frozen dump: (.*)$", out, re.M)
     if m:
         pytest.skip(f"the snapshot section needs --cow-dump to work here: {m.group(1)}")
+    assert ("--track-mem over a pre-dump" in out) == chain, out[-3000:]
     num = r"\d+(\.\d+)?"
     for label in ("at rest", "5 %/s", "flat out"):
         for mode in ("plain", "enc", "enc+zstd"):
@@ -192,7 +195,8 @@ def test_bench_snapshot_section(tmp_path):
     assert all(rows["flat", m, True]["copied"] > 0 for m in ("plain", "enc", "zstd")), rows
     assert not cowsweeps(tmp_path), "the bench left a workload running"
     ids = [e for e in js if "chain_keys_dropped" in e][0]["chain_keys_dropped"]
-    # enc and enc+zstd, three cases, with and without --cow-dump: twelve encrypted dumps, whose
-    # chain keys the bench removed (only those: other work on the machine may add its own meanwhile)
-    assert len(ids) == 12, ids
+    # enc and enc+zstd, three cases, with and without --cow-dump: twelve encrypted dumps (and as
+    # many pre-dumps in a chain), whose chain keys the bench removed (only those: other work on
+    # the machine may add its own meanwhile)
+    assert len(ids) == (24 if chain else 12), ids
     assert not {f"criusec:{i}" for i in ids} & set(chain_keys().values()), "the bench left its chain keys"
