@@ -72,6 +72,7 @@
 #include <sys/wait.h>
 
 #include "common/list.h"
+#include "compel/infect.h"
 #include "cr_options.h"
 #include "image.h"
 #include "kerndat.h"
@@ -1323,26 +1324,20 @@ static int stop_seize(pid_t pid, struct snap_stop *s)
 
 			if (tid <= 0 || stop_has(s, tid))
 				continue;
-			if (ptrace(PTRACE_SEIZE, tid, NULL, 0)) {
-				if (errno == ESRCH)
-					continue; /* gone */
-				pr_perror("%d: can't seize thread %d", pid, tid);
+			if (s->nr % 16 == 0 && (xrealloc_safe(&s->tid, (s->nr + 16) * sizeof(*s->tid)) ||
+						xrealloc_safe(&s->sig, (s->nr + 16) * sizeof(*s->sig)))) {
 				closedir(d);
 				return -1;
 			}
-			if (s->nr % 16 == 0 && (xrealloc_safe(&s->tid, (s->nr + 16) * sizeof(*s->tid)) ||
-						xrealloc_safe(&s->sig, (s->nr + 16) * sizeof(*s->sig)))) {
-				ptrace(PTRACE_DETACH, tid, NULL, 0);
+			if (compel_interrupt_task(tid)) {
+				if (errno == ESRCH)
+					continue; /* gone */
+				pr_err("%d: can't stop thread %d\n", pid, tid);
 				closedir(d);
 				return -1;
 			}
 			s->tid[s->nr] = tid;
 			s->sig[s->nr++] = 0;
-			if (ptrace(PTRACE_INTERRUPT, tid, NULL, NULL) && errno != ESRCH) {
-				pr_perror("%d: can't stop thread %d", pid, tid);
-				closedir(d);
-				return -1;
-			}
 			more = true;
 		}
 		closedir(d);

@@ -753,16 +753,23 @@ int mem_track_dump_start(InventoryEntry *parent_ie)
 	return 0;
 }
 
-static struct mt_task *take_prev(pid_t pid)
+static struct mt_task *mt_find(struct list_head *h, pid_t pid)
 {
 	struct mt_task *t;
 
-	list_for_each_entry(t, &prev_tasks, l)
-		if (t->pid == pid) {
-			list_del(&t->l);
+	list_for_each_entry(t, h, l)
+		if (t->pid == pid)
 			return t;
-		}
 	return NULL;
+}
+
+static struct mt_task *take_prev(pid_t pid)
+{
+	struct mt_task *t = mt_find(&prev_tasks, pid);
+
+	if (t)
+		list_del(&t->l);
+	return t;
 }
 
 int uffd_register_wp(int uffd, u64 start, u64 end)
@@ -1006,16 +1013,11 @@ int mem_track_lend(pid_t pid, u64 start, u64 end)
 
 int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const struct page_region *written, unsigned long nr)
 {
-	struct mt_task *t;
+	struct mt_task *t = mt_find(&next_tasks, pid);
 	unsigned long i;
 	u64 from = start;
 
-	list_for_each_entry(t, &next_tasks, l)
-		if (t->pid == pid)
-			goto found;
-	return 1;
-found:
-	if (t->uffd < 0 || !mt_has_range(t->lent, t->nr_lent, start, end))
+	if (!t || t->uffd < 0 || !mt_has_range(t->lent, t->nr_lent, start, end))
 		return 1;
 	if (uffd_register_wp(t->uffd, start, end))
 		return -1;
