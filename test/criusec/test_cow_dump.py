@@ -341,6 +341,30 @@ def test_cow_dump_memory_registered_by_another_userfaultfd(sweeper, tmp_path):
     advancing(wl, 1000)
 
 
+def pre_dumped(sweeper, keys, tmp_path, crypt, canary, **kw):
+    """A sweeper stamping `canary`, pre-dumped into pre/ in MODES[crypt] (skips where
+    pre-dump can't work): (workload, those criu arguments, the key to read its images)."""
+    wl = sweeper(256, canary=canary, **kw)
+    advancing(wl, 500)
+    args = enc_args(keys, crypt)
+    key = keys["alice"][1] if MODES[crypt] else None
+    r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, *args, check=False)
+    if r.returncode:
+        pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
+    return wl, args, key
+
+
+def canary_only_in_plain(canary, key, dirs, snapshot):
+    """Encrypted, the canary is in no file of the chain; plain, the snapshot
+    holds it (else the check finds nothing)."""
+    for d in dirs:
+        found = files_with(d, canary.encode())
+        if key:
+            assert found == [], (d.name, found)
+        elif d == snapshot:
+            assert found, "the plain snapshot should hold the canary (else this check finds nothing)"
+
+
 @pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
 def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     """A snapshot in a chain (issue 20's tracking, issue 21's snapshot):
@@ -355,13 +379,7 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     none dumped in full), and the final dump restores.  Encrypted, the
     canary in every page is in no file of the chain."""
     canary = "CANARY-cow-chain-" + os.urandom(8).hex()
-    wl = sweeper(256, canary=canary)
-    advancing(wl, 1000)
-    args = enc_args(keys, mode)
-    key = keys["alice"][1] if MODES[mode] else None
-    r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, *args, check=False)
-    if r.returncode:
-        pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
+    wl, args, key = pre_dumped(sweeper, keys, tmp_path, mode, canary)
     # Some pages, not all, written again
     advancing(wl, 1000)
     img = tmp_path / "img"
@@ -385,12 +403,7 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     assert r.stats["pages_skipped_parent"] > 0, r.stats
     one_boundary(stamps(fin, wl, key), wl.npages)
     restore_final(fin, wl, key, wl.npages // THREADS * 2)
-    for d in (tmp_path / "pre", img, fin):
-        found = files_with(d, canary.encode())
-        if key:
-            assert found == [], (d.name, found)
-        elif d == img:
-            assert found, "the plain snapshot should hold the canary (else this check finds nothing)"
+    canary_only_in_plain(canary, key, (tmp_path / "pre", img, fin), img)
 
 
 @pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
@@ -403,13 +416,7 @@ def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tm
     is exactly the memory at its freeze, and a final dump over it
     restores.  Encrypted, the canary in every page is in no file."""
     canary = "CANARY-cow-small-" + os.urandom(8).hex()
-    wl = sweeper(256, mode="cowsweep-paced", canary=canary, permille=40)
-    advancing(wl, 500)
-    args = enc_args(keys, mode)
-    key = keys["alice"][1] if MODES[mode] else None
-    r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, *args, check=False)
-    if r.returncode:
-        pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
+    wl, args, key = pre_dumped(sweeper, keys, tmp_path, mode, canary, mode="cowsweep-paced", permille=40)
     advancing(wl, wl.npages // THREADS // 16)
     img = tmp_path / "img"
     r = cow_dump(wl, img, "--track-mem", "--prev-images-dir", "../pre", *args)
@@ -428,12 +435,7 @@ def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tm
     final_dump(wl, fin, "img", *args)
     one_boundary(stamps(fin, wl, key), wl.npages)
     restore_final(fin, wl, key, 500)
-    for d in (tmp_path / "pre", img, fin):
-        found = files_with(d, canary.encode())
-        if key:
-            assert found == [], (d.name, found)
-        elif d == img:
-            assert found, "the plain snapshot should hold the canary (else this check finds nothing)"
+    canary_only_in_plain(canary, key, (tmp_path / "pre", img, fin), img)
 
 
 def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_path):
