@@ -408,7 +408,7 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
 def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tmp_path, mode):
-    """A tracked VMA with under an eighth of it to dump is not lent: its
+    """A tracked VMA with under a fifth of it to dump is not lent: its
     pages written since the last pass are copied while the task is frozen
     (two threads from 4,096 pages, into one populated mapping, read 256 at
     a time across runs).  The threads stamp 4 % of their pages a second,
@@ -443,7 +443,7 @@ def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_
     task wrote since the freeze (a write fault took their protection off)
     marked written, the rest protected.  The threads stamp 25 % of their
     pages a second, a quarter of them since the pre-dump (a VMA is lent
-    from an eighth to dump), so during the snapshot they write pages it
+    from a fifth to dump), so during the snapshot they write pages it
     takes from the parent as well as pages it dumps: the final dump over
     the snapshot must have every one of them (a page taken from the parent
     instead would break the sweep in its image and fail the restored
@@ -498,7 +498,7 @@ def test_cow_dump_in_a_chain_criu_killed(sweeper, tmp_path):
     r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, check=False)
     if r.returncode:
         pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
-    advancing(wl, wl.npages // THREADS // 4)  # an eighth or more to dump: lent
+    advancing(wl, wl.npages // THREADS // 4)  # a fifth or more to dump: lent
     img = tmp_path / "img"
     p = cow_dump_started(wl, img, "--track-mem", "--prev-images-dir", "../pre")
     p.send_signal(signal.SIGKILL)
