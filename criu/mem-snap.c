@@ -767,6 +767,7 @@ static int copy_ranges(struct snap_task *t)
 	}
 	if (!got[0] && !got[1])
 		goto out;
+	/* The tree is frozen: no fault saves a page before the copy, so each half uses its got[] pages at most */
 	pool = pool_get(t, got[0] + got[1]);
 	if (!pool) {
 		ret = -1;
