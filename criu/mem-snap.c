@@ -539,7 +539,7 @@ struct snap_copy {
 	struct snap_range *r;
 	unsigned long from, to;
 	unsigned long copied;
-	int err; /* errno: of the read at err_addr, or ENOMEM */
+	int err; /* errno of the read at err_addr */
 	unsigned long err_addr;
 };
 
@@ -630,16 +630,11 @@ static int read_batch(struct snap_task *t, struct snap_batch *b, struct snap_hal
 static void *copy_main(void *arg)
 {
 	struct snap_half *h = arg;
-	struct snap_batch *b;
+	struct snap_batch batch, *b = &batch; /* 8 KiB: a thread's stack has room */
 	struct snap_copy *c;
 
 	if (!h->c->r)
 		return NULL;
-	b = malloc(sizeof(*b));
-	if (!b) {
-		h->c->err = ENOMEM;
-		return NULL;
-	}
 	b->n = b->nr = 0;
 	/*
 	 * Populated in one call (Linux 5.14; older kernels fault the pages in
@@ -664,13 +659,11 @@ static void *copy_main(void *arg)
 			else
 				b->remote[b->nr++] = (struct iovec){ .iov_base = (void *)addr, .iov_len = PAGE_SIZE };
 			if (b->n == SNAP_READ_BATCH && read_batch(t, b, h))
-				goto out;
+				return NULL;
 		}
 		if (!c[1].r && read_batch(t, b, h))
-			goto out;
+			return NULL;
 	}
-out:
-	free(b);
 	return NULL;
 }
 
