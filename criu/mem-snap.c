@@ -209,10 +209,32 @@ static bool snap_child; /* this criu is mem_snap_try_dump()'s child */
 static unsigned long nr_fault_copies, nr_frozen_copies, nr_written;
 static const char why_busy[] = "registered with another userfaultfd (memory tracking's, or the task's own)";
 
-/* Asked for, or by default where the kernel has no soft-dirty (see snap_usable()) */
-static bool snap_wanted(void)
+/*
+ * What is unprotected at once, at least: a page, or where soft-dirty
+ * tracks memory a whole transparent huge page.  The kernel splits a huge
+ * page unprotected in part, and a split marks every pte of a dirty pmd
+ * soft-dirty (x86's pte_mkdirty() sets both bits): in a test, 16 pages
+ * unprotected made 512 soft-dirty, and a copy-on-write dump between two
+ * passes of a chain made the next pass dump all of it again.  Unprotected
+ * whole, a huge page stays whole, and only the written ones are dirty.
+ */
+static unsigned long snap_block = PAGE_SIZE;
+
+static void snap_block_init(void)
 {
-	return opts.cow_dump > 0 || (opts.cow_dump < 0 && !kdat.has_dirty_track);
+	unsigned long pmd = 0;
+	FILE *f;
+
+	if (mem_track_method() != MEM_TRACK_SOFT_DIRTY)
+		return;
+	f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+	if (!f)
+		return; /* no THP: nothing is split */
+	if (fscanf(f, "%lu", &pmd) == 1 && pmd > PAGE_SIZE && !(pmd & (pmd - 1)))
+		snap_block = pmd;
+	fclose(f);
+	pr_info("soft-dirty tracks memory: pages are unprotected %lu KiB at a time, huge pages whole\n",
+		snap_block >> 10);
 }
 
 static bool snap_usable(void)
@@ -233,16 +255,12 @@ static bool snap_usable(void)
 	else if (!kdat.has_uffd || (kdat.uffd_features & SNAP_FEATURES) != SNAP_FEATURES)
 		why = "the kernel has no userfaultfd write-protect with its events";
 	/*
-	 * Soft-dirty: the attempt resets the bits (a retry after a lost page
-	 * could no longer trust them), and a copy-on-write dump leaves every
-	 * page of the tasks soft-dirty, so the next pass of a chain, any
-	 * chain, dumps them all again.
+	 * Soft-dirty tracking: the attempt resets the bits while frozen, and a
+	 * retry after a lost page could no longer trust them.
 	 */
 	else if (opts.track_mem && mem_track_method() == MEM_TRACK_SOFT_DIRTY)
-		why = "memory is tracked with soft-dirty, whose bits a copy-on-write dump would reset and then set all";
-	else if (!snap_wanted())
-		why = "the kernel has soft-dirty: a copy-on-write dump would make every page soft-dirty for the next pass "
-		      "of a chain (--cow-dump asks for it all the same)";
+		why = "memory is tracked with soft-dirty (--track-mem), whose bits a retry after a failed "
+		      "copy-on-write dump could no longer trust";
 
 	if (why) {
 		/* A warning only to whoever asked for it: by default it is used where it can be */
@@ -253,6 +271,7 @@ static bool snap_usable(void)
 		return false;
 	}
 	usable = 1;
+	snap_block_init();
 	return true;
 }
 
@@ -1004,13 +1023,14 @@ static bool arm_step(struct snap_task *t, struct snap_vma *v, bool top)
 		pthread_mutex_unlock(&snap_lock);
 		return false;
 	}
+	/* Steps end on block bounds: a huge page is protected whole (snap_block) */
 	if (top) {
 		end = v->hi;
-		start = end - v->lo > SNAP_ARM_STEP ? end - SNAP_ARM_STEP : v->lo;
+		start = end - v->lo > SNAP_ARM_STEP ? max((end - SNAP_ARM_STEP) & ~(snap_block - 1), v->lo) : v->lo;
 		v->hi = start;
 	} else {
 		start = v->lo;
-		end = v->hi - start > SNAP_ARM_STEP ? start + SNAP_ARM_STEP : v->hi;
+		end = v->hi - start > SNAP_ARM_STEP ? min((start + SNAP_ARM_STEP) & ~(snap_block - 1), v->hi) : v->hi;
 		v->lo = end;
 	}
 	pthread_mutex_unlock(&snap_lock);
@@ -1217,9 +1237,18 @@ static long page_index(struct snap_task *t, unsigned long addr)
 
 static bool any_protected(struct snap_task *t, unsigned long start, unsigned long end)
 {
-	unsigned int i;
+	unsigned int lo = 0, hi = t->nr, i;
 
-	for (i = 0; i < t->nr; i++) {
+	/* The first range that ends above start: the writer asks for each chunk */
+	while (lo < hi) {
+		unsigned int mid = (lo + hi) / 2;
+
+		if (t->r[mid].end <= start)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (i = lo; i < t->nr && t->r[i].start < end; i++) {
 		struct snap_range *r = &t->r[i];
 		unsigned long s, e, p;
 
@@ -1278,29 +1307,55 @@ static void save_early(struct snap_task *t, unsigned long addr)
 	t->early = e;
 }
 
-static void on_fault(struct snap_task *t, unsigned long addr, int depth)
+/* Where addr's page is unprotected: its snap_block, within its VMA */
+static void block_of(struct snap_task *t, unsigned long addr, unsigned long *start, unsigned long *end)
 {
-	long i;
+	unsigned int i;
 
-	addr &= ~(PAGE_SIZE - 1);
-	if (!t->state) {
-		save_early(t, addr);
-		unprotect(t, addr, PAGE_SIZE, depth);
+	*start = addr;
+	*end = addr + PAGE_SIZE;
+	if (snap_block == PAGE_SIZE)
 		return;
-	}
-	i = page_index(t, addr);
-	if (i >= 0 && t->state[i] == PG_PROTECTED) {
-		/* Still as at the freeze: the writer waits until we unprotect it */
-		t->copy[i] = xmalloc(PAGE_SIZE);
-		if (!t->copy[i] || read_page(t->pid, addr, t->copy[i], PAGE_SIZE)) {
-			snap_fail("can't save page %lx of task %d before it is written", addr, t->pid);
-			/* The dump fails; the writer goes on */
-		} else {
-			t->state[i] = PG_COPIED;
-			nr_fault_copies++;
+	for (i = 0; i < t->nr_vmas; i++) {
+		struct snap_vma *v = &t->vmas[i];
+
+		if (addr >= v->start && addr < v->end) {
+			*start = max(addr & ~(snap_block - 1), v->start);
+			*end = min((addr & ~(snap_block - 1)) + snap_block, v->end);
+			return;
 		}
 	}
-	unprotect(t, addr, PAGE_SIZE, depth);
+}
+
+/* Still as at the freeze: the writer waits until we unprotect it */
+static bool save_page(struct snap_task *t, unsigned long addr)
+{
+	long i = page_index(t, addr);
+
+	if (i < 0 || t->state[i] != PG_PROTECTED)
+		return true;
+	t->copy[i] = xmalloc(PAGE_SIZE);
+	if (!t->copy[i] || read_page(t->pid, addr, t->copy[i], PAGE_SIZE)) {
+		snap_fail("can't save page %lx of task %d before it is written", addr, t->pid);
+		return false;
+	}
+	t->state[i] = PG_COPIED;
+	nr_fault_copies++;
+	return true;
+}
+
+static void on_fault(struct snap_task *t, unsigned long addr, int depth)
+{
+	unsigned long start, end, a;
+
+	block_of(t, addr & ~(PAGE_SIZE - 1), &start, &end);
+	for (a = start; a < end && !failed[0]; a += PAGE_SIZE) {
+		if (!t->state)
+			save_early(t, a);
+		else if (!save_page(t, a))
+			break; /* the dump fails; the writer goes on */
+	}
+	unprotect(t, start, end - start, depth);
 }
 
 /* Read what the task's userfaultfd has: write faults, and mapping changes */
@@ -1640,6 +1695,18 @@ out:
 		t->pid, back, written, (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000);
 }
 
+/* The writer's, once a chunk is taken: the blocks none of whose pages is still to save */
+static void unprotect_taken(struct snap_task *t, struct snap_range *r, unsigned long start, unsigned long end)
+{
+	if (snap_block > PAGE_SIZE) {
+		start = max(start & ~(snap_block - 1), r->vma_start);
+		end = min(ALIGN(end, snap_block), r->vma_end);
+		if (any_protected(t, start, end))
+			return; /* the chunk that takes its last page unprotects it */
+	}
+	unprotect(t, start, end - start, 0);
+}
+
 static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long chunk)
 {
 	struct page_xfer *xfer = &t->xfer;
@@ -1695,7 +1762,7 @@ static int write_task(struct snap_task *t, void *buf, int p[2], unsigned long ch
 				t->state[idx + k] = PG_TAKEN;
 			}
 			if (r->wp && need_read && !r->keep)
-				unprotect(t, addr, n * PAGE_SIZE, 0);
+				unprotect_taken(t, r, addr, addr + n * PAGE_SIZE);
 			if (failed[0])
 				goto out;
 
@@ -1950,7 +2017,7 @@ bool mem_snap_try_dump(int (*dump)(pid_t), pid_t pid, int *ret)
  * write once they run is tracked, and dumped again by the next pass.  So
  * where a dump would be copy-on-write, a pre-dump reads its pages once the
  * tasks run (upstream's read mode), rather than splicing every page into
- * pipes while they are frozen.
+ * pipes while they are frozen; on kernels with soft-dirty, when asked for.
  */
 void mem_snap_pre_dump_mode(void)
 {
@@ -1960,7 +2027,8 @@ void mem_snap_pre_dump_mode(void)
 		return;
 	}
 	opts.pre_dump_mode = PRE_DUMP_SPLICE;
-	if (!snap_wanted())
+	/* Where soft-dirty tracks memory, upstream's default: what the VM's chains prove */
+	if (!opts.cow_dump || (opts.cow_dump < 0 && kdat.has_dirty_track))
 		return;
 	opts.pre_dump_mode = PRE_DUMP_READ;
 	pr_info("a pre-dump reads its pages once the tasks run (--pre-dump-mode=read): what they write meanwhile is "

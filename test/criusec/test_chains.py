@@ -290,6 +290,29 @@ def test_encrypted_chain_tampered(workloads, criu, tmp_path, hosts):
 
 
 @needs_tracking
+def test_snapshot_between_passes_keeps_the_chain_incremental(workloads, criu, tmp_path, hosts):
+    """A snapshot of the task between two passes of its chain (dump
+    --leave-running without --track-mem: copy-on-write by default, the task
+    runs while its pages are written) leaves the chain's marks as they were:
+    the next pass still writes the churned eighth and takes the rest from
+    its parent (make_chain() checks). Where soft-dirty tracks memory (the
+    VM), a huge page unprotected in part would be split, and the kernel
+    marks every page of a split dirty huge page soft-dirty: the snapshot
+    unprotects huge pages whole, and the next pass would write all of it
+    otherwise."""
+    snap = tmp_path / "snap"
+
+    def snapshot(wl):
+        criu.run("dump", snap, "-t", wl.pid, "--leave-running")
+
+    make_chain(workloads, criu, tmp_path, CHAINS["plain"], hosts, before_dump=snapshot)
+    log = (snap / "dump.log").read_text(errors="replace")
+    assert re.search(r"cow-dump: \d+ pages written: \d+ copied at a write fault", log), log[-3000:]
+    if "soft-dirty" in tracking()[1]:
+        assert "pages are unprotected 2048 KiB at a time, huge pages whole" in log, log[-3000:]
+
+
+@needs_tracking
 def test_dump_over_a_truncated_parent_takes_nothing_from_it(workloads, criu, tmp_path, hosts):
     """A dump reads its parents' page images only to punch them, and takes
     their tags only then, but checks their size when it opens them, frozen:
