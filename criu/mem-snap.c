@@ -601,6 +601,73 @@ static void copy_drop(struct snap_task *t, unsigned long i)
 	xfree(page);
 }
 
+/*
+ * A pool populated before the freeze (mem_snap_prepare()), for the copy
+ * while frozen of the task it was counted for (pool_reserved())
+ */
+static struct {
+	pid_t pid;
+	char *base;
+	unsigned long pages;
+} reserve;
+
+static void reserve_drop(void)
+{
+	if (reserve.base)
+		munmap(reserve.base, reserve.pages * PAGE_SIZE);
+	reserve.base = NULL;
+}
+
+/* The reserve as t's pool, if it was counted for t and has room for pages */
+static char *pool_reserved(struct snap_task *t, unsigned long pages)
+{
+	struct snap_pool *p;
+
+	if (!reserve.base || reserve.pid != t->pid)
+		return NULL;
+	if (reserve.pages < pages) {
+		pr_info("%d: %lu pages to copy while frozen, %lu populated before the freeze: a pool of their own\n",
+			t->pid, pages, reserve.pages);
+		reserve_drop();
+		return NULL;
+	}
+	if (xrealloc_safe(&t->pools, (t->nr_pools + 1) * sizeof(*t->pools)))
+		return NULL;
+	pr_info("%d: %lu pages to copy while frozen, into %lu populated before the freeze\n", t->pid, pages,
+		reserve.pages);
+	p = &t->pools[t->nr_pools++];
+	p->base = reserve.base;
+	p->len = reserve.pages * PAGE_SIZE;
+	reserve.base = NULL;
+	return p->base;
+}
+
+void mem_snap_prepare(pid_t pid)
+{
+	unsigned long len;
+	long pages;
+	void *m;
+
+	reserve_drop();
+	if (opts.mode != CR_DUMP || !snap_usable())
+		return;
+	/* lend_tracked() lends the others: nothing of them is copied */
+	pages = mem_track_written(pid, SNAP_LEND_SHARE);
+	if (pages < 1024)
+		return; /* populated at the copy, it costs a ms or two */
+	/* What is written until the pagemap is read, frozen: a few ms of it */
+	pages += pages / 4;
+	len = pages * PAGE_SIZE;
+	m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return;
+	madvise(m, len, MADV_POPULATE_WRITE);
+	reserve.pid = pid;
+	reserve.base = m;
+	reserve.pages = pages;
+	pr_info("%d: %lu pages populated before the freeze, to copy into while frozen\n", pid, pages);
+}
+
 /* A thread's share of a copy while frozen: segments, and the pool pages for them */
 struct snap_half {
 	struct snap_copy *c; /* up to one with no range, all of one task */
@@ -780,7 +847,7 @@ static int copy_ranges(struct snap_task *t)
 	if (!got[0] && !got[1])
 		goto out;
 	/* The tree is frozen: no fault saves a page before the copy, so each half uses its got[] pages at most */
-	pool = pool_get(t, got[0] + got[1]);
+	pool = pool_reserved(t, got[0] + got[1]) ?: pool_get(t, got[0] + got[1]);
 	if (!pool) {
 		ret = -1;
 		goto out;
@@ -1835,6 +1902,7 @@ void mem_snap_fini(void)
 		snap_free(t);
 	}
 	cur = NULL; /* listed: freed above */
+	reserve_drop();
 }
 
 /*

@@ -1011,6 +1011,65 @@ int mem_track_lend(pid_t pid, u64 start, u64 end)
 	return ioctl(cur.rec->uffd, UFFDIO_UNREGISTER, &range);
 }
 
+/* Pages of [start, end) this chain's userfaultfds have seen written since the last pass */
+static long count_written(int pm, unsigned long start, unsigned long end)
+{
+	struct page_region vec[256];
+	unsigned long walk = start;
+	long n = 0;
+
+	while (walk < end) {
+		struct pm_scan_arg a = {
+			.size = sizeof(a),
+			.start = walk,
+			.end = end,
+			.vec = (u64)(unsigned long)vec,
+			.vec_len = ARRAY_SIZE(vec),
+			.category_mask = PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN,
+			.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+			.return_mask = PAGE_IS_WRITTEN,
+		};
+		long i, got = ioctl(pm, PAGEMAP_SCAN, &a);
+
+		if (got < 0)
+			return -1;
+		for (i = 0; i < got; i++)
+			n += (vec[i].end - vec[i].start) / PAGE_SIZE;
+		walk = a.walk_end;
+	}
+	return n;
+}
+
+long mem_track_written(pid_t pid, unsigned int share)
+{
+	size_t cap = 0;
+	char *line = NULL;
+	long pages = 0;
+	FILE *maps;
+	int pm;
+
+	if (!opts.track_mem || !opts.img_parent || !uffd_tracking() || !kdat.has_pagemap_scan)
+		return 0;
+	maps = fopen_proc(pid, "maps");
+	if (!maps)
+		return 0;
+	pm = open_proc(pid, "pagemap");
+	while (pm >= 0 && getline(&line, &cap, maps) > 0) {
+		unsigned long start, end;
+		long n;
+
+		if (sscanf(line, "%lx-%lx", &start, &end) != 2)
+			continue;
+		n = count_written(pm, start, end);
+		if (n > 0 && (!share || n * share < (end - start) / PAGE_SIZE))
+			pages += n;
+	}
+	free(line);
+	fclose(maps);
+	close_safe(&pm);
+	return pages;
+}
+
 int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const struct page_region *written, unsigned long nr)
 {
 	struct mt_task *t = mt_find(&next_tasks, pid);

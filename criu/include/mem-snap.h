@@ -18,6 +18,11 @@ struct page_xfer;
  */
 
 /*
+ * Before the freeze of a copy-on-write dump in a userfaultfd chain: the
+ * memory the copy while frozen of task pid will need, counted and populated
+ */
+extern void mem_snap_prepare(pid_t pid);
+/*
  * 1: dump this task's pages copy-on-write (a thread of criu's starts
  * protecting them now); 0: frozen, as always; -1: error
  */

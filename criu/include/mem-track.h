@@ -46,6 +46,12 @@ extern int mem_track_lend(pid_t pid, u64 start, u64 end);
  */
 extern int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const struct page_region *written,
 			       unsigned long nr);
+/*
+ * Before the freeze of a dump over a userfaultfd chain: the pages of task
+ * pid written since the last pass (an estimate: the task runs), in VMAs
+ * with under 1/share of them written (share 0: all).  0 without a chain.
+ */
+extern long mem_track_written(pid_t pid, unsigned int share);
 extern void mem_track_inventory(InventoryEntry *he, bool pre_dump);
 extern int mem_track_dump_finish(int ret);
 /*

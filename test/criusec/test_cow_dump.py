@@ -410,8 +410,8 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
 def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tmp_path, mode):
     """A tracked VMA with under a fifth of it to dump is not lent: its
     pages written since the last pass are copied while the task is frozen
-    (two threads from 4,096 pages, into one populated mapping, read 256 at
-    a time across runs).  The threads stamp 4 % of their pages a second,
+    (two threads from 4,096 pages, into one mapping populated before the
+    freeze, read 256 at a time across runs).  The threads stamp 4 % of their pages a second,
     about 6 % of them since the pre-dump: the snapshot says it copied them,
     is exactly the memory at its freeze, and a final dump over it
     restores.  Encrypted, the canary in every page is in no file."""
@@ -424,6 +424,15 @@ def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tm
                        r.log)
     assert copied and 0 < int(copied[1]) < wl.npages // 8, r.log[-3000:]
     assert not re.search(r"VMA %x-[0-9a-f]+ lent by memory tracking" % wl.addr, r.log), r.log[-3000:]
+    # The pool the copy reads into was counted and populated before the
+    # freeze, with room for a quarter more than was written then: used if
+    # big enough, else the log says so and the copy has a pool of its own.
+    reserved = re.search(r"%d: (\d+) pages populated before the freeze" % wl.pid, r.log)
+    assert reserved and int(reserved[1]) >= 1024, r.log[-3000:]
+    used = re.search(r"%d: (\d+) pages to copy while frozen,( into)? (\d+) populated before the freeze"
+                     r"(: a pool of their own)?" % wl.pid, r.log)
+    assert used and int(used[3]) == int(reserved[1]) and int(used[1]) >= int(copied[1]), r.log[-3000:]
+    assert bool(used[4]) == (int(used[1]) > int(used[3])) != bool(used[2]), used[0]
     st = dump_stats(img)
     # Each copied once, while frozen or at a fault (a page written meanwhile is saved at its fault first)
     assert st["pages_cow_frozen"] + st["pages_cow_fault"] >= int(copied[1]), (st, copied[1])
