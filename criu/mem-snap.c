@@ -568,21 +568,28 @@ struct snap_copy {
  * fresh memory (faults, clearing, memcg charges, the second thread's arena
  * growing), 3-4 us a page; a mapping is populated in one call.
  */
-static char *pool_get(struct snap_task *t, unsigned long pages)
+/* Pages at base become t's pool: unmapped with t */
+static char *pool_add(struct snap_task *t, char *base, unsigned long pages)
 {
-	struct snap_pool *p;
-	void *m;
-
 	if (xrealloc_safe(&t->pools, (t->nr_pools + 1) * sizeof(*t->pools)))
 		return NULL;
+	t->pools[t->nr_pools++] = (struct snap_pool){ .base = base, .len = pages * PAGE_SIZE };
+	return base;
+}
+
+static char *pool_get(struct snap_task *t, unsigned long pages)
+{
+	void *m;
+
 	m = mmap(NULL, pages * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED) {
 		pr_perror("%d: can't map %lu pages to copy into while frozen", t->pid, pages);
 		return NULL;
 	}
-	p = &t->pools[t->nr_pools++];
-	p->base = m;
-	p->len = pages * PAGE_SIZE;
+	if (!pool_add(t, m, pages)) {
+		munmap(m, pages * PAGE_SIZE);
+		return NULL;
+	}
 	return m;
 }
 
@@ -621,9 +628,9 @@ static void reserve_drop(void)
 /* The reserve as t's pool, if it was counted for t and has room for pages */
 static char *pool_reserved(struct snap_task *t, unsigned long pages)
 {
-	struct snap_pool *p;
+	char *base = reserve.base;
 
-	if (!reserve.base || reserve.pid != t->pid)
+	if (!base || reserve.pid != t->pid)
 		return NULL;
 	if (reserve.pages < pages) {
 		pr_info("%d: %lu pages to copy while frozen, %lu populated before the freeze: a pool of their own\n",
@@ -631,15 +638,12 @@ static char *pool_reserved(struct snap_task *t, unsigned long pages)
 		reserve_drop();
 		return NULL;
 	}
-	if (xrealloc_safe(&t->pools, (t->nr_pools + 1) * sizeof(*t->pools)))
+	if (!pool_add(t, base, reserve.pages))
 		return NULL;
 	pr_info("%d: %lu pages to copy while frozen, into %lu populated before the freeze\n", t->pid, pages,
 		reserve.pages);
-	p = &t->pools[t->nr_pools++];
-	p->base = reserve.base;
-	p->len = reserve.pages * PAGE_SIZE;
 	reserve.base = NULL;
-	return p->base;
+	return base;
 }
 
 void mem_snap_prepare(pid_t pid)
@@ -2095,7 +2099,7 @@ void mem_snap_pre_dump_mode(void)
 		return;
 	}
 	opts.pre_dump_mode = PRE_DUMP_SPLICE;
-	/* Where soft-dirty tracks memory, upstream's default: what the VM's chains prove */
+	/* On kernels with soft-dirty, upstream's default: what the VM's chains prove */
 	if (!opts.cow_dump || (opts.cow_dump < 0 && kdat.has_dirty_track))
 		return;
 	opts.pre_dump_mode = PRE_DUMP_READ;
