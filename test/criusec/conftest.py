@@ -8,6 +8,7 @@ killed and reaped at teardown, whatever the test's outcome.
 import ctypes
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
@@ -42,6 +43,26 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs root: criu dump/restore of real processes")
         for item in items:
             item.add_marker(skip)
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        item.stash[_FAILED] = True
+
+
+@pytest.fixture(autouse=True)
+def _drop_passed_tmp_path(request, tmp_path):
+    """A passed test's directory goes once its workloads are gone: a run
+    writes many GiB of checkpoints, and pytest keeps its last three runs
+    (pytest 7.2 has no retention policy).  A failed test's stays, to read."""
+    yield
+    if not request.node.stash.get(_FAILED, False):
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
