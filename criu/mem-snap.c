@@ -38,7 +38,7 @@
  *
  * In a chain (--track-mem, userfaultfd tracking: mem-track.c), tracking's
  * userfaultfd holds the VMAs it tracks.  Once this pass has read their
- * marks, tracking lends the snapshot those with a fifth or more to dump
+ * marks, tracking lends the snapshot those with a third or more to dump
  * (lend_tracked()); the others' pages to dump are copied while frozen.
  * Once a task's pages are written, tracking takes back its VMAs, those it
  * lent and those new in this pass, the task stopped a moment (hand_back()):
@@ -118,7 +118,7 @@ struct uffdio_writeprotect {
 #define SNAP_CHUNK	64
 #define SNAP_READ_BATCH 256  /* pages read at once while frozen (IOV_MAX: 1024) */
 #define SNAP_COPY_SPLIT 4096 /* pages copied while frozen from which two threads do it */
-#define SNAP_LEND_SHARE 5    /* a tracked VMA is lent if 1/5 of it or more is to dump */
+#define SNAP_LEND_SHARE 3    /* a tracked VMA is lent if 1/3 of it or more is to dump */
 
 enum {
 	PG_PROTECTED, /* as at the freeze, write-protected */
@@ -911,12 +911,12 @@ static unsigned long vma_pages_to_dump(struct snap_task *t, unsigned long start,
  * protected as any other, and tracking takes them back once written
  * (hand_back()).  That costs the tasks three walks of the VMA's page
  * tables while stopped (the two unregistrations clear every mark, and
- * the protection), about 0.35 us a page here, where copying a page while
- * frozen costs 1.5-2 us (copy_ranges()): so a VMA is lent only if a fifth
+ * the protection), about 0.35 us a page here, and a second stop, where
+ * copying a page while frozen costs about 1 us (copy_ranges(), into
+ * memory populated before the freeze): so a VMA is lent only if a third
  * of it or more is to dump (written since the last pass), and else its
- * pages to dump are copied while frozen.  For 1 GiB at 14 % to dump, the
- * copy froze the task 88-114 ms, the lend and the second stop 120-130;
- * at 19 %, 106-109 (one 182) against 116-134.
+ * pages to dump are copied while frozen.  For 1 GiB at 24-27 % to dump,
+ * the copy froze the task 98-114 ms (one 174), the lend 144-196.
  */
 static void lend_tracked(struct snap_task *t)
 {

@@ -386,15 +386,18 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
     r = cow_dump(wl, img, "--track-mem", "--prev-images-dir", "../pre", *args)
     assert "Writing the pages of the running tasks" in r.log
     assert re.search(r"VMA %x-[0-9a-f]+ lent by memory tracking" % wl.addr, r.log), r.log[-3000:]
-    assert not re.search(r"VMA %x-[0-9a-f]+ copied while frozen" % wl.addr, r.log), r.log[-3000:]
+    assert not re.search(r"VMA %x-[0-9a-f]+:? .*copied while frozen" % wl.addr, r.log), r.log[-3000:]
     back = re.search(r"%d: (\d+) VMAs back to memory tracking \((\d+) pages written since the freeze\)" % wl.pid,
                      r.log)
     assert back and int(back[1]) > 0, r.log[-3000:]
     assert "every page is dumped" not in r.log and "dumped in full" not in r.log, r.log[-3000:]
     st = dump_stats(img)
     assert st["pages_skipped_parent"] > 0 and st["pages_written"] > 0, st
-    # The sweep region's pages were protected, none copied while frozen
-    assert st.get("pages_cow_frozen", 0) < wl.npages // 100, st
+    # The sweep region's pages were protected, none copied while frozen: the
+    # copies are the other tracked VMAs' (under a third of a thread's stack
+    # written, say) and a few pages criu can't protect
+    others = sum(int(n) for n in re.findall(r"VMA [0-9a-f-]+: (\d+) pages written since the last pass: copied", r.log))
+    assert st.get("pages_cow_frozen", 0) < wl.npages // 100 + others, (st, others)
     one_boundary(stamps(img, wl, key), wl.npages)
     advancing(wl, 1000)
 
@@ -408,7 +411,7 @@ def test_cow_dump_in_a_chain(sweeper, keys, tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
 def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tmp_path, mode):
-    """A tracked VMA with under a fifth of it to dump is not lent: its
+    """A tracked VMA with under a third of it to dump is not lent: its
     pages written since the last pass are copied while the task is frozen
     (two threads from 4,096 pages, into one mapping populated before the
     freeze, read 256 at a time across runs).  The threads stamp 4 % of their pages a second,
@@ -451,8 +454,8 @@ def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_
     """Tracking takes its VMAs back from the snapshot with the pages the
     task wrote since the freeze (a write fault took their protection off)
     marked written, the rest protected.  The threads stamp 25 % of their
-    pages a second, a quarter of them since the pre-dump (a VMA is lent
-    from a fifth to dump), so during the snapshot they write pages it
+    pages a second, half of them since the pre-dump (a VMA is lent from
+    a third to dump), so during the snapshot they write pages it
     takes from the parent as well as pages it dumps: the final dump over
     the snapshot must have every one of them (a page taken from the parent
     instead would break the sweep in its image and fail the restored
@@ -466,7 +469,7 @@ def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_
     r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, check=False)
     if r.returncode:
         pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
-    advancing(wl, wl.npages // THREADS // 4)
+    advancing(wl, wl.npages // THREADS // 2)
     img = tmp_path / "img"
     started = time.monotonic()
     r = cow_dump(wl, img, "--track-mem", "--prev-images-dir", "../pre")
@@ -507,7 +510,7 @@ def test_cow_dump_in_a_chain_criu_killed(sweeper, tmp_path):
     r = criu("pre-dump", tmp_path / "pre", "-t", wl.pid, check=False)
     if r.returncode:
         pytest.skip("pre-dump does not work here (no memory tracking): " + r.stderr[-300:])
-    advancing(wl, wl.npages // THREADS // 4)  # a fifth or more to dump: lent
+    advancing(wl, wl.npages // THREADS // 2)  # a third or more to dump: lent
     img = tmp_path / "img"
     p = cow_dump_started(wl, img, "--track-mem", "--prev-images-dir", "../pre")
     p.send_signal(signal.SIGKILL)
