@@ -74,7 +74,7 @@ used() { # LAYER DIR MECHANISM: fails LAYER when the dump logs under DIR disagre
 scratch=/run/criusec-vm
 mkdir -p "$scratch"
 chains() { # NAME MECHANISM
-	pytest_layer "$1" test_chains.py --basetemp="$scratch/$1"
+	CRIUSEC_KEEP_TMP=1 pytest_layer "$1" test_chains.py --basetemp="$scratch/$1"
 	used "$1" "$scratch/$1" "$2"
 	rm -rf "${scratch:?}/$1"
 }

@@ -59,9 +59,11 @@ def pytest_runtest_makereport(item, call):
 def _drop_passed_tmp_path(request, tmp_path):
     """A passed test's directory goes once its workloads are gone: a run
     writes many GiB of checkpoints, and pytest keeps its last three runs
-    (pytest 7.2 has no retention policy).  A failed test's stays, to read."""
+    (pytest 7.2 has no retention policy).  A failed test's stays, to read,
+    and every one with CRIUSEC_KEEP_TMP=1 (the VM layer reads the dump logs
+    after the layer, to tell which tracking they used)."""
     yield
-    if not request.node.stash.get(_FAILED, False):
+    if not request.node.stash.get(_FAILED, False) and os.environ.get("CRIUSEC_KEEP_TMP") != "1":
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
