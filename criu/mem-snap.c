@@ -115,10 +115,11 @@ struct uffdio_writeprotect {
 	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
 
 /* Pages read, unprotected and written at once: a writer waits at most that */
-#define SNAP_CHUNK	64
-#define SNAP_READ_BATCH 256  /* pages read at once while frozen (IOV_MAX: 1024) */
-#define SNAP_COPY_SPLIT 4096 /* pages copied while frozen from which two threads do it */
-#define SNAP_LEND_SHARE 3    /* a tracked VMA is lent if 1/3 of it or more is to dump */
+#define SNAP_CHUNK	   64
+#define SNAP_READ_BATCH	   256	/* pages read at once while frozen (IOV_MAX: 1024) */
+#define SNAP_COPY_SPLIT	   4096 /* pages copied while frozen from which two threads do it */
+#define SNAP_LEND_SHARE	   3	/* a tracked VMA is lent if 1/3 of it or more is to dump */
+#define SNAP_GIVE_UP_SHARE 8	/* ... and given up by tracking if at most 1/8 of it is not */
 
 enum {
 	PG_PROTECTED, /* as at the freeze, write-protected */
@@ -655,6 +656,8 @@ void mem_snap_prepare(pid_t pid)
 	reserve_drop();
 	if (opts.mode != CR_DUMP || !snap_usable())
 		return;
+	/* Nearly all to dump: neither lent nor copied, dumped in full */
+	mem_track_give_up(SNAP_GIVE_UP_SHARE);
 	/* lend_tracked() lends the others: nothing of them is copied */
 	pages = mem_track_written(pid, SNAP_LEND_SHARE);
 	if (pages < 1024)
@@ -916,7 +919,9 @@ static unsigned long vma_pages_to_dump(struct snap_task *t, unsigned long start,
  * memory populated before the freeze): so a VMA is lent only if a third
  * of it or more is to dump (written since the last pass), and else its
  * pages to dump are copied while frozen.  For 1 GiB at 24-27 % to dump,
- * the copy froze the task 98-114 ms (one 174), the lend 144-196.
+ * the copy froze the task 98-114 ms (one 174), the lend 144-196.  A VMA
+ * with at most an eighth of it left unwritten is not lent either: tracking
+ * gave it up before the freeze (mem_snap_prepare()), it is not busy.
  */
 static void lend_tracked(struct snap_task *t)
 {

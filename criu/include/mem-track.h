@@ -52,6 +52,12 @@ extern int mem_track_take_back(pid_t pid, int pm, u64 start, u64 end, const stru
  * with under 1/share of them written (share 0: all).  0 without a chain.
  */
 extern long mem_track_written(pid_t pid, unsigned int share);
+/*
+ * Before the freeze of a copy-on-write dump over a userfaultfd chain:
+ * the tracked VMAs with at most 1/share of them unwritten are no longer
+ * tracked (dumped in full, by this pass and the next).
+ */
+extern void mem_track_give_up(unsigned int share);
 extern void mem_track_inventory(InventoryEntry *he, bool pre_dump);
 extern int mem_track_dump_finish(int ret);
 /*
