@@ -654,8 +654,20 @@ void mem_snap_prepare(pid_t pid)
 	void *m;
 
 	reserve_drop();
-	if (opts.mode != CR_DUMP || !snap_usable())
+	if (opts.mode != CR_DUMP)
 		return;
+	if (!snap_usable()) {
+		/*
+		 * Frozen until the pages are written: in a userfaultfd chain
+		 * they are those written since the last pass, and the page
+		 * cache they go to is written now, with a quarter more for
+		 * what is written until the freeze (image.c says why).
+		 */
+		pages = mem_track_written(pid, 0);
+		if (pages >= 1024)
+			img_prewarm_pages((pages + pages / 4) * PAGE_SIZE);
+		return;
+	}
 	/* Nearly all to dump: neither lent nor copied, dumped in full */
 	mem_track_give_up(SNAP_GIVE_UP_SHARE);
 	/* lend_tracked() lends the others: nothing of them is copied */

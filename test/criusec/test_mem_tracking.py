@@ -205,6 +205,15 @@ def test_uffd_chain(workloads, criu, tmp_path, kind, keys):
             assert token in holders()
     assert token not in holders() and not (HOLDERS / token).exists(), "the final dump left a holder"
     assert holder_of(tmp_path / "img", enc, set(holders()) - before) is None
+    # The final dump, frozen while it writes, wrote the page cache for its
+    # pages before the freeze and its pages image over it, cut to what it
+    # wrote: plain, exactly its pages (encrypted, restore checks the size)
+    log = (tmp_path / "img" / "dump.log").read_text()
+    warmed = re.search(r"(\d+) KiB of page cache written before the freeze", log)
+    assert warmed and int(warmed[1]) * 1024 >= hot * 4096, log[-3000:]
+    if not enc:
+        size = sum(p.stat().st_size for p in (tmp_path / "img").glob("pages-*.img"))
+        assert size == s["pages_written"] * 4096, (size, s)
 
     criu.restore(tmp_path / "img", *(["--tls-key", keys[1]] if enc else []))
     gen = churn_generation(wl)  # every byte as it was, whichever dump holds it
