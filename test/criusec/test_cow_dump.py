@@ -12,6 +12,7 @@ no plaintext behind; shared memory is dumped while the tree is frozen.
 Needs root and a kernel with userfaultfd write-protect (each test skips,
 saying so, without)."""
 import os
+import random
 import re
 import signal
 import struct
@@ -702,10 +703,10 @@ def test_cow_dump_through_rpc(sweeper, tmp_path):
     advancing(wl, 1000)
 
 
-@pytest.mark.parametrize("drop", ["munmap", "dontneed"])
+@pytest.mark.parametrize("drop", ["munmap", "dontneed", "mremap"])
 def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, drop):
-    """Memory unmapped (munmap) or dropped (MADV_DONTNEED) before criu has
-    saved it can't be in the snapshot any more: the copy-on-write attempt
+    """Memory unmapped (munmap), dropped (MADV_DONTNEED) or moved (mremap)
+    before criu has saved it can't be in the snapshot any more: the copy-on-write attempt
     fails, saying why, and criu dumps the tree again, frozen; the task runs
     on, and the second dump restores.  The second starts from the directory
     as it was: the first attempt's files go (a task that exited meanwhile
@@ -720,8 +721,9 @@ def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, 
     # The second dump may freeze the task before or after it reports the drop
     wl.dumped_status = status_at_freeze(img, wl, before)
     log = (img / "dump.log").read_text(errors="replace")
-    assert re.search(r"task %d unmapped or dropped memory at [0-9a-f]+-[0-9a-f]+ before it was saved" % wl.pid,
-                     log), "criu saved the region before it went: make the sweep bigger"
+    assert re.search(r"task %d (unmapped or dropped memory at [0-9a-f]+-[0-9a-f]+|moved memory at [0-9a-f]+ "
+                     r"\(mremap\)) before it was saved" % wl.pid, log), \
+        "criu saved the region before it went: make the sweep bigger"
     assert "dumping again, frozen" in log
     assert p.returncode == 0, log[-4000:]
     removed = re.search(r"Removed the (\d+) files of the copy-on-write attempt", log)
@@ -729,3 +731,51 @@ def test_cow_dump_done_again_frozen_when_unsaved_memory_goes(sweeper, tmp_path, 
     assert (img / "notes.txt").read_text() == "the user's\n"
     advancing(wl, wl.npages // THREADS)
     restore_and_check(img, wl, None)
+
+
+def test_cow_dump_a_fork_meanwhile_changes_nothing(sweeper, tmp_path):
+    """The task forks while criu writes its pages; the child, outside the
+    dumped tree, writes over its copy of the sweep region's first 16 MiB
+    and of the second region, and exits.  Its writes are its own copies'
+    (its VMAs leave the snapshot's userfaultfd at the fork): the snapshot
+    is not done again, holds the task's memory as at the freeze (one sweep
+    boundary, every page stamped with its own index, none of the child's
+    0xee), and restores."""
+    wl = sweeper(1024, env={"DROP": "fork"})
+    advancing(wl, 1000)
+    before = wl.read_status()
+    img = tmp_path / "img"
+    p = dump_while_dropping(wl, img)
+    log = (img / "dump.log").read_text(errors="replace")
+    assert p.returncode == 0, log[-4000:]
+    assert "dumping again, frozen" not in log and "before it was saved" not in log, log[-3000:]
+    one_boundary(stamps(img, wl, None), wl.npages)
+    wl.dumped_status = status_at_freeze(img, wl, before)
+    restore_and_check(img, wl, None)
+
+
+def test_cow_dump_criu_killed_at_random_points(sweeper, keys, tmp_path):
+    """criu SIGKILLed at random points of the copy-on-write phase: five
+    dumps of one task writing flat out, --encrypt --compress, each killed
+    0-300 ms after it started writing the pages.  Every time every thread
+    goes on (none waits on a fault nobody serves), the task is unchanged
+    (its threads check every page they stamp), and no file criu wrote holds
+    the canary in every page."""
+    canary = "CANARY-cow-kill-" + os.urandom(8).hex()
+    wl = sweeper(1024, canary=canary)
+    advancing(wl, 1000)
+    rng = random.Random()
+    killed = 0
+    for i in range(5):
+        delay = rng.uniform(0, 0.3)
+        img = tmp_path / f"img{i}"
+        p = cow_dump_started(wl, img, *enc_args(keys, "encrypt-compress"))
+        time.sleep(delay)
+        killed += p.poll() is None
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        reap_all()
+        assert pid_alive(wl.pid), f"round {i}, killed {delay:.3f} s in"
+        advancing(wl, wl.npages // THREADS)
+        assert files_with(img, canary.encode()) == [], f"round {i}, killed {delay:.3f} s in"
+    assert killed >= 3, f"criu finished before its kill in {5 - killed} rounds of 5: make the region bigger"

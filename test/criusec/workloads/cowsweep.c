@@ -32,9 +32,11 @@
  * writes it after it is filled.  $CANARY, if set, is
  * written at offset 64 of every page (to look for it in the images); with
  * $NOISE set, the rest of each page is pseudo-random (not compressible).
- * With $DROP set to "munmap" or "dontneed", a second region of 16 MiB is
- * mapped (above the first) and filled, and SIGUSR2 unmaps it or drops its
- * pages (MADV_DONTNEED), then reports "dropped".
+ * With $DROP set to "munmap", "dontneed", "mremap" or "fork", a second
+ * region of 16 MiB is mapped (above the first) and filled, and SIGUSR2
+ * unmaps it, drops its pages (MADV_DONTNEED), moves it (mremap) or forks
+ * a child that writes over its copy of both regions' first 16 MiB and
+ * exits, then reports "dropped".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -42,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "common.h"
 
@@ -153,6 +156,34 @@ static void *sweep(void *arg)
 	return NULL;
 }
 
+/* $DROP's action on the second region (see the top) */
+static int drop_extra(const char *drop, char *extra)
+{
+	size_t len = 16 << 20;
+	pid_t child;
+	void *to;
+	int st;
+
+	if (!strcmp(drop, "munmap"))
+		return munmap(extra, len);
+	if (!strcmp(drop, "dontneed"))
+		return madvise(extra, len, MADV_DONTNEED);
+	if (!strcmp(drop, "mremap")) {
+		to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		return to == MAP_FAILED || mremap(extra, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED;
+	}
+	/* fork: the child's writes are its own copies', nothing of them in the parent */
+	child = fork();
+	if (child < 0)
+		return -1;
+	if (child == 0) {
+		memset(extra, 0xee, len);
+		memset(region, 0xee, len < npages * PAGE ? len : npages * PAGE);
+		_exit(0);
+	}
+	return waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st);
+}
+
 int main(int argc, char **argv)
 {
 	pthread_t th[MAX_THR];
@@ -226,7 +257,7 @@ int main(int argc, char **argv)
 			nap_ms(5);
 		if (drop_wanted && extra) {
 			drop_wanted = 0;
-			if (!strcmp(drop, "munmap") ? munmap(extra, 16 << 20) : madvise(extra, 16 << 20, MADV_DONTNEED))
+			if (drop_extra(drop, extra))
 				return 2;
 			extra = NULL;
 			status("dropped");
