@@ -154,10 +154,13 @@ def dump_stats(img):
         return pycriu.images.load(f)["entries"][0]["dump"]
 
 
+# mem-track's line for a VMA given up before a snapshot's freeze (nearly all written)
+GIVEN_UP = r"VMA (([0-9a-f]+)-[0-9a-f]+): (\d+) of its (\d+) pages written since the last pass: given up, not lent"
+
+
 def given_up_vmas(log):
-    """The VMAs tracking gave up before a snapshot's freeze (nearly all written), as "start-end"."""
-    return set(re.findall(r"VMA ([0-9a-f]+-[0-9a-f]+): \d+ of its \d+ pages written since the last pass: given up",
-                          log))
+    """The VMAs tracking gave up, as "start-end"."""
+    return {m[1] for m in re.finditer(GIVEN_UP, log)}
 
 
 def in_full(log, parent_log=""):
@@ -394,9 +397,8 @@ def canary_only_in_plain(canary, key, dirs, snapshot):
 
 def given_up(wl, log):
     """The sweep region's "given up" line: (pages written since the last pass, of how many)."""
-    m = re.search(r"VMA %x-[0-9a-f]+: (\d+) of its (\d+) pages written since the last pass: given up, not lent"
-                  % wl.addr, log)
-    return (int(m[1]), int(m[2])) if m else None
+    m = next((m for m in re.finditer(GIVEN_UP, log) if int(m[2], 16) == wl.addr), None)
+    return (int(m[3]), int(m[4])) if m else None
 
 
 @pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
