@@ -492,6 +492,34 @@ def test_cow_dump_in_a_chain_copies_a_small_share_while_frozen(sweeper, keys, tm
     canary_only_in_plain(canary, key, (tmp_path / "pre", img, fin), img)
 
 
+@pytest.mark.parametrize("mode", ["plain", "encrypt-compress"])
+def test_final_dump_over_page_cache_warmed_before_the_freeze(sweeper, keys, tmp_path, mode):
+    """A chain's final dump keeps the task frozen while it writes, so before
+    the freeze it writes as much page cache as tracking saw pages written
+    since the pre-dump, and a quarter more, and its pages image is that file
+    written over (image.c, img_prewarm_pages()).  The log says so; the image
+    is cut to what was written (plain: exactly its pages; encrypted, restore
+    checks the size); encrypted, the canary in every page is in no file of
+    the chain; the dump restores with every page checked."""
+    chk = subprocess.run([CRIU, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True).stdout
+    if "Memory tracking: uffd" not in chk:
+        pytest.skip("the page cache is written before the freeze only in a userfaultfd chain, which counts "
+                    "the pages to write then: " + chk.strip())
+    canary = "CANARY-warm-" + os.urandom(8).hex()
+    wl, args, key = pre_dumped(sweeper, keys, tmp_path, mode, canary, mode="cowsweep-paced", permille=40)
+    advancing(wl, wl.npages // THREADS // 16)
+    fin = tmp_path / "fin"
+    r = final_dump(wl, fin, "pre", *args)
+    warmed = re.search(r"(\d+) KiB of page cache written before the freeze, for the first pages image", r.log)
+    assert warmed and int(warmed[1]) >= 1024 * PAGE // 1024, r.log[-3000:]
+    if not key:
+        size = sum(p.stat().st_size for p in fin.glob("pages-*.img"))
+        assert size == r.stats["pages_written"] * PAGE, (size, r.stats)
+    one_boundary(stamps(fin, wl, key), wl.npages)
+    restore_final(fin, wl, key, 500)
+    canary_only_in_plain(canary, key, (tmp_path / "pre", fin), fin)
+
+
 def test_cow_dump_in_a_chain_tracks_what_the_task_writes_meanwhile(sweeper, tmp_path):
     """Tracking takes its VMAs back from the snapshot with the pages the
     task wrote since the freeze (a write fault took their protection off)
