@@ -42,7 +42,10 @@ the median and all but a quarter of the rounds are, and the rounds agree
 within 10 points).  MEM_TRACKER=uffd
 or soft-dirty forces criu's --mem-tracker.  Every chain ends with its
 final dump (the tracked task killed): no tracking holder is left, and one
-still running is killed and said so.
+still running is killed and said so.  CHURN_SHARED=1 makes the churned
+memory shared anonymous memory (MAP_SHARED), which is not tracked: each
+pass compares it with its parent checkpoint page by page (written and
+parent count its pages too).
 
 The snapshot section (WORKLOADS=snapshot, not run by default; issue 21,
 Documentation/cow-dump.md): criu dump --leave-running with --cow-dump (the
@@ -268,9 +271,10 @@ class Bench:
         st = self.work / f"{tag}.status"
         if st.exists():
             st.unlink()
+        env = dict(os.environ, SHARED="1") if os.environ.get("CHURN_SHARED") else None
         p = subprocess.Popen([self.churn, args[0], str(st), str(mib), *map(str, args[1:])],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
         wait_for(st, lambda s: "ready" in s, timeout=300)
         return p.pid, st
 
@@ -286,10 +290,13 @@ class Bench:
             raise
         st = dump_stats(img)
         self.keep_ckpt_id(img)
-        return {"frozen": st["frozen_time"] / 1000.0, "wall": wall * 1000, "written": st["pages_written"],
+        # Shared memory (CHURN_SHARED) counts apart in stats-dump: compared with the parent, not tracked
+        return {"frozen": st["frozen_time"] / 1000.0, "wall": wall * 1000,
+                "written": st["pages_written"] + st.get("shpages_written", 0),
                 "memdump": st.get("memdump_time", 0) / 1000.0, "memwrite": st.get("memwrite_time", 0) / 1000.0,
-                "parent": st.get("pages_skipped_parent", 0),
-                "untracked": st.get("pages_untracked_task", 0) + st.get("pages_untracked_vma", 0)}
+                "parent": st.get("pages_skipped_parent", 0) + st.get("shpages_skipped_parent", 0),
+                "untracked": st.get("pages_untracked_task", 0) + st.get("pages_untracked_vma", 0)
+                + st.get("pages_untracked_shmem", 0)}
 
     def churn_full(self, mib, mode, gap, churn):
         """One full dump of the churning process, gap seconds after it started churning."""

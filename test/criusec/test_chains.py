@@ -377,3 +377,38 @@ def test_incremental_dump_reads_its_parent_from_the_keyring(workloads, criu, tmp
     assert "cipher.img: unlocked with" in (tmp_path / "d" / "dump.log").read_text()
     before = int(wl.report().split()[1])
     assert int(wl.report().split()[1]) > before, "the task does not run on"
+
+
+@needs_tracking
+def test_pre_dump_chain_shared_memory_canaries(memcanary, criu, tmp_path, hosts):
+    """A pre-dump saves shared memory (shared anonymous memory, a memfd,
+    SysV shm) for the next pass to compare with.  Plain, each of those
+    regions' canaries reaches the pre-dump's page images, so the path is
+    taken.  Encrypted and compressed, pre-dump, pre-dump, dump: the
+    canaries are in no file of the chain, the later passes take the
+    unchanged shared pages from their parent, and restore brings every
+    region back."""
+    shared = ("shared", "memfd", "sysv")
+    wl, canary = memcanary("plain")
+    pre = chain_dump(criu, wl, tmp_path, "pre-dump", "plain", ["-t", wl.pid, "--track-mem"], {}, hosts)
+    pages = [p.read_bytes() for p in pre.iterdir() if p.name.startswith("pages-")]
+    for region in shared:
+        assert any(f"{canary}-{region}".encode() in p for p in pages), \
+            f"plain pre-dump: no {region} canary in its page images"
+    wl.kill()
+
+    wl, canary = memcanary("enc")
+    how = {"encrypt": True}
+    args = ["-t", wl.pid, "--track-mem", "--compress"]
+    chain_dump(criu, wl, tmp_path, "pre-dump", "pre1", args, how, hosts)
+    chain_dump(criu, wl, tmp_path, "pre-dump", "pre2", args + ["--prev-images-dir", "../pre1"], how, hosts)
+    s = dump_stats(tmp_path / "pre2")
+    assert s["shpages_skipped_parent"] >= len(shared) and s["pages_untracked_shmem"] == 0, s
+    img = chain_dump(criu, wl, tmp_path, "dump", "img", args + ["--prev-images-dir", "../pre2"], how, hosts)
+    s = dump_stats(img)
+    assert s["shpages_skipped_parent"] >= len(shared) and s["pages_untracked_shmem"] == 0, s
+    for d in ("pre1", "pre2", "img"):
+        hits = [p.name for p in (tmp_path / d).iterdir() if p.is_file() and canary.encode() in p.read_bytes()]
+        assert hits == [], f"the canary is in {d}: {hits}"
+    criu.restore(img, *restore_opts(hosts))
+    assert wl.report() == "memcanary OK 0"

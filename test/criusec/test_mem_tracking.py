@@ -439,26 +439,32 @@ def thp_kb(pid, start, size):
     return total
 
 
-def untracked_shmem(log):
-    """{path: [shmid, ...]} of the shared memory the log says was not tracked."""
+def compared_shmem(log):
+    """{path: [(unchanged, dumped), ...]} of the shared memory the log says was compared with the parent."""
     out = {}
-    for m in re.finditer(r"Shared memory (0x[0-9a-f]+) \((.*)\) is not tracked", log):
-        out.setdefault(m.group(2), []).append(m.group(1))
+    for m in re.finditer(r"Shared memory 0x[0-9a-f]+ \((.*)\) compared with the parent checkpoint: "
+                         r"(\d+) pages unchanged, taken from it; (\d+) changed or new, dumped", log):
+        out.setdefault(m.group(1).split(" ")[0], []).append((int(m.group(2)), int(m.group(3))))
     return out
 
 
 @needs_uffd
-def test_uffd_chain_shared_memory_and_thp(memshare_bin, criu, tmp_path):
+@pytest.mark.parametrize("how", ["plain", "encrypted"])
+def test_uffd_chain_shared_memory_and_thp(memshare_bin, criu, tmp_path, keys, how):
     """Shared anonymous memory shared with a child, a memfd (written through
     its mapping and with write()) and SysV shm, each rewritten in part by
-    both tasks between the passes, and a THP region rewritten in part.
-    Shared memory is not tracked: at each pass with a parent it is dumped
-    whole, said once per object in the log and counted
-    (pages_untracked_shmem); the THP region is tracked (the parent's pages
-    taken).  Restore finds every byte, and the memory still shared."""
+    both tasks between the passes, and a THP region rewritten in part;
+    plain, and --encrypt --compress.  Each pass saves each shared object,
+    pre-dumps too, and from the second on compares it with the parent
+    checkpoint page by page: exactly the rewritten pages are dumped, the
+    write()n ones included, the rest taken from the parent, said once per
+    object in the log; none counted as untracked.  The THP region is
+    tracked (the parent's pages taken).  Restore finds every byte, and the
+    memory still shared."""
     thp = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[never]" in thp.read_text():
         pytest.skip("transparent huge pages are off on this kernel (/sys/kernel/mm/transparent_hugepage)")
+    enc = ["--encrypt", "--compress", "--tls-cert", keys[0]] if how == "encrypted" else []
     wl = Workload(memshare_bin, "memshare", tmp_path)
     try:
         addr, size, sh = wl.last.split()[-3:]
@@ -468,43 +474,85 @@ def test_uffd_chain_shared_memory_and_thp(memshare_bin, criu, tmp_path):
         if huge_kb == 0:
             pytest.skip("no huge page for the MADV_HUGEPAGE region (AnonHugePages 0): none free")
         print("AnonHugePages kB", huge_kb)
+        objects = {"/dev/zero", "/memfd:memshare", "/SYSV00000000"}
 
-        s1 = dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+        s1 = dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None, *enc)
         print("pre1", s1)
-        assert s1["pages_untracked_shmem"] == 0, s1   # no parent: nothing could be taken
+        # No parent: every shared page is saved, none could be taken
+        assert s1["shpages_written"] == 3 * sh and s1["shpages_skipped_parent"] == 0, s1
+        assert s1["pages_untracked_shmem"] == 0, s1
+        assert len(list((tmp_path / "pre1").glob("pagemap-shmem-*.img"))) == 3
         step(wl, 1)
 
-        s2 = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1")
+        # Step 1 rewrote 64 pages of each object (32 by each task)
+        s2 = dump(criu, "pre-dump", tmp_path / "pre2", wl.pid, "pre1", *enc)
         print("pre2", s2)
+        assert s2["shpages_written"] == 3 * 64 and s2["shpages_skipped_parent"] == 3 * (sh - 64), s2
+        assert s2["pages_untracked_shmem"] == 0, s2
+        objs = compared_shmem((tmp_path / "pre2" / "pre-dump.log").read_text())
+        assert objs == {o: [(sh - 64, 64)] for o in objects}, objs
         # The THP region's unwritten pages came from the parent (a written
         # huge page may count whole)
         assert s2["pages_skipped_parent"] >= thp_pages - 4 * HUGE, s2
         step(wl, 2)
 
+        # Step 2: 64 more of each, and 4 of the memfd by write(), which no
+        # page table sees
         (tmp_path / "img").mkdir()
         pids = tree_pids(wl.pid)
         r = criu.run("dump", tmp_path / "img", "-t", wl.pid, "--track-mem", *UFFD, "--prev-images-dir", "../pre2",
-                     "--display-stats")
+                     "--display-stats", *enc)
         wait_gone(pids)
         s3 = stats(tmp_path / "img")
         print("img", s3)
         out = r.stdout + r.stderr + (tmp_path / "img" / "dump.log").read_text()
         assert f"Shared memory pages written: {s3['shpages_written']}, " \
                f"of them untracked: {s3['pages_untracked_shmem']}" in out, r.stdout
-        # CRIU dumps shared anonymous memory and memfds as memfds, and SysV
-        # shm with its IPC namespace, at the final dump only: all of it
-        # whole, counted, and said once per object
-        assert s3["pages_untracked_shmem"] >= 3 * sh and s3["shpages_skipped_parent"] == 0, s3
-        assert s3["pages_skipped_parent"] >= thp_pages - 4 * HUGE, s3
-        objs = untracked_shmem((tmp_path / "img" / "dump.log").read_text())
+        assert s3["shpages_written"] == 3 * 64 + 4 and s3["shpages_skipped_parent"] == 3 * sh - 3 * 64 - 4, s3
+        assert s3["pages_untracked_shmem"] == 0, s3
+        log = (tmp_path / "img" / "dump.log").read_text()
+        objs = compared_shmem(log)
         print(objs)
-        assert len(objs) == 3 and all(len(v) == 1 for v in objs.values()), objs
-        assert {p.split(" ")[0] for p in objs} == {"/dev/zero", "/memfd:memshare", "/SYSV00000000"}, objs
+        assert objs == {"/dev/zero": [(sh - 64, 64)], "/memfd:memshare": [(sh - 68, 68)],
+                        "/SYSV00000000": [(sh - 64, 64)]}, objs
+        # The dump, frozen, compared with the parent's objects read before the freeze
+        assert len(re.findall(rf"Shared memory 0x[0-9a-f]+ of the parent read before the freeze: {sh} pages",
+                              log)) == 3, log[-3000:]
+        assert s3["pages_skipped_parent"] >= thp_pages - 4 * HUGE, s3
 
-        criu.restore(tmp_path / "img")
+        criu.restore(tmp_path / "img", *(["--tls-key", keys[1]] if enc else []))
         assert wl.report() == "memshare OK 2"
         # Still shared with the child: its writes of step 3 are seen by the parent
         step(wl, 3)
         assert wl.report() == "memshare OK 3"
+    finally:
+        wl.kill()
+
+
+@needs_uffd
+def test_shared_memory_the_parent_has_no_image_of(memshare_bin, criu, tmp_path):
+    """A parent without images of the shared objects (made by a criu that did
+    not pre-dump shared memory, or through a page server): the next pass
+    dumps each object in full, says so once per object and counts its pages
+    as untracked; restore finds every byte."""
+    wl = Workload(memshare_bin, "memshare", tmp_path)
+    try:
+        sh = int(wl.last.split()[-1])
+        dump(criu, "pre-dump", tmp_path / "pre1", wl.pid, None)
+        shmem = list((tmp_path / "pre1").glob("pagemap-shmem-*.img"))
+        assert len(shmem) == 3, shmem
+        for p in shmem:
+            p.unlink()
+        step(wl, 1)
+        s = dump(criu, "dump", tmp_path / "img", wl.pid, "pre1")
+        print(s)
+        assert s["pages_untracked_shmem"] == 3 * sh and s["shpages_skipped_parent"] == 0, s
+        log = (tmp_path / "img" / "dump.log").read_text()
+        objs = {m.split(" ")[0] for m in re.findall(r"Shared memory 0x[0-9a-f]+ \((.*)\) is not in the parent "
+                                                      rf"checkpoint .*: {sh} pages dumped in full", log)}
+        assert objs == {"/dev/zero", "/memfd:memshare", "/SYSV00000000"}, objs
+        assert compared_shmem(log) == {}
+        criu.restore(tmp_path / "img")
+        assert wl.report() == "memshare OK 1"
     finally:
         wl.kill()

@@ -31,7 +31,8 @@
  * write-protect fault resolved by the kernel is one) and the pages it
  * wrote.
  *
- * Writes "ready PAGES HOT" when its memory is filled.
+ * Writes "ready PAGES HOT" when its memory is filled.  With SHARED=1 in its
+ * environment, its memory is shared anonymous memory (MAP_SHARED).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -230,7 +231,9 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	len = (size_t)atol(argv[3]) << 20;
 	pages = len / PAGE;
-	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* SHARED=1: shared anonymous memory, which criu compares with the parent instead of tracking */
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, (getenv("SHARED") ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS,
+		   -1, 0);
 	if (mem == MAP_FAILED || pages == 0)
 		return 2;
 	for (size_t i = 0; i < len / sizeof(*mem); i++)
