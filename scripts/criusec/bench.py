@@ -12,8 +12,11 @@ dump and criu restore -d, plain, --encrypt (unsigned), --encrypt signed
 fact: tar | age, and tar | zstd -1 | age.  Sizes: the image directories,
 and the plain one through tar | zstd -1.  The crypto floor: the engine's
 page cipher alone sealing that many MiB on the threads a dump uses
-(criusec-bench-floor, $FLOOR).  Frozen time: stats-dump's frozen_time,
-how long the tasks were stopped.
+(criusec-bench-floor, $FLOOR); on the workload's own pages, the
+compressing pipeline's floor (read, compress, seal) and restore's
+(read back, check, decrypt, decompress into fresh memory, in 4 MiB runs)
+beside a plain restore's copy of the same pages.  Frozen time:
+stats-dump's frozen_time, how long the tasks were stopped.
 
 The chain section (WORKLOADS has "churn"; issue 20, Documentation/mem-tracking.md):
 a process of MiB of random memory that keeps rewriting CHURN per mille of
@@ -249,7 +252,9 @@ class Bench:
         t = self.posthoc(img)
         # The compressing pipeline's floor on this workload's own pages (the largest page image).
         pages = max(img.glob("pages-*.img"), key=lambda p: p.stat().st_size)
-        for alg in ("zstd", "lz4"):
+        # Restore's floor: those pages read back, checked and decompressed into fresh memory
+        # (zstd-restore), against a plain restore's copy of them (copy)
+        for alg in ("zstd", "lz4", "zstd-restore", "copy"):
             f = self.floor(mib, alg, pages)
             if f is not None:
                 t["floor-" + alg] = f
@@ -1033,7 +1038,8 @@ def main():
                     snaps.append(snapshot_section(b, mib, repeat))
                     continue
                 r = {m: [] for m in modes}
-                post = {"age": [], "zstd-age": [], "zstd-size": [], "floor-zstd": [], "floor-lz4": []}
+                post = {"age": [], "zstd-age": [], "zstd-size": [], "floor-zstd": [], "floor-lz4": [],
+                        "floor-zstd-restore": [], "floor-copy": []}
                 for i in range(repeat):
                     # Rotate the order so that no mode always runs on a warmer cache.
                     for mode in modes[i % len(modes):] + modes[:i % len(modes)]:
@@ -1045,7 +1051,8 @@ def main():
                 p = {k: med(v) for k, v in post.items()}
                 print(f"\n{wl}, {mib} MiB (load average {os.getloadavg()[0]:.2f}); crypto floor "
                       f"{floor if floor is not None else float('nan'):.0f} ms; compressing pipeline's floor on "
-                      f"these pages: zstd {p['floor-zstd']:.0f} ms, lz4 {p['floor-lz4']:.0f} ms; "
+                      f"these pages: zstd {p['floor-zstd']:.0f} ms, lz4 {p['floor-lz4']:.0f} ms; restore's, "
+                      f"zstd {p['floor-zstd-restore']:.0f} ms against a plain copy's {p['floor-copy']:.0f} ms; "
                       f"plain images | zstd -1: {p['zstd-size'] / 2**20:.1f} MiB")
                 print(f"  {'mode':<14} {'dump ms':>8} {'spread':>12} {'extra':>6} {'/floor':>6} {'frozen':>7} "
                       f"{'x plain':>7} {'restore':>8} {'spread':>12} {'extra':>6} {'MiB':>7} {'/zstd-1':>7} "
@@ -1096,7 +1103,8 @@ def main():
                           f"{row['restore'] * 1000:.0f} | {row['rspread']} | {row['rextra']:+.0f} | "
                           f"{row['size'] / 2**20:.1f} | {row['xzstd']:.2f} | {ph} |")
                 print(f"| {wl} | {mib} | floor | {floor if floor is not None else float('nan'):.0f} | | | | "
-                      f"zstd {p['floor-zstd']:.0f}, lz4 {p['floor-lz4']:.0f} | | | | | "
+                      f"zstd {p['floor-zstd']:.0f}, lz4 {p['floor-lz4']:.0f} | | "
+                      f"zstd {p['floor-zstd-restore']:.0f}, copy {p['floor-copy']:.0f} | | | "
                       f"{p['zstd-size'] / 2**20:.1f} (plain \\| zstd -1) | | |")
         if chains:
             print("\nchurn: pre-dump 1, pre-dump 2, dump: the chain (--track-mem, --prev-images-dir); full dump: one")

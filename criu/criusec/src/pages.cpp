@@ -1,6 +1,7 @@
 #include "pages.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -406,17 +407,27 @@ Status PagePool::read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t>
 	size_t r0 = static_cast<size_t>(it - regions_.begin()) - 1, r1 = r0;
 	while (r1 < regions_.size() && regions_[r1].first < first + n)
 		r1++;
+	/*
+	 * Each worker takes the next region not taken yet, rather than a fixed
+	 * half: the call ends when the last region does, and regions of one
+	 * call cost unequal time (fresh memory, what compresses).
+	 */
+	std::atomic<size_t> next{r0};
 	Status s = split(
 		r1 - r0,
-		[&](PageCipher &c, size_t a, size_t count) -> Status {
-			for (size_t k = r0 + a; k < r0 + a + count; k++) {
+		[&](PageCipher &c, size_t, size_t) -> Status {
+			for (size_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < r1;) {
 				const PageRegion &rg = regions_[k];
 				uint64_t lo = std::max(first, rg.first), hi = std::min(first + n, rg.first + rg.nr);
 				auto out = pages.subspan((lo - first) * kPageSize, (hi - lo) * kPageSize);
 				prefault(out);
 				/* The caller's address for page first gives the region's. */
 				uint64_t rv = vaddr + (rg.first - first) * kPageSize;
-				CRIUSEC_TRY(read_region(c, fd, rg, k, rv, lo - rg.first, out));
+				Status st = read_region(c, fd, rg, k, rv, lo - rg.first, out);
+				if (!st.ok()) {
+					next.store(r1, std::memory_order_relaxed);
+					return st;
+				}
 			}
 			return {};
 		},
