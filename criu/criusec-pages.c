@@ -57,6 +57,8 @@ struct page_img *criusec_page_lookup(int fd)
 
 static void page_free(struct page_img *p)
 {
+	/* Every page read's reads are read at its sync, before it closes. */
+	BUG_ON(p->queued.len && p->owner == getpid());
 	/* Its helpers first: they may still be writing to wfd. */
 	criusec_pages_free(p->pc);
 	if (p->wfd >= 0)
@@ -380,6 +382,53 @@ int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsign
 	if (!p)
 		return 0;
 	return page_load(p, fd, vaddr, off, buf, len) ? -1 : 1;
+}
+
+/* What is queued, now. */
+static int page_queued_read(struct page_img *p, int fd)
+{
+	unsigned long len = p->queued.len;
+
+	p->queued.len = 0;
+	if (!len)
+		return 0;
+	pr_info("%s: %lu pages at %#lx read in one call\n", p->name, len / CRIUSEC_PAGE_SIZE, p->queued.vaddr);
+	return page_load(p, fd, p->queued.vaddr, p->queued.off, p->queued.buf, len);
+}
+
+/*
+ * Restore reads a VMA a pagemap entry (up to 1024 pages) at a time: pages
+ * that continue the queued ones in the image, in memory and in the
+ * address space are read with them in one call, which the engine's
+ * workers share once, without a start, a join and an idle tail per entry.
+ */
+int criusec_pages_queue(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len)
+{
+	struct page_img *p = criusec_page_lookup(fd);
+
+	if (!p) {
+		pr_err("fd %d: not an encrypted page image\n", fd);
+		return -1;
+	}
+	if (p->queued.len && p->queued.vaddr + p->queued.len == vaddr && p->queued.off + p->queued.len == off &&
+	    p->queued.buf + p->queued.len == buf) {
+		p->queued.len += len;
+		return 0;
+	}
+	if (page_queued_read(p, fd))
+		return -1;
+	p->queued.vaddr = vaddr;
+	p->queued.off = off;
+	p->queued.buf = buf;
+	p->queued.len = len;
+	return 0;
+}
+
+int criusec_pages_queued_read(int fd)
+{
+	struct page_img *p = criusec_page_lookup(fd);
+
+	return p ? page_queued_read(p, fd) : 0;
 }
 
 int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len)

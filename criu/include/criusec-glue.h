@@ -45,6 +45,12 @@ extern bool criusec_pages_sealed(int fd);
 extern int criusec_pages_write(int fd, int pipe, unsigned long len, unsigned long vaddr);
 /* Restore: read len bytes at off, checked and decrypted; 1 when done. */
 extern int criusec_pages_load(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
+/*
+ * Restore, for a page read's asynchronous reads of an encrypted image:
+ * queue them (0, or -1 on failure), and read what is queued at its sync.
+ */
+extern int criusec_pages_queue(int fd, unsigned long vaddr, off_t off, void *buf, unsigned long len);
+extern int criusec_pages_queued_read(int fd);
 /* Page server: read len bytes at the current offset, verified plaintext into pipe; 1 when done. */
 extern int criusec_pages_to_pipe(int fd, int pipe, unsigned long vaddr, unsigned long len);
 /*

@@ -84,6 +84,12 @@ struct page_img {
 	int wfd; /* dump to a file: where the engine writes, behind CRIU (which closes fd first) */
 	bool in_imgdir;
 	bool remote; /* dump: fd is the page server's socket */
+	/* restore: contiguous pages queued, read at the page read's sync */
+	struct {
+		unsigned long vaddr, len;
+		off_t off;
+		char *buf;
+	} queued;
 	struct page_img *next;
 };
 

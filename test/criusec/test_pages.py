@@ -44,6 +44,11 @@ def test_memory_canaries_absent_and_restored(memcanary, criu, tmp_path, keys):
     assert tags_size <= pages_size * 0.005, f"page tags take {tags_size} of {pages_size} bytes"
     criu.restore(img, "--tls-key", keys["alice"][1])
     assert wl.report() == f"memcanary OK {BIG_MIB}"
+    # The big region's pagemap entries (1024 pages each) were read as one:
+    # its workers started once (criusec_pages_queue).
+    calls = re.findall(r"criusec: pages-\d+\.img: (\d+) pages at 0x[0-9a-f]+ read in one call",
+                       (img / "restore.log").read_text())
+    assert max(map(int, calls)) >= BIG_MIB * 256, calls
 
 
 def test_auto_dedup_restore(mem_pristine, criu, tmp_path, keys):

@@ -408,15 +408,28 @@ Status PagePool::read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t>
 	while (r1 < regions_.size() && regions_[r1].first < first + n)
 		r1++;
 	/*
-	 * Each worker takes the next region not taken yet, rather than a fixed
-	 * half: the call ends when the last region does, and regions of one
-	 * call cost unequal time (fresh memory, what compresses).
+	 * Half the workers take regions from the front of the call, half from
+	 * the back, each the next one not taken yet (the call ends when the
+	 * last region does, and regions cost unequal time: fresh memory, what
+	 * compresses).  Not every worker the next region: the kernel locks a
+	 * page table (2 MiB of pages) while it populates, and two workers in
+	 * one table wait for each other.  From opposite ends they meet once.
 	 */
-	std::atomic<size_t> next{r0};
+	std::mutex mu;
+	size_t front = r0, back = r1;
+	std::atomic<size_t> nth{0};
 	Status s = split(
 		r1 - r0,
 		[&](PageCipher &c, size_t, size_t) -> Status {
-			for (size_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < r1;) {
+			bool from_back = nth.fetch_add(1, std::memory_order_relaxed) % 2;
+			for (;;) {
+				size_t k;
+				{
+					std::lock_guard<std::mutex> lk(mu);
+					if (front == back)
+						return {};
+					k = from_back ? --back : front++;
+				}
 				const PageRegion &rg = regions_[k];
 				uint64_t lo = std::max(first, rg.first), hi = std::min(first + n, rg.first + rg.nr);
 				auto out = pages.subspan((lo - first) * kPageSize, (hi - lo) * kPageSize);
@@ -425,11 +438,11 @@ Status PagePool::read(int fd, uint64_t vaddr, uint64_t first, std::span<uint8_t>
 				uint64_t rv = vaddr + (rg.first - first) * kPageSize;
 				Status st = read_region(c, fd, rg, k, rv, lo - rg.first, out);
 				if (!st.ok()) {
-					next.store(r1, std::memory_order_relaxed);
+					std::lock_guard<std::mutex> lk(mu);
+					front = back;
 					return st;
 				}
 			}
-			return {};
 		},
 		2);
 	if (!s.ok())

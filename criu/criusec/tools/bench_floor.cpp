@@ -15,9 +15,9 @@
  * ALG zstd-restore, lz4-restore, pipe-restore: the restore side of the
  * same pipeline: those pages sealed once (into a memfd), then read back,
  * checked, decrypted and decompressed by the engine into fresh anonymous
- * memory in 4 MiB runs, as a restore reads them into the restored task's
+ * memory in one call, as a restore reads a VMA into the restored task's
  * premapped memory.  ALG copy: a plain restore's part of it, the pages
- * read from a memfd into fresh memory in the same runs.
+ * read from a memfd into fresh memory in one pread().
  *
  * Prints the median in milliseconds.
  */
@@ -99,14 +99,16 @@ double restore_floor(const Ctx &ctx, const std::vector<uint8_t> &pages, int mfd,
 		struct stat st;
 		if (!pool.ok() || (out >= 0 && (fstat(out, &st) || !pool.value().attach(index, st.st_size).ok())))
 			return -1;
+		/*
+		 * One call for the whole, as a restore reads one VMA: the
+		 * restorer's preadv() (plain), criu's queued reads of its
+		 * contiguous pagemap entries (encrypted).
+		 */
 		auto t0 = std::chrono::steady_clock::now();
-		for (size_t off = 0; off < len; off += kRunLen) {
-			size_t n = std::min(kRunLen, len - off);
-			bool ok = out < 0 ? pread(mfd, mem + off, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n)
-					  : pool.value().read(out, kVaddr + off, off / kPageSize, {mem + off, n}).ok();
-			if (!ok)
-				return -1;
-		}
+		bool ok = out < 0 ? pread(mfd, mem, len, 0) == static_cast<ssize_t>(len)
+				  : pool.value().read(out, kVaddr, 0, {mem, len}).ok();
+		if (!ok)
+			return -1;
 		ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 		munmap(mem, len);
 	}
