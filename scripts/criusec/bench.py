@@ -14,7 +14,7 @@ and the plain one through tar | zstd -1.  The crypto floor: the engine's
 page cipher alone sealing that many MiB on the threads a dump uses
 (criusec-bench-floor, $FLOOR); on the workload's own pages, the
 compressing pipeline's floor (read, compress, seal) and restore's
-(read back, check, decrypt, decompress into fresh memory, in 4 MiB runs)
+(read back, check, decrypt, decompress into fresh memory, in one call)
 beside a plain restore's copy of the same pages.  Frozen time:
 stats-dump's frozen_time, how long the tasks were stopped.
 
