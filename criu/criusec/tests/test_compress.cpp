@@ -348,55 +348,6 @@ TEST_P(Regions, EveryTamperIsRefused)
 	refused(t, kVaddr, 0, "zero pages");
 }
 
-/*
- * One read of many regions (restore reads a VMA in one call) is shared by
- * workers from both ends: a tampered region anywhere in it fails all of
- * it, and none of its pages is left.
- */
-TEST_P(Regions, ATamperedRegionFailsALongReadWherever)
-{
-	Ctx ctx = make_ctx(GetParam());
-	/* 1000 pages of text, one run: 16 regions, each compressed. */
-	auto pt = text(1000 * kPageSize);
-	test::TempDir d;
-	write_file(d.file("pt"), pt);
-	int fd = open(d.file("pt").c_str(), O_RDONLY);
-	auto pool = PagePool::create(ctx, "pages-1.img");
-	ASSERT_TRUE(pool.ok());
-	Sealed s;
-	auto sink = [&](std::span<const uint8_t> b) -> Status {
-		s.file.insert(s.file.end(), b.begin(), b.end());
-		return {};
-	};
-	ASSERT_TRUE(pool.value().append_pipe(fd, sink, kVaddr, pt.size()).ok());
-	ASSERT_TRUE(pool.value().flush().ok());
-	close(fd);
-	s.index = pool.value().index();
-	/* Where each region's bytes start: records of u32 pages, u32 stored (big-endian). */
-	std::vector<size_t> starts;
-	size_t off = 0;
-	for (size_t pos = 0; pos + 8 <= s.index.size(); pos += 8) {
-		uint32_t stored;
-		std::memcpy(&stored, &s.index[pos + 4], 4);
-		stored = __builtin_bswap32(stored);
-		ASSERT_NE(stored, 0u) << "text must compress";
-		starts.push_back(off);
-		off += stored;
-	}
-	ASSERT_EQ(starts.size(), 16u);
-	ASSERT_EQ(off, s.file.size());
-	std::vector<uint8_t> out(pt.size());
-	ASSERT_TRUE(read_pages(ctx, s, kVaddr, 0, out).ok());
-	EXPECT_EQ(out, pt);
-	for (size_t r : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{14}, size_t{15}}) {
-		auto t = s;
-		t.file[starts[r] + 20] ^= 0x40;
-		std::fill(out.begin(), out.end(), 0xa5);
-		EXPECT_FALSE(read_pages(ctx, t, kVaddr, 0, out).ok()) << "region " << r;
-		EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](uint8_t b) { return b == 0; })) << "region " << r;
-	}
-}
-
 TEST_P(Regions, DedupPunchesWholeRegions)
 {
 	Ctx ctx = make_ctx(GetParam());
@@ -591,6 +542,43 @@ TEST_P(WriteBehind, APoolFreedWithPagesBehindDropsThem)
 
 INSTANTIATE_TEST_SUITE_P(All, WriteBehind, ::testing::Values(CompressAlg::None, CompressAlg::Lz4, CompressAlg::Zstd),
 			 [](const auto &i) { return std::string(compress_name(i.param)); });
+
+/*
+ * One read of many regions (restore reads a VMA in one call) is shared by
+ * workers from both ends: a tampered region anywhere in it fails all of
+ * it, and none of its pages is left.
+ */
+TEST_P(Regions, ATamperedRegionFailsALongReadWherever)
+{
+	Ctx ctx = make_ctx(GetParam());
+	/* 1000 pages of text in one run (at kVaddr + 16 MiB): 16 regions, each compressed. */
+	auto pt = text(1000 * kPageSize);
+	auto s = seal_runs(ctx, pt, false, nullptr, SIZE_MAX, {1000});
+	const uint64_t vaddr = kVaddr + 0x1000000;
+	/* Where each region's bytes start: records of u32 pages, u32 stored (big-endian). */
+	std::vector<size_t> starts;
+	size_t off = 0;
+	for (size_t pos = 0; pos + 8 <= s.index.size(); pos += 8) {
+		uint32_t stored;
+		std::memcpy(&stored, &s.index[pos + 4], 4);
+		stored = __builtin_bswap32(stored);
+		ASSERT_NE(stored, 0u) << "text must compress";
+		starts.push_back(off);
+		off += stored;
+	}
+	ASSERT_EQ(starts.size(), 16u);
+	ASSERT_EQ(off, s.file.size());
+	std::vector<uint8_t> out(pt.size());
+	ASSERT_TRUE(read_pages(ctx, s, vaddr, 0, out).ok());
+	EXPECT_EQ(out, pt);
+	for (size_t r : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{14}, size_t{15}}) {
+		auto t = s;
+		t.file[starts[r] + 20] ^= 0x40;
+		std::fill(out.begin(), out.end(), 0xa5);
+		EXPECT_FALSE(read_pages(ctx, t, vaddr, 0, out).ok()) << "region " << r;
+		EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](uint8_t b) { return b == 0; })) << "region " << r;
+	}
+}
 
 TEST(CompressHeader, IsAuthenticatedAndChecked)
 {
